@@ -1,0 +1,43 @@
+"""advisor: recommends how to fine-tune a vision-language model before you pay for the run.
+
+Public API (imported lazily so ``import advisor`` stays fast)::
+
+    advisor.compute_signals(model_spec, dataset_spec)  -> dict of signal name -> float
+    advisor.recommend(model_spec, dataset_spec)        -> Recommendation
+    advisor.record_run(run_result, db=None)            -> run id
+    advisor.get_plugins()                              -> list of plugin descriptions
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = ["hookimpl", "__version__", "compute_signals", "recommend", "record_run", "get_plugins"]
+
+
+def get_plugins() -> list[dict[str, Any]]:
+    from .plugins import plugin_info
+
+    return plugin_info()
+
+
+def compute_signals(*args: Any, **kwargs: Any) -> Any:
+    from .signals import compute_signals as _compute
+
+    return _compute(*args, **kwargs)
+
+
+def recommend(*args: Any, **kwargs: Any) -> Any:
+    from .recommend import recommend as _recommend
+
+    return _recommend(*args, **kwargs)
+
+
+def record_run(*args: Any, **kwargs: Any) -> Any:
+    from .history import record_run as _record
+
+    return _record(*args, **kwargs)

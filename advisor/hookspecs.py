@@ -1,0 +1,91 @@
+"""Plugin hooks. Built-in metrics, tuners, datasets and models use exactly these hooks.
+
+A plugin is a module (or object) with functions decorated by ``advisor.hookimpl`` whose names
+match the hooks below. The ``register`` argument is a callback: call it once per thing the
+plugin provides. Every hook is documented in docs/plugins.md; a test fails when one is not.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pluggy import HookimplMarker, HookspecMarker
+
+hookspec = HookspecMarker("advisor")
+hookimpl = HookimplMarker("advisor")
+
+
+@hookspec
+def register_metrics(register: Callable[[Any], None]) -> None:
+    """Register pre-fine-tuning signals (``advisor.specs.Metric``).
+
+    Example::
+
+        @advisor.hookimpl
+        def register_metrics(register):
+            register(Metric(name="my_score", compute=my_score, needs=frozenset({"image", "labels"})))
+    """
+
+
+@hookspec
+def register_tuners(register: Callable[[Any], None]) -> None:
+    """Register fine-tuning methods (``advisor.specs.Tuner``).
+
+    Example::
+
+        @advisor.hookimpl
+        def register_tuners(register):
+            register(Tuner(name="bitfit", train=train_bitfit, defaults=lambda shots: {"lr": 1e-3}))
+    """
+
+
+@hookspec
+def register_datasets(register: Callable[[Any], None]) -> None:
+    """Register dataset sources (``advisor.specs.DatasetSource``).
+
+    Example::
+
+        @advisor.hookimpl
+        def register_datasets(register):
+            register(DatasetSource(name="my-parquet", load=load_parquet, prefix=True))
+    """
+
+
+@hookspec
+def register_models(register: Callable[[Any], None]) -> None:
+    """Register model sources (``advisor.specs.ModelSource``).
+
+    Example::
+
+        @advisor.hookimpl
+        def register_models(register):
+            register(ModelSource(name="my-clip", load=load_my_clip))
+    """
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add click commands or groups to the ``advisor`` command line.
+
+    Example::
+
+        @advisor.hookimpl
+        def register_commands(cli):
+            @cli.command()
+            def hello():
+                click.echo("hello")
+    """
+
+
+@hookspec
+def on_run_recorded(run: Any, run_id: str, db_url: str) -> None:
+    """Called after ``advisor run`` committed a run (an ``advisor.specs.RunResult``) to the
+    history at ``db_url``. For notifications and mirroring (MLflow, a dashboard); the run is
+    already committed, and an exception here is reported but does not undo it.
+
+    Example::
+
+        @advisor.hookimpl
+        def on_run_recorded(run, run_id, db_url):
+            mlflow.log_metric("id_gain", run.id_acc_after - run.id_acc_before)
+    """

@@ -1,0 +1,364 @@
+"""The plain data types that cross plugin boundaries.
+
+Plugins receive and return only what is defined here (plus numpy arrays and torch tensors), so
+a metric, tuner, dataset or model written by a third party never needs to import the CLI or the
+history database. Data flows one way: ModelSpec + DatasetSpec -> Embeddings -> signals ->
+predictor -> recommendation; ``advisor run``: DatasetBundle -> TrainContext -> Adapted -> RunResult.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------------
+# What the user asks for
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load.
+
+    ``name`` is a registered model name (``lit-offline``, ``tiny-vit``), an open_clip
+    architecture (``ViT-B-32``), an ``hf-hub:org/repo`` id, or a path to a checkpoint.
+    ``pretrained`` is an open_clip pretrained tag or a checkpoint path. ``image_size`` is the
+    working resolution (None: the model's own default) and is part of the model's identity,
+    because embeddings at 64 px and 224 px differ.
+    """
+
+    name: str
+    pretrained: str | None = None
+    image_size: int | None = None
+    cache_dir: str | None = None
+
+    def key(self) -> str:
+        return f"{self.name}|{self.pretrained or ''}|{self.image_size or ''}"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Which dataset to load: a registered name (``fashion-mnist``) or ``prefix:argument``
+    (``folder:./images``, ``csv:data.csv``), plus free-form options
+    (``label_column``, ``classnames_file``, ``max_per_class`` ...)."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def prefix(self) -> str:
+        return self.name.split(":", 1)[0] if ":" in self.name else self.name
+
+    @property
+    def argument(self) -> str | None:
+        return self.name.split(":", 1)[1] if ":" in self.name else None
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageSet:
+    """A labelled set of images, in memory or on disk.
+
+    ``images`` is either a uint8 array (N,H,W) / (N,H,W,3) or a list of file paths. ``labels``
+    are integers in [0, len(class_names)). ``ids`` identify each item stably (index in the
+    source, or relative path) so that splits can be hashed.
+    """
+
+    images: np.ndarray | list[str]
+    labels: np.ndarray
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: Sequence[int]) -> "ImageSet":
+        idx = np.asarray(indices, dtype=np.int64)
+        if isinstance(self.images, np.ndarray):
+            imgs: np.ndarray | list[str] = self.images[idx]
+        else:
+            imgs = [self.images[i] for i in idx]
+        return ImageSet(images=imgs, labels=self.labels[idx], ids=[self.ids[i] for i in idx])
+
+    def split_hash(self) -> str:
+        """A short hash of the item ids and labels: identifies exactly which items were used."""
+        h = hashlib.sha256()
+        for i, y in zip(self.ids, self.labels.tolist()):
+            h.update(f"{i}\t{y}\n".encode())
+        return h.hexdigest()[:16]
+
+
+@dataclass
+class DatasetBundle:
+    """What a dataset plugin returns: class names, prompt templates, and the source's splits.
+
+    ``test`` is None when the source has no predefined test split (a seeded split is made).
+    ``fingerprint`` changes whenever the underlying data changes (file list + sizes, or an
+    array hash). ``domain`` tags ("grayscale", "digits", "texture" ...) become dataset
+    descriptors for the predictor.
+    """
+
+    name: str
+    class_names: list[str]
+    templates: list[str]
+    train: ImageSet
+    test: ImageSet | None
+    fingerprint: str
+    domain: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A dataset plugin's registration.
+
+    ``load(spec)`` returns a DatasetBundle. ``prefix`` sources (``folder``, ``csv``) take an
+    argument after the colon. ``offline`` says the data ships with an installed package.
+    """
+
+    name: str
+    load: Callable[[DatasetSpec], DatasetBundle]
+    description: str = ""
+    prefix: bool = False
+    offline: bool = True
+    needs: str = ""  # human hint: what must be installed ("apt-get install dataset-fashion-mnist")
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class VisionLanguageModel(Protocol):
+    """The interface tuners and signals share, implemented by every model plugin.
+
+    Implementations are ``torch.nn.Module`` subclasses. Encoders return *unnormalised*
+    joint-space embeddings; callers normalise. ``logit_scale`` is a learnable scalar parameter
+    holding log(temperature) as in open_clip.
+
+    Prompt learning (CoOp, ContCoOp) needs to reach the text tower's input embeddings:
+    ``tokenize`` -> ``token_embeddings(tokens)`` -> edit positions -> ``encode_text_embeddings``.
+    Learned context vectors are inserted at positions ``[context_offset, context_offset + M)``
+    of a prompt built as ``" ".join(["X"] * M) + " " + text``.
+    """
+
+    name: str
+    image_size: int
+    embed_dim: int
+    token_dim: int  # width of the text tower's token-embedding space
+    context_offset: int  # index of the first token after the start token
+    logit_scale: Any  # torch.nn.Parameter
+
+    def preprocess(self, image: Any) -> Any:
+        """PIL image -> float tensor (3, image_size, image_size), normalised for the tower."""
+
+    def encode_image(self, pixels: Any, return_layers: bool = False) -> Any:
+        """(B,3,H,W) -> (B,d); with return_layers: (emb, [per-layer pooled (B, w_l)])."""
+
+    def tokenize(self, texts: Sequence[str]) -> Any:
+        """Texts -> token ids (LongTensor (B,L)) plus whatever mask the tower needs (a dict)."""
+
+    def encode_text(self, tokens: Any, return_layers: bool = False) -> Any:
+        """Tokens from ``tokenize`` -> (B,d); with return_layers: (emb, [per-layer (B, w_l)])."""
+
+    def token_embeddings(self, tokens: Any) -> Any:
+        """Tokens -> (B,L,token_dim) input embeddings (before positions are added)."""
+
+    def encode_text_embeddings(self, embeddings: Any, tokens: Any) -> Any:
+        """Input embeddings (B,L,token_dim) with the tokens they came from -> (B,d)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Descriptors: architecture, family, params, embed_dim, image_size, pretrained."""
+
+    def identity(self) -> str:
+        """A string that changes whenever the weights or working resolution change."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model plugin's registration.
+
+    ``load(spec, device)`` returns a VisionLanguageModel on ``device``. A ``matches`` function
+    lets one source accept open-ended names (every open_clip architecture, ``hf-hub:`` ids,
+    checkpoint paths); otherwise the source answers to ``name`` only.
+    """
+
+    name: str
+    load: Callable[[ModelSpec, str], Any]
+    description: str = ""
+    matches: Callable[[str], bool] | None = None
+    offline: bool = True
+
+
+# --------------------------------------------------------------------------------------------
+# Embeddings and metrics
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Embeddings:
+    """One forward pass of a (model, dataset split) pair.
+
+    ``image`` (N,d) and ``text`` (C,d) are post-projection joint-space embeddings, not
+    necessarily normalised (each metric normalises as its method specifies). ``labels`` (N,)
+    are ints in [0,C). ``paired_text`` (N,d) is the text embedding of each image's true-class
+    prompt when the caller has it (else metrics use ``text[labels]``). ``image_layers`` is a
+    list of L arrays (N, w_l) and ``text_layers`` a list of L' arrays (M, w'_l) of pooled
+    per-layer states, when the model exposes them.
+    """
+
+    image: np.ndarray
+    text: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    image_layers: list[np.ndarray] | None = None
+    text_layers: list[np.ndarray] | None = None
+    paired_text: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def available(self) -> frozenset[str]:
+        have = {"image", "text", "labels"}
+        if self.image_layers is not None and self.text_layers is not None:
+            have.add("layers")
+        return frozenset(have)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric plugin's registration.
+
+    ``compute(embeddings)`` returns one float, or a mapping of signal name -> float when the
+    metric reports several related values (IIMM and its two terms). A single float is stored
+    under ``name``. ``needs`` is a subset of {"image", "text", "labels", "layers"}; metrics
+    whose needs are not met are skipped. Bump ``version`` when the definition changes: signal
+    values are stored with it.
+    """
+
+    name: str
+    compute: Callable[[Embeddings], float | Mapping[str, float]]
+    needs: frozenset[str] = frozenset({"image", "text", "labels"})
+    version: str = "1"
+    description: str = ""
+    higher_is: str = ""  # free text: what a higher value means
+
+
+# --------------------------------------------------------------------------------------------
+# Tuners and runs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainContext:
+    """Everything a tuner needs for one run. Plugins must not open the database.
+
+    ``train_pixels`` is a float tensor (N,3,H,W) already preprocessed for ``model`` and
+    ``train_labels`` a LongTensor (N,). ``image_features`` (N,d), when given, are the frozen
+    image tower's outputs for the same images (tuners that freeze the image tower may use
+    them instead of running it). ``progress(step, total, loss)`` reports to the CLI.
+    """
+
+    model: Any
+    class_names: list[str]
+    template: str
+    train_pixels: Any
+    train_labels: Any
+    device: str
+    seed: int
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    shots: int | None = None
+    hparams: dict[str, Any] = field(default_factory=dict)
+    image_features: Any = None
+    progress: Callable[[int, int, float], None] | None = None
+
+
+@runtime_checkable
+class Adapted(Protocol):
+    """A trained model as a user would deploy it.
+
+    ``encode_image`` is the adapted image tower. ``class_text_features(class_names, template)``
+    gives (C,d) text features for *any* class names: for prompt methods the learned prompts
+    are applied to those names, which is how out-of-domain sets are evaluated.
+    """
+
+    def encode_image(self, pixels: Any) -> Any: ...
+
+    def class_text_features(self, class_names: Sequence[str], template: str) -> Any: ...
+
+    def adapter_state(self) -> dict[str, Any]:
+        """Tensors to save as safetensors (only what was trained)."""
+
+
+@dataclass
+class TrainResult:
+    """What a tuner's ``train`` returns."""
+
+    adapted: Any  # Adapted
+    trainable_params: int
+    losses: list[float]
+    hparams: dict[str, Any]
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Tuner:
+    """A tuner plugin's registration: ``train(ctx) -> TrainResult``.
+
+    ``defaults(shots)`` gives the default hyper-parameters (with their source cited in the
+    tuner's docstring); user overrides in ``TrainContext.hparams`` win.
+    """
+
+    name: str
+    train: Callable[[TrainContext], TrainResult]
+    defaults: Callable[[int | None], dict[str, Any]] = lambda shots: {}
+    description: str = ""
+    reconstructed: bool = False  # True when the method is our reconstruction, not official code
+
+
+@dataclass
+class RunResult:
+    """The measured outcome of one ``advisor run``: exactly what lands in the ``runs`` table."""
+
+    model: str
+    pretrained: str | None
+    dataset: str
+    method: str
+    shots: int | None
+    seed: int
+    hparams: dict[str, Any]
+    split_hash: str
+    id_acc_before: float
+    id_acc_after: float
+    ood_before: dict[str, float]
+    ood_after: dict[str, float]
+    gap_before: float | None
+    gap_after: float | None
+    wall_time_s: float
+    train_images_per_s: float | None
+    peak_memory_mb: float | None
+    trainable_params: int
+    device: str
+    provenance: dict[str, Any]
+    signals: dict[str, float] = field(default_factory=dict)
+    adapter_path: str | None = None
+    run_id: str | None = None
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """Hash of a JSON-serialisable object, independent of dict order."""
+    data = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(data).hexdigest()[:n]
+

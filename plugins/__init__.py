@@ -1,0 +1,1 @@
+"""Built-in advisor plugins (import name ``advisor_plugins``)."""

@@ -155,6 +155,64 @@ def plugins_command(as_json: bool) -> None:
 
 # ---------------------------------------------------------------------------------- run
 
+
+def _parse_hparams(items: tuple[str, ...]) -> dict[str, Any]:
+    """``--hparam key=value`` pairs; values parsed as JSON when possible (numbers, booleans)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--hparam")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+@cli.command(name="run")
+@model_options
+@click.option("--dataset", "dataset", default="mnist-5k", show_default=True, envvar="ADVISOR_DATASET",
+              help="Dataset: a registered name, folder:PATH, csv:PATH, or torchvision:NAME.")
+@click.option("--method", required=True, help="Fine-tuning method (see `advisor plugins`): full, lora, coop, contcoop, tpc_cma.")
+@click.option("--shots", type=int, default=16, show_default=True, help="Training images per class (few-shot).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=int, default=None, help="Override the method's default epochs.")
+@click.option("--lr", type=float, default=None, help="Override the method's default learning rate.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--hparam", "hparams", multiple=True, metavar="KEY=VALUE", help="Any other method hyper-parameter (repeatable).")
+@click.option("--ood", multiple=True, help="OOD reference dataset (repeatable; default: the other offline built-ins).")
+@click.option("--max-test", type=int, default=500, show_default=True, help="Test images per dataset for accuracy.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... (auto: cuda when present).")
+@click.option("--no-record", is_flag=True, help="Measure but do not write the run into the history.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@db_option
+@json_option
+def run_command(model: str, pretrained: str | None, image_size: int | None, cache_dir: str | None, dataset: str,
+                method: str, shots: int, seed: int, epochs: int | None, lr: float | None, batch_size: int | None,
+                hparams: tuple[str, ...], ood: tuple[str, ...], max_test: int, device: str, no_record: bool,
+                quiet: bool, db: str | None, as_json: bool) -> None:
+    """Fine-tune for real, measure before/after (ID, OOD, gap) and record the run in the history."""
+    from .runner import run_finetune, summarize
+    from .specs import DatasetSpec, ModelSpec
+
+    run = run_finetune(
+        ModelSpec(model, pretrained, image_size, cache_dir), DatasetSpec(dataset), method,
+        shots=shots, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, hparams=_parse_hparams(hparams),
+        ood=list(ood) if ood else None, device=device, db=db, max_test=max_test, record=not no_record, quiet=quiet,
+    )
+    summary = summarize(run)
+    if as_json:
+        emit_json({**summary, "ood_before": run.ood_before, "ood_after": run.ood_after, "hparams": run.hparams})
+        return
+    print_table([{"measure": k, "value": v} for k, v in summary.items()], ["measure", "value"])
+    ood_rows = [{"ood dataset": k, "before": run.ood_before[k], "after": run.ood_after[k],
+                 "change": run.ood_after[k] - run.ood_before[k]} for k in run.ood_before]
+    if ood_rows:
+        click.echo()
+        print_table(ood_rows)
+
+
 # ---------------------------------------------------------------------------------- predictor / recommend / report
 
 

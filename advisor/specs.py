@@ -90,6 +90,22 @@ class ImageSet:
             imgs = [self.images[i] for i in idx]
         return ImageSet(images=imgs, labels=self.labels[idx], ids=[self.ids[i] for i in idx])
 
+    def pil(self, i: int) -> Any:
+        """Item ``i`` as an RGB PIL image. A file that cannot be read raises DatasetError naming it."""
+        from PIL import Image
+
+        from .errors import DatasetError
+
+        if isinstance(self.images, np.ndarray):
+            arr = self.images[i]
+            return Image.fromarray(arr).convert("RGB")
+        path = self.images[i]
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DatasetError(f"cannot read image {path}: {exc}") from None
+
     def split_hash(self) -> str:
         """A short hash of the item ids and labels: identifies exactly which items were used."""
         h = hashlib.sha256()
@@ -353,6 +369,10 @@ class RunResult:
     device: str
     provenance: dict[str, Any]
     signals: dict[str, float] = field(default_factory=dict)
+    signal_versions: dict[str, str] = field(default_factory=dict)
+    model_desc: dict[str, Any] = field(default_factory=dict)  # architecture, family, params, embed_dim, image_size
+    dataset_desc: dict[str, Any] = field(default_factory=dict)  # fingerprint, n_classes, n_train, domain
+    losses: list[float] = field(default_factory=list)
     adapter_path: str | None = None
     run_id: str | None = None
 

@@ -147,11 +147,180 @@ def plugins_command(as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------- history
-# (history group: advisor/history_cli section, owned by the history module)
+# (history group: owned by the history module; columns documented in docs/history.md)
+
+
+@cli.group(name="history")
+def history_group() -> None:
+    """The run history: every recorded fine-tuning run, in a SQL database.
+
+    \b
+    advisor history add runs.csv          # CSV, JSON array or JSON lines; all rows or none
+    advisor history list --method lora
+    advisor history export --format jsonl -o runs.jsonl
+    """
+
+
+@history_group.command(name="add")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "jsonl"]), default=None,
+              help="File format (default: from the extension, else from the content).")
+@db_option
+def history_add(file: str, fmt: str | None, db: str | None) -> None:
+    """Add runs from FILE (columns: docs/history.md). Every row is validated first; any
+    problem adds nothing."""
+    from .history import open_history
+    from .history.io import parse_file
+
+    records = parse_file(file, fmt)
+    with open_history(db) as h:
+        n = h.add_records(records)
+        click.echo(f"Added {n} run{'' if n == 1 else 's'} to {h.display}")
+
+
+@history_group.command(name="list")
+@click.option("--model", default=None, help="Only runs of this model name.")
+@click.option("--dataset", default=None, help="Only runs on this dataset name.")
+@click.option("--method", default=None, help="Only runs of this method.")
+@json_option
+@db_option
+def history_list(model: str | None, dataset: str | None, method: str | None, as_json: bool, db: str | None) -> None:
+    """List recorded runs, oldest first."""
+    from .history import open_history
+
+    with open_history(db) as h:
+        runs = h.runs(model=model, dataset=dataset, method=method)
+    if as_json:
+        emit_json(runs)
+        return
+    rows = [
+        {
+            "run_id": r["run_id"], "recorded": (r["recorded_at"] or "")[:10], "model": r["model"],
+            "dataset": r["dataset"], "method": r["method"], "shots": r["shots"], "seed": r["seed"],
+            "acc_before": r["id_acc_before"], "acc_after": r["id_acc_after"],
+            "gain": r["id_acc_after"] - r["id_acc_before"],
+        }
+        for r in runs
+    ]
+    print_table(rows)
+
+
+@history_group.command(name="show")
+@click.argument("run_id")
+@json_option
+@db_option
+def history_show(run_id: str, as_json: bool, db: str | None) -> None:
+    """Show every field of one run (RUN_ID or an unambiguous prefix)."""
+    from .history import open_history
+
+    with open_history(db) as h:
+        row = h.get_run(run_id)
+    if as_json:
+        emit_json(row)
+        return
+    width = max(len(k) for k in row)
+    for k, v in row.items():
+        if v is None or v == {} or v == []:
+            continue
+        text = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else _fmt(v) if not isinstance(v, float) else repr(v)
+        click.echo(f"{k.ljust(width)}  {text}")
+
+
+@history_group.command(name="export")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
+              help="Output format (default: from the -o extension, else csv).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to this file instead of standard output.")
+@db_option
+def history_export(fmt: str | None, output: str | None, db: str | None) -> None:
+    """Export every run as CSV or JSON lines; `history add` reads it back exactly."""
+    from .history import open_history
+
+    if fmt is None:
+        fmt = "jsonl" if output and output.lower().endswith((".jsonl", ".ndjson")) else "csv"
+    with open_history(db) as h:
+        if output is None:
+            h.export(fmt, sys.stdout)
+            return
+        try:
+            with open(output, "w", encoding="utf-8", newline="") as out:
+                n = h.export(fmt, out)
+        except OSError as exc:
+            raise AdvisorError(f"cannot write {output}: {exc.strerror or exc}") from None
+    click.echo(f"Exported {n} run{'' if n == 1 else 's'} to {output}", err=True)
+
+
+@history_group.command(name="path")
+@db_option
+def history_path(db: str | None) -> None:
+    """Print where the history database is (a file path, or a URL without its password)."""
+    from .history.store import location
+
+    click.echo(location(db))
+
 
 # ---------------------------------------------------------------------------------- embed / cache
 
 # ---------------------------------------------------------------------------------- signals
+
+
+@cli.command(name="signals")
+@model_options
+@dataset_options
+@click.option("--from-embeddings", "from_embeddings", default=None, metavar="FILE.npz",
+              help="Precomputed embeddings (image (N,d), text (C,d), labels (N,); optional image_layers, "
+                   "text_layers, paired_text). No model is loaded and nothing is stored.")
+@click.option("--metric", "metric_names", multiple=True, metavar="NAME",
+              help="Only these metrics (repeatable; default: every registered metric).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... (auto: cuda when present).")
+@click.option("--no-cache", is_flag=True, help="Re-embed even when cached embeddings exist.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@db_option
+@json_option
+@click.pass_context
+def signals_command(ctx: click.Context, model: str, pretrained: str | None, image_size: int | None,
+                    cache_dir: str | None, dataset: str, shots: int | None, seed: int, max_images: int | None,
+                    from_embeddings: str | None, metric_names: tuple[str, ...], device: str, no_cache: bool,
+                    quiet: bool, db: str | None, as_json: bool) -> None:
+    """Compute every registered signal for a model and dataset, and store them in the history.
+
+    \b
+    advisor signals --model lit-offline --dataset fashion-mnist --max-images 2000
+    advisor signals --from-embeddings features.npz --json
+    """
+    from .signals import load_embeddings_npz, run_metrics, signal_context
+
+    names = list(metric_names) or None
+    if from_embeddings:
+        explicit = [f"--{p.replace('_', '-')}" for p in ("model", "pretrained", "image_size", "dataset", "shots", "max_images")
+                    if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+        if explicit:
+            raise click.UsageError(f"--from-embeddings cannot be combined with {', '.join(explicit)}")
+        sig = run_metrics(load_embeddings_npz(from_embeddings), names)
+        info: dict[str, Any] = {"model": None, "dataset": None, "split_hash": None, "source": from_embeddings,
+                                "stored": None}
+    else:
+        from .specs import DatasetSpec, ModelSpec
+
+        info = signal_context(ModelSpec(model, pretrained, image_size, cache_dir), DatasetSpec(dataset),
+                              shots=shots, seed=seed, max_images=max_images, device=device,
+                              use_cache=not no_cache, quiet=quiet, metrics=names, db=db)
+        sig = info.pop("signal_set")
+
+    if as_json:
+        emit_json({**sig.to_json(), **info})
+        return
+    rows = [{"signal": k, "value": v, "version": sig.versions[k], "seconds": sig.seconds[k]}
+            for k, v in sig.values.items()]
+    print_table(rows, ["signal", "value", "version", "seconds"])
+    for name, reason in sig.errors.items():
+        click.echo(f"Warning: metric {name!r} failed: {reason}", err=True)
+    for name, reason in sig.skipped.items():
+        click.echo(f"Skipped metric {name!r}: {reason}", err=True)
+    if info.get("stored") is not None:
+        click.echo(f"Stored signal set {info['stored']} ({info['model']} on {info['dataset']}, split {info['split_hash']})",
+                   err=True)
+
 
 # ---------------------------------------------------------------------------------- run
 
@@ -214,6 +383,177 @@ def run_command(model: str, pretrained: str | None, image_size: int | None, cach
 
 
 # ---------------------------------------------------------------------------------- predictor / recommend / report
+
+
+@cli.group(name="predictor")
+def predictor_group() -> None:
+    """Train, evaluate and inspect the learned predictor (LightGBM over the run history)."""
+
+
+def _print_lodo(scores: dict[str, Any]) -> None:
+    """The per-target table and the baseline table of a leave-one-dataset-out evaluation."""
+    targets = scores.get("targets") or {}
+    if targets:
+        click.echo("Leave-one-dataset-out, per target (predicted vs measured over held-out runs):")
+        print_table([{"target": t, **v} for t, v in targets.items()], ["target", "spearman", "mae", "n"])
+    baselines = scores.get("baselines") or []
+    if baselines:
+        click.echo("")
+        click.echo("Recommendation quality per held-out (model, dataset, shots) group, with baselines:")
+        cols = ["name", "id_gain_spearman", "id_gain_mae", "top1_gain", "regret_gain", "groups_gain",
+                "top1_balanced", "regret_balanced", "groups_balanced"]
+        print_table([{c: b.get(c) for c in cols} for b in baselines], cols)
+
+
+@predictor_group.command(name="train")
+@db_option
+@json_option
+def predictor_train(db: str | None, as_json: bool) -> None:
+    """Fit the predictor on every run in the history, score it leave-one-dataset-out, store it."""
+    from .history import open_history
+    from .predict import train_predictor
+
+    info = train_predictor(open_history(db))
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(
+        f"Trained predictor {info['name']!r} on {info['n_runs']} runs over {len(info['datasets'])} datasets "
+        f"({info['n_features']} features; signals: {', '.join(info['signals']) or 'none'})."
+    )
+    click.echo("")
+    _print_lodo(info["scores"])
+
+
+@predictor_group.command(name="evaluate")
+@db_option
+@json_option
+def predictor_evaluate(db: str | None, as_json: bool) -> None:
+    """Leave-one-dataset-out scores of the predictor and of the baselines (always-LoRA,
+    always-full, IIMM-only linear fit, kNN on signals, random), in one run."""
+    from .history import open_history
+    from .predict import evaluate_lodo
+
+    ev = evaluate_lodo(open_history(db).training_rows())
+    if as_json:
+        emit_json(ev)
+        return
+    click.echo(f"{ev['n_runs']} runs, {ev['n_datasets']} datasets held out one at a time.")
+    click.echo("")
+    _print_lodo(ev)
+
+
+@predictor_group.command(name="show")
+@db_option
+@json_option
+def predictor_show(db: str | None, as_json: bool) -> None:
+    """The stored predictor: when it was trained, on what, its features and its scores."""
+    from .errors import PredictorError
+    from .history import open_history
+    from .predict import AdvisorPredictor, training_hash
+
+    history = open_history(db)
+    stored = history.load_predictor("default")
+    if stored is None:
+        raise PredictorError("no predictor stored in this history; run `advisor predictor train`")
+    est = AdvisorPredictor.from_stored(stored)
+    rows = history.training_rows()
+    info = {
+        "name": "default",
+        "created_at": stored.get("created_at"),
+        "n_runs": est.n_runs_,
+        "datasets": est.datasets_,
+        "training_hash": stored.get("training_hash"),
+        "up_to_date": training_hash(rows) == est.training_hash_,
+        "features": list(stored.get("features") or []),
+        "params": est.get_params(),
+        "scores": stored.get("scores") or {},
+    }
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"Predictor {info['name']!r}, trained {info['created_at']} on {info['n_runs']} runs "
+               f"({', '.join(info['datasets'])}); training hash {info['training_hash']}.")
+    click.echo("Up to date with the history." if info["up_to_date"]
+               else f"The history changed since ({len(rows)} runs now): run `advisor predictor train`.")
+    click.echo(f"Features ({len(info['features'])}): {', '.join(info['features'])}")
+    click.echo("")
+    _print_lodo(info["scores"])
+
+
+def _interval(v: Any, lo: Any, hi: Any, fmt: str = "{:+.3f}") -> str:
+    if v is None:
+        return ""
+    s = fmt.format(v)
+    return s if lo is None or hi is None else f"{s} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+@cli.command(name="recommend")
+@model_options
+@dataset_options
+@click.option("--objective", type=click.Choice(["gain", "balanced", "retain"]), default="balanced", show_default=True,
+              help="gain: largest in-domain gain; balanced: gain + OOD change; retain: least forgetting among gainers.")
+@click.option("--max-forgetting", type=float, default=None, metavar="X",
+              help="Drop methods whose predicted mean OOD accuracy drop exceeds X (accuracy units: 0.02 = 2 points).")
+@click.option("--budget", type=float, default=None, metavar="SECONDS", help="Drop methods predicted to train longer than this.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available; cost is predicted for it).")
+@db_option
+@json_option
+def recommend_command(model: str, pretrained: str | None, image_size: int | None, cache_dir: str | None,
+                      dataset: str, shots: int | None, seed: int, max_images: int | None, objective: str,
+                      max_forgetting: float | None, budget: float | None, device: str | None,
+                      db: str | None, as_json: bool) -> None:
+    """Rank the fine-tuning methods for a model and dataset, with predicted gain, forgetting,
+    cost, their uncertainty and the signals behind them. ``--shots`` defaults to 16 here."""
+    from .recommend import recommend
+    from .specs import DatasetSpec, ModelSpec
+
+    rec = recommend(
+        ModelSpec(model, pretrained, image_size, cache_dir), DatasetSpec(dataset), db=db, objective=objective,
+        max_forgetting=max_forgetting, budget=budget, shots=16 if shots is None else shots, seed=seed,
+        device=device, max_images=max_images, quiet=as_json,
+    )
+    if as_json:
+        emit_json(rec.to_dict())
+        return
+    src = "learned predictor" if rec.source == "predictor" else "IIMM heuristic (cold start)"
+    click.echo(f"{rec.model} on {rec.dataset}, {rec.shots} shots, objective {rec.objective!r}; "
+               f"signals from the {rec.signals_source}; ranking by the {src}.")
+    rows = []
+    for a in rec.methods:
+        rows.append({
+            "rank": a.rank,
+            "method": a.method,
+            "ID gain [80%]": _interval(a.id_gain, a.id_gain_lo, a.id_gain_hi),
+            "OOD change [80%]": _interval(a.ood_change, a.ood_change_lo, a.ood_change_hi),
+            "cost s": _interval(a.cost_s, a.cost_s_lo, a.cost_s_hi, "{:.0f}"),
+            "top contributions (ID gain)": ", ".join(f"{f} {v:+.3f}" for f, v in a.contributions),
+            "similar runs": a.support_runs,
+            "note": a.excluded or "",
+        })
+    print_table(rows)
+    s = rec.support
+    click.echo(f"History: {s['runs']} runs over {s['datasets']} datasets; {s['same_model_family']} with this model "
+               f"family, {s['same_dataset']} on this dataset, {s['shared_domain']} on this dataset or one sharing a domain.")
+    for w in rec.warnings:
+        click.echo(f"Warning: {w}")
+    for n in rec.notes:
+        click.echo(f"Note: {n}")
+    click.echo("")
+    click.echo(rec.sentence)
+
+
+@cli.command(name="report")
+@db_option
+@click.option("-o", "--output", "output", default="report.html", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the HTML report.")
+def report_command(db: str | None, output: str) -> None:
+    """An HTML report: predicted vs measured gain under leave-one-dataset-out, each signal
+    against measured gain per method, and the baseline table (plots embedded as PNG)."""
+    from .report import write_report
+
+    path = write_report(db, output)
+    click.echo(f"Wrote {path}")
 
 
 # ---------------------------------------------------------------------------------- plugin commands

@@ -56,8 +56,31 @@ def _check_promptable(name: str, class_names: Sequence[str], template: str) -> N
         raise DatasetError(f"dataset {name!r}: classes cannot be prompted (empty class names)")
 
 
+#: In-process memo: (model identity, dataset, max images) -> EvalSet / zero-shot measurement.
+#: A sweep that runs every method on one pair prepares and measures the test sets once.
+_eval_sets: dict[tuple[str, str, int], EvalSet] = {}
+_zero_shot: dict[tuple[str, str, int], tuple[float, float]] = {}
+
+
 def load_eval_set(model: Any, spec: DatasetSpec, max_images: int) -> EvalSet:
-    """The test split of a dataset, sampled to ``max_images`` with a fixed seed."""
+    """The test split of a dataset, sampled to ``max_images`` with a fixed seed (memoised)."""
+    key = (model.identity(), spec.name, max_images)
+    if key not in _eval_sets:
+        _eval_sets[key] = _load_eval_set(model, spec, max_images)
+    return _eval_sets[key]
+
+
+def measure_zero_shot(model: Any, ev: EvalSet, device: str) -> tuple[float, float]:
+    """``measure`` of the untouched model, memoised per (model identity, eval set)."""
+    from .training import ZeroShotAdapted
+
+    key = (model.identity(), ev.name, len(ev.labels))
+    if key not in _zero_shot:
+        _zero_shot[key] = measure(ZeroShotAdapted(model, device=device), ev, device)
+    return _zero_shot[key]
+
+
+def _load_eval_set(model: Any, spec: DatasetSpec, max_images: int) -> EvalSet:
     from .data import get_split, load_dataset, sample
 
     bundle = load_dataset(spec)
@@ -164,11 +187,8 @@ def run_finetune(
     train_pixels = preprocess_images(base, train)
     train_labels = torch.as_tensor(np.asarray(train.labels), dtype=torch.long)
 
-    from .training import ZeroShotAdapted
-
-    zero_shot = ZeroShotAdapted(base, device=device)
-    id_before, gap_before = measure(zero_shot, id_set, device)
-    ood_before = {ev.name: measure(zero_shot, ev, device)[0] for ev in ood_sets}
+    id_before, gap_before = measure_zero_shot(base, id_set, device)
+    ood_before = {ev.name: measure_zero_shot(base, ev, device)[0] for ev in ood_sets}
 
     signal_values: dict[str, float] = {}
     signal_versions: dict[str, str] = {}

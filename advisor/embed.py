@@ -1,0 +1,454 @@
+"""Model + dataset split -> Embeddings, in one batched pass, cached on disk.
+
+- ``load_model`` resolves a ModelSpec through the model plugins, memoised per (spec, device).
+- ``encode_images`` runs the image tower over an ImageSet: a torch DataLoader (workers, pinned
+  memory on CUDA) over ``imageset.pil(i)`` + ``model.preprocess`` for files, and a vectorised
+  path (``model.preprocess_batch`` on uint8 batches) for in-memory arrays, which is what makes
+  8-28 px offline sources cheap. bf16 autocast on CUDA, fp32 on CPU; tqdm on stderr.
+- ``embed`` ties dataset loading, split / few-shot / sampling, image and class-text encoding
+  and the disk cache (``advisor.cache``) together. A cache hit never loads the model.
+
+Embeddings are raw (unnormalised) joint-space features; metrics normalise as their method says.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import cache
+from .config import resolve_device
+from .errors import DatasetError, ModelLoadError
+from .specs import DatasetSpec, Embeddings, ImageSet, ModelSpec, VisionLanguageModel
+
+#: Counters for tests and benchmarks: how often a model was really loaded and run.
+stats: dict[str, int] = {"model_loads": 0, "image_batches": 0, "text_batches": 0}
+
+_MODELS: dict[tuple[ModelSpec, str], Any] = {}
+
+#: Part of every cache key: bump when the preprocessing or pooling arithmetic changes.
+TRANSFORM_VERSION = "1"
+
+
+# ------------------------------------------------------------------------------ models
+
+
+def load_model(spec: ModelSpec | str, device: str | None = None, *, fresh: bool = False) -> Any:
+    """The VisionLanguageModel for ``spec`` on ``device``, in eval mode.
+
+    Memoised per (spec, device): signals and evaluation share one instance. Pass ``fresh=True``
+    for a private copy you intend to modify (fine-tuning), so the shared one stays pristine.
+    """
+    from .plugins import get_model_source
+
+    if isinstance(spec, str):
+        spec = ModelSpec(name=spec)
+    device = resolve_device(device)
+    key = (spec, device)
+    if not fresh and key in _MODELS:
+        return _MODELS[key]
+    source = get_model_source(spec.name)
+    model = source.load(spec, device)
+    stats["model_loads"] += 1
+    if not isinstance(model, VisionLanguageModel):
+        raise ModelLoadError(f"model source {source.name!r} returned {type(model).__name__}, which lacks the VisionLanguageModel interface")
+    model.eval()
+    if not fresh:
+        _MODELS[key] = model
+    return model
+
+
+def clear_model_memo() -> None:
+    """Forget memoised models (tests; freeing memory between models in a sweep)."""
+    _MODELS.clear()
+
+
+def model_fingerprint(spec: ModelSpec) -> str:
+    """What identifies a model's weights *without loading it*, for cache keys.
+
+    A model plugin may attach ``fingerprint(spec) -> str`` to its ``load`` callable (the
+    built-ins hash their weight files); otherwise the spec itself (name, pretrained, image size)
+    is the key, and ``advisor cache clear`` is needed after changing that model's weights.
+    """
+    from .plugins import get_model_source, provider_of
+
+    source = get_model_source(spec.name)
+    fp = getattr(source.load, "fingerprint", None)
+    if callable(fp):
+        return str(fp(spec))
+    return f"{provider_of('models', source.name)}|{spec.key()}"
+
+
+def _model_device(model: Any) -> Any:
+    import torch
+
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def _autocast(device: Any) -> Any:
+    import contextlib
+
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def precision_for(device: str) -> str:
+    return "bf16" if str(device).startswith("cuda") else "fp32"
+
+
+def _progress(total: int, quiet: bool, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    disable = quiet or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=disable, leave=False)
+
+
+# ------------------------------------------------------------------------------ images
+
+
+class _PILImages:
+    """DataLoader dataset: item i -> (pixels, None) or (None, error message).
+
+    Errors travel as values so a corrupt file is reported by path in the main process
+    (DataLoader re-raises worker exceptions with a multi-line message)."""
+
+    def __init__(self, images: ImageSet, preprocess: Any) -> None:
+        self.images = images
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Any, str | None]:
+        try:
+            return self.preprocess(self.images.pil(i)), None
+        except DatasetError as exc:
+            return None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a preprocessing failure on one file
+            return None, f"cannot preprocess image {self.images.images[i]}: {exc}"
+
+
+def _collate(batch: list[tuple[Any, str | None]]) -> Any:
+    import torch
+
+    for _, err in batch:
+        if err is not None:
+            return err
+    return torch.stack([px for px, _ in batch])
+
+
+def _uses_fast_path(images: ImageSet, model: Any = None) -> bool:
+    arr = images.images
+    return isinstance(arr, np.ndarray) and arr.dtype == np.uint8 and (model is None or hasattr(model, "preprocess_batch"))
+
+
+def encode_images(
+    model: Any,
+    images: ImageSet,
+    *,
+    batch_size: int = 64,
+    device: str | None = None,
+    num_workers: int = 0,
+    quiet: bool = False,
+    with_layers: bool = False,
+) -> np.ndarray | tuple[np.ndarray, list[np.ndarray]]:
+    """Image embeddings (N,d) float32, plus pooled per-layer states (N,w_l) with ``with_layers``.
+
+    ``device`` defaults to where the model is; the model is moved there if it differs.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    dev = torch.device(resolve_device(device)) if device else _model_device(model)
+    if _model_device(model) != dev:
+        model.to(dev)
+    n = len(images)
+    outs: list[np.ndarray] = []
+    layer_outs: list[list[np.ndarray]] = []
+
+    def run(pixels: Any) -> None:
+        pixels = pixels.to(dev, non_blocking=True)
+        with _autocast(dev):
+            res = model.encode_image(pixels, return_layers=with_layers)
+        emb, layers = res if with_layers else (res, None)
+        outs.append(emb.float().cpu().numpy())
+        if layers is not None:
+            layer_outs.append([layer.float().cpu().numpy() for layer in layers])
+        stats["image_batches"] += 1
+
+    bar = _progress(n, quiet, "embedding images")
+    try:
+        with torch.inference_mode():
+            if _uses_fast_path(images, model):
+                arr = images.images
+                assert isinstance(arr, np.ndarray)
+                for start in range(0, n, batch_size):
+                    chunk = torch.from_numpy(np.ascontiguousarray(arr[start : start + batch_size]))
+                    run(model.preprocess_batch(chunk.to(dev) if dev.type == "cuda" else chunk))
+                    bar.update(len(chunk))
+            else:
+                loader = torch.utils.data.DataLoader(
+                    _PILImages(images, model.preprocess),
+                    batch_size=batch_size,
+                    shuffle=False,
+                    num_workers=num_workers,
+                    pin_memory=dev.type == "cuda",
+                    collate_fn=_collate,
+                    persistent_workers=False,
+                )
+                for batch in loader:
+                    if isinstance(batch, str):
+                        raise DatasetError(batch)
+                    run(batch)
+                    bar.update(len(batch))
+    finally:
+        bar.close()
+    d = int(getattr(model, "embed_dim", 0) or 0)
+    image = np.concatenate(outs) if outs else np.zeros((0, d), dtype=np.float32)
+    if not with_layers:
+        return image
+    layers = [np.concatenate([b[i] for b in layer_outs]) for i in range(len(layer_outs[0]))] if layer_outs else []
+    return image, layers
+
+
+# ------------------------------------------------------------------------------ texts
+
+
+def encode_texts(
+    model: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 256,
+    device: str | None = None,
+    with_layers: bool = False,
+) -> np.ndarray | tuple[np.ndarray, list[np.ndarray]]:
+    """Text embeddings (M,d) float32 (+ per-layer pooled states with ``with_layers``)."""
+    import torch
+
+    dev = torch.device(resolve_device(device)) if device else _model_device(model)
+    if _model_device(model) != dev:
+        model.to(dev)
+    outs: list[np.ndarray] = []
+    layer_outs: list[list[np.ndarray]] = []
+    texts = list(texts)
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            tokens = model.tokenize(texts[start : start + batch_size])
+            tokens = tokens.to(dev) if hasattr(tokens, "to") else tokens
+            with _autocast(dev):
+                res = model.encode_text(tokens, return_layers=with_layers)
+            emb, layers = res if with_layers else (res, None)
+            outs.append(emb.float().cpu().numpy())
+            if layers is not None:
+                layer_outs.append([layer.float().cpu().numpy() for layer in layers])
+            stats["text_batches"] += 1
+    d = int(getattr(model, "embed_dim", 0) or 0)
+    out = np.concatenate(outs) if outs else np.zeros((0, d), dtype=np.float32)
+    if not with_layers:
+        return out
+    layers = [np.concatenate([b[i] for b in layer_outs]) for i in range(len(layer_outs[0]))] if layer_outs else []
+    return out, layers
+
+
+def format_prompt(template: str, class_name: str) -> str:
+    """``"a photo of a {}."`` -> ``"a photo of a cat."`` (``{c}``/``{class}`` also accepted)."""
+    if "{}" in template:
+        return template.replace("{}", class_name)
+    for field in ("{c}", "{class}", "{classname}", "{class_name}"):
+        if field in template:
+            return template.replace(field, class_name)
+    return f"{template} {class_name}".strip()
+
+
+def class_text_features(
+    model: Any,
+    class_names: Sequence[str],
+    template: str | Sequence[str],
+    device: str | None = None,
+) -> np.ndarray:
+    """(C,d) class-prompt embeddings. One template: raw (unnormalised) features. Several:
+    CLIP's prompt ensemble, the mean of the L2-normalised per-template features."""
+    templates = [template] if isinstance(template, str) else list(template)
+    if len(templates) == 1:
+        return encode_texts(model, [format_prompt(templates[0], c) for c in class_names], device=device)  # type: ignore[return-value]
+    prompts = [format_prompt(t, c) for t in templates for c in class_names]
+    feats = encode_texts(model, prompts, device=device)
+    assert isinstance(feats, np.ndarray)
+    feats = feats.reshape(len(templates), len(class_names), -1)
+    feats = feats / np.linalg.norm(feats, axis=-1, keepdims=True).clip(1e-12)
+    return feats.mean(0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------ embed
+
+
+def select_images(dataset_spec: DatasetSpec | str, *, split: str = "train", shots: int | None = None, seed: int = 0,
+                  max_images: int | None = None) -> tuple[Any, ImageSet]:
+    """Load a dataset and pick the images ``embed`` would use: split, few-shot, sample."""
+    from .data import few_shot, get_split, load_dataset, sample
+
+    bundle = load_dataset(dataset_spec)
+    images = get_split(bundle, split)
+    if shots is not None:
+        images = few_shot(images, shots, seed, class_names=bundle.class_names)
+    images = sample(images, max_images, seed)
+    if len(images) == 0:
+        raise DatasetError(f"dataset {bundle.name!r} has no {split} images to embed")
+    return bundle, images
+
+
+def cache_key(model_spec: ModelSpec, bundle: Any, images: ImageSet, *, split: str, device: str, with_layers: bool) -> tuple[str, dict[str, Any]]:
+    """The cache key for one embedding pass and the parts it hashes (no model is loaded)."""
+    fast = _uses_fast_path(images)
+    parts = {
+        "model": model_fingerprint(model_spec),
+        "model_spec": model_spec.key(),
+        "dataset": bundle.fingerprint,
+        "split": split,
+        "split_hash": images.split_hash(),
+        "transform": f"{'array' if fast else 'pil'}-v{TRANSFORM_VERSION}",
+        "precision": precision_for(device),
+        "templates": list(bundle.templates),
+        "class_names": list(bundle.class_names),
+        "with_layers": bool(with_layers),
+    }
+    return cache.make_key(parts), parts
+
+
+def embed(
+    model_spec: ModelSpec | str,
+    dataset_spec: DatasetSpec | str,
+    *,
+    split: str = "train",
+    shots: int | None = None,
+    seed: int = 0,
+    max_images: int | None = None,
+    device: str | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    use_cache: bool = True,
+    with_layers: bool = False,
+    quiet: bool = False,
+) -> Embeddings:
+    """Embed one split of a dataset with one model; served from the disk cache when possible.
+
+    ``meta`` records: model (name), model_identity, model_desc, dataset, dataset_fingerprint,
+    dataset_desc, split, split_hash, shots, seed, n, d, image_size, transform, precision,
+    device, cache_hit, cache_key, seconds (embedding time of the original pass), images_per_s,
+    templates.
+    """
+    from .data import dataset_descriptors
+
+    if isinstance(model_spec, str):
+        model_spec = ModelSpec(name=model_spec)
+    if isinstance(dataset_spec, str):
+        dataset_spec = DatasetSpec(name=dataset_spec)
+    device = resolve_device(device)
+    bundle, images = select_images(dataset_spec, split=split, shots=shots, seed=seed, max_images=max_images)
+    key, parts = cache_key(model_spec, bundle, images, split=split, device=device, with_layers=with_layers)
+    if use_cache:
+        hit = cache.load(key)
+        if hit is not None:
+            hit.meta = {**hit.meta, "cache_hit": True, "cache_key": key}
+            return hit
+
+    model = load_model(model_spec, device)
+    t0 = time.perf_counter()
+    res = encode_images(model, images, batch_size=batch_size, device=device, num_workers=num_workers, quiet=quiet, with_layers=with_layers)
+    t_img = time.perf_counter() - t0
+    image, image_layers = res if with_layers else (res, None)
+    templates = list(bundle.templates)
+    text = class_text_features(model, bundle.class_names, templates, device=device)
+    text_layers = None
+    if with_layers:
+        prompts = [format_prompt(t, c) for t in templates for c in bundle.class_names]
+        _, text_layers = encode_texts(model, prompts, device=device, with_layers=True)
+    seconds = time.perf_counter() - t0
+    desc = model.describe()
+    meta = {
+        "model": model_spec.name,
+        "pretrained": model_spec.pretrained,
+        "model_identity": model.identity(),
+        "model_fingerprint": parts["model"],
+        "model_desc": desc,
+        "dataset": bundle.name,
+        "dataset_fingerprint": bundle.fingerprint,
+        "dataset_desc": dataset_descriptors(bundle),
+        "split": split,
+        "split_hash": parts["split_hash"],
+        "shots": shots,
+        "seed": seed,
+        "max_images": max_images,
+        "n": int(image.shape[0]),
+        "n_images": int(image.shape[0]),
+        "d": int(image.shape[1]),
+        "embed_dim": int(image.shape[1]),
+        "n_classes": len(bundle.class_names),
+        "image_size": int(getattr(model, "image_size", 0) or 0),
+        "transform": parts["transform"],
+        "precision": parts["precision"],
+        "device": device,
+        "templates": templates,
+        "text_layers_rows": "one row per (template, class) prompt, templates outer" if with_layers else None,
+        "with_layers": bool(with_layers),
+        "seconds": round(seconds, 4),
+        "image_seconds": round(t_img, 4),
+        "images_per_s": round(len(images) / t_img, 2) if t_img > 0 else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "cache_hit": False,
+        "cache_key": key,
+    }
+    emb = Embeddings(
+        image=image,
+        text=text,
+        labels=np.asarray(images.labels, dtype=np.int64),
+        class_names=list(bundle.class_names),
+        image_layers=image_layers,
+        text_layers=text_layers,
+        meta=meta,
+    )
+    if use_cache:
+        cache.save(key, emb)
+    return emb
+
+
+def save_npz(emb: Embeddings, path: str) -> None:
+    """Write embeddings for ``advisor signals --from-embeddings``.
+
+    Keys: ``image`` (N,d), ``text`` (C,d), ``labels`` (N,), ``class_names`` (C,), ``meta_json``;
+    per-layer states as ``image_layers_<i>`` / ``text_layers_<i>`` (widths differ between layers
+    for CNN towers), plus stacked ``image_layers`` (L,N,w) / ``text_layers`` (L,M,w) when every
+    layer of both towers has one width. Plain arrays only: readable with ``allow_pickle=False``.
+    """
+    import json
+
+    arrays: dict[str, np.ndarray] = {
+        "image": np.asarray(emb.image, dtype=np.float32),
+        "text": np.asarray(emb.text, dtype=np.float32),
+        "labels": np.asarray(emb.labels, dtype=np.int64),
+        "class_names": np.asarray(list(emb.class_names), dtype=str),
+        "meta_json": np.asarray(json.dumps(emb.meta, default=str)),
+    }
+    if emb.paired_text is not None:
+        arrays["paired_text"] = np.asarray(emb.paired_text, dtype=np.float32)
+    both = emb.image_layers and emb.text_layers
+    uniform = bool(both) and all(len({a.shape[1] for a in layers}) == 1 for layers in (emb.image_layers, emb.text_layers))  # type: ignore[union-attr]
+    for name, layers in (("image_layers", emb.image_layers), ("text_layers", emb.text_layers)):
+        if not layers or not both:
+            continue
+        for i, a in enumerate(layers):
+            arrays[f"{name}_{i}"] = np.asarray(a, dtype=np.float32)
+        if uniform:
+            arrays[name] = np.stack([np.asarray(a, dtype=np.float32) for a in layers])
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)

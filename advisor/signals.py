@@ -1,0 +1,327 @@
+"""Run every registered metric on one set of embeddings: validated, timed, failures isolated.
+
+A metric returns a float or a mapping of signal name -> float (``advisor.specs.Metric``). The
+engine here is the only place that calls ``Metric.compute``: it skips metrics whose ``needs``
+the embeddings cannot meet, checks that every value is a finite real number, times each metric,
+and turns an exception or a bad value into an entry in ``SignalSet.errors`` under the metric's
+name, so one broken (third-party) metric never costs the others.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import InputFileError
+from .specs import DatasetSpec, Embeddings, Metric, ModelSpec
+
+
+@dataclass
+class SignalSet:
+    """The outcome of ``run_metrics``.
+
+    ``values``, ``versions`` and ``seconds`` are keyed by *signal* name (what the history stores
+    per row). A metric that reports several signals (IIMM and its terms) gives each of them its
+    version and its total time; ``metric_seconds`` holds each metric's time once (sum that, not
+    ``seconds``). ``metric_of`` maps each signal to the metric that produced it. ``errors`` and
+    ``skipped`` are keyed by metric name with a one-line reason. ``meta`` carries the
+    embeddings' metadata (split hash, model identity, cache hit, seconds) when known.
+    """
+
+    values: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    metric_of: dict[str, str] = field(default_factory=dict)
+    metric_seconds: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(self.metric_seconds.values()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "metrics": dict(self.values),
+            "versions": dict(self.versions),
+            "seconds": dict(self.seconds),
+            "errors": dict(self.errors),
+            "skipped": dict(self.skipped),
+        }
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _as_float(value: Any) -> float:
+    """A finite real number as a Python float, else ValueError (bools and complex are refused)."""
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (complex, np.complexfloating)):
+        raise ValueError(f"returned {type(value).__name__} {value!r}, not a real number")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value.item()
+        return _as_float(value)
+    if not isinstance(value, numbers.Real):
+        raise ValueError(f"returned {type(value).__name__}, not a number")
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError(f"returned a non-finite value ({out})")
+    return out
+
+
+def _outputs(metric: Metric, result: Any) -> dict[str, float]:
+    if isinstance(result, Mapping):
+        if not result:
+            raise ValueError("returned an empty mapping")
+        out = {}
+        for key, value in result.items():
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"returned a signal name that is not a string: {key!r}")
+            try:
+                out[key] = _as_float(value)
+            except ValueError as exc:
+                raise ValueError(f"signal {key!r} {exc}") from None
+        return out
+    return {metric.name: _as_float(result)}
+
+
+def run_metrics(emb: Embeddings, names: list[str] | None = None) -> SignalSet:
+    """Compute the named metrics (default: every registered one) on ``emb``.
+
+    Unknown names raise UnknownNameError; everything a metric does wrong lands in ``errors``.
+    """
+    from .plugins import get_metric, get_metrics
+
+    if names:
+        metrics = {n: get_metric(n) for n in names}
+    else:
+        metrics = dict(get_metrics())
+    available = emb.available
+    out = SignalSet(meta=dict(emb.meta))
+    out.meta.setdefault("n_images", int(len(emb.labels)))
+    out.meta.setdefault("n_classes", int(np.asarray(emb.text).shape[0]))
+    for name, metric in metrics.items():
+        needs = frozenset(getattr(metric, "needs", frozenset()))
+        missing = needs - available
+        if missing:
+            out.skipped[name] = f"needs {', '.join(sorted(missing))}"
+            continue
+        start = time.perf_counter()
+        try:
+            values = _outputs(metric, metric.compute(emb))
+        except Exception as exc:  # noqa: BLE001 - a broken metric must not stop the others
+            out.errors[name] = _one_line(exc)
+            continue
+        elapsed = time.perf_counter() - start
+        clash = sorted(k for k in values if k in out.values)
+        if clash:
+            out.errors[name] = f"signal {clash[0]!r} is already produced by metric {out.metric_of[clash[0]]!r}"
+            continue
+        version = str(getattr(metric, "version", "1"))
+        for key, value in values.items():
+            out.values[key] = value
+            out.versions[key] = version
+            out.seconds[key] = elapsed
+            out.metric_of[key] = name
+        out.metric_seconds[name] = elapsed
+    return out
+
+
+def compute_signals(
+    model_spec: ModelSpec | str,
+    dataset_spec: DatasetSpec | str,
+    *,
+    shots: int | None = None,
+    seed: int = 0,
+    max_images: int | None = None,
+    device: str | None = None,
+    with_layers: bool = True,
+    quiet: bool = False,
+    use_cache: bool = True,
+    metrics: list[str] | None = None,
+) -> SignalSet:
+    """Embed the pair's training split once (cached) and run every metric on it.
+
+    The returned SignalSet's ``meta`` holds the embeddings' metadata (``split_hash``, model
+    identity, dataset fingerprint, cache hit, embedding seconds).
+    """
+    from .embed import embed
+
+    if isinstance(model_spec, str):
+        model_spec = ModelSpec(name=model_spec)
+    if isinstance(dataset_spec, str):
+        dataset_spec = DatasetSpec(name=dataset_spec)
+    emb = embed(model_spec, dataset_spec, split="train", shots=shots, seed=seed, max_images=max_images,
+                device=device, use_cache=use_cache, with_layers=with_layers, quiet=quiet)
+    return run_metrics(emb, metrics)
+
+
+def describe_pair(model_spec: ModelSpec, dataset_spec: DatasetSpec, meta: Mapping[str, Any],
+                  device: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The history's model and dataset descriptors for a pair, keyed exactly as ``advisor run``
+    keys them (name and pretrained from the spec, the model's working image size).
+
+    Uses the embeddings' metadata when it carries them, so a cache hit does not load the model.
+    """
+    model_desc = meta.get("model_desc")
+    if not isinstance(model_desc, Mapping):
+        from .embed import load_model
+
+        model_desc = load_model(model_spec, device).describe()
+    model_desc = dict(model_desc)
+    model_desc.update(name=model_spec.name, pretrained=model_spec.pretrained,
+                      image_size=model_desc.get("image_size") or model_spec.image_size)
+    dataset_desc = meta.get("dataset_desc")
+    if not isinstance(dataset_desc, Mapping):
+        from .data import dataset_descriptors, load_dataset
+
+        dataset_desc = dataset_descriptors(load_dataset(dataset_spec))
+    return model_desc, dict(dataset_desc)
+
+
+def signal_context(model_spec: ModelSpec, dataset_spec: DatasetSpec, *, shots: int | None = None, seed: int = 0,
+                   max_images: int | None = None, device: str | None = None, use_cache: bool = True,
+                   quiet: bool = False, metrics: list[str] | None = None, db: str | None = None,
+                   store: bool = True) -> dict[str, Any]:
+    """``advisor signals`` for a model and dataset: compute, then store the successful signals
+    as one signal set in the history. Returns the SignalSet (``signal_set``) and what was stored."""
+    from .config import resolve_device
+
+    device = resolve_device(device)
+    sig = compute_signals(model_spec, dataset_spec, shots=shots, seed=seed, max_images=max_images, device=device,
+                          quiet=quiet, use_cache=use_cache, metrics=metrics)
+    model_desc, dataset_desc = describe_pair(model_spec, dataset_spec, sig.meta, device)
+    split_hash = str(sig.meta.get("split_hash") or "")
+    stored = None
+    if store and sig.values:
+        from .history import dataset_key, model_key, open_history
+
+        history = open_history(db)
+        stored = history.store_signal_set(model_desc, dataset_desc, split_hash, dict(sig.values),
+                                          dict(sig.versions), dict(sig.seconds))
+        keys = {"model_key": model_key(model_desc), "dataset_key": dataset_key(dataset_desc)}
+    else:
+        keys = {}
+    return {"signal_set": sig, "model": model_spec.name, "dataset": dataset_spec.name, "split_hash": split_hash,
+            "n_images": sig.meta.get("n_images"), **keys, "stored": stored}
+
+
+# ---------------------------------------------------------------------------------- .npz input
+
+NPZ_KEYS = ("image", "text", "labels")
+
+
+def _finite_rows(name: str, arr: np.ndarray, path: str) -> None:
+    flat = arr.reshape(-1, arr.shape[-1]) if arr.ndim > 2 else arr
+    bad = ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise InputFileError(f"{path}: '{name}' has {int(bad.sum())} row(s) with NaN or inf (first: row {first})")
+
+
+def _numeric(name: str, arr: np.ndarray, path: str, ndim: int, shape_hint: str) -> np.ndarray:
+    if arr.dtype.kind not in "fiu":
+        raise InputFileError(f"{path}: '{name}' must be numeric, got dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        raise InputFileError(f"{path}: '{name}' must have shape {shape_hint}, got {arr.shape}")
+    return arr
+
+
+def load_embeddings_npz(path: str | Path) -> Embeddings:
+    """Read precomputed embeddings: ``image`` (N,d), ``text`` (C,d), ``labels`` (N,) integers in
+    [0,C); optional ``image_layers`` (L,N,w), ``text_layers`` (L,M,w), ``paired_text`` (N,d) and
+    ``class_names`` (C,). Every problem is an InputFileError with a one-line message."""
+    import zipfile
+
+    p = str(path)
+    if not Path(p).is_file():
+        raise InputFileError(f"{p}: no such file")
+    try:
+        data = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise InputFileError(f"{p}: not a readable .npz file ({_one_line(exc)})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise InputFileError(f"{p}: not an .npz archive (a single array; save with numpy.savez)")
+    with data:
+        try:
+            arrays = {k: data[k] for k in data.files}
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise InputFileError(f"{p}: cannot read arrays ({_one_line(exc)})") from None
+    missing = [k for k in NPZ_KEYS if k not in arrays]
+    if missing:
+        raise InputFileError(f"{p}: missing array(s) {', '.join(repr(m) for m in missing)} "
+                             f"(need image (N,d), text (C,d), labels (N,))")
+
+    image = _numeric("image", arrays["image"], p, 2, "(N,d)")
+    text = _numeric("text", arrays["text"], p, 2, "(C,d)")
+    labels = arrays["labels"]
+    n, d = image.shape
+    c = text.shape[0]
+    if n == 0 or d == 0:
+        raise InputFileError(f"{p}: 'image' is empty, shape {image.shape}")
+    if text.shape[1] != d:
+        raise InputFileError(f"{p}: 'text' has width {text.shape[1]} but 'image' has width {d}")
+    if c < 2:
+        raise InputFileError(f"{p}: 'text' has {c} class row(s); need at least 2 classes")
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise InputFileError(f"{p}: 'labels' must have shape ({n},) to match 'image', got {labels.shape}")
+    if labels.dtype.kind in "iu":
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind == "f" and np.isfinite(labels).all() and (labels == np.round(labels)).all():
+        labels = labels.astype(np.int64)
+    else:
+        raise InputFileError(f"{p}: 'labels' must be integers, got dtype {labels.dtype}")
+    bad = (labels < 0) | (labels >= c)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputFileError(f"{p}: label {labels[i]} at row {i} is out of range [0, {c}) ({int(bad.sum())} bad)")
+    if len(np.unique(labels)) < 2:
+        raise InputFileError(f"{p}: all labels are {labels[0]}; need at least 2 classes")
+    _finite_rows("image", image, p)
+    _finite_rows("text", text, p)
+    for name, arr in (("image", image), ("text", text)):
+        zero = np.flatnonzero(~np.any(arr != 0, axis=1))
+        if len(zero):
+            raise InputFileError(f"{p}: '{name}' row {int(zero[0])} is all zeros (cannot be normalised)")
+
+    paired = None
+    if "paired_text" in arrays:
+        paired = _numeric("paired_text", arrays["paired_text"], p, 2, f"({n},{d})")
+        if paired.shape != (n, d):
+            raise InputFileError(f"{p}: 'paired_text' must have shape ({n},{d}), got {paired.shape}")
+        _finite_rows("paired_text", paired, p)
+
+    layers: dict[str, list[np.ndarray] | None] = {"image_layers": None, "text_layers": None}
+    present = [k for k in layers if k in arrays]
+    if len(present) == 1:
+        other = "text_layers" if present[0] == "image_layers" else "image_layers"
+        raise InputFileError(f"{p}: '{present[0]}' given without '{other}'")
+    for key in present:
+        arr = _numeric(key, arrays[key], p, 3, "(L,N,w)" if key == "image_layers" else "(L,M,w)")
+        if arr.shape[0] == 0 or arr.shape[1] < 2 or arr.shape[2] == 0:
+            raise InputFileError(f"{p}: '{key}' is too small, shape {arr.shape}")
+        if key == "image_layers" and arr.shape[1] != n:
+            raise InputFileError(f"{p}: 'image_layers' has {arr.shape[1]} rows per layer but 'image' has {n}")
+        _finite_rows(key, arr, p)
+        layers[key] = [np.asarray(a) for a in arr]
+
+    if "class_names" in arrays:
+        names = [str(s) for s in np.asarray(arrays["class_names"]).reshape(-1)]
+        if len(names) != c:
+            raise InputFileError(f"{p}: 'class_names' has {len(names)} entries but 'text' has {c} rows")
+    else:
+        names = [f"class_{i}" for i in range(c)]
+
+    return Embeddings(
+        image=image, text=text, labels=labels, class_names=names,
+        image_layers=layers["image_layers"], text_layers=layers["text_layers"], paired_text=paired,
+        meta={"source": p, "n_images": n, "n_classes": c, "embed_dim": d},
+    )

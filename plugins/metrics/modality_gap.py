@@ -1,0 +1,120 @@
+"""Modality-gap decomposition: raw gap, paired distance, centroid gap and distribution gap.
+
+The decomposition into a centroid gap and a distribution gap is TPC-CMA's (Liu et al., arXiv
+2604.00279), but its formulas were not available: every formula below except ``gap_raw`` is
+**our reconstruction** (methods.md section 2.2), not the paper's method.
+
+All on L2-normalised embeddings. "Paired text" is ``Embeddings.paired_text`` when given, else
+the text of each image's true class, ``text[labels]`` (methods.md section 7).
+
+- ``gap_raw``: ``||mean(images) - mean(class texts)||``, one text per *class*: the Liang et al.
+  (2022) gap exactly as ``gap`` in the IIMM repository's ``metrics.py``.
+- ``gap_paired``: mean paired distance ``E||x_i - t_i||`` (the paper's "Raw Gap" may be this one;
+  methods.md says to record both).
+- ``gap_centroid``: ``||mu_I - mu_T||`` between the image cloud and the paired-text cloud
+  (classes weighted by their image counts, unlike ``gap_raw``).
+- Distribution gap, on the centred clouds ``x - mu_I`` and ``t - mu_T``:
+  - ``gap_dist_fd``: covariance part of the Fréchet / W2-Gaussian distance,
+    ``tr(S_I + S_T - 2 (S_I^1/2 S_T S_I^1/2)^1/2)`` (unbiased covariances; the same routine as MIR);
+  - ``gap_dist_ot``: exact squared 2-Wasserstein distance (POT ``ot.emd2``, squared Euclidean
+    cost) between the centred empirical clouds. Above ``OT_MAX_POINTS`` images a fixed-seed
+    subsample of image/text pairs is used (centred with the full-sample means);
+  - ``gap_dist_sw``: squared sliced 2-Wasserstein distance (POT, ``SW_PROJECTIONS`` random
+    directions, seed 0) on at most ``SW_MAX_POINTS`` pairs (fixed-seed subsample);
+  - ``gap_dist_paired``: mean paired distance after centring, ``E||x~_i - t~_i||``.
+  The three optimal-transport style distances are squared. ``gap_dist_fd`` and ``gap_dist_ot``
+  share a scale: for Gaussian clouds they are equal, and in general ``gap_dist_ot`` is at least
+  ``gap_dist_fd`` (Gelbrich bound), up to subsampling. ``gap_dist_sw`` averages 1-D projections,
+  so it is roughly ``gap_dist_ot / d``.
+
+Invariances: all values are invariant to a shared orthogonal rotation of both modalities and
+(below the subsampling thresholds) to sample order; ``gap_dist_sw`` is rotation invariant only
+in expectation (its random directions are fixed by the seed, not by the data).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import advisor
+from advisor.specs import Embeddings, Metric
+
+from ._linalg import frechet_from_stats, l2_normalize, labels_of, mean_cov
+
+OT_MAX_POINTS = 2000
+SW_MAX_POINTS = 10000
+SW_PROJECTIONS = 128
+SEED = 0
+
+
+def _text_cloud(emb: Embeddings, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The paired-text cloud (optionally restricted to image indices ``idx``) as weighted atoms.
+
+    Without captions the N paired texts are copies of C class texts, so the cloud is C atoms
+    weighted by label counts: the same distribution, much cheaper for optimal transport.
+    """
+    if emb.paired_text is not None:
+        t = l2_normalize(emb.paired_text)
+        t = t if idx is None else t[idx]
+        return t, np.full(t.shape[0], 1.0 / t.shape[0])
+    t = l2_normalize(emb.text)
+    y = labels_of(emb) if idx is None else labels_of(emb)[idx]
+    counts = np.bincount(y, minlength=t.shape[0]).astype(np.float64)
+    keep = counts > 0
+    return t[keep], counts[keep] / counts.sum()
+
+
+def _subsample(n: int, cap: int) -> np.ndarray | None:
+    if n <= cap:
+        return None
+    return np.sort(np.random.default_rng(SEED).choice(n, size=cap, replace=False))
+
+
+def modality_gap(emb: Embeddings) -> dict[str, float]:
+    import ot
+
+    x = l2_normalize(emb.image)
+    y = labels_of(emb)
+    t_class = l2_normalize(emb.text)
+    t_pair = l2_normalize(emb.paired_text) if emb.paired_text is not None else t_class[y]
+
+    mu_i, cov_i = mean_cov(x)
+    mu_t, cov_t = mean_cov(t_pair)
+    out = {
+        "gap_raw": float(np.linalg.norm(mu_i - t_class.mean(axis=0))),
+        "gap_paired": float(np.linalg.norm(x - t_pair, axis=1).mean()),
+        "gap_centroid": float(np.linalg.norm(mu_i - mu_t)),
+        "gap_dist_fd": frechet_from_stats(mu_i, cov_i, mu_t, cov_t, mean_term=False),
+        "gap_dist_paired": float(np.linalg.norm((x - mu_i) - (t_pair - mu_t), axis=1).mean()),
+    }
+
+    # Exact optimal transport on (a subsample of) the centred clouds.
+    idx = _subsample(len(x), OT_MAX_POINTS)
+    xs = (x if idx is None else x[idx]) - mu_i
+    ts, wt = _text_cloud(emb, idx)
+    ts = ts - mu_t
+    cost = ot.dist(xs, ts, metric="sqeuclidean")
+    out["gap_dist_ot"] = float(max(ot.emd2(np.full(len(xs), 1.0 / len(xs)), wt, cost, numItermax=10_000_000), 0.0))
+
+    # Sliced Wasserstein on (a larger subsample of) the same clouds.
+    idx = _subsample(len(x), SW_MAX_POINTS)
+    xs = (x if idx is None else x[idx]) - mu_i
+    ts, wt = _text_cloud(emb, idx)
+    ts = ts - mu_t
+    sw = ot.sliced_wasserstein_distance(xs, ts, None, wt, n_projections=SW_PROJECTIONS, p=2, seed=SEED)
+    out["gap_dist_sw"] = float(sw) ** 2
+    return out
+
+
+@advisor.hookimpl
+def register_metrics(register):
+    register(Metric(
+        name="modality_gap",
+        compute=modality_gap,
+        needs=frozenset({"image", "text", "labels"}),
+        version="1",
+        description="Modality gap: raw (Liang et al.), paired, centroid, and distribution gap "
+                    "(Fréchet covariance term, exact OT, sliced W2) on centred clouds "
+                    "(decomposition formulas are our reconstruction of TPC-CMA)",
+        higher_is="images and texts further apart in the joint space",
+    ))

@@ -1,0 +1,541 @@
+"""open_clip models behind the ``VisionLanguageModel`` protocol (advisor/specs.py).
+
+Torch-heavy half of the open_clip plugin (the registration in ``open_clip.py`` stays light so
+``advisor --help`` does not import torch). Any open_clip architecture, ``hf-hub:ORG/REPO``, a
+local checkpoint, and two tiny random configs for tests (``tiny-vit``, ``tiny-rn``).
+
+The text forward from input embeddings (prompt learning) replicates open_clip 3.x
+``CLIP.encode_text`` / ``TextTransformer.forward`` step by step; a test checks that
+``encode_text_embeddings(token_embeddings(t), t)`` equals ``encode_text(t)`` exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from advisor.errors import ModelLoadError
+
+from .common import (
+    Tokens,
+    as_tokens,
+    count_params,
+    file_sha256,
+    pil_to_uint8,
+    record_outputs,
+    seeded,
+    tensor_hash,
+    uint8_batch_to_pixels,
+)
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+INIT_SEED = 0  # random-init models (tiny configs, --pretrained omitted) are seeded: deterministic
+
+#: Tiny random configs for tests: a 2-layer ViT and a 1-block-per-stage ModifiedResNet, both
+#: with a 2-layer CLIP text tower over the real CLIP BPE vocabulary (context 77).
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny-vit": {
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 64, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+    },
+    "tiny-rn": {
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 64},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+    },
+}
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _how_to_provide(what: str, hub_repo: str | None = None) -> str:
+    if hub_repo:
+        how = (f"pre-download them (huggingface-cli download {hub_repo} --cache-dir DIR) and pass --cache-dir DIR, "
+               "or allow downloads (HF_HUB_OFFLINE=0 / ADVISOR_ONLINE=1)")
+    else:
+        how = ("pass --pretrained /path/to/checkpoint.pt, or pre-download them into --cache-dir, "
+               "or allow downloads (HF_HUB_OFFLINE=0 / ADVISOR_ONLINE=1)")
+    state = "not in the local cache (HF_HUB_OFFLINE=1)" if _offline() else "could not be downloaded"
+    return f"weights for {what} are {state}: {how}"
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or "/" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+
+
+class OpenClipModel(nn.Module):
+    """An open_clip ``CLIP``/``CustomTextCLIP`` wrapped to the shared model protocol."""
+
+    context_offset = 1  # position 0 is the start-of-text token
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        tokenizer: Any,
+        *,
+        name: str,
+        pretrained: str | None,
+        architecture: str,
+        preprocess: Any,
+        mean: Sequence[float],
+        std: Sequence[float],
+        weights_id: str,
+        resize_mode: str = "shortest",
+    ) -> None:
+        super().__init__()
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.name = name
+        self.pretrained = pretrained
+        self.architecture = architecture
+        self._preprocess = preprocess
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.weights_id = weights_id
+        self.resize_mode = resize_mode
+        size = getattr(clip.visual, "image_size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.embed_dim = int(self._embed_dim())
+        text = self._text_parts(required=False)
+        self.token_dim = int(text["token_embedding"].weight.shape[1]) if text else 0
+        self.context_length = int(getattr(clip, "context_length", 0) or getattr(getattr(clip, "text", None), "context_length", 77))
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    def _embed_dim(self) -> int:
+        proj = getattr(self.clip, "text_projection", None)
+        if proj is None and hasattr(self.clip, "text"):
+            proj = getattr(self.clip.text, "text_projection", None)
+        if isinstance(proj, nn.Linear):
+            return proj.out_features
+        if isinstance(proj, torch.Tensor):
+            return proj.shape[1]
+        out = getattr(self.clip.visual, "output_dim", None)
+        if out:
+            return out
+        with torch.no_grad():
+            return self.clip.encode_text(self.tokenize(["a"]).input_ids.to(self._device())).shape[-1]
+
+    def _device(self) -> torch.device:
+        return next(self.clip.parameters()).device
+
+    def _text_parts(self, required: bool = True) -> dict[str, Any] | None:
+        """The text tower's pieces, for the standard CLIP layout and for TextTransformer."""
+        from open_clip.transformer import TextTransformer
+
+        c = self.clip
+        if hasattr(c, "token_embedding"):
+            return {
+                "token_embedding": c.token_embedding,
+                "positional_embedding": c.positional_embedding,
+                "transformer": c.transformer,
+                "ln_final": c.ln_final,
+                "text_projection": c.text_projection,
+                "attn_mask": c.attn_mask,
+                "pool_type": c.text_pool_type,
+                "eos_id": getattr(c, "text_eos_id", None),
+                "tower": None,
+            }
+        text = getattr(c, "text", None)
+        if isinstance(text, TextTransformer):
+            return {
+                "token_embedding": text.token_embedding,
+                "positional_embedding": text.positional_embedding,
+                "transformer": text.transformer,
+                "ln_final": text.ln_final,
+                "text_projection": text.text_projection,
+                "attn_mask": text.attn_mask,
+                "pool_type": text.pool_type,
+                "eos_id": getattr(text, "eos_id", None),
+                "tower": text,
+            }
+        if required:
+            raise ModelLoadError(
+                f"model {self.name!r} has a Hugging Face text tower; token-level access (prompt learning, text layers) is not supported for it"
+            )
+        return None
+
+    # ------------------------------------------------------------------ images
+
+    def preprocess(self, image: Any) -> torch.Tensor:
+        """PIL image -> (3,S,S): open_clip's own eval transform for pretrained models."""
+        return self._preprocess(image)
+
+    def preprocess_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B,H,W[,3]) uint8 -> (B,3,S,S), vectorised (the embedder's fast path for arrays).
+
+        Same steps as open_clip's "shortest" eval transform (bicubic resize of the shorter
+        side, centre crop, normalise); other resize modes fall back to ``preprocess``.
+        """
+        if self.resize_mode != "shortest":
+            return torch.stack([self.preprocess(_to_pil(im)) for im in batch])
+        return uint8_batch_to_pixels(batch, self.image_size, self.mean, self.std)
+
+    def _image_blocks(self) -> tuple[list[nn.Module], Any]:
+        v = self.clip.visual
+        if hasattr(v, "transformer") and hasattr(v.transformer, "resblocks"):
+            has_cls = getattr(v, "class_embedding", None) is not None and getattr(v, "pool_type", "tok") == "tok"
+
+            def pool_tokens(x: torch.Tensor) -> torch.Tensor:
+                return (x[:, 0] if has_cls else x.mean(1)).float()
+
+            return list(v.transformer.resblocks), pool_tokens
+        if all(hasattr(v, f"layer{i}") for i in range(1, 5)):
+            return [v.layer1, v.layer2, v.layer3, v.layer4], lambda x: x.float().mean((2, 3))
+        trunk = getattr(v, "trunk", None)
+        for attr in ("blocks", "stages", "layers"):
+            blocks = getattr(trunk, attr, None) if trunk is not None else None
+            if blocks is not None:
+                def pool_any(x: torch.Tensor) -> torch.Tensor:
+                    x = x.float()
+                    return x.mean((2, 3)) if x.ndim == 4 else x.mean(1)
+
+                return list(blocks), pool_any
+        raise ModelLoadError(f"model {self.name!r}: per-layer image states are not supported for this vision tower")
+
+    def encode_image(self, pixels: torch.Tensor, return_layers: bool = False) -> Any:
+        if not return_layers:
+            return self.clip.encode_image(pixels)
+        blocks, pool = self._image_blocks()
+        with record_outputs(blocks, pool) as states:
+            emb = self.clip.encode_image(pixels)
+        return emb, list(states)
+
+    # ------------------------------------------------------------------ text
+
+    def tokenize(self, texts: Sequence[str]) -> Tokens:
+        ids = self.tokenizer(list(texts))
+        if not isinstance(ids, torch.Tensor):
+            ids = torch.as_tensor(ids)
+        ids = ids.long()
+        return Tokens(input_ids=ids, attention_mask=(ids != 0).long())
+
+    def token_embeddings(self, tokens: Any) -> torch.Tensor:
+        t = as_tokens(tokens)
+        return self._text_parts()["token_embedding"](t.input_ids.to(self._device()))
+
+    def _pool_index(self, ids: torch.Tensor, parts: dict[str, Any]) -> torch.Tensor:
+        if parts["pool_type"] == "eos":
+            return (ids == parts["eos_id"]).int().argmax(dim=-1)
+        if parts["pool_type"] == "last":
+            return torch.full((ids.shape[0],), ids.shape[1] - 1, device=ids.device, dtype=torch.long)
+        if parts["pool_type"] == "first":
+            return torch.zeros(ids.shape[0], device=ids.device, dtype=torch.long)
+        return ids.argmax(dim=-1)
+
+    def encode_text_embeddings(self, embeddings: torch.Tensor, tokens: Any, return_layers: bool = False) -> Any:
+        """Replicates open_clip's text forward from the token-embedding step on."""
+        from open_clip.transformer import text_global_pool
+
+        parts = self._text_parts()
+        ids = as_tokens(tokens).input_ids.to(embeddings.device)
+        transformer = parts["transformer"]
+        cast_dtype = transformer.get_cast_dtype()
+        x = embeddings.to(cast_dtype)
+        tower = parts["tower"]
+        attn_mask = parts["attn_mask"]
+        if tower is not None:
+            seq_len = ids.shape[1]
+            if tower.cls_emb is not None:
+                from open_clip.transformer import _expand_token
+
+                x = torch.cat([x, _expand_token(tower.cls_emb, x.size(0))], 1)
+                seq_len += 1
+            if tower.use_pad_mask or tower.cls_emb is not None:
+                add_mask = tower._build_additive_mask(ids, seq_len, x.dtype)
+                attn_mask = add_mask if attn_mask is None else attn_mask[:seq_len, :seq_len].unsqueeze(0) + add_mask
+            x = x + parts["positional_embedding"][:seq_len].to(cast_dtype)
+        else:
+            x = x + parts["positional_embedding"].to(cast_dtype)
+        idx = self._pool_index(ids, parts)
+        rows = torch.arange(ids.shape[0], device=ids.device)
+
+        def pool_eot(h: torch.Tensor) -> torch.Tensor:
+            return h[rows, idx].float()
+
+        with record_outputs(list(transformer.resblocks) if return_layers else [], pool_eot) as states:
+            x = transformer(x, attn_mask=attn_mask)
+        if tower is not None and tower.cls_emb is not None:
+            pooled = parts["ln_final"](text_global_pool(x, pool_type="last"))
+        else:
+            x = parts["ln_final"](x)
+            pooled = text_global_pool(x, ids, parts["pool_type"], eos_token_id=parts["eos_id"])
+        proj = parts["text_projection"]
+        if proj is not None:
+            pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+        return (pooled, list(states)) if return_layers else pooled
+
+    def encode_text(self, tokens: Any, return_layers: bool = False) -> Any:
+        t = as_tokens(tokens).to(self._device())
+        if not return_layers:
+            return self.clip.encode_text(t.input_ids)
+        return self.encode_text_embeddings(self.token_embeddings(t), t, return_layers=True)
+
+    # ------------------------------------------------------------------ identity
+
+    def describe(self) -> dict[str, Any]:
+        v = self.clip.visual
+        return {
+            "name": self.name,
+            "pretrained": self.pretrained,
+            "image_size": self.image_size,
+            "family": "open_clip",
+            "architecture": self.architecture,
+            "vision": type(v).__name__,
+            "params": count_params(self.clip),
+            "embed_dim": self.embed_dim,
+            "token_dim": self.token_dim,
+        }
+
+    def identity(self) -> str:
+        return f"open_clip|{self.name}|{self.pretrained or ''}|{self.image_size}|{self.weights_id}"
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def _tokenizer_for(name: str, cache_dir: str | None) -> Any:
+    import open_clip
+
+    try:
+        return open_clip.get_tokenizer(name, cache_dir=cache_dir)
+    except Exception as exc:  # noqa: BLE001 - hub/tokenizer download failures
+        raise ModelLoadError(f"cannot load the tokenizer for {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+_SIMPLE_TOKENIZER: Any = None
+
+
+def _simple_tokenizer() -> Any:
+    global _SIMPLE_TOKENIZER
+    if _SIMPLE_TOKENIZER is None:
+        from open_clip.tokenizer import SimpleTokenizer
+
+        _SIMPLE_TOKENIZER = SimpleTokenizer(context_length=77)
+    return _SIMPLE_TOKENIZER
+
+
+def _transform(size: int, mean: Sequence[float], std: Sequence[float], interpolation: str = "bicubic", resize_mode: str = "shortest") -> Any:
+    import open_clip
+
+    return open_clip.image_transform(size, is_train=False, mean=mean, std=std, interpolation=interpolation, resize_mode=resize_mode)
+
+
+def load_tiny(name: str, image_size: int | None, device: str) -> OpenClipModel:
+    """A tiny random open_clip model, seeded (same weights every time), for tests."""
+    from copy import deepcopy
+
+    from open_clip.model import CLIP
+
+    cfg = deepcopy(TINY_CONFIGS[name])
+    size = image_size or cfg["vision_cfg"]["image_size"]
+    if image_size and isinstance(cfg["vision_cfg"]["layers"], list) and image_size % 32:
+        raise ModelLoadError(f"{name}: --image-size must be a multiple of 32 for a ModifiedResNet (got {image_size})")
+    if image_size and not isinstance(cfg["vision_cfg"]["layers"], list) and image_size % cfg["vision_cfg"]["patch_size"]:
+        raise ModelLoadError(f"{name}: --image-size must be a multiple of the patch size {cfg['vision_cfg']['patch_size']} (got {image_size})")
+    cfg["vision_cfg"]["image_size"] = size
+    with seeded(INIT_SEED):
+        clip = CLIP(**cfg)
+    clip = clip.to(device).eval()
+    return OpenClipModel(
+        clip,
+        _simple_tokenizer(),
+        name=name,
+        pretrained=None,
+        architecture=name,
+        preprocess=_transform(size, OPENAI_MEAN, OPENAI_STD),
+        mean=OPENAI_MEAN,
+        std=OPENAI_STD,
+        weights_id=f"random-seed{INIT_SEED}:" + tensor_hash(clip.state_dict()),
+    )
+
+
+def _resolve_pretrained(arch: str, pretrained: str | None, cache_dir: str | None) -> tuple[str | None, dict, str]:
+    """Validate ``--pretrained`` for ``arch``; returns (checkpoint path or None, tag cfg, weights id).
+
+    Finds the weights without a network when HF_HUB_OFFLINE is set, and turns every failure
+    into one line saying which weights are missing and how to provide them.
+    """
+    import open_clip
+
+    if pretrained is None:
+        return None, {}, f"random-seed{INIT_SEED}"
+    if os.path.isfile(pretrained):
+        return pretrained, {}, "sha256:" + file_sha256(pretrained, _memo_dir())
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    if not cfg:
+        if _looks_like_path(pretrained):
+            raise ModelLoadError(f"checkpoint file not found: {pretrained}")
+        valid = ", ".join(tags) if tags else "none (this architecture has no published weights; pass a checkpoint path)"
+        raise ModelLoadError(f"unknown pretrained tag {pretrained!r} for {arch} (valid: {valid}; or a checkpoint file path)")
+    try:
+        if _offline() and not cfg.get("hf_hub") and cfg.get("url"):
+            target = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg["url"])
+            if not target.is_file():
+                raise FileNotFoundError(target)
+        path = open_clip.download_pretrained(cfg, cache_dir=cache_dir)
+    except Exception:  # noqa: BLE001 - network / hub-offline errors of every flavour
+        raise ModelLoadError(_how_to_provide(f"{arch} pretrained={pretrained!r}")) from None
+    if not path:
+        raise ModelLoadError(_how_to_provide(f"{arch} pretrained={pretrained!r}"))
+    return path, cfg, f"{pretrained}:sha256:" + file_sha256(path, _memo_dir())
+
+
+def _memo_dir() -> Path | None:
+    try:
+        from advisor.config import cache_dir
+
+        return cache_dir()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _from_state_dict_file(path: str, image_size: int | None, device: str) -> tuple[nn.Module, str]:
+    """A checkpoint file given as the model name: infer an OpenAI-layout CLIP from its shapes."""
+    from open_clip.model import build_model_from_openai_state_dict
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if isinstance(obj, dict) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or "token_embedding.weight" not in {k.removeprefix("module.") for k in obj}:
+        raise ModelLoadError(
+            f"{path} is not an OpenAI-layout CLIP state dict; use --model ARCH --pretrained {path} (or a local-dir:DIR with open_clip_config.json)"
+        )
+    sd = {k.removeprefix("module."): v for k, v in obj.items()}
+    try:
+        clip = build_model_from_openai_state_dict(sd, quick_gelu=True, cast_dtype=None)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot build a CLIP model from {path}: {str(exc).splitlines()[0]}") from None
+    clip = clip.float()
+    if image_size and image_size != clip.visual.image_size:
+        raise ModelLoadError(f"{path}: --image-size is fixed by the checkpoint ({clip.visual.image_size}) for checkpoint-as-model")
+    return clip.to(device).eval(), "sha256:" + file_sha256(path, _memo_dir())
+
+
+def load_open_clip(name: str, pretrained: str | None, image_size: int | None, cache_dir: str | None, device: str) -> OpenClipModel:
+    """Load any open_clip model; every user-caused failure becomes a one-line ModelLoadError."""
+    import open_clip
+
+    if name in TINY_CONFIGS:
+        if pretrained is not None:
+            raise ModelLoadError(f"{name} is a random test model; it takes no --pretrained")
+        return load_tiny(name, image_size, device)
+
+    # A checkpoint path given as the model name.
+    if not name.startswith(("hf-hub:", "local-dir:")) and os.path.exists(name):
+        if os.path.isdir(name):
+            name = "local-dir:" + name
+        else:
+            clip, wid = _from_state_dict_file(name, image_size, device)
+            size = int(clip.visual.image_size if isinstance(clip.visual.image_size, int) else clip.visual.image_size[0])
+            return OpenClipModel(
+                clip, _simple_tokenizer(), name=os.path.abspath(name), pretrained=None, architecture="openai-layout-checkpoint",
+                preprocess=_transform(size, OPENAI_MEAN, OPENAI_STD), mean=OPENAI_MEAN, std=OPENAI_STD, weights_id=wid,
+            )
+
+    kwargs: dict[str, Any] = {"device": device, "cache_dir": cache_dir}
+    if image_size:
+        kwargs["force_image_size"] = image_size
+    if name.startswith("hf-hub:"):
+        if pretrained is not None:
+            raise ModelLoadError(f"{name}: --pretrained is not used with hf-hub: ids (the repo holds the weights)")
+        repo = name[len("hf-hub:"):]
+        if not repo or repo.count("/") != 1:
+            raise ModelLoadError(f"bad hf-hub id {name!r}: expected hf-hub:ORG/REPO")
+        weights_id = "hub:" + repo
+        try:
+            clip, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
+        except Exception:  # noqa: BLE001
+            raise ModelLoadError(_how_to_provide(name, hub_repo=repo)) from None
+        tokenizer = _tokenizer_for(name, cache_dir)
+        arch = name
+    elif name.startswith("local-dir:"):
+        try:
+            clip, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"cannot load {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        tokenizer = _tokenizer_for(name, cache_dir)
+        arch, weights_id = name, "local-dir"
+        ckpt = next((p for p in sorted(Path(name[len('local-dir:'):]).glob("*")) if p.suffix in (".bin", ".pt", ".safetensors")), None)
+        if ckpt is not None:
+            weights_id = "sha256:" + file_sha256(ckpt, _memo_dir())
+    else:
+        arch = name
+        if arch not in open_clip.list_models():
+            raise ModelLoadError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
+        path, tag_cfg, weights_id = _resolve_pretrained(arch, pretrained, cache_dir)
+        if tag_cfg.get("quick_gelu"):
+            kwargs["force_quick_gelu"] = True
+        try:
+            with seeded(INIT_SEED):
+                clip, _, preprocess = open_clip.create_model_and_transforms(
+                    arch, pretrained=path, pretrained_text=path is None and not _offline(), **kwargs
+                )
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if path is None and ("offline" in msg.lower() or "connect" in msg.lower() or "hub" in msg.lower()):
+                raise ModelLoadError(_how_to_provide(arch)) from None
+            raise ModelLoadError(f"cannot load {arch} with pretrained={pretrained!r}: {msg}") from None
+        tokenizer = _tokenizer_for(arch, cache_dir)
+    clip = clip.eval()
+    pcfg = getattr(clip.visual, "preprocess_cfg", {}) or {}
+    return OpenClipModel(
+        clip,
+        tokenizer,
+        name=name,
+        pretrained=pretrained,
+        architecture=arch,
+        preprocess=preprocess,
+        mean=pcfg.get("mean", OPENAI_MEAN),
+        std=pcfg.get("std", OPENAI_STD),
+        weights_id=weights_id,
+        resize_mode=pcfg.get("resize_mode", "shortest"),
+    )
+
+
+def _to_pil(arr: torch.Tensor) -> Any:
+    from PIL import Image
+
+    return Image.fromarray(arr.cpu().numpy()).convert("RGB")
+
+
+def weights_fingerprint(name: str, pretrained: str | None, image_size: int | None, cache_dir: str | None) -> str:
+    """A cheap stand-in for ``identity()`` used in cache keys: never builds the model."""
+    import open_clip
+
+    versions = f"torch={torch.__version__},open_clip={open_clip.__version__}"
+    base = f"open_clip|{name}|{pretrained or ''}|{image_size or ''}"
+    if name in TINY_CONFIGS:
+        from advisor.specs import stable_hash
+
+        return f"{base}|random-seed{INIT_SEED}:cfg-{stable_hash(TINY_CONFIGS[name])}|{versions}"
+    if not name.startswith(("hf-hub:", "local-dir:")) and os.path.isfile(name):
+        return f"{base}|sha256:{file_sha256(name, _memo_dir())}"
+    if name.startswith("local-dir:") or os.path.isdir(name):
+        folder = Path(name.removeprefix("local-dir:"))
+        files = sorted(p for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".safetensors", ".json"))
+        return f"{base}|" + ",".join(f"{p.name}:{file_sha256(p, _memo_dir())}" for p in files)
+    if name.startswith("hf-hub:"):
+        return f"{base}|hub|{versions}"
+    _, _, weights_id = _resolve_pretrained(name, pretrained, cache_dir)
+    return f"{base}|{weights_id}" + (f"|{versions}" if pretrained is None else "")

@@ -1,0 +1,135 @@
+"""ContCoOp (class-conditioned context optimisation): OUR RECONSTRUCTION, not the paper's code.
+
+Wang et al., "Towards Compatible Fine-tuning for Vision-Language Model Updates" (arXiv 2412.20895)
+describe ContCoOp as learnable prompts integrated with class embeddings "using an attention layer
+before inputting them into the text encoder", trained with L = L_ce + λ·L_kd (KgCoOp-style
+distillation of zero-shot knowledge). No code is public and the method section was not
+available (methods.md section 6), so the following is a design decision of this project:
+
+- CoOp's unified context P (M x D, M = 16, N(0, 0.02)) in the text tower's token-embedding space;
+- one attention layer (``nn.MultiheadAttention``, 1 head, width D) conditions it on each class's
+  name-token embeddings E_k taken from the *current* model's embedding table:
+  ``P_k = P + Attn(Q=P, K=E_k, V=E_k)``; the output projection starts at zero, so training starts
+  from plain CoOp;
+- prompt for class k: ``[start] P_k [E_k] . [end]`` through the frozen text tower;
+- loss ``CE(exp(logit_scale)·cos) + λ·mean_k(1 − cos(w_k, w_k^zs))`` with w_k^zs the frozen
+  model's text feature of the dataset template for class k; λ = 8.0 (KgCoOp's value);
+- optimisation as CoOp (SGD lr 0.002, batch 32, cosine, 1 constant warm-up epoch at 1e-5,
+  epochs by shots). Image tower frozen: image features are computed once.
+
+Because the conditioning uses the loaded model's class-name embeddings, the saved context and
+attention weights can be applied to any class names (OOD evaluation) and to another model with
+the same token width.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import advisor
+from advisor import training as T
+from advisor.specs import TrainContext, TrainResult, Tuner
+
+from .coop import PromptAdapted, PromptLearner, defaults as coop_defaults, train_prompts
+
+
+def defaults(shots: int | None) -> dict[str, Any]:
+    hp = coop_defaults(shots)
+    hp.update({"kd_weight": 8.0, "heads": 1})
+    return hp
+
+
+def name_token_mask(tokens: Any, offset: int) -> torch.Tensor:
+    """(C,L) bool: positions holding the class name's own tokens (after the start token(s),
+    before the end token, not padding)."""
+    if isinstance(tokens, dict):
+        valid = tokens["attention_mask"].bool()
+    else:
+        valid = tokens != 0
+    pos = torch.arange(valid.shape[1], device=valid.device).unsqueeze(0)
+    last = (valid.long() * pos).max(dim=1, keepdim=True).values  # index of the end token
+    mask = valid & (pos >= offset) & (pos < last)
+    # A tokenizer without an end token (or an empty name): fall back to every valid position.
+    empty = ~mask.any(dim=1, keepdim=True)
+    return torch.where(empty, valid, mask)
+
+
+class ConditionedPromptLearner(PromptLearner):
+    """CoOp's context plus a residual attention layer over each class's name-token embeddings."""
+
+    def __init__(self, model: Any, n_ctx: int, init_std: float, generator: torch.Generator, device: str,
+                 heads: int = 1):
+        super().__init__(model, n_ctx, init_std, generator, device)
+        dim = int(model.token_dim)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            self.attn = nn.MultiheadAttention(dim, int(heads), batch_first=True).to(device)
+        nn.init.zeros_(self.attn.out_proj.weight)
+        nn.init.zeros_(self.attn.out_proj.bias)
+        self._names: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def name_embeddings(self, model: Any, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E (C,L,D), key padding mask (C,L), True = ignore) of the bare class names, cached."""
+        key = tuple(str(c) for c in class_names)
+        if key not in self._names:
+            tokens = T.to_device(model.tokenize(list(key)), self.device)
+            with torch.no_grad():
+                emb = model.token_embeddings(tokens).detach()
+            ids = tokens["input_ids"] if isinstance(tokens, dict) else tokens
+            mask = name_token_mask(tokens if isinstance(tokens, dict) else ids, self.offset)
+            if len(self._names) > 16:
+                self._names.clear()
+            self._names[key] = (emb, ~mask)
+        return self._names[key]
+
+    def conditioned_context(self, model: Any, class_names: Sequence[str]) -> torch.Tensor:
+        emb, pad = self.name_embeddings(model, class_names)
+        q = self.ctx.unsqueeze(0).expand(emb.shape[0], -1, -1)
+        out, _ = self.attn(q, emb.to(q.dtype), emb.to(q.dtype), key_padding_mask=pad, need_weights=False)
+        return q + out
+
+    def text_features(self, model: Any, class_names: Sequence[str]) -> torch.Tensor:
+        tokens, emb = self.frozen_parts(model, class_names)
+        return model.encode_text_embeddings(self.insert(emb, self.conditioned_context(model, class_names)), tokens).float()
+
+
+def train(ctx: TrainContext) -> TrainResult:
+    hp = T.resolve_hparams("contcoop", defaults(ctx.shots), ctx)
+    generator = T.seed_everything(ctx.seed)
+    model = ctx.model
+    model.eval()
+    with T.frozen(model):
+        learner = ConditionedPromptLearner(model, int(hp["n_ctx"]), float(hp["init_std"]), generator, ctx.device,
+                                           heads=int(hp["heads"]))
+        n_trainable = T.count_trainable(learner)
+        with torch.no_grad():
+            zero_shot = F.normalize(T.encode_class_texts(model, ctx.class_names, ctx.template, ctx.device), dim=-1)
+        lam = float(hp["kd_weight"])
+        last_kd: list[float] = []
+
+        def kd(txt: torch.Tensor) -> torch.Tensor:
+            loss = (1.0 - (F.normalize(txt, dim=-1) * zero_shot).sum(-1)).mean()
+            last_kd.append(float(loss.detach()))
+            return lam * loss
+
+        losses = train_prompts(ctx, learner, hp, generator, extra_loss=kd)
+    learner.requires_grad_(False)
+    return TrainResult(
+        adapted=PromptAdapted(model, learner, ctx.device),
+        trainable_params=n_trainable,
+        losses=losses,
+        hparams=hp,
+        extra={"final_kd": last_kd[-1] if last_kd else float("nan")},
+    )
+
+
+@advisor.hookimpl
+def register_tuners(register: Any) -> None:
+    register(Tuner(
+        name="contcoop", train=train, defaults=defaults, reconstructed=True,
+        description="ContCoOp (our reconstruction): CoOp context conditioned on class-name embeddings by an attention layer, CE + 8.0 x KgCoOp distillation.",
+    ))

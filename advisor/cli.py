@@ -261,6 +261,97 @@ def history_path(db: str | None) -> None:
 
 # ---------------------------------------------------------------------------------- embed / cache
 
+
+@cli.command(name="embed")
+@model_options
+@dataset_options
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... (auto: cuda when present).")
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader worker processes for image files.")
+@click.option("--layers", "with_layers", is_flag=True, help="Also keep pooled per-layer states of both towers.")
+@click.option("--no-cache", is_flag=True, help="Re-embed even when cached embeddings exist (and do not write the cache).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None, metavar="OUT.npz",
+              help="Write image, text, labels (+ layers) for `advisor signals --from-embeddings`.")
+@json_option
+def embed_command(model: str, pretrained: str | None, image_size: int | None, cache_dir: str | None, dataset: str,
+                  shots: int | None, seed: int, max_images: int | None, split: str, batch_size: int, device: str,
+                  num_workers: int, with_layers: bool, no_cache: bool, quiet: bool, output: str | None,
+                  as_json: bool) -> None:
+    """Embed one split of a dataset with one model (one batched pass, cached on disk).
+
+    \b
+    advisor embed --model lit-offline --dataset mnist-5k --split test
+    advisor embed --model ViT-B-32 --pretrained openai --dataset folder:./images -o emb.npz
+    """
+    from .embed import embed, save_npz
+    from .specs import DatasetSpec, ModelSpec
+
+    if shots is not None and shots < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--shots")
+    if max_images is not None and max_images < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--max-images")
+    emb = embed(ModelSpec(model, pretrained, image_size, cache_dir), DatasetSpec(dataset), split=split, shots=shots,
+                seed=seed, max_images=max_images, device=device, batch_size=batch_size, num_workers=num_workers,
+                use_cache=not no_cache, with_layers=with_layers, quiet=quiet)
+    if output:
+        save_npz(emb, output)
+    m = emb.meta
+    summary = {
+        "model": model, "model_identity": m.get("model_identity"), "dataset": m.get("dataset"), "split": split,
+        "split_hash": m.get("split_hash"), "n": int(emb.image.shape[0]), "d": int(emb.image.shape[1]),
+        "classes": len(emb.class_names), "image_size": m.get("image_size"),
+        "layers": [len(emb.image_layers or []), len(emb.text_layers or [])] if with_layers else None,
+        "seconds": m.get("seconds"), "images_per_s": m.get("images_per_s"), "cache_hit": m.get("cache_hit"),
+        "cache_key": m.get("cache_key"), "output": output,
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    print_table([{k: v for k, v in summary.items() if v is not None and k not in ("model_identity", "cache_key")}])
+
+
+@cli.group(name="cache")
+def cache_group() -> None:
+    """The embedding cache (.npz files; `--no-cache` on embed/signals bypasses it)."""
+
+
+@cache_group.command(name="path")
+def cache_path() -> None:
+    """Print the cache directory."""
+    from .cache import embeddings_dir
+
+    click.echo(str(embeddings_dir()))
+
+
+@cache_group.command(name="list")
+@json_option
+def cache_list(as_json: bool) -> None:
+    """List cached embeddings: model, dataset, split, N x d, size."""
+    from .cache import entries
+
+    rows = entries()
+    if as_json:
+        emit_json(rows)
+        return
+    print_table([{**r, "key": r["key"][:12]} for r in rows],
+                ["key", "model", "dataset", "split", "shots", "seed", "n", "d", "with_layers", "image_size", "bytes", "created"])
+
+
+@cache_group.command(name="clear")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def cache_clear(yes: bool) -> None:
+    """Delete every cached embedding."""
+    from .cache import clear, embeddings_dir
+
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Delete all cached embeddings in {embeddings_dir()}?", abort=True)
+    n, freed = clear()
+    click.echo(f"Removed {n} file(s), {freed / 1e6:.1f} MB")
+
+
 # ---------------------------------------------------------------------------------- signals
 
 

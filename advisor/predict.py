@@ -354,12 +354,16 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
         from sklearn.utils.validation import validate_data
 
         # y is checked by hand: NaN targets are allowed (that row is skipped for that target).
+        if y is None:
+            raise ValueError("AdvisorPredictor requires y to be passed, but the target y is None")
         X = validate_data(self, X, dtype=float, ensure_all_finite="allow-nan")
         y = np.asarray(y, dtype=float)
         if y.ndim not in (1, 2) or y.shape[0] != X.shape[0]:
             raise ValueError(f"y has shape {y.shape}, expected ({X.shape[0]},) or ({X.shape[0]}, k)")
         if np.isinf(y).any():
-            raise ValueError("y contains infinity")
+            raise ValueError("Input y contains infinity")
+        if not np.isfinite(y).any():
+            raise ValueError("Input y contains NaN only: nothing to fit")
         self.y_ndim_ = y.ndim
         Y = y.reshape(len(y), -1)
         n, p = X.shape

@@ -176,7 +176,7 @@ def run_finetune(
     _check_promptable(dataset_spec.name, bundle.class_names, template)
     train = get_split(bundle, "train")
     if shots is not None:
-        train = few_shot(train, shots, seed)
+        train = few_shot(train, shots, seed, class_names=bundle.class_names)
     ood_names = list(ood) if ood is not None else _default_ood(dataset_spec.name)
 
     torch.manual_seed(seed)

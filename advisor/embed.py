@@ -193,7 +193,7 @@ def encode_images(
                 arr = images.images
                 assert isinstance(arr, np.ndarray)
                 for start in range(0, n, batch_size):
-                    chunk = torch.from_numpy(np.ascontiguousarray(arr[start : start + batch_size]))
+                    chunk = torch.from_numpy(np.array(arr[start : start + batch_size], copy=True))  # sources may be read-only
                     run(model.preprocess_batch(chunk.to(dev) if dev.type == "cuda" else chunk))
                     bar.update(len(chunk))
             else:

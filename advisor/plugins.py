@@ -246,8 +246,9 @@ def plugin_info() -> list[dict[str, Any]]:
     from . import __version__
 
     out = []
-    for plugin in pm.get_plugins():
-        name = pm.get_name(plugin) or repr(plugin)
+    for name, plugin in pm.list_name_plugin():  # registration order (get_plugins() is a set)
+        if plugin is None:  # blocked
+            continue
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         if name.startswith("advisor_plugins."):
             version = __version__

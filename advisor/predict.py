@@ -399,7 +399,7 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
                     bags.append(booster)
                     oob = np.setdiff1d(ok, idx)
                     if len(oob):
-                        preds[b, oob] = booster.predict(X[oob])
+                        preds[b, oob] = booster.predict(X[oob], num_threads=1)
             self.boosters_.append(bags)
             if bags:
                 with warnings.catch_warnings():
@@ -423,7 +423,7 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
         out = np.full((self.n_bags, X.shape[0], self.n_targets_), np.nan)
         for t, bags in enumerate(self.boosters_):
             for b, booster in enumerate(bags):
-                out[b, :, t] = booster.predict(X)
+                out[b, :, t] = booster.predict(X, num_threads=1)  # OpenMP start-up costs 20 ms a call
         return out
 
     def predict(self, X: Any) -> np.ndarray:
@@ -463,7 +463,7 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
         out = np.full((X.shape[0], self.n_targets_, self.n_features_in_ + 1), np.nan)
         for t, bags in enumerate(self.boosters_):
             if bags:
-                out[:, t, :] = np.mean([np.asarray(bst.predict(X, pred_contrib=True)) for bst in bags], axis=0)
+                out[:, t, :] = np.mean([np.asarray(bst.predict(X, pred_contrib=True, num_threads=1)) for bst in bags], axis=0)
         return out
 
     # -- history rows ----------------------------------------------------------------------

@@ -541,6 +541,15 @@ def recommend(
     )
 
 
+def _feature_label(name: str, case: Mapping[str, Any]) -> str:
+    """``sig:iimm`` -> ``iimm``; categorical features with their value (``method=lora``)."""
+    from .predict import CATEGORICAL, _core_values, pretty_feature
+
+    if name in CATEGORICAL:
+        return f"{name}={_core_values(case).get(name)}"
+    return pretty_feature(name)
+
+
 def _predict_methods(
     est: Any,
     methods: Sequence[str],
@@ -579,6 +588,6 @@ def _predict_methods(
         row = contrib[k, g, :-1]
         if np.isfinite(row).any():
             order = np.argsort(-np.abs(np.nan_to_num(row)), kind="stable")[:TOP_CONTRIBUTIONS]
-            a.contributions = [(pretty_feature(names[j]), float(row[j])) for j in order if row[j] != 0]
+            a.contributions = [(_feature_label(names[j], cases[k]), float(row[j])) for j in order if row[j] != 0]
         out.append(a)
     return out

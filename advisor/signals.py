@@ -98,12 +98,16 @@ def run_metrics(emb: Embeddings, names: list[str] | None = None) -> SignalSet:
 
     Unknown names raise UnknownNameError; everything a metric does wrong lands in ``errors``.
     """
-    from .plugins import get_metric, get_metrics
+    from .plugins import get_metric, get_metrics, provider_of
 
     if names:
         metrics = {n: get_metric(n) for n in names}
     else:
-        metrics = dict(get_metrics())
+        # Built-in metrics first: when a third-party metric reports a signal name a built-in
+        # already reports, the third-party one is the metric in error, not IIMM.
+        registered = dict(get_metrics())
+        order = sorted(registered, key=lambda n: not provider_of("metrics", n).startswith("advisor_plugins."))
+        metrics = {n: registered[n] for n in order}
     available = emb.available
     out = SignalSet(meta=dict(emb.meta))
     out.meta.setdefault("n_images", int(len(emb.labels)))

@@ -66,7 +66,7 @@ def image_features(model, images, batch_size: int = 128) -> np.ndarray:
         for start in range(0, len(images), batch_size):
             idx = range(start, min(start + batch_size, len(images)))
             if _uses_fast_path(images, model):
-                px = model.preprocess_batch(torch.from_numpy(np.ascontiguousarray(images.images[start : start + batch_size])))
+                px = model.preprocess_batch(torch.from_numpy(np.array(images.images[start : start + batch_size], copy=True)))
             else:
                 px = torch.stack([model.preprocess(images.pil(i)) for i in idx])
             out.append(model.image_features(px).float().numpy())
@@ -96,7 +96,6 @@ def train_head(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int
     losses: list[float] = []
     for _ in range(steps):
         opt.zero_grad()
-        total = 0.0
         loss = torch.zeros(())
         for x, y, t in data:
             z = F.normalize(proj(x), dim=-1)
@@ -106,8 +105,7 @@ def train_head(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int
         opt.step()
         with torch.no_grad():
             logit_scale.clamp_(max=float(np.log(100)))
-        total = float(loss)
-        losses.append(total)
+        losses.append(float(loss))
     with torch.no_grad():
         accs = []
         for x, y, t in data:

@@ -94,7 +94,8 @@ def cli() -> Callable[..., Result]:
     from advisor.cli import cli as advisor_cli
 
     def invoke(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
-        return CliRunner().invoke(advisor_cli, list(args), input=input, env=env, catch_exceptions=False)
+        return CliRunner().invoke(advisor_cli, list(args), input=input, env=env, catch_exceptions=False,
+                                  prog_name="advisor")
 
     return invoke
 

@@ -288,6 +288,12 @@ def test_mir_class_rows_are_expanded_and_misaligned_layers_fall_back():
     emb.text_layers = [rng.standard_normal((5, 7))]  # widths differ: final embeddings only
     got = mir.mir(emb)
     assert got["mir"] == got["mir_final"]
+    # advisor.embed writes one text row per (template, class), templates outer: averaged per class
+    prompts = rng.standard_normal((3 * 5, 6))
+    emb.text_layers = [prompts]
+    emb.meta = {"text_layers_rows": "one row per (template, class) prompt, templates outer"}
+    per_class = np.stack([prompts[[c, 5 + c, 10 + c]].mean(0) for c in range(5)])
+    assert mir.mir(emb)["mir"] == pytest.approx(np.log10(mir.layer_fd(il[0], per_class[emb.labels])), rel=1e-12)
 
 
 def test_mir_with_fewer_samples_than_dims_is_finite_and_real():

@@ -29,8 +29,11 @@ Our choices (the adaptation):
 - **Rotation.** Outlier *detection* uses row norms (rotation invariant); the coordinate-wise
   median that replaces outliers is not, so MIR is rotation invariant only when no row is replaced.
 - **Raw features.** No L2 normalisation: MIR's text-centric scaling is its normalisation.
-- **Small samples.** The square root goes through ``eigh`` with eigenvalues clipped at 0
-  (``_linalg.trace_sqrt_product``), so N < d gives a real, finite value (no shrinkage needed).
+- **Small samples.** The square root goes through ``eigh`` with eigenvalues below the numerical
+  rank cut set to 0 (``_linalg.trace_sqrt_product``), so N < d gives a real, finite value (no
+  shrinkage needed; the official Newton-Schulz / ``sqrtm`` paths can give NaN or complex there).
+- **Identical modalities.** FD = 0 makes log10 undefined; the metric then raises and the engine
+  reports it as an error rather than storing -inf.
 """
 
 from __future__ import annotations

@@ -421,10 +421,12 @@ def _from_state_dict_file(path: str, image_size: int | None, device: str) -> tup
         )
     sd = {k.removeprefix("module."): v for k, v in obj.items()}
     try:
-        clip = build_model_from_openai_state_dict(sd, quick_gelu=True, cast_dtype=None)
+        clip = build_model_from_openai_state_dict(dict(sd), quick_gelu=True, cast_dtype=None)
+        # The builder casts weights to fp16 (OpenAI's release format); reload them at full precision.
+        clip = clip.float()
+        clip.load_state_dict({k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")})
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"cannot build a CLIP model from {path}: {str(exc).splitlines()[0]}") from None
-    clip = clip.float()
     if image_size and image_size != clip.visual.image_size:
         raise ModelLoadError(f"{path}: --image-size is fixed by the checkpoint ({clip.visual.image_size}) for checkpoint-as-model")
     return clip.to(device).eval(), "sha256:" + file_sha256(path, _memo_dir())

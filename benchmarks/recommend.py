@@ -1,0 +1,134 @@
+"""How fast ``advisor recommend`` answers for a pair it has seen before.
+
+    python benchmarks/recommend.py                                   # lit-offline x fashion-mnist, default history
+    python benchmarks/recommend.py --db registry.db --model lit-offline --dataset digits
+
+"Cached pair": the pair's signals are in the history and a predictor is stored. A warm-up call
+makes sure of both (it may compute signals or train the predictor; it is not timed). Then, each
+in a fresh Python process:
+
+- ``first call in a fresh process``: ``recommend()`` timed in-process around the call, so the
+  lazy imports it triggers (LightGBM, SQLAlchemy, the plugins) are billed but the interpreter
+  start is not;
+- ``repeat call, same process``: a second ``recommend()`` right after the first (everything
+  imported, plugins loaded);
+- ``advisor recommend`` as a subprocess: the whole command's wall time, and the same minus the
+  time of ``python -c pass`` (the interpreter start).
+
+Target: an answer in under 1 s beyond interpreter start. Results go to
+``benchmarks/results/recommend.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RESULTS = Path(__file__).resolve().parent / "results" / "recommend.json"
+
+_PROBE = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from advisor.recommend import recommend
+t_import = time.perf_counter() - t0
+kw = json.loads(sys.argv[1])
+t0 = time.perf_counter(); rec = recommend(kw["model"], kw["dataset"], db=kw["db"], quiet=True); t1 = time.perf_counter()
+rec2 = recommend(kw["model"], kw["dataset"], db=kw["db"], quiet=True); t2 = time.perf_counter()
+heavy = sorted(m for m in ("torch", "lightgbm", "sklearn", "sqlalchemy", "matplotlib", "open_clip") if m in sys.modules)
+print(json.dumps({"import_s": t_import, "first_s": t1 - t0, "repeat_s": t2 - t1, "signals_source": rec.signals_source,
+                  "source": rec.source, "winner": rec2.winner, "modules": heavy}))
+"""
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        sys.exit(f"command failed ({' '.join(cmd)}):\n{out.stderr or out.stdout}")
+    return wall, out.stdout
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--db", default=None, help="history (default: the user copy of the shipped registry.db)")
+    ap.add_argument("--model", default="lit-offline")
+    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    env = dict(os.environ)
+
+    from advisor.recommend import recommend
+
+    t0 = time.perf_counter()
+    warm = recommend(args.model, args.dataset, db=args.db, quiet=True)
+    warm_s = time.perf_counter() - t0
+    print(f"warm-up: {warm_s:.2f} s (signals from the {warm.signals_source}, ranking by {warm.source}); "
+          f"winner {warm.winner}", file=sys.stderr)
+
+    probes = []
+    for _ in range(args.repeats):
+        _, out = _run([sys.executable, "-c", _PROBE, json.dumps({"model": args.model, "dataset": args.dataset,
+                                                                  "db": args.db})], env)
+        probes.append(json.loads(out.strip().splitlines()[-1]))
+    bare = [_run([sys.executable, "-c", "pass"], env)[0] for _ in range(args.repeats)]
+    exe = shutil.which("advisor") or ""
+    cmd = ([exe] if exe else [sys.executable, "-m", "advisor.cli"]) + [
+        "recommend", "--model", args.model, "--dataset", args.dataset, "--json"]
+    if args.db:
+        cmd += ["--db", args.db]
+    cli = [_run(cmd, env)[0] for _ in range(args.repeats)]
+
+    med = statistics.median
+    rows = [
+        ("import advisor.recommend", med(p["import_s"] for p in probes)),
+        ("first call in a fresh process (in-process)", med(p["first_s"] for p in probes)),
+        ("repeat call, same process (in-process)", med(p["repeat_s"] for p in probes)),
+        ("python -c pass (interpreter start)", med(bare)),
+        ("advisor recommend --json (subprocess wall)", med(cli)),
+        ("advisor recommend minus interpreter start", med(cli) - med(bare)),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{args.model} x {args.dataset}; median of {args.repeats} fresh processes")
+    print(f"{'measurement'.ljust(width)}  seconds")
+    print(f"{'-' * width}  -------")
+    for name, v in rows:
+        print(f"{name.ljust(width)}  {v:7.3f}")
+    print(f"modules loaded by recommend(): {', '.join(probes[0]['modules'])}")
+    print(f"signals from the {probes[0]['signals_source']}; ranking by {probes[0]['source']}; target < 1 s beyond "
+          f"interpreter start: {'met' if med(cli) - med(bare) < 1.0 else 'NOT met'} by the command, "
+          f"{'met' if med(p['repeat_s'] for p in probes) < 1.0 else 'NOT met'} by a repeat call")
+
+    result = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "db": args.db or "default",
+        "repeats": args.repeats,
+        "measurements_s": {name: round(v, 4) for name, v in rows},
+        "raw": {"probes": probes, "python_pass_s": bare, "cli_s": cli},
+        "signals_source": probes[0]["signals_source"],
+        "source": probes[0]["source"],
+        "modules_loaded": probes[0]["modules"],
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+                    "load_average": os.getloadavg()},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -116,8 +116,23 @@ def load_plugins() -> pluggy.PluginManager:
             print(f"[advisor] hook {hook_name} done", file=sys.stderr)
 
         pm.add_hookcall_monitoring(before, after)
-    pm.check_pending()
+    _drop_misspelt_hooks()
     return pm
+
+
+def _drop_misspelt_hooks() -> None:
+    """Like ``pm.check_pending()``, but a plugin with a hook name no hookspec knows (a typo such
+    as ``register_metric``) is reported by name and unregistered instead of crashing every
+    command."""
+    for hook_name, caller in list(vars(pm.hook).items()):
+        if hook_name.startswith("_") or caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.optionalhook:
+                continue
+            if pm.has_plugin(impl.plugin_name):
+                _report(impl.plugin_name, ValueError(f"unknown hook {hook_name!r} (see docs/plugins.md for the hooks)"))
+                pm.unregister(name=impl.plugin_name)
 
 
 _distinfo: dict[str, tuple[str, str]] = {}

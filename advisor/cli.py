@@ -541,23 +541,23 @@ def predictor_show(db: str | None, as_json: bool) -> None:
     """The stored predictor: when it was trained, on what, its features and its scores."""
     from .errors import PredictorError
     from .history import open_history
-    from .predict import AdvisorPredictor, training_hash
+    from .predict import FittedPredictor, training_hash
 
     history = open_history(db)
     stored = history.load_predictor("default")
     if stored is None:
         raise PredictorError("no predictor stored in this history; run `advisor predictor train`")
-    est = AdvisorPredictor.from_stored(stored)
+    est = FittedPredictor.from_stored(stored)
     rows = history.training_rows()
     info = {
         "name": "default",
         "created_at": stored.get("created_at"),
-        "n_runs": est.n_runs_,
-        "datasets": est.datasets_,
+        "n_runs": est.n_runs,
+        "datasets": est.datasets,
         "training_hash": stored.get("training_hash"),
-        "up_to_date": training_hash(rows) == est.training_hash_,
+        "up_to_date": training_hash(rows) == est.training_hash,
         "features": list(stored.get("features") or []),
-        "params": est.get_params(),
+        "params": est.params,
         "scores": stored.get("scores") or {},
     }
     if as_json:

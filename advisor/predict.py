@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin, clone
 
 from .errors import PredictorError
 from .specs import stable_hash
@@ -276,253 +275,365 @@ def pretty_feature(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------
-# The estimator
+# LightGBM text models, evaluated with numpy
+# ------------------------------------------------------------------------------------------
+
+_ZERO = 1e-35  # LightGBM's kZeroThreshold
+
+
+class _Tree:
+    """The arrays of one tree of a LightGBM text model (``model_to_string``)."""
+
+    def __init__(self, fields: Mapping[str, str]) -> None:
+        def arr(key: str, dtype: type) -> np.ndarray:
+            text = fields.get(key, "").strip()
+            return np.array(text.split(), dtype=dtype) if text else np.zeros(0, dtype=dtype)
+
+        if fields.get("is_linear", "0").strip() not in ("0", ""):
+            raise PredictorError("linear LightGBM trees are not supported; run `advisor predictor train`")
+        self.num_leaves = int(fields["num_leaves"])
+        self.split_feature = arr("split_feature", np.int64)
+        self.threshold = arr("threshold", np.float64)
+        self.decision_type = arr("decision_type", np.int64)
+        self.left = arr("left_child", np.int64)
+        self.right = arr("right_child", np.int64)
+        self.leaf_value = arr("leaf_value", np.float64)
+        self.leaf_count = arr("leaf_count", np.float64)
+        self.internal_count = arr("internal_count", np.float64)
+        self.cat_boundaries = arr("cat_boundaries", np.int64)
+        self.cat_threshold = arr("cat_threshold", np.int64)
+
+    def categories(self, node: int) -> list[int]:
+        """The categories a categorical split sends left (its bitset, decoded)."""
+        k = int(self.threshold[node])
+        words = self.cat_threshold[self.cat_boundaries[k]: self.cat_boundaries[k + 1]].tolist()
+        return [32 * w + b for w, word in enumerate(words) for b in range(word.bit_length()) if (word >> b) & 1]
+
+    def count(self, node: int) -> float:
+        return float(self.internal_count[node] if node >= 0 else self.leaf_count[~node])
+
+    def leaf_paths(self) -> list[tuple[int, list[tuple[int, bool]]]]:
+        """(leaf, [(node, goes_left), ...] from the root) for every leaf."""
+        if self.num_leaves == 1:
+            return [(0, [])]
+        out: list[tuple[int, list[tuple[int, bool]]]] = []
+        stack: list[tuple[int, list[tuple[int, bool]]]] = [(0, [])]
+        while stack:
+            node, path = stack.pop()
+            for child, left in ((int(self.left[node]), True), (int(self.right[node]), False)):
+                p = path + [(node, left)]
+                if child < 0:
+                    out.append((~child, p))
+                else:
+                    stack.append((child, p))
+        return out
+
+
+class TreeEnsemble:
+    """A LightGBM regression model read from its text format and evaluated with numpy.
+
+    Reading a stored predictor then needs neither LightGBM nor scikit-learn (together about
+    1.5 s of imports), which keeps ``advisor recommend`` on a known pair fast. Every tree is
+    flattened into its leaves' root-to-leaf paths: a row reaches the leaf whose path agrees with
+    all its split decisions (LightGBM's NumericalDecision/CategoricalDecision rules, NaN and
+    zero handling included), and the exact path-dependent TreeSHAP values that LightGBM's
+    ``pred_contrib`` computes (Lundberg et al. 2018, Algorithm 2) are evaluated per leaf, for
+    all leaves and rows at once: a feature split on several times along a path is merged into
+    one path element, which is what the recursive algorithm's unwind/re-extend step does.
+    ``tests/test_predict.py`` checks both against LightGBM itself; ``as_booster()`` gives the
+    real ``lightgbm.Booster``.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        header, _, body = text.partition("\nTree=")
+        head = dict(line.split("=", 1) for line in header.splitlines() if "=" in line)
+        objective = head.get("objective", "regression").split()[0]
+        if objective not in ("regression", "regression_l2", "l2"):
+            raise PredictorError(f"stored LightGBM model has objective {objective!r}; run `advisor predictor train`")
+        self.n_features = int(head.get("max_feature_idx", "-1")) + 1
+        body = body.split("\nend of trees", 1)[0]
+        trees = []
+        for block in ("Tree=" + body).split("\nTree=") if body else []:
+            trees.append(_Tree(dict(line.split("=", 1) for line in block.splitlines()[1:] if "=" in line)))
+        self.n_trees = len(trees)
+        self._compile(trees)
+
+    def _compile(self, trees: list[_Tree]) -> None:
+        feat: list[int] = []  # internal nodes of all trees
+        thr: list[float] = []
+        dt: list[int] = []
+        cats: list[list[int]] = []
+        leaf_value: list[float] = []  # leaves of all trees
+        paths: list[list[tuple[int, bool]]] = []  # per leaf: [(global node, goes_left)] from the root
+        leaf_zero: list[dict[int, float]] = []  # per leaf: feature -> product of cover fractions
+        self.expected_value = 0.0
+        for t in trees:
+            base = len(feat)
+            sf, th, dts = t.split_feature.tolist(), t.threshold.tolist(), t.decision_type.tolist()
+            lv, lc, ic = t.leaf_value.tolist(), t.leaf_count.tolist(), t.internal_count.tolist()
+            feat += sf
+            thr += th
+            dt += dts
+            cats += [t.categories(n) if d & 1 else [] for n, d in enumerate(dts)]
+            if t.num_leaves == 1:
+                self.expected_value += lv[0]
+            else:
+                self.expected_value += float(np.sum(t.leaf_count / t.internal_count[0] * t.leaf_value))
+            for leaf, path in t.leaf_paths():
+                leaf_value.append(lv[leaf])
+                paths.append([(base + n, left) for n, left in path])
+                zero: dict[int, float] = {}
+                for k, (n, _) in enumerate(path):
+                    child = path[k + 1][0] if k + 1 < len(path) else ~leaf
+                    cover = ic[child] if child >= 0 else lc[~child]
+                    zero[sf[n]] = zero.get(sf[n], 1.0) * cover / ic[n]
+                leaf_zero.append(zero)
+        self.node_feature = np.array(feat, dtype=np.int64)
+        self.node_threshold = np.array(thr, dtype=np.float64)
+        dta = np.array(dt, dtype=np.int64)
+        self.node_categorical = (dta & 1) == 1
+        self.node_default_left = (dta & 2) == 2
+        self.node_missing = (dta >> 2) & 3
+        width = max([max(c) + 1 for c in cats if c] or [1])
+        self.cat_mask = np.zeros((len(feat), width), dtype=bool)
+        for n, c in enumerate(cats):
+            if c:
+                self.cat_mask[n, c] = True
+        self.leaf_value = np.array(leaf_value, dtype=np.float64)
+        depth = max([len(p) for p in paths] or [0])
+        slots = max([len(z) for z in leaf_zero] or [0])
+        pn, pl, pv, ps, sfe, sz = [], [], [], [], [], []
+        for path, zero in zip(paths, leaf_zero):
+            order = list(zero)  # unique features in first-split order
+            pad = depth - len(path)
+            pn.append([n for n, _ in path] + [0] * pad)
+            pl.append([left for _, left in path] + [True] * pad)
+            pv.append([True] * len(path) + [False] * pad)
+            ps.append([order.index(feat[n]) for n, _ in path] + [0] * pad)
+            sfe.append(order + [0] * (slots - len(order)))
+            sz.append([zero[f] for f in order] + [1.0] * (slots - len(order)))
+        L = len(paths)
+        self.path_node = np.array(pn, dtype=np.int64).reshape(L, depth)
+        self.path_left = np.array(pl, dtype=bool).reshape(L, depth)
+        self.path_valid = np.array(pv, dtype=bool).reshape(L, depth)
+        self.path_slot = np.array(ps, dtype=np.int64).reshape(L, depth)
+        self.slot_feature = np.array(sfe, dtype=np.int64).reshape(L, slots)
+        self.slot_zero = np.array(sz, dtype=np.float64).reshape(L, slots)
+        self.n_slots = np.array([len(z) for z in leaf_zero], dtype=np.int64)
+
+    def _go_left(self, X: np.ndarray) -> np.ndarray:
+        """(n_nodes, n) split decisions of every internal node for every row (LightGBM's rules:
+        NaN counts as 0 unless the node routes missing values; categorical NaN or negative
+        values go right)."""
+        fv = X[:, self.node_feature].T
+        missing = self.node_missing[:, None]
+        f = np.where(np.isnan(fv) & (missing != 2), 0.0, fv)
+        is_missing = ((missing == 1) & (np.abs(f) <= _ZERO)) | ((missing == 2) & np.isnan(f))
+        with np.errstate(invalid="ignore"):
+            out = np.where(is_missing, self.node_default_left[:, None], f <= self.node_threshold[:, None])
+        cat = np.flatnonzero(self.node_categorical)
+        if len(cat):
+            v = fv[cat]
+            with np.errstate(invalid="ignore"):
+                c = np.trunc(np.where(np.isnan(v), -1.0, v))  # static_cast<int> truncates toward zero
+            ok = (c >= 0) & (c < self.cat_mask.shape[1])
+            ci = np.where(ok, c, 0).astype(np.int64)
+            out[cat] = ok & self.cat_mask[cat[:, None], ci]
+        return out
+
+    def _agree(self, X: np.ndarray) -> np.ndarray:
+        """(n_leaves, depth, n): whether each row follows each step of each leaf's path."""
+        go = self._go_left(X)
+        agree = go[self.path_node] == self.path_left[:, :, None]
+        return agree | ~self.path_valid[:, :, None]
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        if not len(self.leaf_value):
+            return np.zeros(len(X))
+        reached = self._agree(X).all(axis=1)  # (n_leaves, n): exactly one leaf per tree
+        return self.leaf_value @ reached
+
+    def contrib(self, X: np.ndarray) -> np.ndarray:
+        """(n, n_features + 1) SHAP values, the last column the expected value (as LightGBM)."""
+        n = len(X)
+        out = np.zeros((n, X.shape[1] + 1))
+        out[:, -1] = self.expected_value
+        if not len(self.leaf_value) or not self.slot_feature.shape[1]:
+            return out
+        agree = self._agree(X)
+        L, S = self.slot_feature.shape
+        one = np.ones((L, S, n), dtype=bool)  # per path element: does the row follow all its splits
+        rows = np.arange(L)
+        for j in range(agree.shape[1]):
+            one[rows, self.path_slot[:, j]] &= agree[:, j]
+        one = one.astype(float)
+        # pweights after extending the root element and every slot (the order does not matter)
+        pw = [np.ones((L, n))] + [np.zeros((L, n)) for _ in range(S)]
+        for u in range(S):
+            has = (self.n_slots > u)[:, None]
+            d = u + 1  # elements already on the path
+            z, o = self.slot_zero[:, u][:, None], one[:, u]
+            new = [p.copy() for p in pw]
+            for i in range(d - 1, -1, -1):
+                new[i + 1] = new[i + 1] + o * new[i] * (i + 1) / (d + 1)
+                new[i] = z * new[i] * (d - i) / (d + 1)
+            pw = [np.where(has, a, b) for a, b in zip(new, pw)]
+        for D in np.unique(self.n_slots[self.n_slots > 0]):
+            g = np.flatnonzero(self.n_slots == D)
+            for u in range(D):
+                z, o = self.slot_zero[g, u][:, None], one[g, u]
+                nz = o != 0
+                safe = np.where(nz, o, 1.0)
+                nxt = pw[D][g]
+                t_nz = np.zeros((len(g), n))
+                t_z = np.zeros((len(g), n))
+                for i in range(D - 1, -1, -1):
+                    tmp = nxt / ((i + 1) * safe)
+                    t_nz += tmp
+                    nxt = pw[i][g] - tmp * z * (D - i)
+                    t_z += pw[i][g] / (z * (D - i))
+                w = np.where(nz, t_nz, t_z) * (D + 1)
+                vals = w * (o - z) * self.leaf_value[g][:, None]
+                np.add.at(out.T, self.slot_feature[g, u], vals)
+        return out
+
+    def as_booster(self) -> Any:
+        import lightgbm as lgb
+
+        return lgb.Booster(model_str=self.text)
+
+
+# ------------------------------------------------------------------------------------------
+# The fitted predictor: what is stored, loaded and asked (numpy only)
 # ------------------------------------------------------------------------------------------
 
 
-class AdvisorPredictor(RegressorMixin, BaseEstimator):
-    """Bagged LightGBM regressors, one set per target column of ``y``.
+class FittedPredictor:
+    """A trained predictor: per target, ``n_bags`` tree ensembles plus their out-of-bag residuals,
+    the feature schema, and where it came from. ``AdvisorPredictor.fit`` builds one;
+    ``from_stored`` reads one from the history without importing LightGBM or scikit-learn."""
 
-    ``fit(X, y)`` takes a numeric matrix (NaN allowed) and ``y`` of shape (n,) or (n, k); rows
-    whose target is NaN are left out for that target only. ``fit_rows(rows)`` is the history
-    entry point: it learns the feature schema, builds X and the TARGETS matrix, and calls ``fit``.
+    def __init__(self, *, params: dict[str, Any], feature_names: list[str], categorical: list[int], y_ndim: int,
+                 ensembles: list[list[TreeEnsemble]], oob_residuals: list[list[float]], n_train: list[int]) -> None:
+        self.params = dict(params)
+        self.feature_names = list(feature_names)
+        self.categorical = list(categorical)
+        self.y_ndim = y_ndim
+        self.ensembles = ensembles
+        self.oob_residuals = oob_residuals
+        self.n_train = n_train
+        self.schema: FeatureSchema | None = None
+        self.target_names: list[str] = []
+        self.training_hash = ""
+        self.n_runs = 0
+        self.datasets: list[str] = []
+        self.feature_ranges: dict[str, list[float]] = {}
 
-    The defaults suit histories of tens to hundreds of runs: few leaves, small leaves, one
-    thread and fixed seeds (so the same history gives the same predictor, bit for bit).
-    """
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
 
-    def __init__(
-        self,
-        n_estimators: int = 60,
-        learning_rate: float = 0.1,
-        num_leaves: int = 7,
-        min_child_samples: int = 3,
-        n_bags: int = 8,
-        colsample: float = 0.8,
-        reg_lambda: float = 1.0,
-        interval: float = 0.8,
-        random_state: int = 0,
-    ) -> None:
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.num_leaves = num_leaves
-        self.min_child_samples = min_child_samples
-        self.n_bags = n_bags
-        self.colsample = colsample
-        self.reg_lambda = reg_lambda
-        self.interval = interval
-        self.random_state = random_state
+    @property
+    def n_targets(self) -> int:
+        return len(self.ensembles)
 
-    # -- scikit-learn API ---------------------------------------------------------------
+    @property
+    def n_bags(self) -> int:
+        return int(self.params.get("n_bags", max((len(e) for e in self.ensembles), default=1)))
 
-    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.target_tags.multi_output = True
-        return tags
-
-    def _lgb_params(self, seed: int) -> dict[str, Any]:
-        return {
-            "objective": "regression",
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_data_in_leaf": self.min_child_samples,
-            "min_sum_hessian_in_leaf": 1e-6,
-            "min_data_per_group": 1,
-            "max_cat_to_onehot": 32,  # one-vs-rest splits: many-vs-many needs far more data
-            "cat_smooth": 1.0,
-            "cat_l2": 1.0,
-            "feature_fraction": self.colsample,
-            "lambda_l2": self.reg_lambda,
-            "num_threads": 1,
-            "deterministic": True,
-            "force_row_wise": True,
-            "seed": seed,
-            "verbosity": -1,
-        }
-
-    def fit(
-        self,
-        X: Any,
-        y: Any,
-        *,
-        feature_names: Sequence[str] | None = None,
-        categorical_features: Sequence[int] | None = None,
-    ) -> "AdvisorPredictor":
-        """Fit ``n_bags`` bootstrap LightGBM models per target column; returns self."""
-        import lightgbm as lgb
-        from sklearn.utils.validation import validate_data
-
-        # y is checked by hand: NaN targets are allowed (that row is skipped for that target).
-        if y is None:
-            raise ValueError("AdvisorPredictor requires y to be passed, but the target y is None")
-        X = validate_data(self, X, dtype=float, ensure_all_finite="allow-nan")
-        y = np.asarray(y, dtype=float)
-        if y.ndim not in (1, 2) or y.shape[0] != X.shape[0]:
-            raise ValueError(f"y has shape {y.shape}, expected ({X.shape[0]},) or ({X.shape[0]}, k)")
-        if np.isinf(y).any():
-            raise ValueError("Input y contains infinity")
-        if not np.isfinite(y).any():
-            raise ValueError("Input y contains NaN only: nothing to fit")
-        self.y_ndim_ = y.ndim
-        Y = y.reshape(len(y), -1)
-        n, p = X.shape
-        self.feature_names_ = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(p)]
-        if len(self.feature_names_) != p:
-            raise ValueError("feature_names does not match the number of columns of X")
-        self.categorical_features_ = sorted(int(i) for i in (categorical_features or []))
-        self.n_targets_ = Y.shape[1]
-        self.boosters_: list[list[Any]] = []
-        self.oob_residuals_: list[list[float]] = []
-        self.n_train_: list[int] = []
-        for t in range(self.n_targets_):
-            ok = np.flatnonzero(np.isfinite(Y[:, t]))
-            self.n_train_.append(int(len(ok)))
-            bags: list[Any] = []
-            preds = np.full((self.n_bags, n), np.nan)
-            if len(ok) >= 2:
-                for b in range(self.n_bags):
-                    rng = np.random.RandomState(self.random_state * 1000 + t * 100 + b)
-                    idx = ok[rng.randint(0, len(ok), len(ok))] if self.n_bags > 1 else ok
-                    ds = lgb.Dataset(
-                        X[idx],
-                        label=Y[idx, t],
-                        categorical_feature=self.categorical_features_ or "auto",
-                        params={"min_data_in_bin": 1, "feature_pre_filter": False, "max_bin": 63, "verbosity": -1},
-                        free_raw_data=True,
-                    )
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        booster = lgb.train(
-                            self._lgb_params(self.random_state + b), ds, num_boost_round=self.n_estimators
-                        )
-                    bags.append(booster)
-                    oob = np.setdiff1d(ok, idx)
-                    if len(oob):
-                        preds[b, oob] = booster.predict(X[oob], num_threads=1)
-            self.boosters_.append(bags)
-            if bags:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    oob_mean = np.nanmean(preds, axis=0)
-                res = Y[ok, t] - oob_mean[ok]
-                self.oob_residuals_.append([float(r) for r in res if np.isfinite(r)])
-            else:
-                self.oob_residuals_.append([])
-        return self
+    @property
+    def interval(self) -> float:
+        return float(self.params.get("interval", 0.8))
 
     def _check(self, X: Any) -> np.ndarray:
-        from sklearn.utils.validation import check_is_fitted, validate_data
-
-        check_is_fitted(self, "boosters_")
-        return validate_data(self, X, dtype=float, ensure_all_finite="allow-nan", reset=False)
+        X = np.asarray(X, dtype=float)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"X has shape {X.shape}, the predictor expects (n, {self.n_features})")
+        return X
 
     def predict_bags(self, X: Any) -> np.ndarray:
-        """(n_bags, n, n_targets) predictions of every bag (NaN for targets with no model)."""
+        """(n_bags, n, n_targets) predictions of every bag (NaN for a target without models)."""
         X = self._check(X)
-        out = np.full((self.n_bags, X.shape[0], self.n_targets_), np.nan)
-        for t, bags in enumerate(self.boosters_):
-            for b, booster in enumerate(bags):
-                out[b, :, t] = booster.predict(X, num_threads=1)  # OpenMP start-up costs 20 ms a call
+        out = np.full((self.n_bags, len(X), self.n_targets), np.nan)
+        for t, bags in enumerate(self.ensembles):
+            for b, ens in enumerate(bags):
+                out[b, :, t] = ens.predict(X)
         return out
 
     def predict(self, X: Any) -> np.ndarray:
-        """Mean over the bags: shape (n,) if fitted on 1-d ``y``, else (n, n_targets)."""
-        bags = self.predict_bags(X)
+        """Mean over the bags: (n,) for a predictor fitted on 1-d ``y``, else (n, n_targets)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(bags, axis=0)
-        return mean[:, 0] if self.y_ndim_ == 1 else mean
+            mean = np.nanmean(self.predict_bags(X), axis=0)
+        return mean[:, 0] if self.y_ndim == 1 else mean
 
     def predict_interval(self, X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mean, lo, hi), each (n, n_targets): a central ``interval`` band.
 
         lo/hi add the out-of-bag residual quantiles to the bagged mean (so the band includes
-        run-to-run noise, not only model disagreement) and are widened to cover the bags' own
-        quantiles. With too few out-of-bag residuals only the bags' spread is used.
+        run-to-run noise, not only model disagreement), widened to cover the bags' own
+        quantiles. With fewer than 5 out-of-bag residuals only the bags' spread is used.
         """
         bags = self.predict_bags(X)
+        a = (1.0 - self.interval) / 2.0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(bags, axis=0)
-            a = (1.0 - self.interval) / 2.0
             blo = np.nanquantile(bags, a, axis=0)
             bhi = np.nanquantile(bags, 1.0 - a, axis=0)
         lo, hi = blo.copy(), bhi.copy()
-        for t, res in enumerate(self.oob_residuals_):
+        for t, res in enumerate(self.oob_residuals):
             if len(res) >= 5:
                 rlo, rhi = np.quantile(res, [a, 1.0 - a])
                 lo[:, t] = np.minimum(blo[:, t], mean[:, t] + rlo)
                 hi[:, t] = np.maximum(bhi[:, t], mean[:, t] + rhi)
         return mean, lo, hi
 
-    def predict_contrib(self, X: Any) -> np.ndarray:
-        """(n, n_targets, n_features + 1) SHAP contributions averaged over bags; the last
-        column is the expected value (bias)."""
+    def predict_contrib(self, X: Any, targets: Sequence[int] | None = None) -> np.ndarray:
+        """(n, n_targets, n_features + 1) SHAP contributions averaged over the bags; the last
+        column is the expected value. ``targets`` limits the work to some target columns
+        (the others stay NaN)."""
         X = self._check(X)
-        out = np.full((X.shape[0], self.n_targets_, self.n_features_in_ + 1), np.nan)
-        for t, bags in enumerate(self.boosters_):
-            if bags:
-                out[:, t, :] = np.mean([np.asarray(bst.predict(X, pred_contrib=True, num_threads=1)) for bst in bags], axis=0)
+        out = np.full((len(X), self.n_targets, self.n_features + 1), np.nan)
+        for t, bags in enumerate(self.ensembles):
+            if bags and (targets is None or t in targets):
+                out[:, t, :] = np.mean([ens.contrib(X) for ens in bags], axis=0)
         return out
 
-    # -- history rows ----------------------------------------------------------------------
-
-    def fit_rows(self, rows: Sequence[Mapping[str, Any]]) -> "AdvisorPredictor":
-        """Learn the schema from ``rows`` and fit the TARGETS on them; returns self."""
-        rows = list(rows)
-        if not rows:
-            raise PredictorError("no runs to train on")
-        schema = FeatureSchema.from_rows(rows)
-        X = schema.matrix(rows)
-        self.fit(X, targets_matrix(rows), feature_names=schema.names, categorical_features=schema.categorical_indices)
-        self.schema_ = schema
-        self.target_names_ = list(TARGETS)
-        self.training_hash_ = training_hash(rows)
-        self.n_runs_ = len(rows)
-        self.datasets_ = sorted({row_dataset(r) for r in rows})
-        self.feature_ranges_ = _feature_ranges(schema, X)
-        return self
-
     def rows_matrix(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Feature matrix of ``rows`` under this predictor's own schema (re-aligned by name)."""
-        return self.schema_.matrix(list(rows))
+        """Feature matrix of history rows (or cases of the same shape) under this predictor's
+        own schema: re-aligned by name, signals it does not know are ignored."""
+        if self.schema is None:
+            raise PredictorError("this predictor was fitted on a bare matrix, not on history rows")
+        return self.schema.matrix(list(rows))
 
-    # -- serialisation ---------------------------------------------------------------------
+    def signal_drift(self, signals: Iterable[str]) -> tuple[list[str], list[str]]:
+        """(signals the predictor uses that are missing here, signals here it does not use)."""
+        have, used = set(signals), set(self.schema.signals if self.schema else [])
+        return sorted(used - have), sorted(have - used)
+
+    # -- storage ---------------------------------------------------------------------------
 
     def to_json(self) -> str:
-        """One JSON document: hyper-parameters, schema, each booster's text format. No pickle."""
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self, "boosters_")
-        doc = {
+        """One JSON document: hyper-parameters, schema, and each model in LightGBM's text format."""
+        doc: dict[str, Any] = {
             "format": FORMAT,
-            "params": self.get_params(),
-            "n_features_in": self.n_features_in_,
-            "feature_names": self.feature_names_,
-            "categorical_features": self.categorical_features_,
-            "y_ndim": self.y_ndim_,
-            "n_targets": self.n_targets_,
-            "n_train": self.n_train_,
-            "oob_residuals": self.oob_residuals_,
-            "boosters": [[b.model_to_string() for b in bags] for bags in self.boosters_],
+            "params": self.params,
+            "feature_names": self.feature_names,
+            "categorical_features": self.categorical,
+            "y_ndim": self.y_ndim,
+            "n_train": self.n_train,
+            "oob_residuals": self.oob_residuals,
+            "boosters": [[e.text for e in bags] for bags in self.ensembles],
         }
-        if hasattr(self, "schema_"):
-            doc.update(
-                schema=self.schema_.to_dict(),
-                target_names=self.target_names_,
-                training_hash=self.training_hash_,
-                n_runs=self.n_runs_,
-                datasets=self.datasets_,
-                feature_ranges=self.feature_ranges_,
-            )
+        if self.schema is not None:
+            doc.update(schema=self.schema.to_dict(), target_names=self.target_names, training_hash=self.training_hash,
+                       n_runs=self.n_runs, datasets=self.datasets, feature_ranges=self.feature_ranges)
         return json.dumps(doc)
 
     @classmethod
-    def from_json(cls, text: str) -> "AdvisorPredictor":
-        """Rebuild a predictor from ``to_json`` output (boosters via ``lgb.Booster(model_str=...)``)."""
-        import lightgbm as lgb
-
+    def from_json(cls, text: str) -> "FittedPredictor":
         try:
             doc = json.loads(text)
         except (TypeError, ValueError):
@@ -533,39 +644,36 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
                 f"stored predictor has format {fmt!r}, this advisor reads {FORMAT!r}; run `advisor predictor train`"
             )
         try:
-            est = cls(**doc["params"])
-            est.n_features_in_ = int(doc["n_features_in"])
-            est.feature_names_ = list(doc["feature_names"])
-            est.categorical_features_ = list(doc["categorical_features"])
-            est.y_ndim_ = int(doc["y_ndim"])
-            est.n_targets_ = int(doc["n_targets"])
-            est.n_train_ = list(doc["n_train"])
-            est.oob_residuals_ = [list(r) for r in doc["oob_residuals"]]
-            est.boosters_ = [[lgb.Booster(model_str=s) for s in bags] for bags in doc["boosters"]]
+            fp = cls(params=dict(doc["params"]), feature_names=list(doc["feature_names"]),
+                     categorical=[int(i) for i in doc["categorical_features"]], y_ndim=int(doc["y_ndim"]),
+                     ensembles=[[TreeEnsemble(s) for s in bags] for bags in doc["boosters"]],
+                     oob_residuals=[[float(r) for r in res] for res in doc["oob_residuals"]],
+                     n_train=[int(n) for n in doc["n_train"]])
             if "schema" in doc:
-                est.schema_ = FeatureSchema.from_dict(doc["schema"])
-                est.target_names_ = list(doc["target_names"])
-                est.training_hash_ = doc["training_hash"]
-                est.n_runs_ = int(doc["n_runs"])
-                est.datasets_ = list(doc["datasets"])
-                est.feature_ranges_ = dict(doc.get("feature_ranges") or {})
-        except (KeyError, TypeError, ValueError, lgb.basic.LightGBMError) as exc:
+                fp.schema = FeatureSchema.from_dict(doc["schema"])
+                fp.target_names = list(doc["target_names"])
+                fp.training_hash = str(doc["training_hash"])
+                fp.n_runs = int(doc["n_runs"])
+                fp.datasets = list(doc["datasets"])
+                fp.feature_ranges = {k: list(v) for k, v in (doc.get("feature_ranges") or {}).items()}
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise PredictorError(f"stored predictor is damaged ({type(exc).__name__}); run `advisor predictor train`") from None
-        return est
+        if any(e.n_features not in (0, fp.n_features) for bags in fp.ensembles for e in bags):
+            raise PredictorError("stored predictor's models do not match its feature list; run `advisor predictor train`")
+        return fp
 
     @classmethod
-    def from_stored(cls, stored: Mapping[str, Any], current_features: Sequence[str] | None = None) -> "AdvisorPredictor":
-        """Load what ``History.load_predictor`` returned and check it fits this advisor.
+    def from_stored(cls, stored: Mapping[str, Any]) -> "FittedPredictor":
+        """Read what ``History.load_predictor`` returned and check it fits this advisor.
 
-        The stored feature list must match the predictor's own; a predictor whose non-signal
-        features differ from what this version builds (another advisor version) is rejected
-        with a one-line PredictorError. Differences in *signals* only are fine: cases are
-        re-aligned by name (missing signals -> NaN, extra ones ignored; ``signal_drift`` says which).
+        Rejected with a one-line PredictorError: a damaged or foreign document, a stored feature
+        list that differs from the document's, and a predictor whose non-signal features differ
+        from what this version of advisor builds. Accepted: differences in *signals* only;
+        cases are re-aligned by name (missing signals -> NaN, unknown ones ignored), and
+        ``signal_drift`` says which, so callers can warn.
         """
-        est = cls.from_json(stored["blob"])
-        features = list(stored.get("features") or est.feature_names_)
-        if features != est.feature_names_ or not hasattr(est, "schema_"):
-            raise PredictorError("stored predictor's feature list does not match its models; run `advisor predictor train`")
+        fp = cls.from_json(stored["blob"])
+        features = list(stored.get("features") or fp.feature_names)
         core = [f for f in features if not f.startswith((SIGNAL_PREFIX, DOMAIN_PREFIX))]
         if core != list(CORE_FEATURES):
             missing = sorted(set(CORE_FEATURES) - set(core))
@@ -576,13 +684,9 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
                 + (f" (unknown {', '.join(extra)})" if extra else "")
                 + "; run `advisor predictor train`"
             )
-        return est
-
-    def signal_drift(self, signals: Iterable[str]) -> tuple[list[str], list[str]]:
-        """(signals the predictor uses that are missing here, signals here it does not use)."""
-        have = set(signals)
-        used = set(self.schema_.signals)
-        return sorted(used - have), sorted(have - used)
+        if features != fp.feature_names or fp.schema is None or fp.schema.names != fp.feature_names:
+            raise PredictorError("stored predictor's feature list does not match its models; run `advisor predictor train`")
+        return fp
 
 
 def _feature_ranges(schema: FeatureSchema, X: np.ndarray) -> dict[str, list[float]]:
@@ -593,6 +697,220 @@ def _feature_ranges(schema: FeatureSchema, X: np.ndarray) -> dict[str, list[floa
             if len(col):
                 out[name] = [float(col.min()), float(col.max())]
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# The scikit-learn estimator
+# ------------------------------------------------------------------------------------------
+
+
+def estimator_class() -> type:
+    """The ``AdvisorPredictor`` class, created on first use: it subclasses scikit-learn's
+    BaseEstimator, and importing scikit-learn costs about a second that reading a stored
+    predictor (``FittedPredictor``) does not need."""
+    cls = globals().get("AdvisorPredictor")
+    if cls is None:
+        cls = globals()["AdvisorPredictor"] = _define_estimator()
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    """``from advisor.predict import AdvisorPredictor`` works as usual (PEP 562)."""
+    if name == "AdvisorPredictor":
+        return estimator_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _define_estimator() -> type:
+    from sklearn.base import BaseEstimator, RegressorMixin
+
+    class AdvisorPredictor(RegressorMixin, BaseEstimator):
+        """Bagged LightGBM regressors, one set per target column of ``y``.
+
+        ``fit(X, y)`` takes a numeric matrix (NaN allowed) and ``y`` of shape (n,) or (n, k);
+        rows whose target is NaN are left out for that target only. ``fit_rows(rows)`` is the
+        history entry point: it learns the feature schema, builds X and the TARGETS matrix, and
+        calls ``fit``. The fitted state is ``model_`` (a ``FittedPredictor``).
+
+        The defaults suit histories of tens to hundreds of runs: few leaves, small leaves, one
+        thread and fixed seeds (the same history gives the same predictor, bit for bit).
+        """
+
+        def __init__(
+            self,
+            n_estimators: int = 60,
+            learning_rate: float = 0.1,
+            num_leaves: int = 7,
+            min_child_samples: int = 3,
+            n_bags: int = 8,
+            colsample: float = 0.8,
+            reg_lambda: float = 1.0,
+            interval: float = 0.8,
+            random_state: int = 0,
+        ) -> None:
+            self.n_estimators = n_estimators
+            self.learning_rate = learning_rate
+            self.num_leaves = num_leaves
+            self.min_child_samples = min_child_samples
+            self.n_bags = n_bags
+            self.colsample = colsample
+            self.reg_lambda = reg_lambda
+            self.interval = interval
+            self.random_state = random_state
+
+        def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+            tags = super().__sklearn_tags__()
+            tags.input_tags.allow_nan = True
+            tags.target_tags.multi_output = True
+            return tags
+
+        def _lgb_params(self, seed: int) -> dict[str, Any]:
+            return {
+                "objective": "regression",
+                "learning_rate": self.learning_rate,
+                "num_leaves": self.num_leaves,
+                "min_data_in_leaf": self.min_child_samples,
+                "min_sum_hessian_in_leaf": 1e-6,
+                "min_data_per_group": 1,
+                "max_cat_to_onehot": 32,  # one-vs-rest splits: many-vs-many needs far more data
+                "cat_smooth": 1.0,
+                "cat_l2": 1.0,
+                "feature_fraction": self.colsample,
+                "lambda_l2": self.reg_lambda,
+                "num_threads": 1,
+                "deterministic": True,
+                "force_row_wise": True,
+                "seed": seed,
+                "verbosity": -1,
+            }
+
+        def fit(self, X: Any, y: Any, *, feature_names: Sequence[str] | None = None,
+                categorical_features: Sequence[int] | None = None) -> "AdvisorPredictor":
+            """Fit ``n_bags`` bootstrap LightGBM models per target column; returns self."""
+            import lightgbm as lgb
+            from sklearn.utils.validation import validate_data
+
+            if y is None:
+                raise ValueError("AdvisorPredictor requires y to be passed, but the target y is None")
+            # y is checked by hand: NaN targets are allowed (that row is skipped for that target).
+            X = validate_data(self, X, dtype=float, ensure_all_finite="allow-nan")
+            y = np.asarray(y, dtype=float)
+            if y.ndim not in (1, 2) or y.shape[0] != X.shape[0]:
+                raise ValueError(f"y has shape {y.shape}, expected ({X.shape[0]},) or ({X.shape[0]}, k)")
+            if np.isinf(y).any():
+                raise ValueError("Input y contains infinity")
+            if not np.isfinite(y).any():
+                raise ValueError("Input y contains NaN only: nothing to fit")
+            Y = y.reshape(len(y), -1)
+            n, p = X.shape
+            names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(p)]
+            if len(names) != p:
+                raise ValueError("feature_names does not match the number of columns of X")
+            categorical = sorted(int(i) for i in (categorical_features or []))
+            ensembles: list[list[TreeEnsemble]] = []
+            residuals: list[list[float]] = []
+            n_train: list[int] = []
+            for t in range(Y.shape[1]):
+                ok = np.flatnonzero(np.isfinite(Y[:, t]))
+                n_train.append(int(len(ok)))
+                bags: list[TreeEnsemble] = []
+                preds = np.full((self.n_bags, n), np.nan)
+                if len(ok) >= 2:
+                    for b in range(self.n_bags):
+                        rng = np.random.RandomState(self.random_state * 1000 + t * 100 + b)
+                        idx = ok[rng.randint(0, len(ok), len(ok))] if self.n_bags > 1 else ok
+                        ds = lgb.Dataset(
+                            X[idx], label=Y[idx, t], categorical_feature=categorical or "auto", free_raw_data=True,
+                            params={"min_data_in_bin": 1, "feature_pre_filter": False, "max_bin": 63, "verbosity": -1},
+                        )
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            booster = lgb.train(self._lgb_params(self.random_state + b), ds,
+                                                num_boost_round=self.n_estimators)
+                        bags.append(TreeEnsemble(booster.model_to_string()))
+                        oob = np.setdiff1d(ok, idx)
+                        if len(oob):  # num_threads=1: OpenMP start-up costs ~20 ms per call
+                            preds[b, oob] = booster.predict(X[oob], num_threads=1)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    res = Y[ok, t] - np.nanmean(preds[:, ok], axis=0) if bags else np.array([])
+                ensembles.append(bags)
+                residuals.append([float(r) for r in res if np.isfinite(r)])
+            self.model_ = FittedPredictor(params=self.get_params(), feature_names=names, categorical=categorical,
+                                          y_ndim=y.ndim, ensembles=ensembles, oob_residuals=residuals,
+                                          n_train=n_train)
+            return self
+
+        def _model(self) -> FittedPredictor:
+            from sklearn.utils.validation import check_is_fitted
+
+            check_is_fitted(self, "model_")
+            return self.model_
+
+        def _X(self, X: Any) -> np.ndarray:
+            from sklearn.utils.validation import validate_data
+
+            self._model()
+            return validate_data(self, X, dtype=float, ensure_all_finite="allow-nan", reset=False)
+
+        def predict(self, X: Any) -> np.ndarray:
+            """Mean over the bags: (n,) if fitted on 1-d ``y``, else (n, n_targets)."""
+            X = self._X(X)
+            return self.model_.predict(X)
+
+        def predict_interval(self, X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            """(mean, lo, hi) per target; see ``FittedPredictor.predict_interval``."""
+            X = self._X(X)
+            return self.model_.predict_interval(X)
+
+        def predict_contrib(self, X: Any, targets: Sequence[int] | None = None) -> np.ndarray:
+            """SHAP contributions per target; see ``FittedPredictor.predict_contrib``."""
+            X = self._X(X)
+            return self.model_.predict_contrib(X, targets)
+
+        def boosters(self, target: int = 0) -> list[Any]:
+            """The real ``lightgbm.Booster`` of every bag for one target."""
+            return [e.as_booster() for e in self._model().ensembles[target]]
+
+        # -- history rows ------------------------------------------------------------------
+
+        def fit_rows(self, rows: Sequence[Mapping[str, Any]]) -> "AdvisorPredictor":
+            """Learn the schema from ``rows`` and fit the TARGETS on them; returns self."""
+            rows = list(rows)
+            if not rows:
+                raise PredictorError("no runs to train on")
+            schema = FeatureSchema.from_rows(rows)
+            X = schema.matrix(rows)
+            self.fit(X, targets_matrix(rows), feature_names=schema.names,
+                     categorical_features=schema.categorical_indices)
+            m = self.model_
+            m.schema, m.target_names, m.training_hash = schema, list(TARGETS), training_hash(rows)
+            m.n_runs, m.datasets = len(rows), sorted({row_dataset(r) for r in rows})
+            m.feature_ranges = _feature_ranges(schema, X)
+            return self
+
+        def rows_matrix(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+            return self._model().rows_matrix(rows)
+
+        def to_json(self) -> str:
+            return self._model().to_json()
+
+        @classmethod
+        def from_model(cls, model: FittedPredictor) -> "AdvisorPredictor":
+            """An estimator around a stored FittedPredictor (its hyper-parameters restored)."""
+            est = cls(**model.params)
+            est.model_ = model
+            est.n_features_in_ = model.n_features
+            return est
+
+        @classmethod
+        def from_json(cls, text: str) -> "AdvisorPredictor":
+            return cls.from_model(FittedPredictor.from_json(text))
+
+    AdvisorPredictor.__module__ = __name__
+    AdvisorPredictor.__qualname__ = "AdvisorPredictor"  # importable by name, so copy/pickle work
+    return AdvisorPredictor
+
 
 
 # ------------------------------------------------------------------------------------------
@@ -617,29 +935,33 @@ def train_predictor(
     *,
     name: str = "default",
     evaluate: bool = True,
-    estimator: AdvisorPredictor | None = None,
+    estimator: Any = None,
 ) -> dict[str, Any]:
-    """Fit on every run in ``history``, optionally score it with LODO, save it. Returns a summary."""
+    """Fit on every run in ``history`` (an unfitted ``AdvisorPredictor``, default
+    hyper-parameters unless ``estimator`` is given), optionally score it leave-one-dataset-out,
+    and save it. Returns a summary."""
+    from sklearn.base import clone
+
     rows = history.training_rows()
     ok, why = history_ready(rows)
     if not ok:
         raise PredictorError(f"cannot train: {why}; record more runs with `advisor run`")
-    est = clone(estimator) if estimator is not None else AdvisorPredictor()
-    est.fit_rows(rows)
-    scores: dict[str, Any] = {"n_runs": est.n_runs_, "datasets": est.datasets_}
+    est = clone(estimator) if estimator is not None else estimator_class()()
+    model = est.fit_rows(rows).model_
+    scores: dict[str, Any] = {"n_runs": model.n_runs, "datasets": model.datasets}
     if evaluate:
         ev = evaluate_lodo(rows, estimator=est)
-        scores.update({"targets": ev["targets"], "baselines": ev["baselines"]})
+        scores.update({"targets": ev["targets"], "baselines": ev["baselines"], "n_groups": ev["n_groups"]})
     scores = clean_json(scores)
-    pid = history.save_predictor(name, est.to_json(), est.feature_names_, est.training_hash_, scores)
+    pid = history.save_predictor(name, model.to_json(), model.feature_names, model.training_hash, scores)
     return {
         "name": name,
         "id": pid,
-        "n_runs": est.n_runs_,
-        "datasets": est.datasets_,
-        "n_features": len(est.feature_names_),
-        "signals": est.schema_.signals,
-        "training_hash": est.training_hash_,
+        "n_runs": model.n_runs,
+        "datasets": model.datasets,
+        "n_features": model.n_features,
+        "signals": model.schema.signals if model.schema else [],
+        "training_hash": model.training_hash,
         "scores": scores,
     }
 
@@ -768,7 +1090,7 @@ def _objective_value(g: float, o: float, objective: str) -> float:
 def evaluate_lodo(
     rows: Sequence[Mapping[str, Any]],
     *,
-    estimator: AdvisorPredictor | None = None,
+    estimator: Any = None,
     knn_k: int = 3,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -784,7 +1106,9 @@ def evaluate_lodo(
         raise PredictorError(
             f"leave-one-dataset-out needs runs on at least 2 datasets (the history has {len(folds)})"
         )
-    base = estimator if estimator is not None else AdvisorPredictor()
+    from sklearn.base import clone
+
+    base = estimator if estimator is not None else estimator_class()()
     Y = targets_matrix(rows)
     pred = {name: np.full((len(rows), len(TARGETS)), np.nan) for name in ("predictor", "iimm-linear", "knn")}
     folds_out = []

@@ -335,10 +335,11 @@ def heuristic_ranking(
     methods: Sequence[str],
     objective: str,
 ) -> tuple[list[MethodAdvice], str]:
-    """Cold-start ranking. With at least two runs (two IIMM values) of a method in the history,
-    that method gets the IIMM paper's linear heuristic (gain ~= a_m + b_m * IIMM, same for OOD
-    change) fitted on those runs; the rest are ordered by the rule table above, where IIMM is
-    "high" or "low" against the median IIMM of the pairs in the history. Returns (advice, note)."""
+    """Cold-start ranking, in rule-table order (above): IIMM is "high" or "low" against the
+    median IIMM of the pairs in the history. A method with at least two runs (two IIMM values)
+    in the history also gets the IIMM paper's linear heuristic (gain ~= a_m + b_m * IIMM, the
+    same for OOD change) fitted on them; when every method has one, ``_choose_heuristic`` ranks
+    by those numbers instead. Returns (advice in rule order, a note saying what was done)."""
     from .predict import IIMM_SIGNAL, IIMMLinear, _signals, row_method
 
     iimm = signals.get(IIMM_SIGNAL)
@@ -357,13 +358,15 @@ def heuristic_ranking(
     if iimm is None:
         level, why = "unknown", "the pair has no IIMM signal"
     elif len(ref_values) < MIN_REFERENCE_PAIRS:
-        level, why = "unknown", f"IIMM {iimm:.3f} cannot be called high or low: fewer than {MIN_REFERENCE_PAIRS} pairs in the history to compare with"
+        level = "unknown"
+        why = (f"IIMM {iimm:.3f} cannot be called high or low: fewer than {MIN_REFERENCE_PAIRS} pairs "
+               "in the history to compare with")
     else:
         med = statistics.median(ref_values.values())
         level = "high" if iimm >= med else "low"
         why = f"IIMM {iimm:.3f} is {'at or above' if level == 'high' else 'below'} the history's median {med:.3f}"
-    order = list(_HEURISTIC_ORDERS[(level, objective)])
-    order += sorted(m for m in methods if m not in order)
+    table = _HEURISTIC_ORDERS[(level, objective)]
+    order = [m for m in table if m in methods] + sorted(m for m in methods if m not in table)
     advice = []
     for m in methods:
         a = MethodAdvice(method=m)
@@ -441,7 +444,7 @@ def recommend(
     ``advisor run``: signals always use seed 0, as the history's runs do, so they are comparable.
     """
     from .history import open_history
-    from .predict import AdvisorPredictor, history_ready, pretty_feature, train_predictor, training_hash
+    from .predict import FittedPredictor, history_ready, pretty_feature, train_predictor, training_hash
 
     if objective not in OBJECTIVES:
         raise RecommendError(f"unknown objective {objective!r} (choose from {', '.join(OBJECTIVES)})")
@@ -461,23 +464,23 @@ def recommend(
     summary, per_method, warnings = support_for(model_desc, dataset_desc, rows)
     notes: list[str] = []
 
-    est: AdvisorPredictor | None = None
+    est: FittedPredictor | None = None
     pinfo: dict[str, Any] = {}
     stored = history.load_predictor(PREDICTOR_NAME)
     if stored is not None:
-        est = AdvisorPredictor.from_stored(stored)
-        pinfo = {"name": PREDICTOR_NAME, "created_at": stored.get("created_at"), "n_runs": est.n_runs_,
-                 "training_hash": est.training_hash_, "trained_now": False}
-        if rows and est.training_hash_ != training_hash(rows):
+        est = FittedPredictor.from_stored(stored)
+        pinfo = {"name": PREDICTOR_NAME, "created_at": stored.get("created_at"), "n_runs": est.n_runs,
+                 "training_hash": est.training_hash, "trained_now": False}
+        if rows and est.training_hash != training_hash(rows):
             notes.append(
-                f"the history changed since the predictor was trained on {est.n_runs_} runs "
+                f"the history changed since the predictor was trained on {est.n_runs} runs "
                 f"(now {len(rows)}): run `advisor predictor train` to refresh it"
             )
     else:
         ok, why = history_ready(rows)
         if ok:
             info = train_predictor(history, name=PREDICTOR_NAME, evaluate=False)
-            est = AdvisorPredictor.from_stored(history.load_predictor(PREDICTOR_NAME))
+            est = FittedPredictor.from_stored(history.load_predictor(PREDICTOR_NAME))
             pinfo = {"name": PREDICTOR_NAME, "n_runs": info["n_runs"], "training_hash": info["training_hash"],
                      "trained_now": True}
             notes.append(
@@ -487,12 +490,12 @@ def recommend(
         else:
             notes.append(f"cold start: {why}")
 
-    methods = _method_names(est.schema_.categories.get("method", []) if est is not None else ())
+    methods = _method_names(est.schema.categories.get("method", []) if est is not None else ())
     device_kind = (device.split(":", 1)[0] if device else None) or _default_device_kind(rows)
 
     if est is not None:
         missing, unused = est.signal_drift(signals)
-        if missing and len(missing) == len(est.schema_.signals):
+        if missing and len(missing) == len(est.schema.signals):
             raise PredictorError(
                 f"predictor {PREDICTOR_NAME!r} was trained on signals {', '.join(missing)}, none of which the pair has; "
                 "run `advisor predictor train`"
@@ -501,7 +504,7 @@ def recommend(
             warnings.append(f"signals the predictor uses are missing for this pair (treated as missing): {', '.join(missing)}")
         if unused:
             notes.append(f"signals not used by the predictor (retrain to use them): {', '.join(unused)}")
-        for name, (lo, hi) in est.feature_ranges_.items():
+        for name, (lo, hi) in est.feature_ranges.items():
             v = signals.get(pretty_feature(name))
             if v is not None and not (lo <= v <= hi):
                 warnings.append(f"{pretty_feature(name)}={v:.4g} lies outside the history's range [{lo:.4g}, {hi:.4g}]")
@@ -569,10 +572,10 @@ def _predict_methods(
     ]
     X = est.rows_matrix(cases)
     mean, lo, hi = est.predict_interval(X)
-    contrib = est.predict_contrib(X)
-    known = set(est.schema_.categories.get("method", []))
+    contrib = est.predict_contrib(X, targets=[TARGETS.index("id_gain")])
+    known = set(est.schema.categories.get("method", []))
     ti = {t: i for i, t in enumerate(TARGETS)}
-    names = est.feature_names_
+    names = est.feature_names
     out = []
     for k, m in enumerate(methods):
         a = MethodAdvice(method=m)

@@ -123,7 +123,7 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-widt
 
 def build_report(rows: Sequence[Mapping[str, Any]], stored: Mapping[str, Any] | None = None, *, title: str = "") -> str:
     """The report's HTML for these history rows (and the stored predictor, when there is one)."""
-    from .predict import AdvisorPredictor, evaluate_lodo, row_dataset, row_method, row_model
+    from .predict import FittedPredictor, evaluate_lodo, row_dataset, row_method, row_model
 
     if not rows:
         raise ReportError("the history has no runs: nothing to report (record runs with `advisor run`)")
@@ -139,9 +139,9 @@ def build_report(rows: Sequence[Mapping[str, Any]], stored: Mapping[str, Any] | 
     )
     if stored is not None:
         try:
-            est = AdvisorPredictor.from_stored(stored)
+            est = FittedPredictor.from_stored(stored)
             parts.append(f"<p>Stored predictor: trained {html.escape(str(stored.get('created_at')))} on "
-                         f"{est.n_runs_} runs, {len(est.feature_names_)} features.</p>")
+                         f"{est.n_runs} runs, {est.n_features} features.</p>")
         except PredictorError as exc:
             parts.append(f"<p class='note'>Stored predictor unusable: {html.escape(str(exc))}</p>")
 

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
 
+    load_start = list(os.getloadavg())  # other processes on the machine inflate every timing
     run_metrics(random_embeddings(64, 4, 16))  # warm-up: imports, first-call overheads
 
     print(f"embedding throughput: {args.embed_model} at {args.embed_size} px on real images ...", file=sys.stderr)
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{emb_rate['model_load_seconds']:.1f} s not included)")
     else:
         print(f"embedding not measured: {emb_rate.get('error')}")
+    print(f"load average (1 min) at start {load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
     import torch
 
@@ -145,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "signals",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-                    "numpy": np.__version__, "torch": torch.__version__, "gpu": torch.cuda.is_available()},
+                    "numpy": np.__version__, "torch": torch.__version__, "gpu": torch.cuda.is_available(),
+                    "load_average_start": load_start, "load_average_end": list(os.getloadavg())},
         "data": "random unit vectors, labels uniform at random (every class present); no per-layer states",
         "embedding": emb_rate,
         "rows": rows,

@@ -53,6 +53,9 @@ HEADS = {
 }
 
 
+MAX_LOG_SCALE = float(np.log(100.0))  # CLIP's cap on the temperature
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -99,13 +102,13 @@ def train_head(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int
         loss = torch.zeros(())
         for x, y, t in data:
             z = F.normalize(proj(x), dim=-1)
-            logits = logit_scale.clamp(max=np.log(100)).exp() * z @ t.T
+            logits = logit_scale.clamp(max=MAX_LOG_SCALE).exp() * z @ t.T
             loss = loss + F.cross_entropy(logits, y) / len(data)
         loss.backward()
         opt.step()
         with torch.no_grad():
-            logit_scale.clamp_(max=float(np.log(100)))
-        losses.append(float(loss))
+            logit_scale.clamp_(max=MAX_LOG_SCALE)
+        losses.append(float(loss.detach()))
     with torch.no_grad():
         accs = []
         for x, y, t in data:
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         acc = {SOURCES[k]: round(zero_shot(head, *test_parts[k]), 4) for k in SOURCES}
         table[head_name] = acc
         path = out / f"lit_offline-{head_name}.safetensors"
-        save_file(head, str(path), metadata={"head": head_name, "seed": str(args.seed)})
+        save_file(head, str(path))  # no metadata: its key order is not stable, and the JSON has provenance
         model.load_head(head)
         meta = {
             "head": head_name,

@@ -237,3 +237,11 @@ def test_create_registry_empty(tmp_path):
     assert create_registry(out) == 0
     with open_history(str(out)) as h:
         assert h.schema_version == SCHEMA_VERSION and h.count() == 0
+
+
+def test_record_run_takes_integral_floats_as_integers(history):
+    rid = history.record_run(make_run(trainable_params=1024.0, model_desc={"image_size": 64.0, "params": 2.0e6}))
+    row = history.get_run(rid)
+    assert row["trainable_params"] == 1024 and row["model.image_size"] == 64 and row["model.params"] == 2000000
+    with pytest.raises(HistoryError, match="column model.image_size: expected an integer"):
+        history.record_run(make_run(seed=9, model_desc={"image_size": 64.5}))

@@ -134,3 +134,23 @@ def test_every_hookspec_is_known():
                      "register_commands", "on_run_recorded"}
     for name in names:
         assert getattr(hookspecs, name).__doc__, name
+
+
+def test_misspelt_hook_disables_only_that_plugin(capsys):
+    class Typo:
+        @advisor.hookimpl
+        def register_metric(self, register):  # should be register_metrics
+            register(Metric(name="never", compute=lambda emb: 0.0))
+
+    pm = plugins.load_plugins()
+    pm.register(Typo(), name="typo-plugin")
+    try:
+        plugins._drop_misspelt_hooks()
+        assert not pm.has_plugin("typo-plugin")
+        assert plugins.load_errors["typo-plugin"] == "ValueError: unknown hook 'register_metric' (see docs/plugins.md for the hooks)"
+        assert "plugin 'typo-plugin' failed to load" in capsys.readouterr().err
+        pm.check_pending()  # nothing unknown is left behind
+    finally:
+        if pm.has_plugin("typo-plugin"):
+            pm.unregister(name="typo-plugin")
+        plugins.load_errors.pop("typo-plugin", None)

@@ -23,6 +23,8 @@ from advisor.predict import (
     CORE_FEATURES,
     AdvisorPredictor,
     FeatureSchema,
+    FittedPredictor,
+    TreeEnsemble,
     IIMMLinear,
     SignalKNN,
     evaluate_lodo,
@@ -152,7 +154,11 @@ def test_json_round_trip_gives_identical_predictions_intervals_and_contributions
     for a, b in zip(back.predict_interval(X), est.predict_interval(X)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(back.predict_contrib(X), est.predict_contrib(X))
-    assert back.schema_ == est.schema_ and back.training_hash_ == est.training_hash_
+    assert back.model_.schema == est.model_.schema and back.model_.training_hash == est.model_.training_hash
+    assert back.get_params() == est.get_params()
+    # the light reader used by `advisor recommend` gives the same numbers
+    light = FittedPredictor.from_json(text)
+    np.testing.assert_array_equal(light.predict(X), est.predict(X))
 
 
 def test_contributions_sum_to_the_prediction():
@@ -161,6 +167,33 @@ def test_contributions_sum_to_the_prediction():
     X = est.rows_matrix(rows[:7])
     contrib = est.predict_contrib(X)
     np.testing.assert_allclose(contrib.sum(axis=2), est.predict(X), atol=1e-9)
+
+
+def test_numpy_trees_equal_lightgbm_predictions_and_pred_contrib():
+    """The numpy reader of LightGBM's text format against LightGBM itself, on boosters with
+    numerical splits (NaN routed both ways), categorical splits and unseen categories."""
+    import lightgbm as lgb
+
+    rng = np.random.RandomState(3)
+    n = 300
+    X = rng.normal(size=(n, 5))
+    X[:, 3] = rng.randint(0, 6, n)  # categorical
+    y = X[:, 0] + np.where(X[:, 3] % 2 == 0, 1.0, -1.0) + 0.5 * np.nan_to_num(X[:, 1]) ** 2 + rng.normal(0, 0.1, n)
+    X[rng.rand(n) < 0.2, 1] = np.nan
+    X[rng.rand(n) < 0.1, 2] = np.nan
+    params = {"objective": "regression", "num_leaves": 15, "min_data_in_leaf": 3, "verbosity": -1,
+              "min_data_per_group": 1, "max_cat_to_onehot": 2, "cat_smooth": 1.0, "num_threads": 1, "seed": 1}
+    booster = lgb.train(params, lgb.Dataset(X, label=y, categorical_feature=[3]), num_boost_round=25)
+    ens = TreeEnsemble(booster.model_to_string())
+    assert ens.node_categorical.any() and ens.n_slots.max() < ens.path_valid.sum(axis=1).max()  # categorical + repeated features
+    Xq = rng.normal(size=(60, 5))
+    Xq[:, 3] = rng.randint(-1, 9, 60)  # includes a negative and unseen categories
+    Xq[::4, 1] = np.nan
+    Xq[::5, 3] = np.nan
+    Xq[::7, 0] = 0.0
+    np.testing.assert_allclose(ens.predict(Xq), booster.predict(Xq, num_threads=1), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ens.contrib(Xq), booster.predict(Xq, pred_contrib=True, num_threads=1),
+                               rtol=0, atol=1e-10)
 
 
 def test_interval_contains_mean_and_oob_residuals_widen_it():
@@ -174,9 +207,14 @@ def test_interval_contains_mean_and_oob_residuals_widen_it():
 
 def test_damaged_or_foreign_blob_is_a_one_line_predictor_error():
     with pytest.raises(PredictorError, match="not valid JSON"):
-        AdvisorPredictor.from_json("{nope")
+        FittedPredictor.from_json("{nope")
     with pytest.raises(PredictorError, match="format"):
-        AdvisorPredictor.from_json(json.dumps({"format": "something-else/9"}))
+        FittedPredictor.from_json(json.dumps({"format": "something-else/9"}))
+    rows = synthetic_rows(n_datasets=2, shots=(16,))
+    doc = json.loads(AdvisorPredictor(**SMALL).fit_rows(rows).to_json())
+    doc["boosters"][0][0] = doc["boosters"][0][0].replace("max_feature_idx=", "max_feature_idx=9")
+    with pytest.raises(PredictorError, match="do not match its feature list"):
+        FittedPredictor.from_json(json.dumps(doc))
 
 
 def test_predictor_trained_on_other_core_features_is_rejected():
@@ -187,7 +225,7 @@ def test_predictor_trained_on_other_core_features_is_rejected():
     doc["feature_names"] = [f for f in doc["feature_names"] if f != "device"] + ["legacy_feature"]
     stored = {"blob": json.dumps(doc), "features": doc["feature_names"]}
     with pytest.raises(PredictorError) as exc:
-        AdvisorPredictor.from_stored(stored)
+        FittedPredictor.from_stored(stored)
     msg = str(exc.value)
     assert "\n" not in msg and "other features" in msg and "device" in msg
 
@@ -197,12 +235,12 @@ def test_signal_differences_are_realigned_by_name():
     knows but the case lacks are NaN, signals it does not know are ignored."""
     rows = synthetic_rows(n_datasets=4, shots=(16,))
     est = AdvisorPredictor(**SMALL).fit_rows(rows)
-    back = AdvisorPredictor.from_stored({"blob": est.to_json(), "features": est.feature_names_})
+    back = FittedPredictor.from_stored({"blob": est.to_json(), "features": est.model_.feature_names})
     case = dict(rows[0], signals={"iimm": rows[0]["signals"]["iimm"], "brand_new_metric": 3.0})
     missing, unused = back.signal_drift(case["signals"])
     assert missing == ["gap", "unrelated"] and unused == ["brand_new_metric"]
     X = back.rows_matrix([case])
-    names = back.feature_names_
+    names = back.feature_names
     assert np.isnan(X[0, names.index("sig:gap")]) and "sig:brand_new_metric" not in names
     expected = dict(rows[0], signals={"iimm": rows[0]["signals"]["iimm"]})  # the same case without extras
     np.testing.assert_array_equal(back.predict(X), est.predict(est.rows_matrix([expected])))
@@ -392,7 +430,7 @@ def test_train_predictor_on_real_history_round_trips(synthetic_db):
     assert stored["features"][: len(CORE_FEATURES)] == list(CORE_FEATURES)
     assert {"sig:iimm", "sig:gap", "sig:unrelated"} <= set(stored["features"])
     assert set(stored["scores"]["targets"]) == {"id_gain", "ood_change", "cost"}
-    est = AdvisorPredictor.from_stored(stored)
+    est = FittedPredictor.from_stored(stored)
     rows = h.training_rows()
     fresh = AdvisorPredictor(**SMALL).fit_rows(rows)
     np.testing.assert_array_equal(est.predict(est.rows_matrix(rows)), fresh.predict(fresh.rows_matrix(rows)))

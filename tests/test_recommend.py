@@ -160,7 +160,7 @@ def test_predictor_trained_on_other_features_is_reported(history_db):
     est = AdvisorPredictor(n_estimators=10, n_bags=2).fit_rows(h.training_rows())
     doc = json.loads(est.to_json())
     doc["feature_names"] = ["legacy_" + f if f == "shots" else f for f in doc["feature_names"]]
-    h.save_predictor("default", json.dumps(doc), doc["feature_names"], est.training_hash_, {})
+    h.save_predictor("default", json.dumps(doc), doc["feature_names"], est.model_.training_hash, {})
     from advisor.cli import cli
 
     r = CliRunner().invoke(cli, ["recommend", "--model", "tiny-vit", "--dataset", "digits", "--db", history_db])

@@ -322,6 +322,8 @@ class History:
             with self.engine.connect() as conn:
                 conn.execution_options(advisor_write=True)
                 with conn.begin():
+                    if conn.dialect.name == "postgresql":  # SQLite: BEGIN IMMEDIATE already serialises
+                        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242017)")
                     migrate(conn, self.display)
 
     def close(self) -> None:
@@ -668,10 +670,15 @@ def flatten_run(run: RunResult) -> dict[str, Any]:
     for f in DATASET_FIELDS:
         row[f"dataset.{f}"] = dd.pop(f, None)
     row["dataset.extra"] = dd
-    row["signal_versions"] = dict(run.signal_versions or {})
+    # Versions of metrics that produced no value (a failed metric) are not an error here.
+    row["signal_versions"] = {k: v for k, v in (run.signal_versions or {}).items() if k in (run.signals or {})}
     for k, v in (run.signals or {}).items():
         row[f"signal.{k}"] = v
-    return _jsonable(row)
+    row = _jsonable(row)
+    for name, col in hio.BY_NAME.items():  # 224.0 from a computation is the integer 224
+        if col.kind == "int" and isinstance(row.get(name), float) and row[name].is_integer():
+            row[name] = int(row[name])
+    return row
 
 
 def validate_run(run: RunResult) -> hio.ImportRecord:

@@ -73,8 +73,12 @@ def h_score(f: np.ndarray, y: np.ndarray) -> float:
     cov_f = fc.T @ fc / (n - 1)
     means = _class_sums(f, inv, len(counts)) / counts[:, None]
     mc = (means - mu) * np.sqrt(counts)[:, None]
-    cov_g = mc.T @ mc / (n - 1)
-    return float(np.trace(np.linalg.pinv(cov_f, rcond=1e-15, hermitian=True) @ cov_g))
+    # tr(pinv(cov_f) cov_g) with pinv from one eigendecomposition (numpy's cut: |w| > 1e-15 max|w|)
+    # and cov_g = mc^T mc / (n-1): sum_i (1/w_i) ||(V^T mc^T)_i||^2 / (n-1).
+    w, v = np.linalg.eigh((cov_f + cov_f.T) / 2)
+    keep = np.abs(w) > 1e-15 * np.abs(w).max()
+    proj = v[:, keep].T @ mc.T
+    return float(((proj ** 2).sum(axis=1) / w[keep]).sum() / (n - 1))
 
 
 # ---------------------------------------------------------------------------------- LogME

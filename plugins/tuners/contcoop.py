@@ -34,7 +34,7 @@ import advisor
 from advisor import training as T
 from advisor.specs import TrainContext, TrainResult, Tuner
 
-from .coop import PromptAdapted, PromptLearner, defaults as coop_defaults, train_prompts
+from .coop import PromptAdapted, PromptLearner, defaults as coop_defaults, inner_token_mask, train_prompts
 
 
 def defaults(shots: int | None) -> dict[str, Any]:
@@ -43,27 +43,12 @@ def defaults(shots: int | None) -> dict[str, Any]:
     return hp
 
 
-def name_token_mask(tokens: Any, offset: int) -> torch.Tensor:
-    """(C,L) bool: positions holding the class name's own tokens (after the start token(s),
-    before the end token, not padding)."""
-    if isinstance(tokens, dict):
-        valid = tokens["attention_mask"].bool()
-    else:
-        valid = tokens != 0
-    pos = torch.arange(valid.shape[1], device=valid.device).unsqueeze(0)
-    last = (valid.long() * pos).max(dim=1, keepdim=True).values  # index of the end token
-    mask = valid & (pos >= offset) & (pos < last)
-    # A tokenizer without an end token (or an empty name): fall back to every valid position.
-    empty = ~mask.any(dim=1, keepdim=True)
-    return torch.where(empty, valid, mask)
-
-
 class ConditionedPromptLearner(PromptLearner):
     """CoOp's context plus a residual attention layer over each class's name-token embeddings."""
 
     def __init__(self, model: Any, n_ctx: int, init_std: float, generator: torch.Generator, device: str,
-                 heads: int = 1):
-        super().__init__(model, n_ctx, init_std, generator, device)
+                 heads: int = 1, ctx_init: str | None = None):
+        super().__init__(model, n_ctx, init_std, generator, device, ctx_init=ctx_init)
         dim = int(model.token_dim)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
@@ -79,8 +64,7 @@ class ConditionedPromptLearner(PromptLearner):
             tokens = T.to_device(model.tokenize(list(key)), self.device)
             with torch.no_grad():
                 emb = model.token_embeddings(tokens).detach()
-            ids = tokens["input_ids"] if isinstance(tokens, dict) else tokens
-            mask = name_token_mask(tokens if isinstance(tokens, dict) else ids, self.offset)
+            mask = inner_token_mask(tokens, self.offset)
             if len(self._names) > 16:
                 self._names.clear()
             self._names[key] = (emb, ~mask)
@@ -104,7 +88,8 @@ def train(ctx: TrainContext) -> TrainResult:
     model.eval()
     with T.frozen(model):
         learner = ConditionedPromptLearner(model, int(hp["n_ctx"]), float(hp["init_std"]), generator, ctx.device,
-                                           heads=int(hp["heads"]))
+                                           heads=int(hp["heads"]), ctx_init=hp.get("ctx_init"))
+        hp["n_ctx"] = learner.n_ctx
         n_trainable = T.count_trainable(learner)
         with torch.no_grad():
             zero_shot = F.normalize(T.encode_class_texts(model, ctx.class_names, ctx.template, ctx.device), dim=-1)

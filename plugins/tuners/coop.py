@@ -56,7 +56,20 @@ def defaults(shots: int | None) -> dict[str, Any]:
         "warmup_lr": 1e-5,
         "n_ctx": 16,
         "init_std": 0.02,
+        "ctx_init": None,  # e.g. "a photo of a": initialise from these words' embeddings (M = their length)
     }
+
+
+def inner_token_mask(tokens: Any, offset: int) -> torch.Tensor:
+    """(B,L) bool: the positions of a text's own tokens: after the start token(s), before the end
+    token, not padding. Falls back to every non-padding position for a tokenizer without an end
+    token."""
+    valid = tokens["attention_mask"].bool() if isinstance(tokens, dict) else tokens != 0
+    pos = torch.arange(valid.shape[1], device=valid.device).unsqueeze(0)
+    last = (valid.long() * pos).max(dim=1, keepdim=True).values  # index of the end token
+    mask = valid & (pos >= offset) & (pos < last)
+    empty = ~mask.any(dim=1, keepdim=True)
+    return torch.where(empty, valid, mask)
 
 
 class PromptLearner(nn.Module):
@@ -67,16 +80,31 @@ class PromptLearner(nn.Module):
     The frozen parts depend only on the class names, so they are computed once per name list.
     """
 
-    def __init__(self, model: Any, n_ctx: int, init_std: float, generator: torch.Generator, device: str):
+    def __init__(self, model: Any, n_ctx: int, init_std: float, generator: torch.Generator, device: str,
+                 ctx_init: str | None = None):
         super().__init__()
-        if n_ctx < 1:
-            raise TrainingError(f"n_ctx must be at least 1 (got {n_ctx})")
-        ctx = torch.randn(n_ctx, int(model.token_dim), generator=generator) * float(init_std)
+        self.offset = int(model.context_offset)
+        if ctx_init:
+            ctx = self.init_from_text(model, ctx_init, device)
+            n_ctx = ctx.shape[0]
+        else:
+            if n_ctx < 1:
+                raise TrainingError(f"n_ctx must be at least 1 (got {n_ctx})")
+            ctx = torch.randn(n_ctx, int(model.token_dim), generator=generator) * float(init_std)
         self.ctx = nn.Parameter(ctx.to(device))
         self.n_ctx = n_ctx
-        self.offset = int(model.context_offset)
         self.device = device
         self._cache: dict[tuple[str, ...], tuple[Any, torch.Tensor]] = {}
+
+    def init_from_text(self, model: Any, text: str, device: str) -> torch.Tensor:
+        """CoOp's CTX_INIT: the token embeddings of ``text`` (e.g. "a photo of a"); M = its length."""
+        tokens = T.to_device(model.tokenize([text]), device)
+        with torch.no_grad():
+            emb = model.token_embeddings(tokens).detach()
+        mask = inner_token_mask(tokens, self.offset)[0]
+        if not bool(mask.any()):
+            raise TrainingError(f"ctx_init {text!r} has no tokens")
+        return emb[0, mask].float().cpu()
 
     def prompt_texts(self, class_names: Sequence[str]) -> list[str]:
         head = " ".join(["X"] * self.n_ctx)
@@ -162,7 +190,9 @@ def train(ctx: TrainContext) -> TrainResult:
     model = ctx.model
     model.eval()
     with T.frozen(model):
-        learner = PromptLearner(model, int(hp["n_ctx"]), float(hp["init_std"]), generator, ctx.device)
+        learner = PromptLearner(model, int(hp["n_ctx"]), float(hp["init_std"]), generator, ctx.device,
+                                ctx_init=hp.get("ctx_init"))
+        hp["n_ctx"] = learner.n_ctx
         losses = train_prompts(ctx, learner, hp, generator)
     learner.requires_grad_(False)
     return TrainResult(

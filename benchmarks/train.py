@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""Training throughput of each tuner next to the model's forward-only throughput, same model,
+same images, same run.
+
+Rows (images/s = training images x epochs / wall time of ``tuner.train``):
+- ``forward only``: ``model.encode_image`` on the same preprocessed training images, no grad
+  (what one embedding pass costs);
+- one row per tuner, with its defaults except ``epochs`` (fixed per row, so runs stay short) and,
+  for the frozen-image-tower methods, no cached features: their wall time includes the one
+  up-front image pass they make.
+
+Also reported per row: trainable parameters, first and last epoch loss, and training accuracy
+before/after (a sanity check that the run learned something, not an evaluation).
+
+CPU: lit-offline at 64 px, 16 shots x 10 classes of a real offline dataset (default mnist-5k).
+
+    python benchmarks/train.py [--dataset mnist-5k] [--shots 16] [--out benchmarks/results/train.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Epochs per method for the benchmark (the defaults would be 10-200).
+EPOCHS = {"full": 2, "lora": 2, "coop": 5, "contcoop": 5, "tpc_cma": 20}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="lit-offline")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--dataset", default="mnist-5k")
+    ap.add_argument("--shots", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--methods", default=",".join(EPOCHS))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train.json"))
+    args = ap.parse_args(argv)
+
+    from advisor import training as T
+    from advisor.data import few_shot, get_split, load_dataset
+    from advisor.embed import load_model
+    from advisor.plugins import get_tuner
+    from advisor.runner import preprocess_images
+    from advisor.specs import ModelSpec, TrainContext
+
+    bundle = load_dataset(args.dataset)
+    template = bundle.templates[0] if bundle.templates else "a photo of a {}."
+    train = few_shot(get_split(bundle, "train"), args.shots, args.seed)
+    base = load_model(ModelSpec(args.model, image_size=args.image_size), args.device)
+    pixels = preprocess_images(base, train)
+    labels = torch.as_tensor(np.asarray(train.labels), dtype=torch.long)
+    n = len(labels)
+
+    # Forward-only throughput (warm-up pass first, then timed).
+    T.encode_images(base, pixels[:32], args.device, 32)
+    t0 = time.perf_counter()
+    T.encode_images(base, pixels, args.device, 32)
+    fwd = time.perf_counter() - t0
+    acc0 = T.evaluate(T.ZeroShotAdapted(base), pixels, labels, bundle.class_names, template)
+    rows = [{"method": "forward only", "epochs": 1, "images_per_s": n / fwd, "wall_s": fwd,
+             "trainable_params": 0, "loss_first": None, "loss_last": None, "train_acc": acc0}]
+
+    for method in [m for m in args.methods.split(",") if m]:
+        tuner = get_tuner(method)
+        epochs = EPOCHS.get(method, 2)
+        model = copy.deepcopy(base)
+        ctx = TrainContext(model=model, class_names=list(bundle.class_names), template=template,
+                           train_pixels=pixels, train_labels=labels, device=args.device, seed=args.seed,
+                           epochs=epochs, shots=args.shots)
+        t0 = time.perf_counter()
+        result = tuner.train(ctx)
+        wall = time.perf_counter() - t0
+        acc = T.evaluate(result.adapted, pixels, labels, bundle.class_names, template)
+        rows.append({"method": method, "epochs": epochs, "images_per_s": n * epochs / wall, "wall_s": wall,
+                     "trainable_params": result.trainable_params, "loss_first": result.losses[0],
+                     "loss_last": result.losses[-1], "train_acc": acc, "extra": result.extra})
+        del model, result
+
+    print(f"{args.model} @ {args.image_size}px on {args.device}, {args.dataset} {args.shots} shots x "
+          f"{len(bundle.class_names)} classes = {n} images, torch threads {torch.get_num_threads()}")
+    print(f"{'method':<13}{'epochs':>7}{'images/s':>10}{'wall s':>8}{'trainable':>12}{'loss first->last':>20}{'train acc':>10}")
+    for r in rows:
+        loss = "" if r["loss_first"] is None else f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}"
+        print(f"{r['method']:<13}{r['epochs']:>7}{r['images_per_s']:>10.1f}{r['wall_s']:>8.1f}"
+              f"{r['trainable_params']:>12,}{loss:>20}{r['train_acc']:>10.3f}")
+    out = {
+        "model": args.model, "image_size": args.image_size, "dataset": args.dataset, "shots": args.shots,
+        "n_images": n, "device": args.device, "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+        "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "rows": rows,
+        "note": "images/s = training images x epochs / wall time of tuner.train; forward only = encode_image without grad",
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2, default=float))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

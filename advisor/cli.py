@@ -608,8 +608,8 @@ def recommend_command(model: str, pretrained: str | None, image_size: int | None
         emit_json(rec.to_dict())
         return
     src = "learned predictor" if rec.source == "predictor" else "IIMM heuristic (cold start)"
-    click.echo(f"{rec.model} on {rec.dataset}, {rec.shots} shots, objective {rec.objective!r}; "
-               f"signals from the {rec.signals_source}; ranking by the {src}.")
+    sig = "signals from the history" if rec.signals_source == "history" else "signals computed now and stored"
+    click.echo(f"{rec.model} on {rec.dataset}, {rec.shots} shots, objective {rec.objective!r}; {sig}; ranking by the {src}.")
     rows = []
     for a in rec.methods:
         rows.append({

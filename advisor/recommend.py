@@ -115,13 +115,20 @@ def _dataset_key(desc: Mapping[str, Any]) -> str:
     return dataset_key(dict(desc))
 
 
-def _known_model_desc(spec: ModelSpec, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+def _known_model_desc(spec: ModelSpec, rows: Sequence[Mapping[str, Any]], history: Any = None) -> dict[str, Any] | None:
     """The model's descriptors from the history, when exactly one recorded model matches the
-    spec (name, pretrained and, if given, image size): this avoids loading the weights."""
+    spec (name, pretrained and, if given, image size): this avoids loading the weights. Models
+    come from the runs, and from ``history.models()`` when the history offers it (models whose
+    signals were measured without any run). Without ``--image-size``, a model recorded at
+    exactly one resolution is taken at that resolution."""
+    descs = [dict(r.get("model_desc") or {}, name=(r.get("model_desc") or {}).get("name") or r.get("model"))
+             for r in rows]
+    lister = getattr(history, "models", None)
+    if callable(lister):
+        descs += [dict(d) for d in lister()]
     found: dict[Any, dict[str, Any]] = {}
-    for r in rows:
-        d = dict(r.get("model_desc") or {})
-        if (d.get("name") or r.get("model")) != spec.name:
+    for d in descs:
+        if d.get("name") != spec.name:
             continue
         if (d.get("pretrained") or None) != (spec.pretrained or None):
             continue
@@ -155,7 +162,7 @@ def pair_signals(
     get_model_source(model_spec.name)  # unknown model: one line, before any work
     bundle = load_dataset(dataset_spec)
     dataset_desc = dataset_descriptors(bundle)
-    model_desc = _known_model_desc(model_spec, rows)
+    model_desc = _known_model_desc(model_spec, rows, history)
     if model_desc is not None:
         stored = history.latest_signals(_model_key(model_desc), _dataset_key(dataset_desc))
         if stored:

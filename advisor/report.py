@@ -121,8 +121,10 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-widt
 """
 
 
-def build_report(rows: Sequence[Mapping[str, Any]], stored: Mapping[str, Any] | None = None, *, title: str = "") -> str:
-    """The report's HTML for these history rows (and the stored predictor, when there is one)."""
+def build_report(rows: Sequence[Mapping[str, Any]], stored: Mapping[str, Any] | None = None, *, title: str = "",
+                 estimator: Any = None) -> str:
+    """The report's HTML for these history rows (and the stored predictor, when there is one).
+    ``estimator`` (an unfitted ``AdvisorPredictor``) overrides the default hyper-parameters."""
     from .predict import FittedPredictor, evaluate_lodo, row_dataset, row_method, row_model
 
     if not rows:
@@ -147,7 +149,7 @@ def build_report(rows: Sequence[Mapping[str, Any]], stored: Mapping[str, Any] | 
 
     parts.append("<h2>Predicted vs measured (leave-one-dataset-out)</h2>")
     if len(datasets) >= 2:
-        ev = evaluate_lodo(rows)
+        ev = evaluate_lodo(rows, estimator=estimator)
         parts.append(
             "<p class='note'>For each dataset, the predictor and every baseline were fitted on the runs of the other "
             "datasets only, then asked about the held-out dataset's runs.</p>"

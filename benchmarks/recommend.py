@@ -8,8 +8,8 @@ makes sure of both (it may compute signals or train the predictor; it is not tim
 in a fresh Python process:
 
 - ``first call in a fresh process``: ``recommend()`` timed in-process around the call, so the
-  lazy imports it triggers (LightGBM, SQLAlchemy, the plugins) are billed but the interpreter
-  start is not;
+  lazy imports it triggers (SQLAlchemy, the plugin modules and whatever they import) are billed
+  but the interpreter start is not; then split into loading the plugins and the call after it;
 - ``repeat call, same process``: a second ``recommend()`` right after the first (everything
   imported, plugins loaded);
 - ``advisor recommend`` as a subprocess: the whole command's wall time, and the same minus the
@@ -42,11 +42,18 @@ t0 = time.perf_counter()
 from advisor.recommend import recommend
 t_import = time.perf_counter() - t0
 kw = json.loads(sys.argv[1])
+t0 = time.perf_counter()
+if kw["split"]:
+    from advisor.plugins import load_plugins
+    load_plugins()
+t_plugins = time.perf_counter() - t0
 t0 = time.perf_counter(); rec = recommend(kw["model"], kw["dataset"], db=kw["db"], quiet=True); t1 = time.perf_counter()
 rec2 = recommend(kw["model"], kw["dataset"], db=kw["db"], quiet=True); t2 = time.perf_counter()
-heavy = sorted(m for m in ("torch", "lightgbm", "sklearn", "sqlalchemy", "matplotlib", "open_clip") if m in sys.modules)
-print(json.dumps({"import_s": t_import, "first_s": t1 - t0, "repeat_s": t2 - t1, "signals_source": rec.signals_source,
-                  "source": rec.source, "winner": rec2.winner, "modules": heavy}))
+heavy = sorted(m for m in ("torch", "lightgbm", "sklearn", "scipy", "sqlalchemy", "matplotlib", "open_clip")
+               if m in sys.modules)
+print(json.dumps({"import_s": t_import, "plugins_s": t_plugins, "first_s": t1 - t0, "repeat_s": t2 - t1,
+                  "signals_source": rec.signals_source, "source": rec.source, "winner": rec2.winner,
+                  "modules": heavy}))
 """
 
 
@@ -77,11 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"warm-up: {warm_s:.2f} s (signals from the {warm.signals_source}, ranking by {warm.source}); "
           f"winner {warm.winner}", file=sys.stderr)
 
-    probes = []
-    for _ in range(args.repeats):
-        _, out = _run([sys.executable, "-c", _PROBE, json.dumps({"model": args.model, "dataset": args.dataset,
-                                                                  "db": args.db})], env)
-        probes.append(json.loads(out.strip().splitlines()[-1]))
+    def probe(split: bool) -> dict:
+        arg = json.dumps({"model": args.model, "dataset": args.dataset, "db": args.db, "split": split})
+        return json.loads(_run([sys.executable, "-c", _PROBE, arg], env)[1].strip().splitlines()[-1])
+
+    probes = [probe(False) for _ in range(args.repeats)]
+    split = [probe(True) for _ in range(args.repeats)]
     bare = [_run([sys.executable, "-c", "pass"], env)[0] for _ in range(args.repeats)]
     exe = shutil.which("advisor") or ""
     cmd = ([exe] if exe else [sys.executable, "-m", "advisor.cli"]) + [
@@ -94,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("import advisor.recommend", med(p["import_s"] for p in probes)),
         ("first call in a fresh process (in-process)", med(p["first_s"] for p in probes)),
+        ("  of which: loading the plugins (their imports)", med(p["plugins_s"] for p in split)),
+        ("  of which: the call once plugins are loaded", med(p["first_s"] for p in split)),
         ("repeat call, same process (in-process)", med(p["repeat_s"] for p in probes)),
         ("python -c pass (interpreter start)", med(bare)),
         ("advisor recommend --json (subprocess wall)", med(cli)),
@@ -116,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "db": args.db or "default",
         "repeats": args.repeats,
         "measurements_s": {name: round(v, 4) for name, v in rows},
-        "raw": {"probes": probes, "python_pass_s": bare, "cli_s": cli},
+        "raw": {"probes": probes, "probes_plugins_first": split, "python_pass_s": bare, "cli_s": cli},
         "signals_source": probes[0]["signals_source"],
         "source": probes[0]["source"],
         "modules_loaded": probes[0]["modules"],

@@ -185,7 +185,8 @@ def test_numpy_trees_equal_lightgbm_predictions_and_pred_contrib():
               "min_data_per_group": 1, "max_cat_to_onehot": 2, "cat_smooth": 1.0, "num_threads": 1, "seed": 1}
     booster = lgb.train(params, lgb.Dataset(X, label=y, categorical_feature=[3]), num_boost_round=25)
     ens = TreeEnsemble(booster.model_to_string())
-    assert ens.node_categorical.any() and ens.n_slots.max() < ens.path_valid.sum(axis=1).max()  # categorical + repeated features
+    paths = ens._leaf_paths()
+    assert ens.node_categorical.any() and (paths["n_slots"] < paths["valid"].sum(axis=1)).any()  # repeated features
     Xq = rng.normal(size=(60, 5))
     Xq[:, 3] = rng.randint(-1, 9, 60)  # includes a negative and unseen categories
     Xq[::4, 1] = np.nan
@@ -194,6 +195,11 @@ def test_numpy_trees_equal_lightgbm_predictions_and_pred_contrib():
     np.testing.assert_allclose(ens.predict(Xq), booster.predict(Xq, num_threads=1), rtol=0, atol=1e-12)
     np.testing.assert_allclose(ens.contrib(Xq), booster.predict(Xq, pred_contrib=True, num_threads=1),
                                rtol=0, atol=1e-10)
+    # a model that never splits (constant target): single-leaf trees only
+    flat = lgb.train(params, lgb.Dataset(X[:20], label=np.full(20, 0.25)), num_boost_round=3)
+    ens = TreeEnsemble(flat.model_to_string())
+    np.testing.assert_allclose(ens.predict(Xq), flat.predict(Xq, num_threads=1), atol=1e-12)
+    np.testing.assert_allclose(ens.contrib(Xq), flat.predict(Xq, pred_contrib=True, num_threads=1), atol=1e-12)
 
 
 def test_interval_contains_mean_and_oob_residuals_widen_it():

@@ -9,7 +9,6 @@ in the temporary history so no embedding is computed.
 from __future__ import annotations
 
 import json
-import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from advisor.errors import AdvisorError, PredictorError, UnknownNameError
+from advisor.errors import PredictorError, UnknownNameError
 from advisor.recommend import (
     MethodAdvice,
     RecommendError,
@@ -29,7 +28,7 @@ from advisor.recommend import (
     support_for,
     winner_sentence,
 )
-from test_predict import FORGET, MODEL_DESC, SLOPE, record_synthetic, synthetic_rows
+from test_predict import MODEL_DESC, SLOPE, record_synthetic, synthetic_rows
 
 PAIR_IIMM = 0.8
 

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from advisor.report import ReportError, build_report
-from test_predict import record_synthetic, synthetic_rows
+from test_predict import SMALL, record_synthetic, synthetic_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -26,8 +26,10 @@ def _images(text: str) -> list[bytes]:
 
 
 def test_report_has_lodo_plot_signal_plots_and_baseline_table():
+    from advisor.predict import AdvisorPredictor
+
     rows = synthetic_rows(n_datasets=3, shots=(16,))
-    text = build_report(rows)
+    text = build_report(rows, estimator=AdvisorPredictor(**SMALL))
     imgs = _images(text)
     assert len(imgs) == 2 and all(i.startswith(PNG_MAGIC) and len(i) > 5000 for i in imgs)
     for word in ("leave-one-dataset-out", "iimm-linear", "always-lora", "always-full", "knn", "random",

@@ -201,6 +201,15 @@ def test_exception_in_progress_callback_propagates(method: str, tiny: torch.nn.M
         assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
 
 
+@pytest.mark.parametrize("method", ["lora", "contcoop"])
+def test_same_seed_same_adapter_other_seed_different(method: str, tiny: torch.nn.Module) -> None:
+    pixels, labels = _digits(tiny, 4)
+    states = [_train(method, copy.deepcopy(tiny), pixels, labels, epochs=1, batch_size=8, seed=s).adapted.adapter_state()
+              for s in (0, 0, 1)]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
+
+
 # ------------------------------------------------------------------------------ losses fall
 
 
@@ -208,26 +217,27 @@ def test_exception_in_progress_callback_propagates(method: str, tiny: torch.nn.M
 #: the loss (the tiny random model cannot separate classes at all, so losses are checked on the
 #: real lit-offline towers).
 LOSS_CASES = [
-    ("full", {"lr": 1e-4}),
-    ("lora", {"lr": 1e-2}),
-    ("coop", {"lr": 0.02, "warmup_epochs": 0}),
-    ("contcoop", {"lr": 0.02, "warmup_epochs": 0}),
-    ("tpc_cma", {}),
+    ("full", 3, {"lr": 2e-4}),
+    ("lora", 6, {"lr": 1e-2}),
+    ("coop", 6, {"lr": 0.02, "warmup_epochs": 0}),
+    ("contcoop", 6, {"lr": 0.02, "warmup_epochs": 0}),
+    ("tpc_cma", 6, {}),
 ]
 
 
-@pytest.mark.parametrize("method,hparams", LOSS_CASES)
-def test_loss_falls_and_accuracy_rises_on_lit_offline(method: str, hparams: dict, lit: torch.nn.Module) -> None:
+@pytest.mark.parametrize("method,epochs,hparams", LOSS_CASES)
+def test_loss_falls_and_accuracy_rises_on_lit_offline(method: str, epochs: int, hparams: dict,
+                                                      lit: torch.nn.Module) -> None:
     pixels, labels = _digits(lit, 8)
     with torch.no_grad():
         feats = lit.encode_image(pixels)
     frozen_towers = method not in ("full", "lora")
     model = lit if frozen_towers else copy.deepcopy(lit)
     before = T.snapshot(lit) if frozen_towers else None
-    ctx = _ctx(model, pixels, labels, epochs=6, batch_size=16, hparams=hparams,
+    ctx = _ctx(model, pixels, labels, epochs=epochs, batch_size=32 if method == "full" else 16, hparams=hparams,
                image_features=feats if frozen_towers else None)
     result = get_tuner(method).train(ctx)
-    assert len(result.losses) == 6 and all(np.isfinite(result.losses))
+    assert len(result.losses) == epochs and all(np.isfinite(result.losses))
     assert result.losses[-1] < result.losses[0] - 0.05
     acc = T.evaluate(result.adapted, pixels, labels, NAMES, TEMPLATE)
     assert acc > T.evaluate(T.ZeroShotAdapted(lit), pixels, labels, NAMES, TEMPLATE)

@@ -32,6 +32,7 @@ from torch import nn
 
 import advisor
 from advisor import training as T
+from advisor.errors import TrainingError
 from advisor.specs import TrainContext, TrainResult, Tuner
 
 from .coop import PromptAdapted, PromptLearner, defaults as coop_defaults, inner_token_mask, train_prompts
@@ -50,6 +51,8 @@ class ConditionedPromptLearner(PromptLearner):
                  heads: int = 1, ctx_init: str | None = None):
         super().__init__(model, n_ctx, init_std, generator, device, ctx_init=ctx_init)
         dim = int(model.token_dim)
+        if heads < 1 or dim % heads:
+            raise TrainingError(f"contcoop: heads must divide the token width {dim} (got {heads})")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
             self.attn = nn.MultiheadAttention(dim, int(heads), batch_first=True).to(device)

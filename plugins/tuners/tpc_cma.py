@@ -97,7 +97,9 @@ class AffineMap(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float() @ self.weight.T + self.bias
+        # fp32 even under CUDA autocast: the map starts at the identity and moves by small steps.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return torch.addmm(self.bias, x.float(), self.weight.T)
 
 
 class AlignedAdapted:

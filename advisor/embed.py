@@ -116,34 +116,48 @@ def _progress(total: int, quiet: bool, desc: str) -> Any:
 
 
 class _PILImages:
-    """DataLoader dataset: item i -> (pixels, None) or (None, error message).
+    """DataLoader dataset: item i -> (pixels or uint8 array, None) or (None, error message).
 
     Errors travel as values so a corrupt file is reported by path in the main process
-    (DataLoader re-raises worker exceptions with a multi-line message)."""
+    (DataLoader re-raises worker exceptions with a multi-line message). When the model's
+    ``preprocess`` is by definition ``preprocess_batch`` on one image (``batch_preprocess_exact``),
+    items stay uint8 arrays and ``_Collate`` preprocesses a whole batch in one vectorised call.
+    """
 
-    def __init__(self, images: ImageSet, preprocess: Any) -> None:
+    def __init__(self, images: ImageSet, preprocess: Any, raw: bool) -> None:
         self.images = images
         self.preprocess = preprocess
+        self.raw = raw
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[Any, str | None]:
         try:
-            return self.preprocess(self.images.pil(i)), None
+            image = self.images.pil(i)
+            return (np.asarray(image, dtype=np.uint8) if self.raw else self.preprocess(image)), None
         except DatasetError as exc:
             return None, str(exc)
         except Exception as exc:  # noqa: BLE001 - a preprocessing failure on one file
             return None, f"cannot preprocess image {self.images.images[i]}: {exc}"
 
 
-def _collate(batch: list[tuple[Any, str | None]]) -> Any:
-    import torch
+class _Collate:
+    def __init__(self, preprocess_batch: Any = None) -> None:
+        self.preprocess_batch = preprocess_batch
 
-    for _, err in batch:
-        if err is not None:
-            return err
-    return torch.stack([px for px, _ in batch])
+    def __call__(self, batch: list[tuple[Any, str | None]]) -> Any:
+        import torch
+
+        for _, err in batch:
+            if err is not None:
+                return err
+        items = [x for x, _ in batch]
+        if self.preprocess_batch is None:
+            return torch.stack(items)
+        if len({a.shape for a in items}) == 1:
+            return self.preprocess_batch(torch.from_numpy(np.stack(items)))
+        return torch.cat([self.preprocess_batch(torch.from_numpy(a)[None]) for a in items])
 
 
 def _uses_fast_path(images: ImageSet, model: Any = None) -> bool:
@@ -197,13 +211,14 @@ def encode_images(
                     run(model.preprocess_batch(chunk.to(dev) if dev.type == "cuda" else chunk))
                     bar.update(len(chunk))
             else:
+                raw = bool(getattr(model, "batch_preprocess_exact", False)) and hasattr(model, "preprocess_batch")
                 loader = torch.utils.data.DataLoader(
-                    _PILImages(images, model.preprocess),
+                    _PILImages(images, model.preprocess, raw),
                     batch_size=batch_size,
                     shuffle=False,
                     num_workers=num_workers,
                     pin_memory=dev.type == "cuda",
-                    collate_fn=_collate,
+                    collate_fn=_Collate(model.preprocess_batch if raw else None),
                     persistent_workers=False,
                 )
                 for batch in loader:

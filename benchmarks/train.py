@@ -4,7 +4,9 @@ same images, same run.
 
 Rows (images/s = training images x epochs / wall time of ``tuner.train``):
 - ``forward only``: ``model.encode_image`` on the same preprocessed training images, no grad
-  (what one embedding pass costs);
+  (what one embedding pass costs), timed right before every training run and once at the end
+  (the median is shown; ``x fwd`` compares each method with the forward pass timed next to it,
+  because the machine may be shared);
 - one row per tuner, with its defaults except ``epochs`` (fixed per row, so runs stay short) and,
   for the frozen-image-tower methods, no cached features: their wall time includes the one
   up-front image pass they make.
@@ -14,7 +16,7 @@ before/after (a sanity check that the run learned something, not an evaluation).
 
 CPU: lit-offline at 64 px, 16 shots x 10 classes of a real offline dataset (default mnist-5k).
 
-    python benchmarks/train.py [--dataset mnist-5k] [--shots 16] [--out benchmarks/results/train.json]
+    python benchmarks/train.py [--dataset mnist-5k] [--shots 16] [--threads 1] [--out benchmarks/results/train.json]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import copy
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default=",".join(EPOCHS))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's). 1 is steadier on a shared machine.")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train.json"))
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from advisor import training as T
     from advisor.data import few_shot, get_split, load_dataset
@@ -66,18 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     labels = torch.as_tensor(np.asarray(train.labels), dtype=torch.long)
     n = len(labels)
 
-    # Forward-only throughput (warm-up pass first, then timed).
-    T.encode_images(base, pixels[:32], args.device, 32)
-    t0 = time.perf_counter()
-    T.encode_images(base, pixels, args.device, 32)
-    fwd = time.perf_counter() - t0
-    acc0 = T.evaluate(T.ZeroShotAdapted(base), pixels, labels, bundle.class_names, template)
-    rows = [{"method": "forward only", "epochs": 1, "images_per_s": n / fwd, "wall_s": fwd,
-             "trainable_params": 0, "loss_first": None, "loss_last": None, "train_acc": acc0}]
+    def forward_rate() -> float:
+        t0 = time.perf_counter()
+        T.encode_images(base, pixels, args.device, 32)
+        return n / (time.perf_counter() - t0)
 
+    # The machine may be shared: the forward pass is timed right before every training run and
+    # each row is compared with its neighbour; the forward row reports the median.
+    T.encode_images(base, pixels[:32], args.device, 32)  # warm-up
+    acc0 = T.evaluate(T.ZeroShotAdapted(base), pixels, labels, bundle.class_names, template)
+    rows = []
+    forward_rates = []
     for method in [m for m in args.methods.split(",") if m]:
         tuner = get_tuner(method)
         epochs = EPOCHS.get(method, 2)
+        fwd = forward_rate()
+        forward_rates.append(fwd)
         model = copy.deepcopy(base)
         ctx = TrainContext(model=model, class_names=list(bundle.class_names), template=template,
                            train_pixels=pixels, train_labels=labels, device=args.device, seed=args.seed,
@@ -87,23 +98,30 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t0
         acc = T.evaluate(result.adapted, pixels, labels, bundle.class_names, template)
         rows.append({"method": method, "epochs": epochs, "images_per_s": n * epochs / wall, "wall_s": wall,
+                     "forward_images_per_s_adjacent": fwd, "vs_forward": n * epochs / wall / fwd,
                      "trainable_params": result.trainable_params, "loss_first": result.losses[0],
                      "loss_last": result.losses[-1], "train_acc": acc, "extra": result.extra})
         del model, result
+    forward_rates.append(forward_rate())
+    med = statistics.median(forward_rates)
+    rows.insert(0, {"method": "forward only", "epochs": 1, "images_per_s": med, "wall_s": n / med,
+                    "forward_images_per_s_all": forward_rates, "vs_forward": 1.0,
+                    "trainable_params": 0, "loss_first": None, "loss_last": None, "train_acc": acc0})
 
     print(f"{args.model} @ {args.image_size}px on {args.device}, {args.dataset} {args.shots} shots x "
           f"{len(bundle.class_names)} classes = {n} images, torch threads {torch.get_num_threads()}")
-    print(f"{'method':<13}{'epochs':>7}{'images/s':>10}{'wall s':>8}{'trainable':>12}{'loss first->last':>20}{'train acc':>10}")
+    print(f"{'method':<13}{'epochs':>7}{'images/s':>10}{'x fwd':>7}{'wall s':>8}{'trainable':>12}"
+          f"{'loss first->last':>20}{'train acc':>10}")
     for r in rows:
         loss = "" if r["loss_first"] is None else f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}"
-        print(f"{r['method']:<13}{r['epochs']:>7}{r['images_per_s']:>10.1f}{r['wall_s']:>8.1f}"
+        print(f"{r['method']:<13}{r['epochs']:>7}{r['images_per_s']:>10.1f}{r['vs_forward']:>7.2f}{r['wall_s']:>8.1f}"
               f"{r['trainable_params']:>12,}{loss:>20}{r['train_acc']:>10.3f}")
     out = {
         "model": args.model, "image_size": args.image_size, "dataset": args.dataset, "shots": args.shots,
         "n_images": n, "device": args.device, "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
         "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "rows": rows,
-        "note": "images/s = training images x epochs / wall time of tuner.train; forward only = encode_image without grad",
+        "note": "images/s = training images x epochs / wall time of tuner.train; forward only = encode_image without grad (median of the passes timed before each method and at the end); vs_forward = method images/s / adjacent forward images/s",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2, default=float))

@@ -256,3 +256,24 @@ def test_lit_offline_mnist_head_classifies_real_digits(lit) -> None:  # type: ig
     pred = (img / np.linalg.norm(img, axis=1, keepdims=True)) @ (txt / np.linalg.norm(txt, axis=1, keepdims=True)).T
     acc = float((pred.argmax(1) == test.labels).mean())
     assert acc > 0.6, acc  # chance is 0.1
+
+
+def test_lit_files_and_arrays_embed_identically(lit, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """lit-offline's preprocess is its batch preprocess on one image, so PNG files (lossless)
+    and in-memory arrays give the same pixels and the same embeddings."""
+    from advisor.data import get_split, load_dataset, sample
+    from advisor.embed import encode_images
+    from advisor.specs import ImageSet
+
+    arrays = sample(get_split(load_dataset("digits"), "test"), 12, 0)
+    paths = []
+    for i in range(len(arrays)):
+        p = tmp_path / f"{i}.png"
+        arrays.pil(i).save(p)
+        paths.append(str(p))
+    files = ImageSet(paths, arrays.labels, arrays.ids)
+    a = encode_images(lit, arrays, batch_size=8, quiet=True)
+    b = encode_images(lit, files, batch_size=8, quiet=True)
+    assert np.allclose(a, b, atol=1e-5)
+    single = torch.stack([lit.preprocess(arrays.pil(i)) for i in range(3)])
+    assert torch.equal(single, lit.preprocess_batch(torch.from_numpy(np.array(arrays.images[:3]))))

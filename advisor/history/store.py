@@ -547,6 +547,18 @@ class History:
         with self._read() as s:
             return [_flat_row(r) for r in s.scalars(self._run_query(model, dataset, method))]
 
+    def models(self) -> list[dict[str, Any]]:
+        """Descriptor dicts of every model the history knows (with or without runs), so a
+        recommendation for a known model needs no weights loaded."""
+        with self._read() as s:
+            out = []
+            for m in s.scalars(select(Model).order_by(Model.id)):
+                desc = dict(m.extra or {})
+                desc.update(name=m.name, pretrained=m.pretrained,
+                            **{f: getattr(m, f) for f in MODEL_FIELDS})
+                out.append(desc)
+            return out
+
     def count(self) -> int:
         with self._read() as s:
             return int(s.scalar(select(func.count(Run.id))) or 0)

@@ -91,6 +91,7 @@ class LitOfflineModel(nn.Module):
     context_offset = 1  # after [CLS]
     token_dim = TEXT_WIDTH
     embed_dim = TEXT_WIDTH
+    batch_preprocess_exact = True  # preprocess(pil) is preprocess_batch on one image: batches may be preprocessed together
     mean = (0.5, 0.5, 0.5)  # pixels in [-1, 1], as EfficientNet-Lite expects
     std = (0.5, 0.5, 0.5)
 

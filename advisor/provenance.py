@@ -61,6 +61,8 @@ def hardware(device: str) -> dict[str, Any]:
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
+        # Other work on the machine slows a run: the load average makes wall times interpretable.
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     try:
         import torch

@@ -47,8 +47,6 @@ def _images(n: int, dataset: str):  # type: ignore[no-untyped-def]
 
 
 def _write_pngs(images, folder: Path):  # type: ignore[no-untyped-def]
-    from PIL import Image
-
     from advisor.specs import ImageSet
 
     paths = []

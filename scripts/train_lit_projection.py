@@ -216,6 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'head':<10}" + "".join(f"{c:>15}" for c in cols))
     for head_name, acc in table.items():
         print(f"{head_name:<10}" + "".join(f"{acc[c]:>15.3f}" for c in cols))
+    # The ceiling a linear head can reach: a logistic-regression probe on the same reserve features.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = {}
+    for k in SOURCES:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+        clf.fit(train_parts[k][0], train_parts[k][1])
+        probe[SOURCES[k]] = clf.score(test_parts[k][0], test_parts[k][1])
+    print(f"{'probe':<10}" + "".join(f"{probe[c]:>15.3f}" for c in cols) + "   (logistic regression on the same reserve features)")
     log(f"done in {time.perf_counter() - t0:.0f}s")
     return 0
 

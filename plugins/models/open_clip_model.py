@@ -25,7 +25,6 @@ from .common import (
     as_tokens,
     count_params,
     file_sha256,
-    pil_to_uint8,
     record_outputs,
     seeded,
     tensor_hash,
@@ -496,6 +495,12 @@ def load_open_clip(name: str, pretrained: str | None, image_size: int | None, ca
         except Exception as exc:  # noqa: BLE001
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if path is None and ("offline" in msg.lower() or "connect" in msg.lower() or "hub" in msg.lower()):
+                hf_text = (open_clip.get_model_config(arch) or {}).get("text_cfg", {}).get("hf_model_name")
+                if hf_text:
+                    raise ModelLoadError(
+                        f"{arch} builds its text tower from the Hugging Face model {hf_text}, which is not in the local cache: "
+                        f"pre-download it (huggingface-cli download {hf_text}) or allow downloads (HF_HUB_OFFLINE=0 / ADVISOR_ONLINE=1)"
+                    ) from None
                 raise ModelLoadError(_how_to_provide(arch)) from None
             raise ModelLoadError(f"cannot load {arch} with pretrained={pretrained!r}: {msg}") from None
         tokenizer = _tokenizer_for(arch, cache_dir)

@@ -7,6 +7,7 @@ open_clip, lightgbm) inside their bodies so ``advisor --help`` stays fast.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -16,6 +17,10 @@ import click
 
 from . import __version__
 from .errors import AdvisorError
+
+#: The offline defaults: a real dual encoder and real data that install with pip alone.
+DEFAULT_MODEL = "lit-offline"
+DEFAULT_DATASET = "mnist-5k"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("ADVISOR_ONLINE") is None else None
 
@@ -55,19 +60,42 @@ def model_options(f: Any) -> Any:
     f = click.option("--cache-dir", default=None, help="Where open_clip / Hugging Face weights are cached.")(f)
     f = click.option("--image-size", type=int, default=None, help="Working resolution in pixels (default: the model's).")(f)
     f = click.option("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path.")(f)
-    f = click.option("--model", "model", default="lit-offline", show_default=True, envvar="ADVISOR_MODEL",
+    f = click.option("--model", "model", default=DEFAULT_MODEL, show_default=True, envvar="ADVISOR_MODEL",
                      help="Model name: lit-offline, an open_clip architecture, hf-hub:ORG/REPO, or a checkpoint.")(f)
     return f
 
 
+def dataset_source_options(f: Any) -> Any:
+    """``--dataset`` plus the options that shape it (``--classnames``, ``--templates``,
+    ``--download``, ``-O KEY=VALUE``); the command receives one ``DatasetSpec`` as ``dataset``."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, dataset: str, classnames: str | None, templates: str | None, download: bool,
+                dataset_option: tuple[str, ...], **kwargs: Any) -> Any:
+        from .data import dataset_spec, parse_options
+
+        spec = dataset_spec(dataset, classnames=classnames, templates=templates, download=download,
+                            **parse_options(dataset_option))
+        return f(*args, dataset=spec, **kwargs)
+
+    w: Any = wrapper
+    w = click.option("-O", "--dataset-option", "dataset_option", multiple=True, metavar="KEY=VALUE",
+                     help="Dataset option, e.g. image_column=path, label_column=class (repeatable).")(w)
+    w = click.option("--download", is_flag=True, help="Allow torchvision datasets to download (needs a network).")(w)
+    w = click.option("--templates", default=None, metavar="FILE_OR_TEMPLATE",
+                     help='Prompt template(s): a JSON file or a literal like "a photo of a {}.".')(w)
+    w = click.option("--classnames", default=None, metavar="FILE.json", help="Class names (JSON list or {label: name}).")(w)
+    w = click.option("--dataset", "dataset", default=DEFAULT_DATASET, show_default=True, envvar="ADVISOR_DATASET",
+                     help="Dataset: a registered name, folder:PATH, csv:PATH, or torchvision:NAME.")(w)
+    return w
+
+
 def dataset_options(f: Any) -> Any:
-    """Options that pick a dataset and a split: ``--dataset``, ``--shots``, ``--seed``, ``--max-images``."""
+    """Dataset source options plus the sample: ``--shots``, ``--seed``, ``--max-images``."""
     f = click.option("--max-images", type=int, default=None, help="Cap on images embedded (seeded sample).")(f)
     f = click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits and sampling.")(f)
     f = click.option("--shots", type=int, default=None, help="Few-shot: K training images per class.")(f)
-    f = click.option("--dataset", "dataset", default="fashion-mnist", show_default=True, envvar="ADVISOR_DATASET",
-                     help="Dataset: a registered name, folder:PATH, csv:PATH, or torchvision:NAME.")(f)
-    return f
+    return dataset_source_options(f)
 
 
 def emit_json(obj: Any) -> None:
@@ -276,7 +304,7 @@ def history_path(db: str | None) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None, metavar="OUT.npz",
               help="Write image, text, labels (+ layers) for `advisor signals --from-embeddings`.")
 @json_option
-def embed_command(model: str, pretrained: str | None, image_size: int | None, cache_dir: str | None, dataset: str,
+def embed_command(model: str, pretrained: str | None, image_size: int | None, cache_dir: str | None, dataset: Any,
                   shots: int | None, seed: int, max_images: int | None, split: str, batch_size: int, device: str,
                   num_workers: int, with_layers: bool, no_cache: bool, quiet: bool, output: str | None,
                   as_json: bool) -> None:
@@ -287,13 +315,13 @@ def embed_command(model: str, pretrained: str | None, image_size: int | None, ca
     advisor embed --model ViT-B-32 --pretrained openai --dataset folder:./images -o emb.npz
     """
     from .embed import embed, save_npz
-    from .specs import DatasetSpec, ModelSpec
+    from .specs import ModelSpec
 
     if shots is not None and shots < 1:
         raise click.BadParameter("must be at least 1", param_hint="--shots")
     if max_images is not None and max_images < 1:
         raise click.BadParameter("must be at least 1", param_hint="--max-images")
-    emb = embed(ModelSpec(model, pretrained, image_size, cache_dir), DatasetSpec(dataset), split=split, shots=shots,
+    emb = embed(ModelSpec(model, pretrained, image_size, cache_dir), dataset, split=split, shots=shots,
                 seed=seed, max_images=max_images, device=device, batch_size=batch_size, num_workers=num_workers,
                 use_cache=not no_cache, with_layers=with_layers, quiet=quiet)
     if output:
@@ -370,7 +398,7 @@ def cache_clear(yes: bool) -> None:
 @json_option
 @click.pass_context
 def signals_command(ctx: click.Context, model: str, pretrained: str | None, image_size: int | None,
-                    cache_dir: str | None, dataset: str, shots: int | None, seed: int, max_images: int | None,
+                    cache_dir: str | None, dataset: Any, shots: int | None, seed: int, max_images: int | None,
                     from_embeddings: str | None, metric_names: tuple[str, ...], device: str, no_cache: bool,
                     quiet: bool, db: str | None, as_json: bool) -> None:
     """Compute every registered signal for a model and dataset, and store them in the history.
@@ -391,9 +419,9 @@ def signals_command(ctx: click.Context, model: str, pretrained: str | None, imag
         info: dict[str, Any] = {"model": None, "dataset": None, "split_hash": None, "source": from_embeddings,
                                 "stored": None}
     else:
-        from .specs import DatasetSpec, ModelSpec
+        from .specs import ModelSpec
 
-        info = signal_context(ModelSpec(model, pretrained, image_size, cache_dir), DatasetSpec(dataset),
+        info = signal_context(ModelSpec(model, pretrained, image_size, cache_dir), dataset,
                               shots=shots, seed=seed, max_images=max_images, device=device,
                               use_cache=not no_cache, quiet=quiet, metrics=names, db=db)
         sig = info.pop("signal_set")
@@ -432,8 +460,7 @@ def _parse_hparams(items: tuple[str, ...]) -> dict[str, Any]:
 
 @cli.command(name="run")
 @model_options
-@click.option("--dataset", "dataset", default="mnist-5k", show_default=True, envvar="ADVISOR_DATASET",
-              help="Dataset: a registered name, folder:PATH, csv:PATH, or torchvision:NAME.")
+@dataset_source_options
 @click.option("--method", required=True, help="Fine-tuning method (see `advisor plugins`): full, lora, coop, contcoop, tpc_cma.")
 @click.option("--shots", type=int, default=16, show_default=True, help="Training images per class (few-shot).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -448,16 +475,16 @@ def _parse_hparams(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @db_option
 @json_option
-def run_command(model: str, pretrained: str | None, image_size: int | None, cache_dir: str | None, dataset: str,
+def run_command(model: str, pretrained: str | None, image_size: int | None, cache_dir: str | None, dataset: Any,
                 method: str, shots: int, seed: int, epochs: int | None, lr: float | None, batch_size: int | None,
                 hparams: tuple[str, ...], ood: tuple[str, ...], max_test: int, device: str, no_record: bool,
                 quiet: bool, db: str | None, as_json: bool) -> None:
     """Fine-tune for real, measure before/after (ID, OOD, gap) and record the run in the history."""
     from .runner import run_finetune, summarize
-    from .specs import DatasetSpec, ModelSpec
+    from .specs import ModelSpec
 
     run = run_finetune(
-        ModelSpec(model, pretrained, image_size, cache_dir), DatasetSpec(dataset), method,
+        ModelSpec(model, pretrained, image_size, cache_dir), dataset, method,
         shots=shots, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, hparams=_parse_hparams(hparams),
         ood=list(ood) if ood else None, device=device, db=db, max_test=max_test, record=not no_record, quiet=quiet,
     )
@@ -591,16 +618,16 @@ def _interval(v: Any, lo: Any, hi: Any, fmt: str = "{:+.3f}") -> str:
 @db_option
 @json_option
 def recommend_command(model: str, pretrained: str | None, image_size: int | None, cache_dir: str | None,
-                      dataset: str, shots: int | None, seed: int, max_images: int | None, objective: str,
+                      dataset: Any, shots: int | None, seed: int, max_images: int | None, objective: str,
                       max_forgetting: float | None, budget: float | None, device: str | None,
                       db: str | None, as_json: bool) -> None:
     """Rank the fine-tuning methods for a model and dataset, with predicted gain, forgetting,
     cost, their uncertainty and the signals behind them. ``--shots`` defaults to 16 here."""
     from .recommend import recommend
-    from .specs import DatasetSpec, ModelSpec
+    from .specs import ModelSpec
 
     rec = recommend(
-        ModelSpec(model, pretrained, image_size, cache_dir), DatasetSpec(dataset), db=db, objective=objective,
+        ModelSpec(model, pretrained, image_size, cache_dir), dataset, db=db, objective=objective,
         max_forgetting=max_forgetting, budget=budget, shots=16 if shots is None else shots, seed=seed,
         device=device, max_images=max_images, quiet=as_json,
     )

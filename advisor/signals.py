@@ -139,6 +139,11 @@ def run_metrics(emb: Embeddings, names: list[str] | None = None) -> SignalSet:
     return out
 
 
+#: Signals are computed on a stratified, seeded sample of the training split: enough for stable
+#: estimates (IIMM, gaps, LogME), and the same sample for ``advisor run`` and ``advisor recommend``.
+DEFAULT_SIGNAL_IMAGES = 2000
+
+
 def compute_signals(
     model_spec: ModelSpec | str,
     dataset_spec: DatasetSpec | str,
@@ -159,6 +164,8 @@ def compute_signals(
     """
     from .embed import embed
 
+    if max_images is None:
+        max_images = DEFAULT_SIGNAL_IMAGES
     if isinstance(model_spec, str):
         model_spec = ModelSpec(name=model_spec)
     if isinstance(dataset_spec, str):

@@ -76,7 +76,8 @@ def test_defaults_follow_the_cited_sources() -> None:
     assert (d["lr"], d["batch_size"], d["n_ctx"], d["optimizer"], d["warmup_lr"]) == (0.002, 32, 16, "sgd", 1e-5)
     lora = get_tuner("lora").defaults(16)
     assert lora["rank"] == 4 and lora["alpha"] / lora["rank"] == pytest.approx(0.2)
-    assert get_tuner("contcoop").defaults(16)["kd_weight"] == 8.0
+    cont = get_tuner("contcoop").defaults(16)
+    assert (cont["kd_weight"], cont["ctx_init"], cont["lr"]) == (8.0, "a photo of a", 0.002)
     assert get_tuner("tpc_cma").defaults(16)["alpha_target"] == 0.05
 
 

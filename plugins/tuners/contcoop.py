@@ -6,7 +6,12 @@ before inputting them into the text encoder", trained with L = L_ce + λ·L_kd (
 distillation of zero-shot knowledge). No code is public and the method section was not
 available (methods.md section 6), so the following is a design decision of this project:
 
-- CoOp's unified context P (M x D, M = 16, N(0, 0.02)) in the text tower's token-embedding space;
+- CoOp's unified context P in the text tower's token-embedding space, initialised from the token
+  embeddings of "a photo of a" (M = 4; CoOp's CTX_INIT option). Our choice: the distillation term
+  anchors the learned text features to the zero-shot ones, and a random context starts far from
+  them. Measured on lit-offline-mnist / fashion-mnist, 16 shots, 200 epochs: ID accuracy
+  0.168 -> 0.528 with this initialisation against 0.168 -> 0.322 with CoOp's random N(0, 0.02)
+  16-vector context (``ctx_init=None``), OOD change -0.8 and -0.9 points;
 - one attention layer (``nn.MultiheadAttention``, 1 head, width D) conditions it on each class's
   name-token embeddings E_k taken from the *current* model's embedding table:
   ``P_k = P + Attn(Q=P, K=E_k, V=E_k)``; the output projection starts at zero, so training starts
@@ -40,7 +45,7 @@ from .coop import PromptAdapted, PromptLearner, defaults as coop_defaults, inner
 
 def defaults(shots: int | None) -> dict[str, Any]:
     hp = coop_defaults(shots)
-    hp.update({"kd_weight": 8.0, "heads": 1})
+    hp.update({"kd_weight": 8.0, "heads": 1, "ctx_init": "a photo of a"})
     return hp
 
 

@@ -468,6 +468,7 @@ def _parse_hparams(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--lr", type=float, default=None, help="Override the method's default learning rate.")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--hparam", "hparams", multiple=True, metavar="KEY=VALUE", help="Any other method hyper-parameter (repeatable).")
+@click.option("--alpha-target", type=float, default=None, help="TPC-CMA: target alignment weight (default 0.05).")
 @click.option("--ood", multiple=True, help="OOD reference dataset (repeatable; default: the other offline built-ins).")
 @click.option("--max-test", type=int, default=500, show_default=True, help="Test images per dataset for accuracy.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... (auto: cuda when present).")
@@ -477,15 +478,20 @@ def _parse_hparams(items: tuple[str, ...]) -> dict[str, Any]:
 @json_option
 def run_command(model: str, pretrained: str | None, image_size: int | None, cache_dir: str | None, dataset: Any,
                 method: str, shots: int, seed: int, epochs: int | None, lr: float | None, batch_size: int | None,
-                hparams: tuple[str, ...], ood: tuple[str, ...], max_test: int, device: str, no_record: bool,
+                hparams: tuple[str, ...], alpha_target: float | None, ood: tuple[str, ...], max_test: int, device: str, no_record: bool,
                 quiet: bool, db: str | None, as_json: bool) -> None:
     """Fine-tune for real, measure before/after (ID, OOD, gap) and record the run in the history."""
     from .runner import run_finetune, summarize
     from .specs import ModelSpec
 
+    extra = _parse_hparams(hparams)
+    if alpha_target is not None:
+        if method != "tpc_cma":
+            raise click.UsageError("--alpha-target applies to --method tpc_cma only")
+        extra["alpha_target"] = alpha_target
     run = run_finetune(
         ModelSpec(model, pretrained, image_size, cache_dir), dataset, method,
-        shots=shots, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, hparams=_parse_hparams(hparams),
+        shots=shots, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, hparams=extra,
         ood=list(ood) if ood else None, device=device, db=db, max_test=max_test, record=not no_record, quiet=quiet,
     )
     summary = summarize(run)

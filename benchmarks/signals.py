@@ -84,8 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embed-model", default="lit-offline")
     p.add_argument("--embed-size", type=int, default=64)
     p.add_argument("--embed-images", type=int, default=512)
+    p.add_argument("--blas-threads", type=int, default=None,
+                   help="Limit BLAS threads for the signals (threadpoolctl); default: numpy's own setting. "
+                        "On a shared 2-core machine 1 thread avoids OpenBLAS spin contention.")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
+    if args.blas_threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=args.blas_threads, user_api="blas")
 
     load_start = list(os.getloadavg())  # other processes on the machine inflate every timing
     run_metrics(random_embeddings(64, 4, 16))  # warm-up: imports, first-call overheads
@@ -150,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                     "numpy": np.__version__, "torch": torch.__version__, "gpu": torch.cuda.is_available(),
                     "load_average_start": load_start, "load_average_end": list(os.getloadavg())},
         "data": "random unit vectors, labels uniform at random (every class present); no per-layer states",
+        "blas_threads": args.blas_threads or "numpy default",
         "embedding": emb_rate,
         "rows": rows,
     }

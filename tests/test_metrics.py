@@ -296,6 +296,20 @@ def test_mir_class_rows_are_expanded_and_misaligned_layers_fall_back():
     assert mir.mir(emb)["mir"] == pytest.approx(np.log10(mir.layer_fd(il[0], per_class[emb.labels])), rel=1e-12)
 
 
+def test_mir_keeps_every_row_of_unit_norm_inputs():
+    # All norms are 1 up to float32 rounding: no row is an outlier (our rounding floor).
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((2000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    t = rng.standard_normal((2000, 64)).astype(np.float32) + 0.5
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    norms = np.linalg.norm(x.astype(np.float64), axis=1)
+    assert (np.abs(norms - np.sort(norms)[999]) > 3 * norms.std(ddof=1)).sum() > 0  # the bare 3-sigma rule fires
+    np.testing.assert_array_equal(mir.replace_outliers_with_median(x), x.astype(np.float64))
+    s = 1 / np.linalg.norm(t.astype(np.float64), axis=1).mean()
+    assert mir.layer_fd(x, t) == pytest.approx(_linalg.frechet_distance(x * s, t * s), rel=1e-12)
+
+
 def test_mir_with_fewer_samples_than_dims_is_finite_and_real():
     emb = make_emb(n=20, d=64, c=4, seed=14)
     got = mir.mir(emb)

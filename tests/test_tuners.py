@@ -37,6 +37,16 @@ def _digits(model: torch.nn.Module, shots: int, classes: tuple[int, ...] = (0, 1
     return pixels, labels
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Many small ops: with one intra-op thread this file took 36 s on a busy 2-core machine
+    (load ~5) against 137 s with torch's default two (OpenMP threads spin against other processes)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny() -> torch.nn.Module:
     from advisor.embed import load_model
@@ -244,6 +254,8 @@ def test_loss_falls_and_accuracy_rises_on_lit_offline(method: str, epochs: int, 
     assert acc > T.evaluate(T.ZeroShotAdapted(lit), pixels, labels, NAMES, TEMPLATE)
     if frozen_towers:
         assert T.changed(before, T.snapshot(lit)) == set()
+    if method == "lora":  # MiniLM's query/value and the image projection (EfficientNet has no attention)
+        assert result.hparams["targets"] == ["proj", "query", "value"] and result.trainable_params == 43520
 
 
 # ------------------------------------------------------------------------------ new class names

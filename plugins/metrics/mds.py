@@ -29,19 +29,29 @@ import numpy as np
 import advisor
 from advisor.specs import Embeddings, Metric
 
-from ._linalg import l2_normalize, paired_text
+from ._linalg import l2_normalize, labels_of
 
 EPS = 1e-8
 
 
-def mds_scores(v: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """(d,) per-dimension dominance scores of paired, normalised (N,d) arrays."""
-    av, at = np.abs(v), np.abs(t)
-    return (av / (av + at + EPS)).mean(axis=0)
+def mds_scores(emb: Embeddings, block: int = 8192) -> np.ndarray:
+    """(d,) per-dimension dominance scores. Row blocks are normalised and paired one at a time,
+    so 50k x 512 inputs never materialise several (N,d) float64 temporaries."""
+    n, d = np.asarray(emb.image).shape
+    total = np.zeros(d)
+    text = l2_normalize(emb.text) if emb.paired_text is None else None
+    labels = labels_of(emb)
+    for start in range(0, n, block):
+        rows = slice(start, min(start + block, n))
+        v = l2_normalize(emb.image[rows])
+        t = text[labels[rows]] if text is not None else l2_normalize(emb.paired_text[rows])
+        av, at = np.abs(v), np.abs(t)
+        total += (av / (av + at + EPS)).sum(axis=0)
+    return total / n
 
 
 def mds(emb: Embeddings) -> dict[str, float]:
-    scores = mds_scores(l2_normalize(emb.image), paired_text(emb))
+    scores = mds_scores(emb)
     mu, sigma = scores.mean(), scores.std()
     d = len(scores)
     img = int((scores > mu + sigma).sum())

@@ -7,7 +7,8 @@ Per layer, exactly as the official ``mir.py`` / ``mir_util.py`` (shikiw/Modality
 1. text-centric scaling: ``s = 1 / mean_i ||text_i||``; both modalities are multiplied by ``s``;
 2. 3-sigma outlier rows, per modality: rows whose L2 norm differs from the median norm by more
    than 3 standard deviations (unbiased, as ``torch.std``) are *replaced* by the coordinate-wise
-   median vector. Medians are the lower median, as ``torch.median`` returns;
+   median vector. Medians are the lower median, as ``torch.median`` returns. Ours: a deviation
+   below 1e-6 of the median norm (float rounding) never counts, so unit-norm inputs keep all rows;
 3. Fréchet distance with unbiased covariances,
    ``||mu_v - mu_t||^2 + tr S_v + tr S_t - 2 tr (S_v S_t)^1/2``;
 
@@ -60,7 +61,11 @@ def replace_outliers_with_median(x: np.ndarray) -> np.ndarray:
     if x.shape[0] < 2:
         return x
     norms = np.linalg.norm(x, axis=1)
-    outliers = np.abs(norms - lower_median(norms)) > 3 * norms.std(ddof=1)
+    med = lower_median(norms)
+    # Ours: deviations within float rounding of the median norm are never outliers. Without this
+    # floor, already-normalised inputs (all norms 1 up to ~1e-7) would have rows "replaced" at
+    # random, because 3 std of pure rounding noise is itself rounding noise.
+    outliers = np.abs(norms - med) > max(3 * norms.std(ddof=1), 1e-6 * abs(med))
     if outliers.any():
         x[outliers] = lower_median(x, axis=0)
     return x

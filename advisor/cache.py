@@ -46,8 +46,8 @@ def path_for(key: str) -> Path:
     return embeddings_dir() / f"{key}.npz"
 
 
-def save(key: str, emb: Embeddings) -> Path:
-    """Write ``emb`` under ``key`` atomically (write to a temp file, then rename)."""
+def base_arrays(emb: Embeddings) -> dict[str, np.ndarray]:
+    """The plain arrays of an Embeddings (no layers): shared by the cache and ``advisor embed -o``."""
     arrays: dict[str, np.ndarray] = {
         "image": np.asarray(emb.image, dtype=np.float32),
         "text": np.asarray(emb.text, dtype=np.float32),
@@ -55,11 +55,17 @@ def save(key: str, emb: Embeddings) -> Path:
         "class_names": np.asarray(list(emb.class_names), dtype=str),
         "meta_json": np.asarray(json.dumps(emb.meta, default=str)),
     }
+    if emb.paired_text is not None:
+        arrays["paired_text"] = np.asarray(emb.paired_text, dtype=np.float32)
+    return arrays
+
+
+def save(key: str, emb: Embeddings) -> Path:
+    """Write ``emb`` under ``key`` atomically (write to a temp file, then rename)."""
+    arrays = base_arrays(emb)
     for prefix, layers in (("image_layer_", emb.image_layers), ("text_layer_", emb.text_layers)):
         for i, a in enumerate(layers or []):
             arrays[f"{prefix}{i:03d}"] = np.asarray(a, dtype=np.float32)
-    if emb.paired_text is not None:
-        arrays["paired_text"] = np.asarray(emb.paired_text, dtype=np.float32)
     target = path_for(key)
     fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npz", dir=target.parent)
     try:

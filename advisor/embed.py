@@ -445,17 +445,7 @@ def save_npz(emb: Embeddings, path: str) -> None:
     for CNN towers), plus stacked ``image_layers`` (L,N,w) / ``text_layers`` (L,M,w) when every
     layer of both towers has one width. Plain arrays only: readable with ``allow_pickle=False``.
     """
-    import json
-
-    arrays: dict[str, np.ndarray] = {
-        "image": np.asarray(emb.image, dtype=np.float32),
-        "text": np.asarray(emb.text, dtype=np.float32),
-        "labels": np.asarray(emb.labels, dtype=np.int64),
-        "class_names": np.asarray(list(emb.class_names), dtype=str),
-        "meta_json": np.asarray(json.dumps(emb.meta, default=str)),
-    }
-    if emb.paired_text is not None:
-        arrays["paired_text"] = np.asarray(emb.paired_text, dtype=np.float32)
+    arrays = cache.base_arrays(emb)
     both = emb.image_layers and emb.text_layers
     uniform = bool(both) and all(len({a.shape[1] for a in layers}) == 1 for layers in (emb.image_layers, emb.text_layers))  # type: ignore[union-attr]
     for name, layers in (("image_layers", emb.image_layers), ("text_layers", emb.text_layers)):

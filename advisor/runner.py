@@ -76,7 +76,7 @@ def measure_zero_shot(model: Any, ev: EvalSet, device: str) -> tuple[float, floa
 
     key = (model.identity(), ev.name, len(ev.labels))
     if key not in _zero_shot:
-        _zero_shot[key] = measure(ZeroShotAdapted(model, device=device), ev, device)
+        _zero_shot[key] = measure(ZeroShotAdapted(model, device=device), ev)
     return _zero_shot[key]
 
 
@@ -90,24 +90,11 @@ def _load_eval_set(model: Any, spec: DatasetSpec, max_images: int) -> EvalSet:
     return EvalSet(spec.name, list(bundle.class_names), template, preprocess_images(model, test), np.asarray(test.labels))
 
 
-def measure(adapted: Any, ev: EvalSet, device: str, batch_size: int = 256) -> tuple[float, float]:
-    """Top-1 accuracy and modality gap (centroid distance between normalised image embeddings and
-    their true-class prompt embeddings) of an adapted model on one evaluation set."""
-    import torch
+def measure(adapted: Any, ev: EvalSet, batch_size: int = 256) -> tuple[float, float]:
+    """Top-1 accuracy and modality gap of an adapted model on one evaluation set."""
+    from .training import measure as measure_pixels
 
-    with torch.no_grad():
-        feats = []
-        for i in range(0, len(ev.labels), batch_size):
-            x = ev.pixels[i : i + batch_size].to(device)
-            feats.append(adapted.encode_image(x).float().cpu())
-        img = torch.nn.functional.normalize(torch.cat(feats), dim=-1)
-        txt = torch.nn.functional.normalize(
-            torch.as_tensor(adapted.class_text_features(ev.class_names, ev.template)).float().cpu(), dim=-1
-        )
-    labels = torch.as_tensor(ev.labels, dtype=torch.long)
-    acc = float((img @ txt.T).argmax(1).eq(labels).float().mean())
-    gap = float(torch.linalg.vector_norm(img.mean(0) - txt[labels].mean(0)))
-    return acc, gap
+    return measure_pixels(adapted, ev.pixels, ev.labels, ev.class_names, ev.template, batch_size)
 
 
 def _default_ood(dataset: str) -> list[str]:
@@ -213,8 +200,8 @@ def run_finetune(
     wall = time.perf_counter() - t0
     _close_progress(progress)
 
-    id_after, gap_after = measure(result.adapted, id_set, device)
-    ood_after = {ev.name: measure(result.adapted, ev, device)[0] for ev in ood_sets}
+    id_after, gap_after = measure(result.adapted, id_set)
+    ood_after = {ev.name: measure(result.adapted, ev)[0] for ev in ood_sets}
     epochs_done = result.hparams.get("epochs") or epochs or 1
     run_id = uuid.uuid4().hex[:16]
     adapter_path = None

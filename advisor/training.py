@@ -376,17 +376,28 @@ def _module_device(model: Any) -> str:
 
 
 @torch.no_grad()
-def evaluate(adapted: Any, pixels: Any, labels: Any, class_names: Sequence[str], template: str,
-             batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``adapted`` on (pixels, labels) against prompts for ``class_names``."""
+def measure(adapted: Any, pixels: Any, labels: Any, class_names: Sequence[str], template: str,
+            batch_size: int = 256) -> tuple[float, float]:
+    """Top-1 accuracy and modality gap of ``adapted`` on (pixels, labels).
+
+    The gap is the distance between the centroid of the normalised image embeddings and the
+    centroid of their true-class prompt embeddings (the paired form of the Liang et al. gap).
+    """
     pixels = torch.as_tensor(pixels)
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     txt = F.normalize(torch.as_tensor(adapted.class_text_features(list(class_names), template)).float().cpu(), dim=-1)
-    correct = 0
-    for i in range(0, pixels.shape[0], batch_size):
-        img = F.normalize(torch.as_tensor(adapted.encode_image(pixels[i : i + batch_size])).float().cpu(), dim=-1)
-        correct += int((img @ txt.T).argmax(1).eq(labels[i : i + batch_size]).sum())
-    return correct / max(1, labels.numel())
+    feats = [torch.as_tensor(adapted.encode_image(pixels[i : i + batch_size])).float().cpu()
+             for i in range(0, pixels.shape[0], batch_size)]
+    img = F.normalize(torch.cat(feats), dim=-1)
+    acc = float((img @ txt.T).argmax(1).eq(labels).float().mean()) if labels.numel() else 0.0
+    gap = float(torch.linalg.vector_norm(img.mean(0) - txt[labels].mean(0)))
+    return acc, gap
+
+
+def evaluate(adapted: Any, pixels: Any, labels: Any, class_names: Sequence[str], template: str,
+             batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``adapted`` on (pixels, labels) against prompts for ``class_names``."""
+    return measure(adapted, pixels, labels, class_names, template, batch_size)[0]
 
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -331,8 +331,18 @@ def load_embeddings_npz(path: str | Path) -> Embeddings:
     else:
         names = [f"class_{i}" for i in range(c)]
 
+    meta: dict[str, Any] = {}
+    if "meta_json" in arrays:  # written by advisor.embed.save_npz; informative only, never required
+        import json
+
+        try:
+            loaded = json.loads(str(arrays["meta_json"]))
+            meta = loaded if isinstance(loaded, dict) else {}
+        except ValueError:
+            meta = {}
+    meta.update({"source": p, "n_images": n, "n_classes": c, "embed_dim": d})
     return Embeddings(
         image=image, text=text, labels=labels, class_names=names,
         image_layers=layers["image_layers"], text_layers=layers["text_layers"], paired_text=paired,
-        meta={"source": p, "n_images": n, "n_classes": c, "embed_dim": d},
+        meta=meta,
     )

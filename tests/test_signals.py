@@ -134,18 +134,22 @@ def test_load_npz_roundtrip_with_layers_and_paired_text(tmp_path):
     a = arrays()
     rng = np.random.default_rng(1)
     path = save(tmp_path, **a, image_layers=rng.standard_normal((2, 90, 5)), text_layers=rng.standard_normal((2, 4, 5)),
-                paired_text=rng.standard_normal((90, 12)), class_names=np.array(["w", "x", "y", "z"]))
+                paired_text=rng.standard_normal((90, 12)), class_names=np.array(["w", "x", "y", "z"]),
+                meta_json=np.asarray(json.dumps({"model": "m", "text_layers_rows": "per (template, class)"})))
     e = load_embeddings_npz(path)
+    assert e.meta["model"] == "m" and e.meta["text_layers_rows"] == "per (template, class)"
+    assert e.meta["source"] == path and e.meta["n_images"] == 90
     assert e.image.shape == (90, 12) and e.labels.dtype == np.int64
     assert len(e.image_layers) == 2 and e.text_layers[0].shape == (4, 5)
     assert e.class_names == ["w", "x", "y", "z"] and e.paired_text.shape == (90, 12)
     assert "layers" in e.available
 
 
-def test_load_npz_accepts_integral_float_labels(tmp_path):
+def test_load_npz_accepts_integral_float_labels_and_ignores_broken_meta(tmp_path):
     a = arrays()
     a["labels"] = a["labels"].astype(np.float64)
-    assert load_embeddings_npz(save(tmp_path, **a)).labels.dtype == np.int64
+    e = load_embeddings_npz(save(tmp_path, **a, meta_json=np.asarray("{not json")))
+    assert e.labels.dtype == np.int64 and "model" not in e.meta
 
 
 def bad_inputs(tmp_path):

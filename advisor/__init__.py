@@ -2,7 +2,7 @@
 
 Public API (imported lazily so ``import advisor`` stays fast)::
 
-    advisor.compute_signals(model_spec, dataset_spec)  -> dict of signal name -> float
+    advisor.compute_signals(model_spec, dataset_spec)  -> SignalSet (values, versions, seconds, errors)
     advisor.recommend(model_spec, dataset_spec)        -> Recommendation
     advisor.record_run(run_result, db=None)            -> run id
     advisor.get_plugins()                              -> list of plugin descriptions

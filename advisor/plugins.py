@@ -61,13 +61,6 @@ def _report(name: str, exc: BaseException) -> None:
 def _register_module(modname: str, plugin_name: str | None = None) -> None:
     try:
         mod = importlib.import_module(modname)
-    except ModuleNotFoundError as exc:
-        if exc.name and modname.startswith(exc.name.rsplit(".", 1)[0]) and modname.startswith("advisor_plugins"):
-            # A built-in module not written yet is not an error worth a warning at every call.
-            load_errors[modname] = f"not available ({exc})"
-            return
-        _report(plugin_name or modname, exc)
-        return
     except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the tool down
         _report(plugin_name or modname, exc)
         return
@@ -151,13 +144,18 @@ def _collect(kind: str) -> tuple[dict[str, Any], dict[str, str]]:
     found: dict[str, Any] = {}
     providers: dict[str, str] = {}
     hook = getattr(pm.hook, f"register_{kind}")
-    for impl in reversed(hook.get_hookimpls()):  # registration order
+    for impl in hook.get_hookimpls():  # registration order: built-ins first
         plugin_name = impl.plugin_name
 
         def register(obj: Any, _plugin: str = plugin_name) -> None:
             name = getattr(obj, "name", None)
             if not isinstance(name, str) or not name:
                 raise ValueError(f"plugin {_plugin!r} registered a {kind[:-1]} without a name")
+            if name in found and providers[name] != _plugin:
+                # First registration wins: a plugin cannot silently replace a built-in.
+                print(f"Warning: plugin {_plugin!r} registered {kind[:-1]} {name!r}, already provided by "
+                      f"{providers[name]!r}; ignored", file=sys.stderr)
+                return
             found[name] = obj
             providers[name] = _plugin
 

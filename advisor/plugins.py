@@ -29,11 +29,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "advisor_plugins.metrics.mds",
     "advisor_plugins.metrics.zero_shot",
     "advisor_plugins.metrics.transferability",
-    "advisor_plugins.tuners.full",
-    "advisor_plugins.tuners.lora",
-    "advisor_plugins.tuners.coop",
-    "advisor_plugins.tuners.contcoop",
-    "advisor_plugins.tuners.tpc_cma",
+    "advisor_plugins.tuners.builtin",  # full, lora, coop, contcoop, tpc_cma (imported on first use)
     "advisor_plugins.datasets.offline",
     "advisor_plugins.datasets.folder",
     "advisor_plugins.datasets.csv",

@@ -35,10 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import advisor
 from advisor import training as T
 from advisor.errors import TrainingError
-from advisor.specs import TrainContext, TrainResult, Tuner
+from advisor.specs import TrainContext, TrainResult
 
 from .coop import PromptAdapted, PromptLearner, defaults as coop_defaults, inner_token_mask, train_prompts
 
@@ -118,11 +117,3 @@ def train(ctx: TrainContext) -> TrainResult:
         hparams=hp,
         extra={"final_kd": last_kd[-1] if last_kd else float("nan")},
     )
-
-
-@advisor.hookimpl
-def register_tuners(register: Any) -> None:
-    register(Tuner(
-        name="contcoop", train=train, defaults=defaults, reconstructed=True,
-        description="ContCoOp (our reconstruction): CoOp context conditioned on class-name embeddings by an attention layer, CE + 8.0 x KgCoOp distillation.",
-    ))

@@ -28,10 +28,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-import advisor
 from advisor import training as T
 from advisor.errors import TrainingError
-from advisor.specs import TrainContext, TrainResult, Tuner
+from advisor.specs import TrainContext, TrainResult
 
 
 def coop_epochs(shots: int | None) -> int:
@@ -201,11 +200,3 @@ def train(ctx: TrainContext) -> TrainResult:
         losses=losses,
         hparams=hp,
     )
-
-
-@advisor.hookimpl
-def register_tuners(register: Any) -> None:
-    register(Tuner(
-        name="coop", train=train, defaults=defaults,
-        description="CoOp: 16 learnable context vectors in the text tower's token-embedding space, both towers frozen (Zhou et al. 2022).",
-    ))

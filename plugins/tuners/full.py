@@ -20,9 +20,8 @@ from typing import Any
 
 import torch
 
-import advisor
 from advisor import training as T
-from advisor.specs import TrainContext, TrainResult, Tuner
+from advisor.specs import TrainContext, TrainResult
 
 
 def defaults(shots: int | None) -> dict[str, Any]:
@@ -68,11 +67,3 @@ def train(ctx: TrainContext) -> TrainResult:
         hparams=hp,
         extra={"logit_scale": float(model.logit_scale.detach().exp())},
     )
-
-
-@advisor.hookimpl
-def register_tuners(register: Any) -> None:
-    register(Tuner(
-        name="full", train=train, defaults=defaults,
-        description="Full fine-tuning of both towers and the temperature: CE against fixed class prompts, AdamW, warm-up + cosine.",
-    ))

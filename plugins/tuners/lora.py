@@ -36,10 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import advisor
 from advisor import training as T
 from advisor.errors import TrainingError
-from advisor.specs import TrainContext, TrainResult, Tuner
+from advisor.specs import TrainContext, TrainResult
 
 #: Module-name suffixes LoRA goes on when ``targets`` is not given (those present are used).
 DEFAULT_TARGETS = ("q_proj", "v_proj", "query", "value")
@@ -280,11 +279,3 @@ def train(ctx: TrainContext) -> TrainResult:
         hparams=hp,
         extra={"lora_modules": float(len(modules))},
     )
-
-
-@advisor.hookimpl
-def register_tuners(register: Any) -> None:
-    register(Tuner(
-        name="lora", train=train, defaults=defaults,
-        description="LoRA (peft) on Q/V of both towers' attention, rank 4, scaling 0.2 (IIMM code defaults).",
-    ))

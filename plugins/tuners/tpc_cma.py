@@ -40,10 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import advisor
 from advisor import training as T
 from advisor.errors import TrainingError
-from advisor.specs import TrainContext, TrainResult, Tuner
+from advisor.specs import TrainContext, TrainResult
 
 
 def defaults(shots: int | None) -> dict[str, Any]:
@@ -198,11 +197,3 @@ def train(ctx: TrainContext) -> TrainResult:
             "train_gap_after": train_gap(),
         },
     )
-
-
-@advisor.hookimpl
-def register_tuners(register: Any) -> None:
-    register(Tuner(
-        name="tpc_cma", train=train, defaults=defaults, reconstructed=True,
-        description="TPC-CMA (our reconstruction): CE + alpha(t)*(centroid gap^2 + covariance gap), three-phase gradient-aware curriculum, alpha_target 0.05.",
-    ))

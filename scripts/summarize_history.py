@@ -1,0 +1,46 @@
+"""Print the measured outcomes in a history as markdown tables (used for the README and notes).
+
+    python scripts/summarize_history.py --db registry.db
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+
+import numpy as np
+
+from advisor.history import open_history
+
+METHODS = ("full", "lora", "coop", "contcoop", "tpc_cma")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--db", default="registry.db")
+    ap.add_argument("--model", default=None, help="per-run table for this model only")
+    args = ap.parse_args()
+    rows = open_history(args.db).runs()
+    by = collections.defaultdict(list)
+    for r in rows:
+        ood = np.mean([r["ood_after"][k] - r["ood_before"][k] for k in r["ood_before"]]) if r["ood_before"] else np.nan
+        by[(r["method"], r["shots"])].append((r["id_acc_after"] - r["id_acc_before"], ood, r["wall_time_s"],
+                                              r["trainable_params"], r["gap_before"], r["gap_after"]))
+    print(f"{len(rows)} runs\n")
+    print("| method | shots | runs | mean ID gain | mean OOD change | median wall s | gap before -> after (mean) |")
+    print("|---|---|---|---|---|---|---|")
+    for (m, k), v in sorted(by.items(), key=lambda x: (METHODS.index(x[0][0]) if x[0][0] in METHODS else 9, x[0][1] or 0)):
+        a = np.array(v, dtype=float)
+        print(f"| {m} | {k} | {len(v)} | {a[:, 0].mean():+.3f} | {a[:, 1].mean():+.3f} | {np.median(a[:, 2]):.1f} | "
+              f"{a[:, 4].mean():.3f} -> {a[:, 5].mean():.3f} |")
+    if args.model:
+        print(f"\n| dataset | method | shots | zero-shot | after | ID gain | OOD change | wall s | trainable params |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in sorted((r for r in rows if r["model"] == args.model), key=lambda r: (r["dataset"], r["shots"], METHODS.index(r["method"]))):
+            ood = np.mean([r["ood_after"][k] - r["ood_before"][k] for k in r["ood_before"]])
+            print(f"| {r['dataset']} | {r['method']} | {r['shots']} | {r['id_acc_before']:.3f} | {r['id_acc_after']:.3f} | "
+                  f"{r['id_acc_after'] - r['id_acc_before']:+.3f} | {ood:+.3f} | {r['wall_time_s']:.1f} | {r['trainable_params']:,} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -312,6 +312,10 @@ def winner_sentence(ranked: list[MethodAdvice], winner: str | None, objective: s
             f"least {how} forgetting among methods predicted to gain, {_pct(w.ood_change)} out-of-domain "
             f"for {_pct(w.id_gain)} in-domain"
         )
+    if w.id_gain <= 0.0:
+        # Nothing is predicted to beat zero-shot: saying "use X" without this caveat would mislead.
+        return (f"No method is predicted to improve on zero-shot here ({winner} ranks first with {why}{nxt}); "
+                f"keep the zero-shot model unless the interval's upper end ({_pct(w.id_gain_hi)}) is worth a run.")
     return f"Use {winner}: {why}{nxt}."
 
 

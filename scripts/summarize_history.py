@@ -20,7 +20,9 @@ def main() -> None:
     ap.add_argument("--db", default="registry.db")
     ap.add_argument("--model", default=None, help="per-run table for this model only")
     args = ap.parse_args()
-    rows = open_history(args.db).runs()
+    # Read-only: opening a file read-write would switch the shipped registry to WAL mode.
+    db = args.db if "://" in args.db else f"sqlite:///file:{args.db}?mode=ro&uri=true"
+    rows = open_history(db).runs()
     by = collections.defaultdict(list)
     for r in rows:
         ood = np.mean([r["ood_after"][k] - r["ood_before"][k] for k in r["ood_before"]]) if r["ood_before"] else np.nan

@@ -245,3 +245,17 @@ def test_record_run_takes_integral_floats_as_integers(history):
     assert row["trainable_params"] == 1024 and row["model.image_size"] == 64 and row["model.params"] == 2000000
     with pytest.raises(HistoryError, match="column model.image_size: expected an integer"):
         history.record_run(make_run(seed=9, model_desc={"image_size": 64.5}))
+
+
+def test_read_only_url_reads_without_touching_the_file(history, tmp_db):
+    history.record_run(make_run())
+    history.close()
+    with sqlite3.connect(tmp_db) as con:  # a file as shipped: rollback journal, not WAL
+        con.execute("PRAGMA journal_mode = DELETE")
+    before = _sha(Path(tmp_db))
+    ro = open_history(f"sqlite:///file:{tmp_db}?mode=ro&uri=true")
+    assert len(ro.runs()) == 1
+    with pytest.raises(HistoryError, match="read-only"):
+        ro.record_run(make_run(seed=99))
+    ro.close()
+    assert _sha(Path(tmp_db)) == before

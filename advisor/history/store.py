@@ -246,7 +246,13 @@ class History:
                     cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
                     cur.execute("PRAGMA foreign_keys = ON")
                     if not in_memory:
-                        cur.execute("PRAGMA journal_mode = WAL")
+                        try:
+                            cur.execute("PRAGMA journal_mode = WAL")
+                        except sqlite3.OperationalError as exc:
+                            # A read-only file (mode=ro URL) can still be read; writes fail later
+                            # with their own one-line error.
+                            if "readonly" not in str(exc).replace("-", "").replace(" ", ""):
+                                raise
                 finally:
                     cur.close()
 

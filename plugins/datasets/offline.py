@@ -134,10 +134,13 @@ def _decoded_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from advisor.config import cache_dir
 
     st = path.stat()
-    cached = cache_dir() / "datasets" / f"mnist5k-{st.st_size}-{int(st.st_mtime)}.npz"
+    cached = cache_dir() / "datasets" / f"mnist5k-u8-{st.st_size}-{int(st.st_mtime)}.npz"
     if cached.is_file():
-        with np.load(cached, allow_pickle=False) as z:
-            return z["images"], z["labels"]
+        try:
+            with np.load(cached, allow_pickle=False) as z:
+                return z["images"], z["labels"]
+        except (OSError, KeyError, ValueError):
+            pass  # a damaged cache file is rebuilt below
     table = np.loadtxt(path, delimiter=",", dtype=np.float64)
     images, labels = _to_images(table[:, :-1], table[:, -1])
     cached.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """The example third-party plugin (examples/advisor-example-metric): pip-installed for real,
-found through its entry point by a fresh ``advisor plugins`` process."""
+found through its entry point by fresh ``advisor plugins`` and ``advisor signals`` processes."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def installed_example(tmp_path):
         subprocess.run(pip + ["uninstall", "-y", DIST], **quiet)
 
 
-def test_installed_example_appears_in_advisor_plugins(installed_example):
+def test_installed_example_appears_in_advisor_plugins(installed_example, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("ADVISOR_BLOCK_PLUGINS", "ADVISOR_LOAD_PLUGINS")}
     code = "import sys; from advisor.cli import cli; sys.exit(cli())"
     p = subprocess.run([sys.executable, "-c", code, "plugins", "--json"], capture_output=True, text=True, env=env,
@@ -63,6 +63,19 @@ def test_installed_example_appears_in_advisor_plugins(installed_example):
     # The test suite's own processes keep third-party plugins out.
     blocked = run_advisor("plugins", "--json")
     assert "example_metric" not in {e["name"] for e in json.loads(blocked.stdout)}
+
+    # Its value appears in `advisor signals`, next to the built-in metrics, equal to a plain reference.
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    image = rng.normal(size=(60, 16)) + 2.0 * np.eye(16)[labels]
+    npz = str(tmp_path / "example-signals.npz")
+    np.savez(npz, image=image, text=rng.normal(size=(3, 16)), labels=labels)
+    s = subprocess.run([sys.executable, "-c", code, "signals", "--from-embeddings", npz, "--json"],
+                       capture_output=True, text=True, env=env, timeout=180)
+    assert s.returncode == 0, s.stderr
+    metrics = json.loads(s.stdout)["metrics"]
+    assert "iimm" in metrics
+    assert metrics["centroid_margin"] == pytest.approx(_reference_margin(image, labels), abs=1e-6)
 
 
 def _reference_margin(x: np.ndarray, y: np.ndarray) -> float:

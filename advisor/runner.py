@@ -9,6 +9,7 @@ every step succeeded, so a crash or Ctrl-C leaves the history unchanged.
 from __future__ import annotations
 
 import copy
+import math
 import resource
 import sys
 import time
@@ -259,15 +260,16 @@ def _close_progress(progress: Any) -> None:
 
 
 def summarize(run: RunResult) -> dict[str, Any]:
-    """The headline numbers of a run, for the CLI."""
-    ood_change = (
-        float(np.mean([run.ood_after[k] - run.ood_before[k] for k in run.ood_before])) if run.ood_before else None
-    )
+    """The headline numbers of a run, for the CLI (gains as the predictor defines its targets)."""
+    from .predict import row_targets
+
+    targets = row_targets(vars(run))
+    ood_change = targets["ood_change"] if math.isfinite(targets["ood_change"]) else None
     return {
         "run_id": run.run_id, "model": run.model, "dataset": run.dataset, "method": run.method,
         "shots": run.shots, "seed": run.seed,
         "id_acc_before": run.id_acc_before, "id_acc_after": run.id_acc_after,
-        "id_gain": run.id_acc_after - run.id_acc_before, "ood_change": ood_change,
+        "id_gain": targets["id_gain"], "ood_change": ood_change,
         "gap_before": run.gap_before, "gap_after": run.gap_after,
         "wall_time_s": run.wall_time_s, "trainable_params": run.trainable_params,
         "adapter_path": run.adapter_path,

@@ -11,6 +11,7 @@ import collections
 import numpy as np
 
 from advisor.history import open_history
+from advisor.predict import row_targets
 
 METHODS = ("full", "lora", "coop", "contcoop", "tpc_cma")
 
@@ -25,8 +26,8 @@ def main() -> None:
     rows = open_history(db).runs()
     by = collections.defaultdict(list)
     for r in rows:
-        ood = np.mean([r["ood_after"][k] - r["ood_before"][k] for k in r["ood_before"]]) if r["ood_before"] else np.nan
-        by[(r["method"], r["shots"])].append((r["id_acc_after"] - r["id_acc_before"], ood, r["wall_time_s"],
+        t = row_targets(r)
+        by[(r["method"], r["shots"])].append((t["id_gain"], t["ood_change"], r["wall_time_s"],
                                               r["trainable_params"], r["gap_before"], r["gap_after"]))
     print(f"{len(rows)} runs\n")
     print("| method | shots | runs | mean ID gain | mean OOD change | median wall s | gap before -> after (mean) |")
@@ -39,9 +40,9 @@ def main() -> None:
         print(f"\n| dataset | method | shots | zero-shot | after | ID gain | OOD change | wall s | trainable params |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in sorted((r for r in rows if r["model"] == args.model), key=lambda r: (r["dataset"], r["shots"], METHODS.index(r["method"]))):
-            ood = np.mean([r["ood_after"][k] - r["ood_before"][k] for k in r["ood_before"]])
+            t = row_targets(r)
             print(f"| {r['dataset']} | {r['method']} | {r['shots']} | {r['id_acc_before']:.3f} | {r['id_acc_after']:.3f} | "
-                  f"{r['id_acc_after'] - r['id_acc_before']:+.3f} | {ood:+.3f} | {r['wall_time_s']:.1f} | {r['trainable_params']:,} |")
+                  f"{t['id_gain']:+.3f} | {t['ood_change']:+.3f} | {r['wall_time_s']:.1f} | {r['trainable_params']:,} |")
 
 
 if __name__ == "__main__":

@@ -142,8 +142,11 @@ def resolve_hparams(method: str, defaults: Mapping[str, Any], ctx: TrainContext,
     return hp
 
 
-def check_context(ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate pixels/labels/class names; return (pixels, labels) as tensors on the CPU."""
+def check_context(ctx: TrainContext, pixels_for: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate pixels/labels/class names; return (pixels, labels) as tensors on the CPU.
+
+    ``pixels_for`` names why a tuner that trains inside the image tower needs pixels (cached
+    features are not enough); without pixels it then raises a TrainingError saying so."""
     labels = torch.as_tensor(np.asarray(ctx.train_labels), dtype=torch.long).reshape(-1)
     if labels.numel() == 0:
         raise TrainingError("no training images")
@@ -153,6 +156,8 @@ def check_context(ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
     if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
         raise TrainingError(f"training labels must lie in [0, {n_classes}) (got {int(labels.min())}..{int(labels.max())})")
     pixels = ctx.train_pixels
+    if pixels is None and pixels_for:
+        raise TrainingError(f"{pixels_for} and needs training pixels")
     if pixels is not None:
         pixels = torch.as_tensor(pixels)
         if pixels.shape[0] != labels.numel():

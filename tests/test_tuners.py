@@ -354,3 +354,14 @@ def test_tpc_cma_alignment_closes_more_gap_with_larger_alpha(tiny: torch.nn.Modu
         gaps[alpha] = r.extra["train_gap_after"]
         assert r.extra["final_alpha"] == alpha
     assert gaps[0.5] < 0.8 * gaps[0.0]
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_tuners_inside_the_image_tower_refuse_to_train_without_pixels(tiny, method):
+    from advisor.errors import TrainingError
+    from advisor.plugins import get_tuner
+
+    ctx = TrainContext(model=tiny, class_names=["a", "b"], template="a photo of a {}.", train_pixels=None,
+                       train_labels=torch.tensor([0, 1]), device="cpu", seed=0)
+    with pytest.raises(TrainingError, match="image tower and needs training pixels"):
+        get_tuner(method).train(ctx)

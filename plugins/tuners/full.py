@@ -38,11 +38,7 @@ def defaults(shots: int | None) -> dict[str, Any]:
 
 def train(ctx: TrainContext) -> TrainResult:
     hp = T.resolve_hparams("full", defaults(ctx.shots), ctx)
-    pixels, labels = T.check_context(ctx)
-    if pixels is None:
-        from advisor.errors import TrainingError
-
-        raise TrainingError("full fine-tuning trains the image tower and needs training pixels")
+    pixels, labels = T.check_context(ctx, pixels_for="full fine-tuning trains the image tower")
     generator = T.seed_everything(ctx.seed)
     model = ctx.model
     model.eval()

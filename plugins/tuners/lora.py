@@ -250,9 +250,7 @@ def inject_lora(model: nn.Module, hp: dict[str, Any], generator: torch.Generator
 
 def train(ctx: TrainContext) -> TrainResult:
     hp = T.resolve_hparams("lora", defaults(ctx.shots), ctx)
-    pixels, labels = T.check_context(ctx)
-    if pixels is None:
-        raise TrainingError("LoRA trains inside the image tower and needs training pixels")
+    pixels, labels = T.check_context(ctx, pixels_for="LoRA trains inside the image tower")
     generator = T.seed_everything(ctx.seed)
     model = ctx.model
     model.eval()

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .embed import format_prompt
 from .errors import TrainingError
 from .specs import TrainContext
 
@@ -170,20 +171,8 @@ def check_context(ctx: TrainContext, pixels_for: str | None = None) -> tuple[tor
 # --------------------------------------------------------------------------------------------
 
 
-def fill_template(template: str, name: str) -> str:
-    """``"a photo of a {}."`` (or ``{c}``, ``{class}``, ``{classname}``) filled with one class name."""
-    if not template:
-        return name
-    for key in ("{c}", "{class}", "{classname}"):
-        if key in template:
-            return template.replace(key, name)
-    if "{}" in template:
-        return template.replace("{}", name)
-    return f"{template} {name}"
-
-
 def class_prompts(class_names: Sequence[str], template: str) -> list[str]:
-    return [fill_template(template, str(c)) for c in class_names]
+    return [format_prompt(template, str(c)) for c in class_names]
 
 
 def encode_class_texts(model: Any, class_names: Sequence[str], template: str, device: str) -> torch.Tensor:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._version import __version__
 from .hookspecs import hookimpl
-
-__version__ = "0.1.0"
 
 __all__ = ["hookimpl", "__version__", "compute_signals", "recommend", "record_run", "get_plugins"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .errors import AdvisorError
 
 #: The offline defaults: a real dual encoder and real data that install with pip alone.

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "peft", "lightgbm", "numpy", "scikit-learn", "transformers", "POT")
 

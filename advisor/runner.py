@@ -73,7 +73,7 @@ def load_eval_set(model: Any, spec: DatasetSpec, max_images: int) -> EvalSet:
 
 def measure_zero_shot(model: Any, ev: EvalSet, device: str) -> tuple[float, float]:
     """``measure`` of the untouched model, memoised per (model identity, eval set)."""
-    from .training import ZeroShotAdapted
+    from .tuning import ZeroShotAdapted
 
     key = (model.identity(), ev.name, len(ev.labels))
     if key not in _zero_shot:
@@ -93,7 +93,7 @@ def _load_eval_set(model: Any, spec: DatasetSpec, max_images: int) -> EvalSet:
 
 def measure(adapted: Any, ev: EvalSet, batch_size: int = 256) -> tuple[float, float]:
     """Top-1 accuracy and modality gap of an adapted model on one evaluation set."""
-    from .training import measure as measure_pixels
+    from .tuning import measure as measure_pixels
 
     return measure_pixels(adapted, ev.pixels, ev.labels, ev.class_names, ev.template, batch_size)
 

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from advisor import training as T
+    from advisor import tuning as T
     from advisor.data import few_shot, get_split, load_dataset
     from advisor.embed import load_model
     from advisor.plugins import get_tuner

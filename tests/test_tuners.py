@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advisor import training as T
+from advisor import tuning as T
 from advisor.errors import TrainingError
 from advisor.plugins import get_tuner, get_tuners
 from advisor.specs import ModelSpec, TrainContext

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advisor import training as T
+from advisor import tuning as T
 from advisor.errors import TrainingError
 from advisor.specs import TrainContext, TrainResult
 

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from advisor import training as T
+from advisor import tuning as T
 from advisor.errors import TrainingError
 from advisor.specs import TrainContext, TrainResult
 

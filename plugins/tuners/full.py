@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from advisor import training as T
+from advisor import tuning as T
 from advisor.specs import TrainContext, TrainResult
 
 

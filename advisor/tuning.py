@@ -1,5 +1,5 @@
-"""Shared pieces of every tuner's training loop, so the five methods differ only in what they train
-and which loss they minimise.
+"""The tuners' shared toolkit: the pieces of every tuner's training loop, so tuners differ only in
+what they train and which loss they minimise. (Training the *predictor* lives in advisor.predictor.)
 
 - ``resolve_hparams``: tuner defaults < ``ctx.epochs/lr/batch_size`` < ``ctx.hparams``; unknown
   keys are a one-line ``TrainingError``.

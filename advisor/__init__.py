@@ -31,7 +31,7 @@ def compute_signals(*args: Any, **kwargs: Any) -> Any:
 
 
 def recommend(*args: Any, **kwargs: Any) -> Any:
-    from .recommend import recommend as _recommend
+    from .recommendation import recommend as _recommend
 
     return _recommend(*args, **kwargs)
 

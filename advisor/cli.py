@@ -537,7 +537,7 @@ def _print_lodo(scores: dict[str, Any]) -> None:
 def predictor_train(db: str | None, as_json: bool) -> None:
     """Fit the predictor on every run in the history, score it leave-one-dataset-out, store it."""
     from .history import open_history
-    from .predict import train_predictor
+    from .predictor import train_predictor
 
     info = train_predictor(open_history(db))
     if as_json:
@@ -558,7 +558,7 @@ def predictor_evaluate(db: str | None, as_json: bool) -> None:
     """Leave-one-dataset-out scores of the predictor and of the baselines (always-LoRA,
     always-full, IIMM-only linear fit, kNN on signals, random), in one run."""
     from .history import open_history
-    from .predict import evaluate_lodo
+    from .predictor import evaluate_lodo
 
     ev = evaluate_lodo(open_history(db).training_rows())
     if as_json:
@@ -576,7 +576,7 @@ def predictor_show(db: str | None, as_json: bool) -> None:
     """The stored predictor: when it was trained, on what, its features and its scores."""
     from .errors import PredictorError
     from .history import open_history
-    from .predict import FittedPredictor, training_hash
+    from .predictor import FittedPredictor, training_hash
 
     history = open_history(db)
     stored = history.load_predictor("default")
@@ -631,7 +631,7 @@ def recommend_command(model: str, pretrained: str | None, image_size: int | None
                       db: str | None, as_json: bool) -> None:
     """Rank the fine-tuning methods for a model and dataset, with predicted gain, forgetting,
     cost, their uncertainty and the signals behind them. ``--shots`` defaults to 16 here."""
-    from .recommend import recommend
+    from .recommendation import recommend
     from .specs import ModelSpec
 
     rec = recommend(

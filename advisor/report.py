@@ -74,9 +74,9 @@ def plot_signals(rows: Sequence[Mapping[str, Any]], max_signals: int = 24) -> st
     """One small panel per signal: its value against the measured ID gain, one colour per method."""
     from matplotlib.figure import Figure
 
-    from .predict import _signals, row_method, row_targets
+    from .predictor import row_signals, row_method, row_targets
 
-    names = sorted(set().union(*[_signals(r) for r in rows]))[:max_signals] if rows else []
+    names = sorted(set().union(*[row_signals(r) for r in rows]))[:max_signals] if rows else []
     if not names:
         return "<p>No signals recorded.</p>"
     cols = 4
@@ -87,7 +87,7 @@ def plot_signals(rows: Sequence[Mapping[str, Any]], max_signals: int = 24) -> st
     for i, name in enumerate(names):
         ax = fig.add_subplot(nrows, cols, i + 1)
         for m in methods:
-            pts = [(_signals(r).get(name), row_targets(r)["id_gain"]) for r in rows if row_method(r) == m]
+            pts = [(row_signals(r).get(name), row_targets(r)["id_gain"]) for r in rows if row_method(r) == m]
             pts = [p for p in pts if p[0] is not None and math.isfinite(p[1])]
             if pts:
                 ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, alpha=0.8, color=_colour(m, extra), label=m)
@@ -125,7 +125,7 @@ def build_report(rows: Sequence[Mapping[str, Any]], stored: Mapping[str, Any] | 
                  estimator: Any = None) -> str:
     """The report's HTML for these history rows (and the stored predictor, when there is one).
     ``estimator`` (an unfitted ``AdvisorPredictor``) overrides the default hyper-parameters."""
-    from .predict import FittedPredictor, evaluate_lodo, row_dataset, row_method, row_model
+    from .predictor import FittedPredictor, evaluate_lodo, row_dataset, row_method, row_model
 
     if not rows:
         raise ReportError("the history has no runs: nothing to report (record runs with `advisor run`)")

@@ -261,7 +261,7 @@ def _close_progress(progress: Any) -> None:
 
 def summarize(run: RunResult) -> dict[str, Any]:
     """The headline numbers of a run, for the CLI (gains as the predictor defines its targets)."""
-    from .predict import row_targets
+    from .predictor import row_targets
 
     targets = row_targets(vars(run))
     ood_change = targets["ood_change"] if math.isfinite(targets["ood_change"]) else None

@@ -39,7 +39,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "recommend.json"
 _PROBE = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from advisor.recommend import recommend
+from advisor.recommendation import recommend
 t_import = time.perf_counter() - t0
 kw = json.loads(sys.argv[1])
 t0 = time.perf_counter()
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     env = dict(os.environ)
 
-    from advisor.recommend import recommend
+    from advisor.recommendation import recommend
 
     t0 = time.perf_counter()
     warm = recommend(args.model, args.dataset, db=args.db, quiet=True)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     med = statistics.median
     rows = [
-        ("import advisor.recommend", med(p["import_s"] for p in probes)),
+        ("import advisor.recommendation", med(p["import_s"] for p in probes)),
         ("first call in a fresh process (in-process)", med(p["first_s"] for p in probes)),
         ("  of which: loading the plugins (their imports)", med(p["plugins_s"] for p in split)),
         ("  of which: the call once plugins are loaded", med(p["first_s"] for p in split)),

@@ -11,7 +11,7 @@ import collections
 import numpy as np
 
 from advisor.history import open_history
-from advisor.predict import row_targets
+from advisor.predictor import row_targets
 
 METHODS = ("full", "lora", "coop", "contcoop", "tpc_cma")
 

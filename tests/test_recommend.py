@@ -1,6 +1,6 @@
 """``advisor recommend`` against a real temporary SQLite history.
 
-The runs are SYNTHETIC (see tests/test_predict.py; never written to registry.db) with a planted
+The runs are SYNTHETIC (see tests/synthetic_history.py; never written to registry.db) with a planted
 relation: in-domain gain = SLOPE[method] * iimm, OOD change = FORGET[method] * iimm. The pair
 asked about is the real ``digits`` dataset with the ``tiny-vit`` model; its signal set is stored
 in the temporary history so no embedding is computed.
@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from advisor.errors import PredictorError, UnknownNameError
-from advisor.recommend import (
+from advisor.recommendation import (
     MethodAdvice,
     RecommendError,
     choose,
@@ -28,7 +28,7 @@ from advisor.recommend import (
     support_for,
     winner_sentence,
 )
-from test_predict import MODEL_DESC, SLOPE, record_synthetic, synthetic_rows
+from synthetic_history import MODEL_DESC, SLOPE, record_synthetic, synthetic_rows
 
 PAIR_IIMM = 0.8
 
@@ -153,7 +153,7 @@ def test_cli_recommend_table_json_and_errors(history_db):
 
 def test_predictor_trained_on_other_features_is_reported(history_db):
     from advisor.history import open_history
-    from advisor.predict import AdvisorPredictor
+    from advisor.predictor import AdvisorPredictor
 
     h = open_history(history_db)
     est = AdvisorPredictor(n_estimators=10, n_bags=2).fit_rows(h.training_rows())
@@ -255,7 +255,7 @@ def test_iimm_heuristic_rule_order_and_linear_fits():
 
 
 def test_sentence_says_when_no_method_beats_zero_shot() -> None:
-    from advisor.recommend import MethodAdvice, winner_sentence
+    from advisor.recommendation import MethodAdvice, winner_sentence
 
     ranked = [MethodAdvice("full", id_gain=-0.01, id_gain_lo=-0.05, id_gain_hi=0.03, ood_change=0.0, score=-0.01),
               MethodAdvice("lora", id_gain=-0.02, id_gain_lo=-0.06, id_gain_hi=0.02, ood_change=0.0, score=-0.02)]
@@ -263,3 +263,17 @@ def test_sentence_says_when_no_method_beats_zero_shot() -> None:
     assert text.startswith("No method is predicted to improve on zero-shot")
     ranked[0].id_gain = 0.2
     assert winner_sentence(ranked, "full", "balanced", "predictor").startswith("Use full:")
+
+
+def test_public_recommend_stays_callable_after_the_module_is_imported(history_db):
+    """``advisor.recommend`` is the documented function, not shadowed by a submodule of that name."""
+    import importlib
+
+    import advisor
+
+    importlib.import_module("advisor.recommendation")
+    assert callable(advisor.recommend)
+    with pytest.raises(ImportError):
+        importlib.import_module("advisor.recommend")
+    rec = advisor.recommend("tiny-vit", "digits", db=history_db)
+    assert rec.winner in _registered()

@@ -1,6 +1,6 @@
 """``advisor report``: a self-contained HTML file with embedded PNG plots and the baseline table.
 
-Runs are SYNTHETIC (tests/test_predict.py), in a temporary SQLite history.
+Runs are SYNTHETIC (tests/synthetic_history.py), in a temporary SQLite history.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from advisor.report import ReportError, build_report
-from test_predict import SMALL, record_synthetic, synthetic_rows
+from synthetic_history import SMALL, record_synthetic, synthetic_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -26,7 +26,7 @@ def _images(text: str) -> list[bytes]:
 
 
 def test_report_has_lodo_plot_signal_plots_and_baseline_table():
-    from advisor.predict import AdvisorPredictor
+    from advisor.predictor import AdvisorPredictor
 
     rows = synthetic_rows(n_datasets=3, shots=(16,))
     text = build_report(rows, estimator=AdvisorPredictor(**SMALL))

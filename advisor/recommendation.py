@@ -203,7 +203,7 @@ def support_for(
 ) -> tuple[dict[str, Any], dict[str, int], list[str]]:
     """(summary counts, similar runs per method, warnings). A run is *similar* when it used the
     same model family, or a dataset sharing a domain tag (or the same dataset)."""
-    from .predict import row_dataset, row_method
+    from .predictor import row_dataset, row_method
 
     fam = _family(model_desc)
     tags = set(dataset_desc.get("domain") or [])
@@ -351,19 +351,19 @@ def heuristic_ranking(
     in the history also gets the IIMM paper's linear heuristic (gain ~= a_m + b_m * IIMM, the
     same for OOD change) fitted on them; when every method has one, ``_choose_heuristic`` ranks
     by those numbers instead. Returns (advice in rule order, a note saying what was done)."""
-    from .predict import IIMM_SIGNAL, IIMMLinear, _signals, row_method
+    from .predictor import IIMM_SIGNAL, IIMMLinear, row_signals, row_method
 
     iimm = signals.get(IIMM_SIGNAL)
     fitted: dict[str, dict[str, float]] = {}
     if iimm is not None and rows:
         lin = IIMMLinear().fit(rows)
         for m in methods:
-            runs = [r for r in rows if row_method(r) == m and IIMM_SIGNAL in _signals(r)]
-            if len({_signals(r)[IIMM_SIGNAL] for r in runs}) >= 2:
+            runs = [r for r in rows if row_method(r) == m and IIMM_SIGNAL in row_signals(r)]
+            if len({row_signals(r)[IIMM_SIGNAL] for r in runs}) >= 2:
                 fitted[m] = lin.predict_row({"signals": dict(signals)}, m)
     ref_values = {}
     for r in rows:
-        s = _signals(r)
+        s = row_signals(r)
         if IIMM_SIGNAL in s:
             ref_values[(str(r.get("model")), str(r.get("dataset")))] = s[IIMM_SIGNAL]
     if iimm is None:
@@ -419,10 +419,10 @@ def _choose_heuristic(
 
 def _method_names(predictor_methods: Sequence[str] = ()) -> list[str]:
     from .plugins import get_tuners
-    from .predict import _order
+    from .predictor import method_order
 
     names = list(get_tuners()) or list(predictor_methods)
-    return _order(names)
+    return method_order(names)
 
 
 def _default_device_kind(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -455,7 +455,7 @@ def recommend(
     ``advisor run``: signals always use seed 0, as the history's runs do, so they are comparable.
     """
     from .history import open_history
-    from .predict import FittedPredictor, history_ready, pretty_feature, train_predictor, training_hash
+    from .predictor import FittedPredictor, history_ready, pretty_feature, train_predictor, training_hash
 
     if objective not in OBJECTIVES:
         raise RecommendError(f"unknown objective {objective!r} (choose from {', '.join(OBJECTIVES)})")
@@ -557,10 +557,10 @@ def recommend(
 
 def _feature_label(name: str, case: Mapping[str, Any]) -> str:
     """``sig:iimm`` -> ``iimm``; categorical features with their value (``method=lora``)."""
-    from .predict import CATEGORICAL, _core_values, pretty_feature
+    from .predictor import CATEGORICAL, core_values, pretty_feature
 
     if name in CATEGORICAL:
-        return f"{name}={_core_values(case).get(name)}"
+        return f"{name}={core_values(case).get(name)}"
     return pretty_feature(name)
 
 
@@ -574,7 +574,7 @@ def _predict_methods(
     device_kind: str,
 ) -> list[MethodAdvice]:
     """Predictions with intervals and top contributions for every method."""
-    from .predict import TARGETS, pretty_feature
+    from .predictor import TARGETS, pretty_feature
 
     cases = [
         {"method": m, "shots": shots, "device": device_kind, "signals": dict(signals),

@@ -1,0 +1,71 @@
+"""Training against a real SQLite history, and the `advisor predictor` commands (advisor.predictor.training)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ADVISOR_BLOCK_PLUGINS", "1")
+
+import numpy as np
+import pytest
+
+from advisor.errors import PredictorError
+from advisor.predictor import CORE_FEATURES, AdvisorPredictor, FittedPredictor, training_hash
+from synthetic_history import SMALL, record_synthetic, synthetic_rows
+
+
+@pytest.fixture
+def synthetic_db(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVISOR_HOME", str(tmp_path / "home"))
+    db = str(tmp_path / "history.db")
+    record_synthetic(db, synthetic_rows(n_datasets=4, shots=(16,)))
+    return db
+
+
+def test_train_predictor_on_real_history_round_trips(synthetic_db):
+    from advisor.history import open_history
+    from advisor.predictor import train_predictor
+
+    h = open_history(synthetic_db)
+    info = train_predictor(h, estimator=AdvisorPredictor(**SMALL))
+    stored = h.load_predictor("default")
+    assert stored["training_hash"] == info["training_hash"] == training_hash(h.training_rows())
+    assert stored["features"][: len(CORE_FEATURES)] == list(CORE_FEATURES)
+    assert {"sig:iimm", "sig:gap", "sig:unrelated"} <= set(stored["features"])
+    assert set(stored["scores"]["targets"]) == {"id_gain", "ood_change", "cost"}
+    est = FittedPredictor.from_stored(stored)
+    rows = h.training_rows()
+    fresh = AdvisorPredictor(**SMALL).fit_rows(rows)
+    np.testing.assert_array_equal(est.predict(est.rows_matrix(rows)), fresh.predict(fresh.rows_matrix(rows)))
+
+
+def test_train_refuses_a_too_small_history(tmp_path, monkeypatch):
+    from advisor.history import open_history
+    from advisor.predictor import train_predictor
+
+    monkeypatch.setenv("ADVISOR_HOME", str(tmp_path / "home"))
+    with pytest.raises(PredictorError, match="0 usable runs"):
+        train_predictor(open_history(str(tmp_path / "empty.db")))
+
+
+def test_cli_predictor_train_evaluate_show(synthetic_db):
+    from click.testing import CliRunner
+
+    from advisor.cli import cli
+
+    runner = CliRunner()
+    r = runner.invoke(cli, ["predictor", "show", "--db", synthetic_db])
+    assert r.exit_code == 1 and "no predictor stored" in r.output
+    r = runner.invoke(cli, ["predictor", "train", "--db", synthetic_db, "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["n_runs"] == 20 and len(info["datasets"]) == 4
+    r = runner.invoke(cli, ["predictor", "evaluate", "--db", synthetic_db])
+    assert r.exit_code == 0, r.output
+    for word in ("spearman", "mae", "id_gain", "ood_change", "cost", "iimm-linear", "knn", "always-lora",
+                 "always-full", "random", "regret_gain"):
+        assert word in r.output
+    r = runner.invoke(cli, ["predictor", "show", "--db", synthetic_db, "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["up_to_date"] is True

@@ -77,7 +77,7 @@ def dataset_source_options(f: Any) -> Any:
         from .data import dataset_spec, parse_options
 
         spec = dataset_spec(dataset, classnames=classnames, templates=templates, download=download,
-                            **parse_options(dataset_option))
+                            options=parse_options(dataset_option))
         return f(*args, dataset=spec, **kwargs)
 
     w: Any = wrapper

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 import zlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -45,16 +46,21 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 def dataset_spec(name: str, *, classnames: str | None = None, templates: str | None = None,
-                 download: bool = False, **options: Any) -> DatasetSpec:
+                 download: bool = False, options: Mapping[str, Any] | None = None) -> DatasetSpec:
     """Build a DatasetSpec from CLI-style arguments (``--classnames``, ``--templates``,
-    ``--download``, ``-o key=value``); options left at None are dropped."""
-    opts = dict(options)
-    if classnames:
-        opts["classnames"] = classnames
-    if templates:
-        opts["templates"] = templates
-    if download:
-        opts["download"] = True
+    ``--download``, ``-O key=value``); options left at None are dropped.
+
+    ``options`` is a mapping, not keyword arguments, so any key (``name``, ``classnames``,
+    ``download`` ...) can be set with ``-O``; a key given both ways with different values is a
+    DatasetError."""
+    opts = dict(options or {})
+    for key, value in (("classnames", classnames or None), ("templates", templates or None),
+                       ("download", True if download else None)):
+        if value is None:
+            continue
+        if opts.get(key) is not None and opts[key] != value:
+            raise DatasetError(f"dataset option {key!r} is given twice ({opts[key]!r} and {value!r})")
+        opts[key] = value
     return DatasetSpec(name=name, options=tuple(sorted((k, v) for k, v in opts.items() if v is not None)))
 
 
@@ -84,8 +90,15 @@ def load_dataset(spec: DatasetSpec | str) -> DatasetBundle:
     bundle = source.load(spec)
     if not isinstance(bundle, DatasetBundle):
         raise DatasetError(f"dataset source {source.name!r} returned {type(bundle).__name__}, not a DatasetBundle")
+    bundle.class_names = [nfc(n) if isinstance(n, str) else n for n in bundle.class_names]
     validate_bundle(bundle)
     return bundle
+
+
+def nfc(text: str) -> str:
+    """``text`` in Unicode normal form C: "café" typed on Linux and "café" read from a macOS
+    folder name are the same class, and must give the same prompt and the same dedup key."""
+    return unicodedata.normalize("NFC", text)
 
 
 def validate_bundle(bundle: DatasetBundle) -> None:
@@ -94,9 +107,10 @@ def validate_bundle(bundle: DatasetBundle) -> None:
     names = list(bundle.class_names)
     if not names:
         raise DatasetError(f"dataset {name!r} has no classes")
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise DatasetError(f"dataset {name!r} has duplicate class names: {', '.join(dup)}")
+    keys = [nfc(n) if isinstance(n, str) else n for n in names]
+    if len(set(keys)) != len(keys):
+        dup = sorted({str(k) for k in keys if keys.count(k) > 1})
+        raise DatasetError(f"dataset {name!r} has duplicate class names (after Unicode NFC normalisation): {', '.join(dup)}")
     if not bundle.templates:
         raise DatasetError(f"dataset {name!r} has no prompt template")
     for t in bundle.templates:
@@ -113,6 +127,10 @@ def validate_bundle(bundle: DatasetBundle) -> None:
     empty = [names[c] for c in range(len(names)) if counts[c] == 0]
     if empty:
         raise DatasetError(f"dataset {name!r}: class {empty[0]!r} has no images")
+    if len(names) < 2:
+        raise DatasetError(
+            f"dataset {name!r} has only one class ({names[0]!r}): signals, recommendations and runs need at least 2 classes"
+        )
 
 
 def _validate_imageset(images: ImageSet, names: list[str], what: str, part: str, allow_empty: bool = False) -> None:

@@ -66,6 +66,33 @@ class DatasetSpec:
 # --------------------------------------------------------------------------------------------
 
 
+#: PIL modes holding more than 8 bits per pixel; ``convert("RGB")`` clips them instead of scaling.
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_rgb(im: Any) -> Any:
+    """A PIL image as 8-bit RGB, with wide grey modes scaled rather than clipped.
+
+    16-bit images (``I;16*``, and ``I`` whose values fit 16 bits, as 16-bit PNGs open) map
+    0..65535 to 0..255; ``F`` images in [0, 1] map to 0..255; other ``I``/``F`` ranges are
+    stretched from their minimum to their maximum. Every other mode is PIL's own conversion.
+    """
+    from PIL import Image
+
+    if im.mode not in WIDE_MODES:
+        return im.convert("RGB")
+    a = np.asarray(im, dtype=np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and hi <= 65535):
+        scaled = a * (255.0 / 65535.0)
+    elif im.mode == "F" and lo >= 0 and hi <= 1:
+        scaled = a * 255.0
+    else:
+        scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    u8 = np.floor(np.clip(scaled, 0, 255) + 0.5).astype(np.uint8)
+    return Image.fromarray(u8).convert("RGB")
+
+
 @dataclass
 class ImageSet:
     """A labelled set of images, in memory or on disk.
@@ -102,7 +129,7 @@ class ImageSet:
         path = self.images[i]
         try:
             with Image.open(path) as im:
-                return im.convert("RGB")
+                return to_rgb(im)
         except (OSError, ValueError, SyntaxError) as exc:
             raise DatasetError(f"cannot read image {path}: {exc}") from None
 

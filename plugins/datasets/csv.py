@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import csv as _csv
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 import advisor
-from advisor.data import DEFAULT_TEMPLATE, read_classnames, read_templates
+from advisor.data import DEFAULT_TEMPLATE, nfc, read_classnames, read_templates
 from advisor.errors import DatasetError
 from advisor.specs import DatasetBundle, DatasetSource, DatasetSpec, ImageSet, stable_hash
 
@@ -31,6 +32,7 @@ from .folder import domain_option
 IMAGE_COLUMNS = ("image", "path", "filepath", "file", "filename", "image_path", "img")
 LABEL_COLUMNS = ("label", "class", "target", "category", "y")
 TEST_VALUES = {"test", "val", "valid", "validation"}
+ASCII_INT = re.compile(r"-?[0-9]+")
 
 
 def _pick_column(header: list[str], wanted: str | None, candidates: tuple[str, ...], option: str, path: Path) -> str:
@@ -47,7 +49,9 @@ def _pick_column(header: list[str], wanted: str | None, candidates: tuple[str, .
 
 
 def _is_int(s: str) -> bool:
-    return s.lstrip("-").isdigit()
+    """ASCII integers only: ``str.isdigit`` also accepts "²" (which ``int`` refuses) and "١"
+    (which ``int`` reads as 1), and both are names here."""
+    return ASCII_INT.fullmatch(s) is not None
 
 
 def _labels_to_classes(raw: list[str], given: list[str] | dict[str, str] | None, source: str) -> tuple[list[str], list[int]]:
@@ -63,6 +67,7 @@ def _labels_to_classes(raw: list[str], given: list[str] | dict[str, str] | None,
         index = {n: i for i, n in enumerate(names)}
         return names, [index[v] for v in raw]
     if isinstance(given, dict):
+        given = {nfc(k): v for k, v in given.items()}
         keys = list(given)
         index = {k: i for i, k in enumerate(keys)}
         out = []
@@ -71,7 +76,7 @@ def _labels_to_classes(raw: list[str], given: list[str] | dict[str, str] | None,
                 raise DatasetError(f"label {v!r} (row {row}) is not in the class list {source}")
             out.append(index[v])
         return [given[k] for k in keys], out
-    index = {n: i for i, n in enumerate(given)}
+    index = {nfc(n): i for i, n in enumerate(given)}
     use_index = all_int and not all(v in index for v in raw)
     out = []
     for row, v in enumerate(raw, start=2):
@@ -136,7 +141,7 @@ def load(spec: DatasetSpec) -> DatasetBundle:
         seen[value] = row
         paths.append(str(p))
         ids.append(value)
-        raw_labels.append(label)
+        raw_labels.append(nfc(label))
         if cs is not None:
             s = rec[cs].strip().lower()
             if s not in TEST_VALUES | {"train"}:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 import advisor
-from advisor.data import DEFAULT_TEMPLATE, IMAGE_EXTENSIONS, read_classnames, read_templates
+from advisor.data import DEFAULT_TEMPLATE, IMAGE_EXTENSIONS, nfc, read_classnames, read_templates
 from advisor.errors import DatasetError
 from advisor.specs import DatasetBundle, DatasetSource, DatasetSpec, ImageSet, stable_hash
 
@@ -53,12 +53,17 @@ def _scan(path: Path) -> dict[str, list[Path]]:
         if any(_is_image(p.name) for p in path.iterdir() if p.is_file()):
             raise DatasetError(f"folder {path} has images but no class sub-folders (expected {path}/<class>/<image>)")
         raise DatasetError(f"folder {path} is empty (no class sub-folders with images)")
-    out = {}
+    out: dict[str, list[Path]] = {}
     for d in classes:
         files = _images_under(d)
         if not files:
             raise DatasetError(f"class folder {d} has no images ({', '.join(IMAGE_EXTENSIONS[:4])} ...)")
-        out[d.name] = files
+        key = nfc(d.name)  # macOS file systems hand out NFD names; classnames files are usually NFC
+        if key in out:
+            raise DatasetError(
+                f"folder {path} has duplicate class names (after Unicode NFC normalisation): two folders named {key!r}"
+            )
+        out[key] = files
     return out
 
 
@@ -67,6 +72,7 @@ def class_mapping(folders: list[str], given: list[str] | dict[str, str] | None, 
     if given is None:
         return [f.replace("_", " ") for f in folders], {f: i for i, f in enumerate(folders)}
     if isinstance(given, dict):
+        given = {nfc(k): v for k, v in given.items()}
         keys = list(given)
         for f in folders:
             if f not in given:
@@ -75,7 +81,7 @@ def class_mapping(folders: list[str], given: list[str] | dict[str, str] | None, 
             if k not in folders:
                 raise DatasetError(f"class {k!r} of {source} has no images (no folder named {k!r})")
         return [given[f] for f in folders], {f: i for i, f in enumerate(folders)}
-    by_name = {n: i for i, n in enumerate(given)}
+    by_name = {nfc(n): i for i, n in enumerate(given)}
     matched = [f for f in folders if f in by_name or f.replace("_", " ") in by_name]
     if matched:
         mapping = {}

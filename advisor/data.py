@@ -382,6 +382,7 @@ def dataset_descriptors(bundle: DatasetBundle) -> dict[str, Any]:
     side, gray = _image_stats(bundle.train)
     return {
         "name": bundle.name,
+        "source": bundle.source or bundle.name,
         "fingerprint": bundle.fingerprint,
         "n_classes": len(bundle.class_names),
         "n_train": len(train),

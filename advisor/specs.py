@@ -148,7 +148,8 @@ class DatasetBundle:
     ``test`` is None when the source has no predefined test split (a seeded split is made).
     ``fingerprint`` changes whenever the underlying data changes (file list + sizes, or an
     array hash). ``domain`` tags ("grayscale", "digits", "texture" ...) become dataset
-    descriptors for the predictor.
+    descriptors for the predictor. ``source`` names the original data a derived task was made
+    from ("" means the dataset is its own source), so evaluation can hold out a whole source.
     """
 
     name: str
@@ -159,6 +160,7 @@ class DatasetBundle:
     fingerprint: str
     domain: tuple[str, ...] = ()
     description: str = ""
+    source: str = ""
 
 
 @dataclass(frozen=True)

@@ -364,6 +364,7 @@ def load(name: str, spec: DatasetSpec) -> DatasetBundle:
         fingerprint=fingerprint,
         domain=src.domain,
         description=src.description,
+        source=name,
     )
 
 

@@ -1,0 +1,90 @@
+"""Where a history lives: the user-data default, paths and SQLAlchemy URLs, the shipped copy.
+
+``--db`` / ``ADVISOR_DB`` take a SQLite path or any SQLAlchemy URL; nothing here opens a
+database (``database.py`` does), so the CLI can show a location without touching it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .. import config
+from ..errors import HistoryError
+
+DEFAULT_NAME = "registry.db"
+
+
+def default_path() -> Path:
+    """``<user data dir>/registry.db`` (``ADVISOR_HOME`` moves the user data dir)."""
+    return config.user_dir() / DEFAULT_NAME
+
+
+def sqlite_url(path: Path) -> str:
+    return "sqlite:///" + str(path.absolute())
+
+
+def resolve_url(db: str | os.PathLike[str] | None) -> str:
+    """None -> the user-data database; a path -> a SQLite URL; a URL (``scheme://``) as is."""
+    if db is None or str(db) == "":
+        return sqlite_url(default_path())
+    text = str(db)
+    if "://" in text:
+        try:
+            make_url(text)
+        except ArgumentError:
+            raise HistoryError(f"bad database URL {text!r} (expected a path or e.g. postgresql://host/db)") from None
+        return text
+    return sqlite_url(Path(text).expanduser())
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The file behind a SQLite URL, or None for in-memory databases."""
+    db = url.database
+    if not db or db == ":memory:" or "mode=memory" in db:
+        return None
+    if db.startswith("file:"):
+        db = db[len("file:"):].split("?", 1)[0]
+    return Path(db)
+
+
+def location(db: str | os.PathLike[str] | None) -> str:
+    """Where ``db`` points, for people: a file path for SQLite, else the URL without password."""
+    url = make_url(resolve_url(db))
+    path = sqlite_file(url) if url.get_backend_name() == "sqlite" else None
+    return str(path) if path else url.render_as_string(hide_password=True)
+
+
+def ensure_default_db(path: Path | None = None) -> Path:
+    """Create the user-data database by copying the shipped ``registry.db`` (never writing to
+    it). Safe against concurrent first use: the copy appears atomically or not at all."""
+    path = path or default_path()
+    if path.exists():
+        return path
+    shipped = config.shipped_registry()
+    if shipped is None:
+        return path  # a fresh database is created and migrated on open
+    if shipped.resolve() == path.resolve():
+        raise HistoryError(f"the user database {path} is the shipped registry; set ADVISOR_HOME elsewhere")
+    fd, tmp = tempfile.mkstemp(prefix=".registry-", suffix=".db", dir=path.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(shipped, tmp)
+        try:
+            os.link(tmp, path)  # fails if another process won the race: keep theirs
+        except FileExistsError:
+            pass
+        except OSError:  # file systems without hard links
+            if not path.exists():
+                os.replace(tmp, path)
+    except OSError as exc:
+        raise HistoryError(f"cannot create {path} from {shipped}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -57,10 +57,37 @@ def json_option(f: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
 
 
+def mlflow_option(f: Any) -> Any:
+    """``--mlflow`` and ``--mlflow-experiment NAME``: also log every recorded run to MLflow.
+    They only set ``ADVISOR_MLFLOW=1`` / ``ADVISOR_MLFLOW_EXPERIMENT``, the switch the built-in
+    MLflow plugin reads, so sweep workers (which inherit the environment) log their runs too."""
+
+    def enable(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            os.environ["ADVISOR_MLFLOW"] = "1"
+        if os.environ.get("ADVISOR_MLFLOW", "").strip().lower() in ("1", "true", "yes", "on"):
+            import importlib.util
+
+            if importlib.util.find_spec("mlflow") is None:
+                raise click.UsageError("MLflow logging is on (--mlflow or ADVISOR_MLFLOW) but MLflow is not "
+                                       "installed: pip install 'advisor[mlflow]'")
+
+    def experiment(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value:
+            os.environ["ADVISOR_MLFLOW_EXPERIMENT"] = value
+
+    f = click.option("--mlflow-experiment", metavar="NAME", default=None, expose_value=False, callback=experiment,
+                     help="MLflow experiment for --mlflow (env ADVISOR_MLFLOW_EXPERIMENT; default: advisor).")(f)
+    f = click.option("--mlflow", is_flag=True, expose_value=False, callback=enable,
+                     help="Also log each recorded run to MLflow (env ADVISOR_MLFLOW=1; store: MLFLOW_TRACKING_URI).")(f)
+    return f
+
+
 def model_options(f: Any) -> Any:
     """Options that pick a model: ``--model``, ``--pretrained``, ``--image-size``, ``--cache-dir``."""
     f = click.option("--cache-dir", default=None, help="Where open_clip / Hugging Face weights are cached.")(f)
-    f = click.option("--image-size", type=int, default=None, help="Working resolution in pixels (default: the model's).")(f)
+    f = click.option("--image-size", type=click.IntRange(min=1), default=None,
+                     help="Working resolution in pixels (default: the model's).")(f)
     f = click.option("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path.")(f)
     f = click.option("--model", "model", default=DEFAULT_MODEL, show_default=True, envvar="ADVISOR_MODEL",
                      help="Model name: lit-offline, an open_clip architecture, hf-hub:ORG/REPO, or a checkpoint.")(f)
@@ -167,13 +194,19 @@ def plugins_command(as_json: bool) -> None:
         emit_json(info)
         return
     rows = []
+    marked = False
     for p in info:
         if "error" in p:
             rows.append({"plugin": p["name"], "version": "", "provides": f"FAILED: {p['error']}"})
             continue
-        provides = "; ".join(f"{k}: {', '.join(p[k])}" for k in ("metrics", "tuners", "datasets", "models") if p.get(k))
+        recon = set(p.get("reconstructed") or ())
+        marked = marked or bool(recon)
+        provides = "; ".join(f"{k}: {', '.join(n + ('*' if n in recon else '') for n in p[k])}"
+                             for k in ("metrics", "tuners", "datasets", "models") if p.get(k))
         rows.append({"plugin": p["name"], "version": p["version"], "provides": provides or ", ".join(p["hooks"])})
     print_table(rows, ["plugin", "version", "provides"])
+    if marked:
+        click.echo("* our reconstruction of a paper's method, not its official code (docs/tuners.md, docs/signals.md)")
 
 
 # ---------------------------------------------------------------------------------- history
@@ -218,8 +251,11 @@ def history_list(model: str | None, dataset: str | None, method: str | None, as_
     """List recorded runs, oldest first."""
     from .history import open_history
 
+    from .history.signal_coverage import pairs_without_signals
+
     with open_history(db) as h:
         runs = h.runs(model=model, dataset=dataset, method=method)
+        unsignalled = [] if as_json else pairs_without_signals(h, runs)
     if as_json:
         emit_json(runs)
         return
@@ -233,6 +269,11 @@ def history_list(model: str | None, dataset: str | None, method: str | None, as_
         for r in runs
     ]
     print_table(rows)
+    for p in unsignalled:  # e.g. imported runs: the predictor needs the pair's signals
+        pretrained = f" --pretrained {p['pretrained']}" if p["pretrained"] else ""
+        click.echo(f"Note: {p['model']} on {p['dataset']} ({p['runs']} run{'' if p['runs'] == 1 else 's'}) has no "
+                   f"signals yet: advisor signals --model {p['model']}{pretrained} --dataset {p['dataset']} "
+                   f"(or history import-mlflow --compute-signals)")
 
 
 @history_group.command(name="show")
@@ -278,6 +319,46 @@ def history_export(fmt: str | None, output: str | None, db: str | None) -> None:
         except OSError as exc:
             raise AdvisorError(f"cannot write {output}: {exc.strerror or exc}") from None
     click.echo(f"Exported {n} run{'' if n == 1 else 's'} to {output}", err=True)
+
+
+@history_group.command(name="import-mlflow")
+@click.option("--experiment", required=True, metavar="NAME", help="MLflow experiment whose finished runs to import.")
+@click.option("--tracking-uri", default=None, metavar="URI",
+              help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default).")
+@click.option("--map", "maps", multiple=True, metavar="KEY=FIELD",
+              help="Read history FIELD from MLflow KEY, e.g. params.base_model=model, metrics.val_acc=id_acc_after, "
+                   "params.*=hparams.* (repeatable; defaults: docs/history.md).")
+@click.option("--dry-run", is_flag=True, help="Show what would be imported; write nothing.")
+@click.option("--compute-signals", is_flag=True,
+              help="Compute the signals of imported (model, dataset) pairs when the model and data load here.")
+@json_option
+@db_option
+def history_import_mlflow(experiment: str, tracking_uri: str | None, maps: tuple[str, ...], dry_run: bool,
+                          compute_signals: bool, as_json: bool, db: str | None) -> None:
+    """Import the finished runs of an MLflow experiment as history rows: all new rows in one
+    transaction; runs already in the history are not added again; runs missing a required
+    field are listed with the reason and skipped."""
+    from .history.mlflow_import import import_mlflow
+
+    plan = import_mlflow(db, experiment, tracking_uri=tracking_uri, maps=maps, dry_run=dry_run,
+                         compute=compute_signals)
+    if as_json:
+        emit_json(plan.to_json(dry_run))
+        return
+    info = plan.to_json(dry_run)
+    print_table(info["new"], ["mlflow_run_id", "run_id", "model", "dataset", "method", "shots", "seed",
+                              "id_acc_before", "id_acc_after", "signals"])
+    for s in info["skipped"]:
+        click.echo(f"Skipped MLflow run {s['mlflow_run_id']}{' (' + s['name'] + ')' if s['name'] else ''}: {s['reason']}")
+    for p in info["signals"]:
+        click.echo(f"Signals for {p['model']} on {p['dataset']}: {p['status']}")
+    n_new, n_present = len(info["new"]), len(info["already_present"])
+    tail = f"; {n_present} already in the history" if n_present else ""
+    if dry_run:
+        click.echo(f"Dry run: would import {n_new} run{'' if n_new == 1 else 's'}{tail}; nothing written.")
+    else:
+        click.echo(f"Imported {plan.added} run{'' if plan.added == 1 else 's'} from experiment {experiment!r} "
+                   f"into {plan.history}{tail}.")
 
 
 @history_group.command(name="path")
@@ -460,41 +541,72 @@ def _parse_hparams(items: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-@cli.command(name="run")
+class TunerHelpCommand(click.Command):
+    """``advisor run --help`` ends with every registered tuner and the hyper-parameters it
+    declares, read from the registrations when the help is shown (not at import)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from .plugins import list_tuners
+        from .specs import LOOP_HPARAMS
+
+        with formatter.section("Methods (--method) and their hyper-parameters (--hparam KEY=VALUE)"):
+            for t in list_tuners():
+                mark = " [our reconstruction]" if t.reconstructed else ""
+                formatter.write_text(f"{t.name}{mark}: {t.description}")
+                with formatter.indentation():
+                    formatter.write_dl([(h.name, h.describe()) for h in t.hparams]
+                                       or [("-", "only the shared loop's")])
+            formatter.write_text("Every method that uses the shared training loop also takes: "
+                                 + ", ".join(h.name for h in LOOP_HPARAMS) + " (defaults per method).")
+        super().format_epilog(ctx, formatter)
+
+
+@cli.command(name="run", cls=TunerHelpCommand)
 @model_options
 @dataset_source_options
-@click.option("--method", required=True, help="Fine-tuning method (see `advisor plugins`): full, lora, coop, contcoop, tpc_cma.")
+@click.option("--method", required=True, help="Fine-tuning method: a registered tuner (listed below and by `advisor plugins`).")
 @click.option("--shots", type=int, default=16, show_default=True, help="Training images per class (few-shot).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epochs", type=int, default=None, help="Override the method's default epochs.")
 @click.option("--lr", type=float, default=None, help="Override the method's default learning rate.")
 @click.option("--batch-size", type=int, default=None)
-@click.option("--hparam", "hparams", multiple=True, metavar="KEY=VALUE", help="Any other method hyper-parameter (repeatable).")
-@click.option("--alpha-target", type=float, default=None, help="TPC-CMA: target alignment weight (default 0.05).")
+@click.option("--hparam", "hparams", multiple=True, metavar="KEY=VALUE",
+              help="A hyper-parameter the method declares (repeatable; listed below), e.g. alpha_target=0.5.")
+@click.option("--alpha-target", type=float, default=None, hidden=True,
+              help="Deprecated alias of --hparam alpha_target=X.")
 @click.option("--ood", multiple=True, help="OOD reference dataset (repeatable; default: the other offline built-ins).")
 @click.option("--max-test", type=int, default=500, show_default=True, help="Test images per dataset for accuracy.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... (auto: cuda when present).")
-@click.option("--no-record", is_flag=True, help="Measure but do not write the run into the history.")
+@click.option("--no-record", is_flag=True, help="Measure but do not write the run (nor its adapter file).")
+@click.option("--adapters-dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Where the trained adapter goes (default: DB_STEM.adapters/ beside a SQLite history; "
+                   "the history stores its path relative to this directory).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@mlflow_option
 @db_option
 @json_option
 def run_command(model: str, pretrained: str | None, image_size: int | None, cache_dir: str | None, dataset: Any,
                 method: str, shots: int, seed: int, epochs: int | None, lr: float | None, batch_size: int | None,
                 hparams: tuple[str, ...], alpha_target: float | None, ood: tuple[str, ...], max_test: int, device: str, no_record: bool,
-                quiet: bool, db: str | None, as_json: bool) -> None:
+                adapters_dir: str | None, quiet: bool, db: str | None, as_json: bool) -> None:
     """Fine-tune for real, measure before/after (ID, OOD, gap) and record the run in the history."""
     from .runner import run_finetune, summarize
     from .specs import ModelSpec
 
+    from .plugins import get_tuner
+
     extra = _parse_hparams(hparams)
     if alpha_target is not None:
-        if method != "tpc_cma":
-            raise click.UsageError("--alpha-target applies to --method tpc_cma only")
+        click.echo("Warning: --alpha-target is deprecated; use --hparam alpha_target=X", err=True)
         extra["alpha_target"] = alpha_target
+    # Unknown methods, unknown hyper-parameters and bad values: one line, before any model loads.
+    given = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
+    get_tuner(method).check_hparams({**{k: v for k, v in given.items() if v is not None}, **extra})
     run = run_finetune(
         ModelSpec(model, pretrained, image_size, cache_dir), dataset, method,
         shots=shots, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, hparams=extra,
         ood=list(ood) if ood else None, device=device, db=db, max_test=max_test, record=not no_record, quiet=quiet,
+        adapters_dir=adapters_dir,
     )
     summary = summarize(run)
     if as_json:
@@ -685,10 +797,20 @@ def report_command(db: str | None, output: str) -> None:
 # ---------------------------------------------------------------------------------- plugin commands
 
 
-def _register_plugin_commands() -> None:
-    from .plugins import load_plugins
+def _register_sweep_commands() -> None:
+    from .sweep.cli import import_spool_command, sweep_group
 
-    load_plugins().hook.register_commands(cli=cli)
+    cli.add_command(sweep_group)
+    history_group.add_command(import_spool_command)
+
+
+_register_sweep_commands()
+
+
+def _register_plugin_commands() -> None:
+    from .plugins import register_commands
+
+    register_commands(cli)  # a plugin that raises is reported by name; --help keeps working
 
 
 _register_plugin_commands()

@@ -64,6 +64,23 @@ def register_models(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
+def register_executors(register: Callable[[Any], None]) -> None:
+    """Register ways to run the jobs of ``advisor sweep`` (``advisor.sweep.executor.Executor``).
+
+    ``local`` and ``slurm`` (submitit) are built-ins registered through this hook; Ray or
+    Kubernetes come as plugins. An executor's ``launch(request)`` starts worker processes that
+    call ``request.worker`` on ``WorkerRequest`` objects and returns handles with ``done()``,
+    ``cancel()`` and ``job_id``.
+
+    Example::
+
+        @advisor.hookimpl
+        def register_executors(register):
+            register(Executor(name="ray", launch=launch_on_ray, description="a Ray cluster"))
+    """
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add click commands or groups to the ``advisor`` command line.
 

@@ -5,11 +5,20 @@
 - ``ADVISOR_BLOCK_PLUGINS=1`` (set by the test suite) skips third-party entry points.
 - ``ADVISOR_LOAD_PLUGINS=a,b`` loads only the named entry points (empty string: none).
 - ``ADVISOR_TRACE_PLUGINS=1`` prints every hook call to stderr.
-A plugin that raises while importing or registering is reported by name and skipped.
+
+A plugin that raises (or calls ``sys.exit``) while importing, registering or adding commands is
+reported by name in one warning line and skipped. A third-party tuner, dataset loader or model
+loader/matcher that raises later is reported as a one-line ``PluginError`` naming the plugin.
+
+Public accessors (open_clip style): ``list_tuners()`` / ``get_tuner(name)`` return ``Tuner``
+registrations in their declared order, and likewise ``list_metrics``, ``list_datasets``,
+``list_models``; ``sort_methods(names)`` orders any method names (registered first).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
 import os
 import sys
@@ -20,7 +29,12 @@ from typing import Any, Callable, Iterable
 import pluggy
 
 from . import hookspecs
-from .errors import UnknownNameError
+from ._version import __version__
+from .errors import AdvisorError, UnknownNameError
+
+
+class PluginError(AdvisorError):
+    """A third-party plugin's code raised: reported in one line naming the plugin."""
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "advisor_plugins.metrics.iimm",
@@ -37,9 +51,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "advisor_plugins.datasets.torchvision",
     "advisor_plugins.models.open_clip",
     "advisor_plugins.models.lit_offline",
+    "advisor_plugins.tracking.mlflow",  # opt-in: ADVISOR_MLFLOW=1 logs recorded runs to MLflow
+    "advisor_plugins.executors.submitit",  # local and slurm executors for advisor sweep
 )
 
-KINDS = ("metrics", "tuners", "datasets", "models")
+KINDS = ("metrics", "tuners", "datasets", "models", "executors")
 
 pm = pluggy.PluginManager("advisor")
 pm.add_hookspecs(hookspecs)
@@ -49,8 +65,15 @@ load_errors: dict[str, str] = {}
 _loaded = False
 
 
+def _describe_exception(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"
+
+
 def _report(name: str, exc: BaseException) -> None:
-    msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    msg = _describe_exception(exc)
     load_errors[name] = msg
     print(f"Warning: plugin {name!r} failed to load and was skipped ({msg})", file=sys.stderr)
 
@@ -58,7 +81,7 @@ def _report(name: str, exc: BaseException) -> None:
 def _register_module(modname: str, plugin_name: str | None = None) -> None:
     try:
         mod = importlib.import_module(modname)
-    except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the tool down
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin must not take the tool down
         _report(plugin_name or modname, exc)
         return
     if pm.is_registered(mod):
@@ -96,7 +119,7 @@ def load_plugins() -> pluggy.PluginManager:
                 dist = getattr(ep, "dist", None)
                 if dist is not None:
                     _distinfo[ep.name] = (dist.metadata["Name"], dist.version)
-            except Exception as exc:  # noqa: BLE001
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - sys.exit at import must not silence advisor
                 _report(ep.name, exc)
     if os.environ.get("ADVISOR_TRACE_PLUGINS"):
         def before(hook_name: str, methods: Any, kwargs: dict) -> None:
@@ -153,14 +176,48 @@ def _collect(kind: str) -> tuple[dict[str, Any], dict[str, str]]:
                 print(f"Warning: plugin {_plugin!r} registered {kind[:-1]} {name!r}, already provided by "
                       f"{providers[name]!r}; ignored", file=sys.stderr)
                 return
-            found[name] = obj
+            found[name] = obj if _plugin in DEFAULT_PLUGINS else _guarded(obj, _plugin, kind)
             providers[name] = _plugin
 
         try:
             impl.function(register=register)
-        except Exception as exc:  # noqa: BLE001 - skip the broken plugin, keep the rest
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - skip the broken plugin, keep the rest
             _report(plugin_name, exc)
     return found, providers
+
+
+#: The callables of a registration that run plugin code after loading, per kind.
+_PLUGIN_CODE = {"tuners": ("train", "defaults"), "datasets": ("load",), "models": ("load", "matches")}
+
+
+def _guard(fn: Callable[..., Any], plugin: str, what: str) -> Callable[..., Any]:
+    """``fn`` with any exception other than an AdvisorError turned into a one-line PluginError
+    naming the plugin (a third-party bug should say whose it is, not print a bare traceback)."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AdvisorError:
+            raise
+        except (Exception, SystemExit) as exc:  # noqa: BLE001
+            raise PluginError(f"plugin {plugin!r} failed in {what}: {_describe_exception(exc)}") from exc
+
+    for attr, value in vars(fn).items():  # e.g. a model loader's ``fingerprint``
+        if callable(value):
+            setattr(call, attr, _guard(value, plugin, f"{what}.{attr}"))
+    return call
+
+
+def _guarded(obj: Any, plugin: str, kind: str) -> Any:
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return obj
+    changes = {}
+    for attr in _PLUGIN_CODE.get(kind, ()):
+        fn = getattr(obj, attr, None)
+        if callable(fn):
+            changes[attr] = _guard(fn, plugin, f"{kind[:-1]} {obj.name!r} ({attr})")
+    return dataclasses.replace(obj, **changes) if changes else obj
 
 
 _cache: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
@@ -191,6 +248,18 @@ def get_tuners() -> dict[str, Any]:
     return get_registered("tuners")
 
 
+def get_executors() -> dict[str, Any]:
+    """name -> ``advisor.sweep.executor.Executor`` (``local`` and ``slurm`` are built-ins)."""
+    return get_registered("executors")
+
+
+def get_executor(name: str) -> Any:
+    executors = get_executors()
+    if name not in executors:
+        raise UnknownNameError(f"unknown executor {name!r} (available: {', '.join(sorted(executors))})")
+    return executors[name]
+
+
 def get_datasets() -> dict[str, Any]:
     return get_registered("datasets")
 
@@ -212,7 +281,50 @@ def get_metric(name: str) -> Any:
 
 
 def get_tuner(name: str) -> Any:
+    """The ``Tuner`` registration of a method: train/defaults, order, colour, family,
+    reconstructed, declared hyper-parameters. Unknown name: a one-line UnknownNameError."""
     return _lookup("tuners", name, "; see `advisor plugins`")
+
+
+def find_tuner(name: str) -> Any | None:
+    """The registration, or None for a method whose plugin is not installed (history rows)."""
+    return get_tuners().get(name)
+
+
+def list_tuners() -> list[Any]:
+    """Every registered tuner, in the declared ``order`` (then by name): the order of tables,
+    plots and tie-breaks everywhere."""
+    return sorted(get_tuners().values(), key=lambda t: (getattr(t, "order", 100), t.name))
+
+
+def sort_methods(names: Iterable[str]) -> list[str]:
+    """Method names in registration order; names no installed tuner registers come last, sorted."""
+    rank = {t.name: i for i, t in enumerate(list_tuners())}
+    return sorted(set(names), key=lambda m: (rank.get(m, len(rank)), m))
+
+
+def list_metrics() -> list[Any]:
+    """Every registered metric, by name."""
+    return [get_metrics()[n] for n in sorted(get_metrics())]
+
+
+def list_datasets(*, offline: bool | None = None, ood_reference: bool | None = None) -> list[Any]:
+    """Registered dataset sources by name, optionally only those with the given ``offline`` /
+    ``ood_reference`` flags (``advisor run``'s default OOD sets: ``ood_reference=True``)."""
+    out = []
+    for name in sorted(get_datasets()):
+        src = get_datasets()[name]
+        if offline is not None and bool(getattr(src, "offline", True)) != offline:
+            continue
+        if ood_reference is not None and bool(getattr(src, "ood_reference", False)) != ood_reference:
+            continue
+        out.append(src)
+    return out
+
+
+def list_models() -> list[Any]:
+    """Every registered model source, by name."""
+    return [get_models()[n] for n in sorted(get_models())]
 
 
 def get_dataset_source(name: str) -> Any:
@@ -253,7 +365,11 @@ def plugin_info() -> list[dict[str, Any]]:
         get_registered(kind)
         for name, plugin in _cache[kind][1].items():
             provided.setdefault(plugin, {k: [] for k in KINDS})[kind].append(name)
-    from . import __version__
+    reconstructed = {plugin: [] for plugin in provided}
+    for kind in ("metrics", "tuners"):
+        for name, obj in get_registered(kind).items():
+            if getattr(obj, "reconstructed", False):
+                reconstructed[_cache[kind][1][name]].append(name)
 
     out = []
     for name, plugin in pm.list_name_plugin():  # registration order (get_plugins() is a set)
@@ -267,10 +383,27 @@ def plugin_info() -> list[dict[str, Any]]:
             package, version = _distinfo.get(name, (name, getattr(plugin, "__version__", None) or "unknown"))
         entry = {"name": name, "package": package, "version": version, "hooks": hooks}
         entry.update({k: sorted(v) for k, v in provided.get(name, {k: [] for k in KINDS}).items()})
+        entry["reconstructed"] = sorted(reconstructed.get(name, []))  # our reconstructions, not official code
         out.append(entry)
     for name, reason in sorted(load_errors.items()):
         out.append({"name": name, "error": reason})
     return out
+
+
+def register_commands(cli: Any) -> None:
+    """Let each plugin add its click commands. One that raises (or calls ``sys.exit``) is
+    reported by name and skipped, and the commands it half-added are removed, so ``--help``
+    and every other command keep working."""
+    load_plugins()
+    for impl in pm.hook.register_commands.get_hookimpls():
+        before = dict(getattr(cli, "commands", {}))
+        try:
+            impl.function(cli=cli)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001
+            if hasattr(cli, "commands"):
+                cli.commands.clear()
+                cli.commands.update(before)
+            _report(impl.plugin_name, exc)
 
 
 def iter_hook_names() -> Iterable[str]:

@@ -15,18 +15,27 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import DatasetError, TrainingError
+from .errors import DatasetError, HistoryError, TrainingError
 from .specs import DatasetSpec, ImageSet, ModelSpec, RunResult, TrainContext
 
 #: Test images per dataset used for accuracy before/after. A fixed sample (seed 0) so runs with
 #: different training seeds are measured on the same images.
 DEFAULT_MAX_TEST = 500
-DEFAULT_MAX_OOD = 300
+DEFAULT_MAX_OOD = 500
 TEST_SAMPLE_SEED = 0
+
+
+class RunSpooled(HistoryError):
+    """The run was measured but the history could not be written: it waits in the spool."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 @dataclass
@@ -61,6 +70,8 @@ def _check_promptable(name: str, class_names: Sequence[str], template: str) -> N
 #: A sweep that runs every method on one pair prepares and measures the test sets once.
 _eval_sets: dict[tuple[str, str, int], EvalSet] = {}
 _zero_shot: dict[tuple[str, str, int], tuple[float, float]] = {}
+_base_features: dict[tuple[str, str, int], Any] = {}
+_signals: dict[tuple[Any, ...], tuple[dict[str, float], dict[str, str]]] = {}
 
 
 def load_eval_set(model: Any, spec: DatasetSpec, max_images: int) -> EvalSet:
@@ -72,13 +83,37 @@ def load_eval_set(model: Any, spec: DatasetSpec, max_images: int) -> EvalSet:
 
 
 def measure_zero_shot(model: Any, ev: EvalSet, device: str) -> tuple[float, float]:
-    """``measure`` of the untouched model, memoised per (model identity, eval set)."""
-    from .tuning import ZeroShotAdapted
+    """``measure`` of the untouched model, memoised per (model identity, eval set); its image
+    features are kept for ``measure_adapted``."""
+    from .tuning import ZeroShotAdapted, image_features_of
 
     key = (model.identity(), ev.name, len(ev.labels))
     if key not in _zero_shot:
-        _zero_shot[key] = measure(ZeroShotAdapted(model, device=device), ev)
+        adapted = ZeroShotAdapted(model, device=device)
+        _base_features[key] = image_features_of(adapted, ev.pixels)
+        _zero_shot[key] = measure(adapted, ev, image_features=_base_features[key])
     return _zero_shot[key]
+
+
+def image_tower_unchanged(base: Any, adapted: Any, ev: EvalSet, device: str, probe: int = 8) -> bool:
+    """Whether ``adapted`` encodes images exactly as the untouched model does (prompt learning
+    keeps the image tower frozen): checked bitwise on a probe batch, so reusing the cached
+    features can never change a measurement."""
+    import torch
+
+    from .tuning import ZeroShotAdapted
+
+    pixels = ev.pixels[:probe]
+    a = torch.as_tensor(adapted.encode_image(pixels)).float().cpu()
+    b = torch.as_tensor(ZeroShotAdapted(base, device=device).encode_image(pixels)).float().cpu()
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def measure_adapted(base: Any, adapted: Any, ev: EvalSet, reuse_image_features: bool) -> tuple[float, float]:
+    """``measure`` of a trained model; with ``reuse_image_features`` the untouched model's
+    cached image features stand in for re-encoding (only the text side changed)."""
+    feats = _base_features.get((base.identity(), ev.name, len(ev.labels))) if reuse_image_features else None
+    return measure(adapted, ev, image_features=feats)
 
 
 def _load_eval_set(model: Any, spec: DatasetSpec, max_images: int) -> EvalSet:
@@ -91,25 +126,32 @@ def _load_eval_set(model: Any, spec: DatasetSpec, max_images: int) -> EvalSet:
     return EvalSet(spec.name, list(bundle.class_names), template, preprocess_images(model, test), np.asarray(test.labels))
 
 
-def measure(adapted: Any, ev: EvalSet, batch_size: int = 256) -> tuple[float, float]:
+def measure(adapted: Any, ev: EvalSet, batch_size: int = 256, image_features: Any = None) -> tuple[float, float]:
     """Top-1 accuracy and modality gap of an adapted model on one evaluation set."""
     from .tuning import measure as measure_pixels
 
-    return measure_pixels(adapted, ev.pixels, ev.labels, ev.class_names, ev.template, batch_size)
+    return measure_pixels(adapted, ev.pixels, ev.labels, ev.class_names, ev.template, batch_size,
+                          image_features=image_features)
 
 
-def _default_ood(dataset: str) -> list[str]:
-    """The other offline built-ins that can be loaded on this machine."""
+def standard_error(acc: float, n: int) -> float | None:
+    """Binomial standard error of an accuracy measured on ``n`` images."""
+    return math.sqrt(max(acc * (1.0 - acc), 0.0) / n) if n > 0 else None
+
+
+def _default_ood(source: str) -> list[str]:
+    """One reference set per *other* source: the offline built-in base sets whose source is not
+    the task's (a task derived from MNIST is not measured "out of domain" on MNIST)."""
     from .data import OFFLINE_DATASETS, load_dataset
 
     out = []
     for name in OFFLINE_DATASETS:
-        if name == dataset:
-            continue
         try:
-            load_dataset(DatasetSpec(name))
+            bundle = load_dataset(DatasetSpec(name))
         except DatasetError as exc:
             print(f"Warning: OOD reference {name!r} skipped: {exc}", file=sys.stderr)
+            continue
+        if (bundle.source or name) == source or name == source:
             continue
         out.append(name)
     return out
@@ -143,32 +185,42 @@ def run_finetune(
     signals: bool = True,
     record: bool = True,
     save_adapter: bool = True,
+    adapters_dir: str | None = None,
+    spool_dir: str | None = None,
+    provenance_extra: dict[str, Any] | None = None,
     quiet: bool = False,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> RunResult:
-    """Train ``method`` on the pair, measure before/after, and record one run (see module doc)."""
+    """Train ``method`` on the pair, measure before/after, and record one run (see module doc).
+
+    The trained adapter is written only for a recorded run, into ``adapters_dir`` or the
+    directory beside the history (``config.adapters_dir``); the row stores its path relative
+    to that directory, and the returned run's ``adapter_path`` is the file the row points to."""
     import torch
 
-    from .config import artifacts_dir, resolve_device
+    from .config import resolve_device
     from .data import dataset_descriptors, few_shot, get_split, load_dataset
     from .embed import load_model
     from .plugins import get_tuner
     from .provenance import provenance
 
+    from .run_checks import check_run_options
+
     tuner = get_tuner(method)  # unknown method: one-line error before any work
     device = resolve_device(device)
-    if shots is not None and shots < 1:
-        raise TrainingError(f"--shots must be at least 1 (got {shots})")
+    check_run_options(model_spec, method, tuner, shots=shots, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
+                      hparams=hparams, ood=ood, device=device, max_test=max_test, max_ood=max_ood)
     bundle = load_dataset(dataset_spec)
     template = bundle.templates[0] if bundle.templates else ""
     _check_promptable(dataset_spec.name, bundle.class_names, template)
     train = get_split(bundle, "train")
     if shots is not None:
         train = few_shot(train, shots, seed, class_names=bundle.class_names)
-    ood_names = list(ood) if ood is not None else _default_ood(dataset_spec.name)
+    ood_names = list(ood) if ood is not None else _default_ood(bundle.source or dataset_spec.name)
 
     torch.manual_seed(seed)
     np.random.seed(seed)
+    t_prepare = time.perf_counter()
     base = load_model(model_spec, device)
     id_set = load_eval_set(base, dataset_spec, max_test)
     ood_sets = [load_eval_set(base, DatasetSpec(n), max_ood) for n in ood_names]
@@ -183,8 +235,12 @@ def run_finetune(
     if signals:
         from .signals import compute_signals
 
-        sig = compute_signals(model_spec, dataset_spec, seed=0, device=device, quiet=quiet)
-        signal_values, signal_versions = dict(sig.values), dict(sig.versions)
+        skey = (model_spec, dataset_spec, device)
+        if skey not in _signals:  # once per (model, dataset) pair in a process: a sweep reuses it
+            sig = compute_signals(model_spec, dataset_spec, seed=0, device=device, quiet=quiet)
+            _signals[skey] = (dict(sig.values), dict(sig.versions))
+        signal_values, signal_versions = dict(_signals[skey][0]), dict(_signals[skey][1])
+    prepare_s = time.perf_counter() - t_prepare
 
     model = copy.deepcopy(base)  # the tuner mutates weights; the memoised base must stay pristine
     progress = on_step or _progress_bar(quiet)
@@ -201,19 +257,42 @@ def run_finetune(
     wall = time.perf_counter() - t0
     _close_progress(progress)
 
-    id_after, gap_after = measure(result.adapted, id_set)
-    ood_after = {ev.name: measure(result.adapted, ev)[0] for ev in ood_sets}
+    t_eval = time.perf_counter()
+    reuse = image_tower_unchanged(base, result.adapted, id_set, device)
+    id_after, gap_after = measure_adapted(base, result.adapted, id_set, reuse)
+    ood_after = {ev.name: measure_adapted(base, result.adapted, ev, reuse)[0] for ev in ood_sets}
+    evaluate_s = time.perf_counter() - t_eval
+    measurement = {
+        "eval_sample_seed": TEST_SAMPLE_SEED,
+        "id_n": int(len(id_set.labels)),
+        "ood_n": {ev.name: int(len(ev.labels)) for ev in ood_sets},
+        "id_se_before": standard_error(id_before, len(id_set.labels)),
+        "id_se_after": standard_error(id_after, len(id_set.labels)),
+        "ood_se_before": {ev.name: standard_error(ood_before[ev.name], len(ev.labels)) for ev in ood_sets},
+        "ood_se_after": {ev.name: standard_error(ood_after[ev.name], len(ev.labels)) for ev in ood_sets},
+        "image_features_reused": reuse,
+    }
     epochs_done = result.hparams.get("epochs") or epochs or 1
     run_id = uuid.uuid4().hex[:16]
-    adapter_path = None
-    if save_adapter:
+    adapter_path = None  # as the history stores it: relative to the adapters directory
+    adapter_file = None
+    if save_adapter and record:  # --no-record writes no file
         from safetensors.torch import save_file
+
+        from .config import adapters_dir as adapters_dir_for
+        from .history.location import location
 
         state = {k: v.detach().contiguous().cpu() for k, v in result.adapted.adapter_state().items()}
         if state:
-            path = artifacts_dir() / f"{run_id}-{method}.safetensors"
-            save_file(state, str(path), metadata={"method": method, "model": model_spec.name, "dataset": dataset_spec.name})
-            adapter_path = str(path)
+            where = location(db)
+            folder = adapters_dir_for(None if "://" in where else Path(where), adapters_dir)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise TrainingError(f"cannot create the adapters directory {folder}: {exc.strerror or exc}") from None
+            adapter_path = f"{run_id}-{method}.safetensors"
+            adapter_file = folder / adapter_path
+            save_file(state, str(adapter_file), metadata={"method": method, "model": model_spec.name, "dataset": dataset_spec.name})
 
     desc = dict(base.describe())
     desc.update(name=model_spec.name, pretrained=model_spec.pretrained, image_size=base.image_size)
@@ -224,14 +303,36 @@ def run_finetune(
         gap_before=gap_before, gap_after=gap_after, wall_time_s=wall,
         train_images_per_s=(len(train) * float(epochs_done) / wall) if wall > 0 else None,
         peak_memory_mb=_peak_memory_mb(device), trainable_params=int(result.trainable_params), device=device,
-        provenance=provenance(device, seed), signals=signal_values, signal_versions=signal_versions,
+        provenance={**provenance(device, seed), **(provenance_extra or {}), "measurement": measurement,
+                    "timing": {"prepare_s": round(prepare_s, 3), "train_s": round(wall, 3),
+                               "evaluate_s": round(evaluate_s, 3)}},
+        signals=signal_values, signal_versions=signal_versions,
         model_desc=desc, dataset_desc=dataset_descriptors(bundle), losses=[float(x) for x in result.losses],
         adapter_path=adapter_path, run_id=run_id,
     )
     if record:
         from .history import open_history
 
-        run.run_id = open_history(db).record_run(run)
+        try:
+            with open_history(db) as history:
+                run.run_id = history.record_run(run)
+                if run.run_id != run_id:  # a retry: the history keeps the first run and its adapter
+                    run.adapter_path = history.get_run(run.run_id).get("adapter_path")
+        except HistoryError as exc:
+            # Measured but not writable (database down, locked, read-only): keep the run.
+            from .history.spool import write_spool
+
+            path = write_spool(run, spool_dir, reason=str(exc))
+            raise RunSpooled(f"{exc}; the measured run was saved to {path} "
+                             "(add it with `advisor history import-spool`)", path=path) from None
+        except BaseException:
+            if adapter_file is not None:
+                adapter_file.unlink(missing_ok=True)  # no row points at it
+            raise
+        if run.run_id != run_id and adapter_file is not None:
+            adapter_file.unlink(missing_ok=True)
+        if run.adapter_path and adapter_file is not None and not Path(run.adapter_path).is_absolute():
+            run.adapter_path = str(adapter_file.parent / run.adapter_path)
     return run
 
 

@@ -30,14 +30,13 @@ from torch import nn
 
 from .embed import format_prompt
 from .errors import TrainingError
-from .specs import TrainContext
+from .specs import LOOP_HPARAMS, TrainContext, Tuner
 
 #: open_clip clamps the learned temperature at 100 (logit_scale <= ln 100).
 MAX_LOGIT_SCALE = math.log(100.0)
 
-#: Keys every tuner understands (each tuner adds its own).
-COMMON_HPARAMS = ("epochs", "lr", "batch_size", "optimizer", "weight_decay", "momentum",
-                  "warmup_epochs", "warmup_type", "warmup_lr", "eval_batch_size")
+#: Keys every tuner understands (each tuner adds its own): the loop's, declared in advisor.specs.
+COMMON_HPARAMS = tuple(h.name for h in LOOP_HPARAMS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,40 +105,33 @@ def count_trainable(params: nn.Module | Iterable[torch.Tensor]) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def resolve_hparams(method: str, defaults: Mapping[str, Any], ctx: TrainContext,
+def resolve_hparams(tuner: str | Tuner, defaults: Mapping[str, Any], ctx: TrainContext,
                     extra_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Defaults, then ``ctx.epochs``/``lr``/``batch_size`` when given, then ``ctx.hparams``.
 
-    Unknown keys and non-positive epochs/lr/batch size raise ``TrainingError`` with one line.
+    Overrides are checked against declared types and bounds: a tuner's registration declares
+    its own (``Tuner.hparams``); with only a name, the shared loop's (``LOOP_HPARAMS``) are
+    checked and any other key of ``defaults`` or ``extra_keys`` is taken as given. Unknown keys
+    and bad values (non-positive epochs, ``lr=Infinity`` ...) raise ``TrainingError`` with one line.
     """
-    hp = dict(defaults)
-    for key in ("epochs", "lr", "batch_size"):
-        value = getattr(ctx, key, None)
-        if value is not None:
-            hp[key] = value
-    known = set(hp) | set(COMMON_HPARAMS) | set(extra_keys)
+    if isinstance(tuner, Tuner):
+        name, specs = tuner.name, tuner.hparam_specs()
+    else:
+        name, specs = tuner, {h.name: h for h in LOOP_HPARAMS}
+    known = set(defaults) | set(specs) | set(extra_keys)
     unknown = sorted(set(ctx.hparams or {}) - known)
     if unknown:
         raise TrainingError(
-            f"unknown hyper-parameter(s) for {method}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            f"unknown hyper-parameter(s) for {name}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
         )
-    hp.update(ctx.hparams or {})
-    for key, cast in (("epochs", int), ("batch_size", int)):
-        if key in hp:
-            try:
-                ok = float(hp[key]) == int(hp[key]) and int(hp[key]) >= 1
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise TrainingError(f"{method}: {key} must be a positive integer (got {hp[key]!r})")
-            hp[key] = cast(hp[key])
-    if "lr" in hp:
+    overrides = {key: getattr(ctx, key) for key in ("epochs", "lr", "batch_size") if getattr(ctx, key, None) is not None}
+    overrides.update(ctx.hparams or {})
+    hp = dict(defaults)
+    for key, value in overrides.items():
         try:
-            hp["lr"] = float(hp["lr"])
-        except (TypeError, ValueError):
-            raise TrainingError(f"{method}: lr must be a number (got {hp['lr']!r})") from None
-        if not hp["lr"] > 0 or not math.isfinite(hp["lr"]):
-            raise TrainingError(f"{method}: lr must be positive (got {hp['lr']!r})")
+            hp[key] = specs[key].parse(value) if key in specs else value
+        except ValueError as exc:
+            raise TrainingError(f"{name}: {exc}") from None
     return hp
 
 
@@ -371,21 +363,30 @@ def _module_device(model: Any) -> str:
 
 @torch.no_grad()
 def measure(adapted: Any, pixels: Any, labels: Any, class_names: Sequence[str], template: str,
-            batch_size: int = 256) -> tuple[float, float]:
+            batch_size: int = 256, image_features: torch.Tensor | None = None) -> tuple[float, float]:
     """Top-1 accuracy and modality gap of ``adapted`` on (pixels, labels).
 
     The gap is the distance between the centroid of the normalised image embeddings and the
     centroid of their true-class prompt embeddings (the paired form of the Liang et al. gap).
+    ``image_features`` (from ``image_features_of``) skips encoding: the runner passes the
+    untouched model's cached features when a tuner left the image tower as it was.
     """
-    pixels = torch.as_tensor(pixels)
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     txt = F.normalize(torch.as_tensor(adapted.class_text_features(list(class_names), template)).float().cpu(), dim=-1)
-    feats = [torch.as_tensor(adapted.encode_image(pixels[i : i + batch_size])).float().cpu()
-             for i in range(0, pixels.shape[0], batch_size)]
-    img = F.normalize(torch.cat(feats), dim=-1)
+    feats = image_features if image_features is not None else image_features_of(adapted, pixels, batch_size)
+    img = F.normalize(feats, dim=-1)
     acc = float((img @ txt.T).argmax(1).eq(labels).float().mean()) if labels.numel() else 0.0
     gap = float(torch.linalg.vector_norm(img.mean(0) - txt[labels].mean(0)))
     return acc, gap
+
+
+@torch.no_grad()
+def image_features_of(adapted: Any, pixels: Any, batch_size: int = 256) -> torch.Tensor:
+    """(N,d) float32 CPU image features of ``adapted``, encoded in batches."""
+    pixels = torch.as_tensor(pixels)
+    feats = [torch.as_tensor(adapted.encode_image(pixels[i : i + batch_size])).float().cpu()
+             for i in range(0, pixels.shape[0], batch_size)]
+    return torch.cat(feats)
 
 
 def evaluate(adapted: Any, pixels: Any, labels: Any, class_names: Sequence[str], template: str,

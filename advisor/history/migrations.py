@@ -164,6 +164,46 @@ def m002_run_indexes(conn: Connection) -> None:
     Index("ix_runs_created", runs.c.created_at, runs.c.id).create(conn)
 
 
+@migration
+def m003_sweeps(conn: Connection) -> None:
+    """sweeps + sweep_jobs: resumable, observable ``advisor sweep`` grids."""
+    md = MetaData()
+    Table(
+        "sweeps",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("sweep_id", Text, nullable=False, unique=True),
+        Column("name", Text),
+        Column("spec", JSON, nullable=False),
+        Column("executor", Text),
+        Column("n_jobs", Integer, nullable=False),
+        Column("created_at", Text, nullable=False),
+        Column("updated_at", Text, nullable=False),
+    )
+    jobs = Table(
+        "sweep_jobs",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("sweep_id", Text, nullable=False),
+        Column("job_key", Text, nullable=False),
+        Column("position", Integer, nullable=False),
+        Column("pair", Text, nullable=False),
+        Column("config", JSON, nullable=False),
+        Column("status", Text, nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("worker", Text),
+        Column("heartbeat_at", Float),
+        Column("started_at", Float),
+        Column("finished_at", Float),
+        Column("run_id", Text),
+        Column("log_path", Text),
+        Column("error", Text),
+        UniqueConstraint("sweep_id", "job_key", name="uq_sweep_jobs_key"),
+    )
+    Index("ix_sweep_jobs_status", jobs.c.sweep_id, jobs.c.status)
+    md.create_all(conn)
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -161,3 +161,49 @@ class Predictor(Base):
     training_hash: Mapped[str]
     scores: Mapped[dict[str, Any]]
     created_at: Mapped[str]
+
+
+class Sweep(Base):
+    """One sweep grid (``advisor sweep``): ``sweep_id`` is the hash of the expanded grid, so the
+    same grid started again resumes this record instead of creating another."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sweep_id: Mapped[str] = mapped_column(unique=True)
+    name: Mapped[str | None]
+    spec: Mapped[dict[str, Any]]
+    executor: Mapped[str | None]
+    n_jobs: Mapped[int]
+    created_at: Mapped[str]
+    updated_at: Mapped[str]
+
+
+class SweepJob(Base):
+    """One run of a sweep and its state: queued -> running (with a heartbeat) -> done | failed.
+
+    The ``runs`` table only ever holds complete runs; this table is where unfinished work lives.
+    Times are POSIX seconds so staleness is one comparison on every backend.
+    """
+
+    __tablename__ = "sweep_jobs"
+    __table_args__ = (
+        UniqueConstraint("sweep_id", "job_key", name="uq_sweep_jobs_key"),
+        Index("ix_sweep_jobs_status", "sweep_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sweep_id: Mapped[str]
+    job_key: Mapped[str]
+    position: Mapped[int]
+    pair: Mapped[str]  # model|dataset: a worker prefers jobs of the pair it has loaded
+    config: Mapped[dict[str, Any]]
+    status: Mapped[str]
+    attempts: Mapped[int]
+    worker: Mapped[str | None]
+    heartbeat_at: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    run_id: Mapped[str | None]
+    log_path: Mapped[str | None]
+    error: Mapped[str | None]

@@ -1,0 +1,92 @@
+"""The spool: where a measured run waits when the history database cannot be reached.
+
+A worker that finishes a run but cannot write it (database down, network gone, read-only)
+writes the complete ``RunResult`` as one JSON document into the spool directory, atomically
+(temporary file, fsync, rename), so nothing measured is thrown away and no reader ever sees
+half a file. ``advisor history import-spool`` records each document (idempotently: the run key
+is config hash + seed) and deletes the file only after its transaction committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import HistoryError
+from ..specs import RunResult
+
+SUFFIX = ".run.json"
+
+
+def default_spool_dir() -> Path:
+    """``ADVISOR_SPOOL`` or ``<user data dir>/spool``."""
+    env = os.environ.get("ADVISOR_SPOOL")
+    if env:
+        return Path(env)
+    from ..config import user_dir
+
+    return user_dir() / "spool"
+
+
+def write_spool(run: RunResult, spool_dir: str | os.PathLike[str] | None = None, reason: str = "") -> Path:
+    """Write ``run`` into the spool atomically; returns the file's path."""
+    folder = Path(spool_dir) if spool_dir else default_spool_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {"format": "advisor-spooled-run", "version": 1, "reason": reason, "run": dataclasses.asdict(run)}
+    name = f"{run.method}-{run.run_id or 'run'}-{os.getpid()}{SUFFIX}"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, allow_nan=True)
+            f.flush()
+            os.fsync(f.fileno())
+        final = folder / name
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return final
+
+
+def read_spooled(path: Path) -> RunResult:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise HistoryError(f"spool file {path} cannot be read ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != "advisor-spooled-run" or not isinstance(doc.get("run"), dict):
+        raise HistoryError(f"spool file {path} is not a spooled advisor run")
+    fields = {f.name for f in dataclasses.fields(RunResult)}
+    data: dict[str, Any] = {k: v for k, v in doc["run"].items() if k in fields}
+    try:
+        return RunResult(**data)
+    except TypeError as exc:
+        raise HistoryError(f"spool file {path} lacks run fields ({exc})") from None
+
+
+def spooled_files(spool_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    folder = Path(spool_dir) if spool_dir else default_spool_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.endswith(SUFFIX) and not p.name.startswith("."))
+
+
+def import_spool(history: Any, spool_dir: str | os.PathLike[str] | None = None,
+                 dry_run: bool = False) -> list[dict[str, Any]]:
+    """Record every spooled run into ``history``; each file is removed once its run committed.
+    Returns one entry per file: path, run_id, status (imported / already-present / would-import)."""
+    out = []
+    for path in spooled_files(spool_dir):
+        run = read_spooled(path)
+        if dry_run:
+            out.append({"path": str(path), "run_id": run.run_id, "status": "would-import"})
+            continue
+        before = history.count()
+        run_id = history.record_run(run)
+        status = "imported" if history.count() > before else "already-present"
+        path.unlink()
+        out.append({"path": str(path), "run_id": run_id, "status": status})
+    return out

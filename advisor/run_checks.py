@@ -1,0 +1,69 @@
+"""What ``advisor run`` refuses before it loads a dataset or a model.
+
+A bad option found after 10-15 s of model loading and preprocessing wastes the user's time, and
+one found after training throws the measured run away. Everything that can be checked from the
+arguments alone is checked here, at the top of ``run_finetune``: the device against this
+machine, the hyper-parameters against the tuner's own defaults (the same ``resolve_hparams`` the
+tuner calls), finite numbers, sample sizes, image size, model and dataset names.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Mapping, Sequence
+
+from .errors import TrainingError
+from .specs import ModelSpec, TrainContext, Tuner
+
+
+def check_finite(method: str, values: Mapping[str, Any]) -> None:
+    """Every number among ``values`` is finite (``--hparam epochs=Infinity``, ``batch_size=1e999``
+    and ``lr=NaN`` are one-line errors, not an OverflowError deep inside training)."""
+    for key, value in values.items():
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(float(value)):
+            raise TrainingError(f"{method}: {key} must be a finite number (got {value!r})")
+
+
+def check_run_options(
+    model_spec: ModelSpec,
+    method: str,
+    tuner: Tuner,
+    *,
+    shots: int | None,
+    seed: int,
+    epochs: Any,
+    lr: Any,
+    batch_size: Any,
+    hparams: Mapping[str, Any] | None,
+    ood: Sequence[str] | None,
+    device: str,
+    max_test: Any,
+    max_ood: Any,
+) -> dict[str, Any]:
+    """Raise a one-line AdvisorError for any option ``run_finetune`` would reject later; return
+    the hyper-parameters the tuner will resolve (defaults < epochs/lr/batch_size < hparams)."""
+    from .plugins import get_dataset_source, get_model_source, provider_of
+    from .tuning import resolve_hparams
+
+    get_model_source(model_spec.name)  # unknown model: one line, before anything is loaded
+    if model_spec.image_size is not None and (isinstance(model_spec.image_size, bool)
+                                              or not isinstance(model_spec.image_size, int)
+                                              or model_spec.image_size < 1):
+        raise TrainingError(f"--image-size must be a positive number of pixels (got {model_spec.image_size!r})")
+    if shots is not None and shots < 1:
+        raise TrainingError(f"--shots must be at least 1 (got {shots})")
+    for flag, value in (("--max-test", max_test), ("--max-ood", max_ood)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TrainingError(f"{flag} must be a positive number of images (got {value!r})")
+    for name in ood or ():
+        get_dataset_source(name)  # unknown OOD dataset: one line, before anything is loaded
+    extra = dict(hparams or {})
+    check_finite(method, {"epochs": epochs, "lr": lr, "batch_size": batch_size, **extra})
+    ctx = TrainContext(model=None, class_names=[], template="", train_pixels=None, train_labels=None,
+                       device=device, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, shots=shots,
+                       hparams=extra)
+    # A third-party tuner may accept keys beyond its defaults (resolve_hparams' extra_keys):
+    # only the built-ins, whose calls pass none, get the unknown-key check here.
+    builtin = provider_of("tuners", method).startswith("advisor_plugins.")
+    return resolve_hparams(method, tuner.defaults(shots), ctx, extra_keys=() if builtin else tuple(extra))

@@ -1,0 +1,318 @@
+"""``advisor history import-mlflow``: a team's finished MLflow runs become history rows.
+
+Each finished run of one experiment is mapped to a flat history row (``mlflow_fields``: the
+default mapping is what the MLflow plugin writes, so out -> in is exact; ``--map`` rules adapt
+other teams' names), validated with the same rules as ``history add``, and added through
+``History.add_records``: every new row in one transaction, or none. A run that lacks a required
+field, or whose values do not validate, is listed with the reason and skipped. A run already in
+the history (same configuration hash and seed, the history's unique key) is counted, not added
+again, so importing twice adds nothing. MLflow itself is only read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import AdvisorError, InputFileError
+from . import io as hio
+from .keys import config_hash, dataset_desc_of, dataset_key, default_run_id, model_desc_of, model_key
+from .mlflow_fields import MappedRow, RowProblem, Rule, from_mlflow, parse_rules, sources_of
+
+#: search_runs page size (MLflow's own maximum per page is larger; this keeps pages small).
+PAGE_SIZE = 500
+
+
+class MlflowImportError(AdvisorError):
+    """MLflow is missing, unreachable, or has no such experiment."""
+
+
+@dataclass
+class FoundRun:
+    """One finished MLflow run, as read (MLflow ids and values only)."""
+
+    mlflow_id: str
+    name: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    metric_history: Callable[[str], list[float]]
+
+    @property
+    def label(self) -> str:
+        return f"MLflow run {self.mlflow_id}" + (f" ({self.name})" if self.name else "")
+
+
+@dataclass
+class Planned:
+    """A run that maps to a valid history row."""
+
+    found: FoundRun
+    record: hio.ImportRecord
+    run_id: str
+    config_hash: str
+    unmapped: list[str]
+
+
+@dataclass
+class ImportPlan:
+    experiment: str
+    tracking_uri: str
+    new: list[Planned] = field(default_factory=list)
+    present: list[Planned] = field(default_factory=list)
+    skipped: list[tuple[FoundRun, str]] = field(default_factory=list)
+    signals: list[dict[str, Any]] = field(default_factory=list)  # per pair: computed or why not
+    added: int = 0
+    history: str = ""  # where the rows went (for messages)
+
+    def to_json(self, dry_run: bool) -> dict[str, Any]:
+        def row(p: Planned) -> dict[str, Any]:
+            r = p.record.run
+            return {"mlflow_run_id": p.found.mlflow_id, "run_id": p.run_id, "model": r.model,
+                    "pretrained": r.pretrained, "dataset": r.dataset, "method": r.method, "shots": r.shots,
+                    "seed": r.seed, "id_acc_before": r.id_acc_before, "id_acc_after": r.id_acc_after,
+                    "signals": len(r.signals or {}), "unmapped": p.unmapped}
+
+        return {
+            "experiment": self.experiment, "tracking_uri": self.tracking_uri, "dry_run": dry_run,
+            "added": self.added, "new": [row(p) for p in self.new],
+            "already_present": [{"mlflow_run_id": p.found.mlflow_id, "run_id": p.run_id} for p in self.present],
+            "skipped": [{"mlflow_run_id": f.mlflow_id, "name": f.name, "reason": why} for f, why in self.skipped],
+            "signals": self.signals,
+        }
+
+
+# ------------------------------------------------------------------------------- reading MLflow
+
+
+def _client(tracking_uri: str | None) -> tuple[Any, str]:
+    try:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise MlflowImportError("MLflow is not installed (pip install 'advisor[mlflow]')") from None
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):  # MLflow would create a missing database: refuse instead
+        path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+        if not path.is_file():
+            raise MlflowImportError(f"no MLflow tracking database at {path} (--tracking-uri or MLFLOW_TRACKING_URI)")
+    return MlflowClient(tracking_uri=uri), uri
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def read_finished_runs(experiment: str, tracking_uri: str | None = None) -> tuple[list[FoundRun], str]:
+    """Every FINISHED run of ``experiment`` (oldest first) and the tracking URI read."""
+    client, uri = _client(tracking_uri)
+    try:
+        exp = client.get_experiment_by_name(experiment)
+    except Exception as exc:  # noqa: BLE001 - any transport or store error is one line
+        raise MlflowImportError(f"cannot read MLflow at {uri}: {_one_line(exc)}") from None
+    if exp is None:
+        raise MlflowImportError(f"no MLflow experiment named {experiment!r} at {uri}")
+    found: list[FoundRun] = []
+    token = None
+    try:
+        while True:
+            page = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                                      max_results=PAGE_SIZE, order_by=["attributes.start_time ASC"],
+                                      page_token=token)
+            for r in page:
+                found.append(FoundRun(
+                    mlflow_id=r.info.run_id, name=r.info.run_name or "",
+                    params=dict(r.data.params), metrics=dict(r.data.metrics), tags=dict(r.data.tags),
+                    metric_history=_history_reader(client, r.info.run_id),
+                ))
+            token = page.token
+            if not token:
+                break
+    except Exception as exc:  # noqa: BLE001
+        raise MlflowImportError(f"cannot read runs of experiment {experiment!r} at {uri}: {_one_line(exc)}") from None
+    return found, uri
+
+
+def _history_reader(client: Any, run_id: str) -> Callable[[str], list[float]]:
+    def read(key: str) -> list[float]:
+        points = client.get_metric_history(run_id, key)
+        return [float(m.value) for m in sorted(points, key=lambda m: (m.step, m.timestamp))]
+
+    return read
+
+
+# ------------------------------------------------------------------------------- planning
+
+
+def existing_keys(rows: list[dict[str, Any]]) -> tuple[set[tuple[str, int]], dict[str, tuple[str, int]]]:
+    """The (configuration hash, seed) pairs of stored rows (``History.runs()``), and run id -> pair."""
+    keys: set[tuple[str, int]] = set()
+    ids: dict[str, tuple[str, int]] = {}
+    for i, row in enumerate(rows, start=1):
+        rec = hio.parse_row(row, False, f"stored run {i}")
+        cfg = config_hash(rec.run, model_desc_of(rec.run), dataset_desc_of(rec.run))
+        keys.add((cfg, rec.run.seed))
+        ids[str(row["run_id"])] = (cfg, rec.run.seed)
+    return keys, ids
+
+
+def _missing(cells: dict[str, str], rules: list[Rule]) -> str | None:
+    absent = [c for c in hio.REQUIRED if not str(cells.get(c, "")).strip()]
+    if not absent:
+        return None
+    parts = []
+    for c in absent:
+        keys = sources_of(c, rules)
+        parts.append(f"{c} (no {' or '.join(keys)})" if keys else c)
+    return "missing " + ", ".join(parts)
+
+
+def plan_import(found: list[FoundRun], rules: list[Rule], stored: list[dict[str, Any]], experiment: str,
+                uri: str) -> ImportPlan:
+    """Map, validate and classify every run against the stored rows; nothing is written."""
+    plan = ImportPlan(experiment, uri)
+    keys, ids = existing_keys(stored)
+    batch: dict[tuple[str, int], FoundRun] = {}
+    batch_ids: dict[str, FoundRun] = {}
+    for f in found:
+        try:
+            mapped: MappedRow = from_mlflow(f.params, f.metrics, f.tags, f.metric_history, rules)
+        except RowProblem as exc:
+            plan.skipped.append((f, str(exc)))
+            continue
+        missing = _missing(mapped.cells, rules)
+        if missing:
+            plan.skipped.append((f, missing))
+            continue
+        try:
+            rec = hio.parse_row(mapped.cells, True, f.label)
+        except InputFileError as exc:
+            plan.skipped.append((f, str(exc).removeprefix(f.label).lstrip(", :")))
+            continue
+        run = rec.run
+        cfg = config_hash(run, model_desc_of(run), dataset_desc_of(run))
+        rid = run.run_id or default_run_id(run, cfg)
+        planned = Planned(f, rec, rid, cfg, mapped.unmapped)
+        key = (cfg, run.seed)
+        if key in keys:
+            plan.present.append(planned)
+        elif rid in ids:
+            plan.skipped.append((f, f"run id {rid!r} is already in the history for another configuration"))
+        elif key in batch:
+            plan.skipped.append((f, f"same configuration and seed as {batch[key].label}"))
+        elif rid in batch_ids:
+            plan.skipped.append((f, f"run id {rid!r} also comes from {batch_ids[rid].label}"))
+        else:
+            batch[key] = f
+            batch_ids[rid] = f
+            plan.new.append(planned)
+    return plan
+
+
+# ------------------------------------------------------------------------------- signals
+
+
+def _pair_of(run: Any) -> tuple[str, str]:
+    return model_key(model_desc_of(run)), dataset_key(dataset_desc_of(run))
+
+
+def attach_signals(plan: ImportPlan, history: Any, device: str | None = None) -> list[tuple[dict, dict, str, Any]]:
+    """``--compute-signals``: for each (model, dataset) pair of the plan that has no signals
+    (neither its imported rows nor the history), compute them with the normal signal path.
+    New rows get them as their signal set; for pairs whose runs are all in the history already,
+    returns (model_desc, dataset_desc, split_hash, SignalSet) to store after the import.
+    A pair whose model or data cannot be loaded keeps its rows without signals (noted)."""
+    from ..signals import compute_signals, describe_pair
+    from ..specs import DatasetSpec, ModelSpec
+
+    pairs: dict[tuple[str, str], list[Planned]] = {}
+    for p in plan.new + plan.present:
+        pairs.setdefault(_pair_of(p.record.run), []).append(p)
+    later: list[tuple[dict, dict, str, Any]] = []
+    for (mk, dk), members in pairs.items():
+        if any(p.record.run.signals for p in members) or history.latest_signals(mk, dk) is not None:
+            continue
+        run = members[0].record.run
+        md_row, dd_row = model_desc_of(run), dataset_desc_of(run)
+        note: dict[str, Any] = {"model": run.model, "pretrained": run.pretrained, "dataset": run.dataset,
+                                "runs": len(members)}
+        plan.signals.append(note)
+        spec = ModelSpec(run.model, run.pretrained, md_row.get("image_size"))
+        dspec = DatasetSpec(run.dataset)
+        try:
+            sig = compute_signals(spec, dspec, seed=0, device=device, quiet=True)
+            md, dd = describe_pair(spec, dspec, sig.meta, device)
+        except (AdvisorError, OSError) as exc:
+            note["status"] = f"not computed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            continue
+        clash = _key_clash(md_row, dd_row, md, dd)
+        if clash or not sig.values:
+            note["status"] = f"not computed: {clash or 'no metric produced a value'}"
+            continue
+        note["status"] = f"computed {len(sig.values)} signals"
+        new_ids = {id(p) for p in plan.new}
+        new_members = [p for p in members if id(p) in new_ids]
+        for p in new_members:
+            r = p.record.run
+            r.signals = dict(sig.values)
+            r.signal_versions = dict(sig.versions)
+            p.record.signal_seconds = dict(sig.seconds)
+            _fill_descriptors(r.model_desc, md, hio.MODEL_FIELDS, "image_size")
+            _fill_descriptors(r.dataset_desc, dd, hio.DATASET_FIELDS, "fingerprint")
+        if not new_members:
+            later.append((md_row, dd_row, str(sig.meta.get("split_hash") or ""), sig))
+    return later
+
+
+def _key_clash(md_row: dict, dd_row: dict, md: dict, dd: dict) -> str | None:
+    """Signals belong to the runs' pair only if what the runs recorded matches what was loaded."""
+    if md_row.get("image_size") not in (None, md.get("image_size")):
+        return f"the model loads at {md.get('image_size')} px, the runs say {md_row.get('image_size')} px"
+    if dd_row.get("fingerprint") not in (None, dd.get("fingerprint")):
+        return "the dataset's data differs from the runs' (another fingerprint)"
+    return None
+
+
+def _fill_descriptors(target: dict, loaded: dict, fields: tuple[str, ...], key_field: str) -> None:
+    """Add descriptors the run lacks (they become predictor features); never the key field,
+    which would change the run's identity between an import with and without signals."""
+    for f in fields:
+        if f != key_field and target.get(f) is None and loaded.get(f) is not None:
+            target[f] = loaded[f]
+
+
+# ------------------------------------------------------------------------------- the command
+
+
+def _missing_file(db: str | None) -> bool:
+    """``db`` names a SQLite file that does not exist (yet)."""
+    return db is not None and "://" not in str(db) and not Path(str(db)).expanduser().exists()
+
+
+def import_mlflow(db: str | None, experiment: str, *, tracking_uri: str | None = None,
+                  maps: tuple[str, ...] | list[str] = (), dry_run: bool = False,
+                  compute: bool = False) -> ImportPlan:
+    """Read, map, validate; unless ``dry_run``, add every new row in one transaction."""
+    from . import open_history
+
+    rules = parse_rules(maps)  # a bad --map is refused before MLflow is contacted
+    found, uri = read_finished_runs(experiment, tracking_uri)
+    if dry_run and _missing_file(db):  # a dry run creates no database
+        plan = plan_import(found, rules, [], experiment, uri)
+        plan.history = str(db)
+        return plan
+    with open_history(db) as history:
+        plan = plan_import(found, rules, history.runs(), experiment, uri)
+        plan.history = history.display
+        if dry_run:
+            return plan
+        later = attach_signals(plan, history) if compute else []
+        if plan.new:
+            plan.added = history.add_records([p.record for p in plan.new])
+        for md, dd, split_hash, sig in later:
+            history.store_signal_set(md, dd, split_hash or None, dict(sig.values), dict(sig.versions),
+                                     dict(sig.seconds))
+    return plan

@@ -1,0 +1,1 @@
+"""Built-in tracking plugins: mirror recorded runs to experiment trackers (MLflow)."""

@@ -1,4 +1,5 @@
-"""Where things live and which device to use: user-data directory, database URL, cache dir."""
+"""Where things live and which device to use: user-data directory, cache directory, adapters
+directory, and a validated torch device string."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 from pathlib import Path
 
 import platformdirs
+
+from .errors import ConfigError
 
 APP_NAME = "advisor"
 
@@ -20,18 +23,30 @@ def user_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Embedding cache directory (``ADVISOR_CACHE`` overrides)."""
+    """Cache directory: embeddings and decoded datasets, all of it safe to delete
+    (``platformdirs.user_cache_dir``, e.g. ``~/.cache/advisor``; ``ADVISOR_CACHE`` overrides)."""
     env = os.environ.get("ADVISOR_CACHE")
-    path = Path(env) if env else user_dir() / "cache"
+    path = Path(env) if env else Path(platformdirs.user_cache_dir(APP_NAME))
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def artifacts_dir() -> Path:
-    """Where trained adapters (safetensors) are written."""
-    path = user_dir() / "adapters"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+#: Suffix of the adapters directory kept beside a SQLite history (``runs.db`` -> ``runs.adapters/``).
+ADAPTERS_SUFFIX = ".adapters"
+
+
+def adapters_dir(history_file: Path | None, override: str | os.PathLike[str] | None = None) -> Path:
+    """Where a run's trained adapter goes: ``override`` (``--adapters-dir``) when given, else a
+    directory beside the SQLite history it belongs to (``<stem>.adapters/``), else (a server
+    database) ``<user data dir>/adapters``. The history stores paths relative to this
+    directory, so a history copied together with its adapters directory stays valid.
+    Not created here: only a run that writes an adapter creates it."""
+    if override is not None and str(override) != "":
+        return Path(override).expanduser().absolute()
+    if history_file is not None:
+        p = Path(history_file).expanduser().absolute()
+        return p.with_name(p.stem + ADAPTERS_SUFFIX)
+    return user_dir() / "adapters"
 
 
 def shipped_registry() -> Path | None:
@@ -55,14 +70,44 @@ def shipped_registry() -> Path | None:
 def default_device() -> str:
     """``cuda`` when a GPU is present, else ``cpu`` (``ADVISOR_DEVICE`` overrides)."""
     env = os.environ.get("ADVISOR_DEVICE")
-    if env:
-        return env
+    if env and env != "auto":
+        return check_device(env, "ADVISOR_DEVICE")
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_device(device: str | None) -> str:
+    """``device`` checked against this machine (``auto``/None: ``default_device()``)."""
     if device in (None, "", "auto"):
         return default_device()
-    return device
+    return check_device(str(device), "--device")
+
+
+DEVICE_KINDS = ("cpu", "cuda", "mps")
+
+
+def check_device(device: str, what: str = "--device") -> str:
+    """``device`` unchanged when this machine has it; else a one-line ``ConfigError``
+    (``banana``, ``cuda`` without a GPU, ``cuda:7`` on a one-GPU machine)."""
+    import torch
+
+    text = device.strip()
+    kind, _, index = text.partition(":")
+    if kind not in DEVICE_KINDS or (index and not index.isascii()) or (index and not index.isdigit()):
+        raise ConfigError(f"{what} {device!r} is not a device (use auto, cpu, cuda, cuda:N or mps)")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{what} {device!r}: this machine has no CUDA GPU (use cpu)")
+        if index and int(index) >= count:
+            raise ConfigError(f"{what} {device!r}: this machine has {count} CUDA GPU(s): cuda:0..cuda:{count - 1}")
+    if kind == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            raise ConfigError(f"{what} {device!r}: MPS (Apple GPU) is not available on this machine (use cpu)")
+        if index and int(index) != 0:
+            raise ConfigError(f"{what} {device!r}: there is only mps:0")
+    if kind == "cpu" and index and int(index) != 0:
+        raise ConfigError(f"{what} {device!r}: there is only one cpu device (use cpu)")
+    return text

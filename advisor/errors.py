@@ -42,3 +42,7 @@ class TrainingError(AdvisorError):
 
 class PredictorError(AdvisorError):
     """No usable predictor, or one trained on features that do not match."""
+
+
+class ConfigError(AdvisorError):
+    """A setting that this machine cannot honour: an unknown or absent device, a bad cache size."""

@@ -195,3 +195,19 @@ def test_csv_labels_that_are_unicode_digits_are_class_names(tmp_path, label):
     b = load_dataset(f"csv:{tmp_path / 't.csv'}")
     assert sorted(b.class_names) == sorted([label, "7"])
     assert [b.class_names[int(y)] for y in b.train.labels] == labels
+
+
+@pytest.mark.parametrize("command", ["signals", "recommend", "run"])
+def test_signals_recommend_and_run_refuse_a_one_class_dataset_before_embedding(tmp_path, cli, command, monkeypatch):
+    root = tmp_path / "one"
+    for i in range(3):
+        _png8(root / "only" / f"{i}.png", i)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ADVISOR_CACHE", str(cache))
+    args = [command, "--model", "tiny-vit", "--dataset", f"folder:{root}", "--db", str(tmp_path / "h.db")]
+    if command == "run":
+        args += ["--method", "coop", "--shots", "1"]
+    r = cli(*args)
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines()[-1].startswith("Error: dataset 'folder:one' has only one class")
+    assert not list(cache.rglob("*.npz"))

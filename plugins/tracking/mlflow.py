@@ -50,7 +50,8 @@ def mirror_run(run: Any, run_id: str, db_url: str) -> str:
     """Log one recorded run to MLflow; returns the MLflow run id. Raises on any failure."""
     from advisor.history.mlflow_fields import to_mlflow
 
-    rec = to_mlflow(_stored_row(run_id, db_url))
+    row, adapter = _stored_row(run_id, db_url)
+    rec = to_mlflow(row)
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -76,8 +77,7 @@ def mirror_run(run: Any, run_id: str, db_url: str) -> str:
         metrics += [Metric("loss", v, now, step) for step, v in enumerate(rec.loss)]
         client.log_batch(ml_id, metrics=metrics, params=[Param(k, v) for k, v in sorted(rec.params.items())],
                          tags=[RunTag(k, v) for k, v in sorted(rec.tags.items())])
-        adapter = rec.tags.get("advisor.adapter_path")
-        if adapter and Path(adapter).is_file():
+        if adapter is not None and adapter.is_file():
             client.log_artifact(ml_id, adapter, artifact_path=ADAPTER_ARTIFACT_DIR)
         client.set_terminated(ml_id, "FINISHED")
     except BaseException:
@@ -89,18 +89,25 @@ def mirror_run(run: Any, run_id: str, db_url: str) -> str:
     if rec.rejected:
         keys = ", ".join(f"{k} ({why})" for k, why in sorted(rec.rejected.items()))
         print(f"Warning: run {run_id} logged to MLflow without {keys}", file=sys.stderr)
-    if adapter and not Path(adapter).is_file():
+    if adapter is not None and not adapter.is_file():
         print(f"Warning: run {run_id}: adapter file {adapter} not found; not logged to MLflow", file=sys.stderr)
     return ml_id
 
 
-def _stored_row(run_id: str, db_url: str) -> dict[str, Any]:
+def _stored_row(run_id: str, db_url: str) -> tuple[dict[str, Any], Path | None]:
     """The run as the history committed it (with its recorded time and signal timings, which
-    the RunResult does not carry), so MLflow -> import gives the same row back."""
+    the RunResult does not carry), so MLflow -> import gives the same row back; and its adapter
+    file (the row stores it relative to the history's adapters directory)."""
+    from advisor.config import adapters_dir
     from advisor.history import open_history
 
     with open_history(db_url) as h:
-        return h.get_run(run_id)
+        row = h.get_run(run_id)
+        stored = row.get("adapter_path")
+        if not stored:
+            return row, None
+        path = Path(stored)
+        return row, path if path.is_absolute() else adapters_dir(h.path) / path
 
 
 def _where() -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .config import cache_dir
-from .errors import InputFileError
+from .errors import ConfigError, InputFileError
 from .specs import Embeddings, stable_hash
 
 #: Bump when the layout of cached arrays or the embedding arithmetic changes.
@@ -32,6 +32,7 @@ INDEX = "index.json"
 
 
 def embeddings_dir() -> Path:
+    max_bytes()  # a bad ADVISOR_CACHE_MAX_GB is refused at the first cache lookup, before embedding
     path = cache_dir() / SUBDIR
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -76,6 +77,7 @@ def save(key: str, emb: Embeddings) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     _index_add(key, emb.meta, target.stat().st_size)
+    evict(max_bytes(), keep=key)
     return target
 
 
@@ -86,7 +88,9 @@ def load(key: str) -> Embeddings | None:
     if not path.is_file():
         return None
     try:
-        return read_npz(path)
+        emb = read_npz(path)
+        _mark_used(path)
+        return emb
     except (OSError, ValueError, KeyError, InputFileError):
         path.unlink(missing_ok=True)
         return None
@@ -184,19 +188,129 @@ def entries() -> list[dict[str, Any]]:
             _write_index(index)
         except OSError:
             pass
-    return [{"key": k, **v} for k, v in sorted(index.items(), key=lambda kv: str(kv[1].get("created")))]
+    out = []
+    for k, v in sorted(index.items(), key=lambda kv: str(kv[1].get("created"))):
+        try:
+            used = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(files[k].stat().st_mtime))
+        except OSError:
+            used = None
+        out.append({"key": k, **v, "last_used": used})
+    return out
 
 
-def clear() -> tuple[int, int]:
-    """Delete every cached embedding; returns (files removed, bytes freed)."""
-    n = freed = 0
+def clear(older_than: float | None = None) -> tuple[int, int]:
+    """Delete cached embeddings: all of them, or (``older_than`` seconds) those not used for that
+    long (last use = the file's modification time, refreshed on every cache hit). Returns
+    (files removed, bytes freed)."""
     folder = embeddings_dir()
+    cutoff = None if older_than is None else time.time() - float(older_than)
+    n = freed = 0
     for p in list(folder.glob("*.npz")) + list(folder.glob(".*.npz")):
         try:
-            freed += p.stat().st_size
+            st = p.stat()
+            if cutoff is not None and st.st_mtime >= cutoff:
+                continue
             p.unlink()
-            n += 1
+        except FileNotFoundError:
+            continue
+        n += 1
+        freed += st.st_size
+    if older_than is None:
+        _index_path().unlink(missing_ok=True)
+    else:
+        _forget_missing()
+    return n, freed
+
+
+# ------------------------------------------------------------------------------ size cap
+
+#: Environment variable: the cache's size cap in gigabytes (10^9 bytes).
+MAX_GB_ENV = "ADVISOR_CACHE_MAX_GB"
+#: The cap when the variable is unset: a few hundred embeddings of a large dataset.
+DEFAULT_MAX_GB = 20.0
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def max_bytes() -> int:
+    """The size cap (``ADVISOR_CACHE_MAX_GB``, default 20); a bad value is a ConfigError."""
+    env = os.environ.get(MAX_GB_ENV)
+    if env is None or env.strip() == "":
+        return int(DEFAULT_MAX_GB * 1e9)
+    try:
+        gb = float(env)
+    except ValueError:
+        gb = float("nan")
+    if not (gb > 0 and gb < float("inf")):
+        raise ConfigError(f"{MAX_GB_ENV}={env!r} is not a positive number of gigabytes")
+    return int(gb * 1e9)
+
+
+def parse_duration(text: str) -> float:
+    """``"7d"``, ``"12h"``, ``"1d12h"``, ``"90m"``, ``"30s"``, ``"2w"`` -> seconds."""
+    import re
+
+    raw = str(text).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhdw])", raw)
+    if not raw or not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([smhdw])|\s+", "", raw):
+        raise ConfigError(f"duration {text!r} is not like 7d, 12h, 90m, 30s or 1d12h")
+    return float(sum(float(n) * _UNITS[u] for n, u in parts))
+
+
+def _mark_used(path: Path) -> None:
+    """Record a cache hit as the file's modification time: the eviction order (LRU)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # a read-only shared cache still serves hits
+
+
+def evict(limit: int, keep: str | None = None) -> tuple[int, int]:
+    """Delete least-recently-used files until the cache holds at most ``limit`` bytes (never
+    ``keep``, the file just written). Returns (files removed, bytes freed)."""
+    found = []
+    for p in embeddings_dir().glob("*.npz"):
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        found.append((st.st_mtime, st.st_size, p))
+    total = sum(size for _, size, _ in found)
+    n = freed = 0
+    for _, size, p in sorted(found, key=lambda t: t[0]):
+        if total <= limit:
+            break
+        if p.stem == keep:
+            continue
+        try:
+            p.unlink()
         except FileNotFoundError:
             pass
-    _index_path().unlink(missing_ok=True)
+        total -= size
+        n += 1
+        freed += size
+    if n:
+        _forget_missing()
     return n, freed
+
+
+def usage() -> tuple[int, int]:
+    """(files, bytes) currently in the embedding cache."""
+    sizes = []
+    for p in embeddings_dir().glob("*.npz"):
+        try:
+            sizes.append(p.stat().st_size)
+        except FileNotFoundError:
+            pass
+    return len(sizes), int(sum(sizes))
+
+
+def _forget_missing() -> None:
+    index = _read_index()
+    present = {p.stem for p in embeddings_dir().glob("*.npz")}
+    kept = {k: v for k, v in index.items() if k in present}
+    if len(kept) != len(index):
+        try:
+            _write_index(kept)
+        except OSError:
+            pass

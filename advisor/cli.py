@@ -430,11 +430,18 @@ def cache_group() -> None:
 
 
 @cache_group.command(name="path")
-def cache_path() -> None:
-    """Print the cache directory."""
-    from .cache import embeddings_dir
+@json_option
+def cache_path(as_json: bool) -> None:
+    """Print the embedding cache directory (under the user cache dir; env ADVISOR_CACHE moves it,
+    ADVISOR_CACHE_MAX_GB caps its size, least recently used files going first)."""
+    from .cache import embeddings_dir, max_bytes, usage
 
-    click.echo(str(embeddings_dir()))
+    folder = embeddings_dir()
+    if as_json:
+        files, size = usage()
+        emit_json({"path": str(folder), "files": files, "bytes": size, "max_bytes": max_bytes()})
+        return
+    click.echo(str(folder))
 
 
 @cache_group.command(name="list")
@@ -448,18 +455,27 @@ def cache_list(as_json: bool) -> None:
         emit_json(rows)
         return
     print_table([{**r, "key": r["key"][:12]} for r in rows],
-                ["key", "model", "dataset", "split", "shots", "seed", "n", "d", "with_layers", "image_size", "bytes", "created"])
+                ["key", "model", "dataset", "split", "shots", "seed", "n", "d", "with_layers", "image_size", "bytes",
+                 "last_used"])
 
 
 @cache_group.command(name="clear")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def cache_clear(yes: bool) -> None:
-    """Delete every cached embedding."""
-    from .cache import clear, embeddings_dir
+@click.option("--older-than", "older_than", default=None, metavar="DURATION",
+              help="Only embeddings not used for this long: 7d, 12h, 90m, 1d12h (no confirmation asked).")
+@json_option
+def cache_clear(yes: bool, older_than: str | None, as_json: bool) -> None:
+    """Delete cached embeddings: all of them, or those unused for --older-than."""
+    from .cache import clear, embeddings_dir, parse_duration
 
-    if not yes and sys.stdin.isatty():
-        click.confirm(f"Delete all cached embeddings in {embeddings_dir()}?", abort=True)
-    n, freed = clear()
+    seconds = parse_duration(older_than) if older_than is not None else None
+    folder = embeddings_dir()
+    if seconds is None and not yes and sys.stdin.isatty():
+        click.confirm(f"Delete all cached embeddings in {folder}?", abort=True, err=True)
+    n, freed = clear(older_than=seconds)
+    if as_json:
+        emit_json({"path": str(folder), "removed": n, "bytes_freed": freed, "older_than_s": seconds})
+        return
     click.echo(f"Removed {n} file(s), {freed / 1e6:.1f} MB")
 
 

@@ -40,11 +40,11 @@ def tmp_db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def history(tmp_db: Path) -> Any:
-    """An open, migrated, empty history in a real SQLite file."""
+def history(history_url: str) -> Any:
+    """An open, migrated, empty history: a real SQLite file, then a real PostgreSQL database."""
     from advisor.history import open_history
 
-    h = open_history(str(tmp_db))
+    h = open_history(history_url)
     yield h
     h.close()
 
@@ -114,3 +114,50 @@ def popen_advisor(*args: str, env: dict[str, str] | None = None) -> subprocess.P
     code = "import sys; from advisor.cli import cli; sys.exit(cli())"
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=full_env)
+
+
+# --------------------------------------------------------------------------- SQLite and PostgreSQL
+
+REQUIRE_POSTGRES = "ADVISOR_REQUIRE_POSTGRES"  # set by .ci/run: no PostgreSQL server is a failure, not a skip
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Any:
+    """A real PostgreSQL server for the session (tests/pg.py); skipped, with the reason, when
+    it cannot be started here, unless ADVISOR_REQUIRE_POSTGRES=1."""
+    from pg import PostgresServer, Unavailable
+
+    try:
+        server = PostgresServer()
+    except Unavailable as exc:
+        if os.environ.get(REQUIRE_POSTGRES) == "1":
+            pytest.fail(f"PostgreSQL required ({REQUIRE_POSTGRES}=1) but unavailable: {exc}")
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def history_url(request: Any, tmp_path: Path) -> Any:
+    """The URL of an empty history database (not created yet), once per backend."""
+    if request.param == "sqlite":
+        yield "sqlite:///" + str(tmp_path / "history.db")
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.new_database()
+    yield url
+    server.drop_database(url)
+
+
+def count_rows(url: str, table: str) -> int:
+    """Rows of ``table`` seen by an independent connection (0 when the table does not exist)."""
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if table not in inspect(conn).get_table_names():
+                return 0
+            return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+    finally:
+        engine.dispose()

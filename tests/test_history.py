@@ -1,4 +1,5 @@
-"""The History store on real SQLite files: recording, retries, signals, predictors, location."""
+"""The History store on a real SQLite file and a real PostgreSQL database (the ``history`` and
+``history_url`` fixtures run each test on both): recording, retries, signals, predictors, location."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from conftest import make_run
+from conftest import count_rows, make_run
 
 import advisor
 from advisor.errors import HistoryError
@@ -24,15 +25,7 @@ from advisor.history import (
 from advisor.history.store import default_path
 
 
-def _count(db: Path, table: str) -> int:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    finally:
-        con.close()
-
-
-def test_record_run_stores_every_runresult_field(history, tmp_db):
+def test_record_run_stores_every_runresult_field(history, history_url):
     run = make_run()
     run_id = history.record_run(run)
     [row] = history.training_rows()
@@ -46,28 +39,28 @@ def test_record_run_stores_every_runresult_field(history, tmp_db):
     assert row["signal_versions"] == run.signal_versions
     assert row["model_desc"] == {"name": "tiny-vit", "pretrained": None, "source": None, **run.model_desc}
     assert row["dataset_desc"] == {"name": "digits", **run.dataset_desc}
-    assert _count(tmp_db, "runs") == 1
-    assert _count(tmp_db, "signal_values") == 2
+    assert count_rows(history_url, "runs") == 1
+    assert count_rows(history_url, "signal_values") == 2
 
 
-def test_retried_run_is_recorded_once(history, tmp_db):
+def test_retried_run_is_recorded_once(history, history_url):
     first = history.record_run(make_run())
     again = history.record_run(make_run(wall_time_s=99.0))  # same configuration and seed: a retry
     assert again == first
-    assert _count(tmp_db, "runs") == 1
+    assert count_rows(history_url, "runs") == 1
     other_seed = history.record_run(make_run(seed=1))
     assert other_seed != first
-    assert _count(tmp_db, "runs") == 2
+    assert count_rows(history_url, "runs") == 2
 
 
-def test_runs_share_model_dataset_and_identical_signal_sets(history, tmp_db):
+def test_runs_share_model_dataset_and_identical_signal_sets(history, history_url):
     for method in ("lora", "coop", "full"):
         history.record_run(make_run(method=method))
-    assert _count(tmp_db, "models") == 1
-    assert _count(tmp_db, "datasets") == 1
-    assert _count(tmp_db, "signal_sets") == 1
+    assert count_rows(history_url, "models") == 1
+    assert count_rows(history_url, "datasets") == 1
+    assert count_rows(history_url, "signal_sets") == 1
     history.record_run(make_run(method="contcoop", model_desc={"image_size": 96}))  # another resolution
-    assert _count(tmp_db, "models") == 2
+    assert count_rows(history_url, "models") == 2
 
 
 def test_runs_filters_and_order(history):
@@ -99,18 +92,18 @@ def test_training_rows_fill_signals_measured_later(history):
     assert row["signals"] == {"iimm": 0.3125, "modality_gap": 0.8125, "new_metric": 0.5}
 
 
-def test_store_signal_set_rejects_non_finite(history, tmp_db):
+def test_store_signal_set_rejects_non_finite(history, history_url):
     with pytest.raises(HistoryError, match="'gap' is not a finite number"):
         history.store_signal_set({"name": "m"}, {"name": "d"}, None, {"gap": float("nan")})
-    assert _count(tmp_db, "signal_sets") == 0
+    assert count_rows(history_url, "signal_sets") == 0
 
 
-def test_record_run_validates_like_an_import(history, tmp_db):
+def test_record_run_validates_like_an_import(history, history_url):
     with pytest.raises(HistoryError, match=r"column id_acc_after: 1\.5 is not an accuracy within \[0, 1\]"):
         history.record_run(make_run(id_acc_after=1.5))
     with pytest.raises(HistoryError, match=r"column ood_before: 'mnist-5k': -0.5 is not an accuracy"):
         history.record_run(make_run(ood_before={"mnist-5k": -0.5}))
-    assert _count(tmp_db, "runs") == 0
+    assert count_rows(history_url, "runs") == 0
 
 
 def test_record_run_accepts_numpy_values(history):
@@ -124,14 +117,14 @@ def test_record_run_accepts_numpy_values(history):
     assert row["dataset.domain"] == ["digits"] and row["dataset.is_grayscale"] is True
 
 
-def test_module_level_record_run_and_public_api(tmp_db):
-    rid = advisor.record_run(make_run(), db=str(tmp_db))
-    assert record_run(make_run(), db=str(tmp_db)) == rid
-    with open_history(str(tmp_db)) as h:
+def test_module_level_record_run_and_public_api(history_url):
+    rid = advisor.record_run(make_run(), db=history_url)
+    assert record_run(make_run(), db=history_url) == rid
+    with open_history(history_url) as h:
         assert [r["run_id"] for r in h.runs()] == [rid]
 
 
-def test_on_run_recorded_runs_after_commit(history, tmp_db):
+def test_on_run_recorded_runs_after_commit(history, history_url):
     from advisor.hookspecs import hookimpl
     from advisor.plugins import load_plugins
 
@@ -141,7 +134,7 @@ def test_on_run_recorded_runs_after_commit(history, tmp_db):
         @hookimpl
         def on_run_recorded(self, run, run_id, db_url):
             # Committed: visible to an independent connection.
-            seen.append((run_id, db_url, _count(tmp_db, "runs")))
+            seen.append((run_id, db_url, count_rows(history_url, "runs")))
 
     class Broken:
         @hookimpl
@@ -158,7 +151,7 @@ def test_on_run_recorded_runs_after_commit(history, tmp_db):
         pm.unregister(name="watcher")
         pm.unregister(name="broken")
     assert seen == [(rid, history.url, 1)]
-    assert _count(tmp_db, "runs") == 1
+    assert count_rows(history_url, "runs") == 1
 
 
 def test_predictors_round_trip(history):
@@ -247,7 +240,8 @@ def test_record_run_takes_integral_floats_as_integers(history):
         history.record_run(make_run(seed=9, model_desc={"image_size": 64.5}))
 
 
-def test_read_only_url_reads_without_touching_the_file(history, tmp_db):
+def test_read_only_url_reads_without_touching_the_file(tmp_db):
+    history = open_history(str(tmp_db))
     history.record_run(make_run())
     history.close()
     with sqlite3.connect(tmp_db) as con:  # a file as shipped: rollback journal, not WAL

@@ -1,5 +1,6 @@
 """``advisor history`` add / list / show / export / path, round trips, and every bad input:
-one line naming the problem, non-zero exit, no traceback, no row written."""
+one line naming the problem, non-zero exit, no traceback, no row written. Each test that is not
+about SQLite files runs on a real SQLite file and a real PostgreSQL database (``history_url``)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import make_run
+from conftest import count_rows, make_run
 
-from advisor.history import SCHEMA_VERSION, open_history
+from advisor.history import SCHEMA_VERSION, location, open_history
 
 HEADER = ["run_id", "model", "pretrained", "dataset", "method", "shots", "seed", "hparams", "id_acc_before",
           "id_acc_after", "ood_before", "ood_after", "wall_time_s", "model.image_size", "dataset.fingerprint",
@@ -69,26 +70,26 @@ def assert_one_line_error(result, *fragments: str, code: int = 1) -> str:
 # --------------------------------------------------------------------------- happy paths
 
 
-def test_add_list_show(cli, runs_csv, tmp_db):
-    r = cli("history", "add", str(runs_csv), "--db", str(tmp_db))
+def test_add_list_show(cli, runs_csv, history_url):
+    r = cli("history", "add", str(runs_csv), "--db", history_url)
     assert r.exit_code == 0, r.output
-    assert r.stdout.strip() == f"Added 3 runs to {tmp_db}"
-    listed = json.loads(cli("history", "list", "--db", str(tmp_db), "--json").stdout)
+    assert r.stdout.strip() == f"Added 3 runs to {location(history_url)}"
+    listed = json.loads(cli("history", "list", "--db", history_url, "--json").stdout)
     assert [x["run_id"] for x in listed] == ["r1", "r2", "r3"]
     assert listed[0]["hparams"] == {"lr": 0.001, "rank": 4}
     assert listed[0]["signal.iimm"] == 0.3125 and listed[0]["signal_versions"] == {"iimm": "1"}
     assert listed[2]["shots"] is None and listed[2]["hparams"] == {} and "signal.modality_gap" not in listed[2]
-    only = json.loads(cli("history", "list", "--db", str(tmp_db), "--json", "--method", "coop").stdout)
+    only = json.loads(cli("history", "list", "--db", history_url, "--json", "--method", "coop").stdout)
     assert [x["run_id"] for x in only] == ["r2"]
-    assert json.loads(cli("history", "list", "--db", str(tmp_db), "--json", "--dataset", "textile").stdout)[0]["run_id"] == "r3"
-    table = cli("history", "list", "--db", str(tmp_db), "--model", "tiny-vit").stdout.splitlines()
+    assert json.loads(cli("history", "list", "--db", history_url, "--json", "--dataset", "textile").stdout)[0]["run_id"] == "r3"
+    table = cli("history", "list", "--db", history_url, "--model", "tiny-vit").stdout.splitlines()
     assert table[0].split() == ["run_id", "recorded", "model", "dataset", "method", "shots", "seed", "acc_before",
                                 "acc_after", "gain"]
     assert [line.split()[0] for line in table[2:]] == ["r1", "r2"]
     assert table[2].split()[-1] == "0.5"  # gain 0.75 - 0.25
-    shown = json.loads(cli("history", "show", "r2", "--db", str(tmp_db), "--json").stdout)
+    shown = json.loads(cli("history", "show", "r2", "--db", history_url, "--json").stdout)
     assert shown["method"] == "coop" and shown["id_acc_after"] == 0.5 and shown["wall_time_s"] == 3.0
-    text = cli("history", "show", "r1", "--db", str(tmp_db)).stdout
+    text = cli("history", "show", "r1", "--db", history_url).stdout
     assert re.search(r"^id_acc_after +0\.75$", text, re.M)
 
 
@@ -103,30 +104,31 @@ def test_path(cli, tmp_db):
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_add_export_add_export_is_byte_identical(cli, runs_csv, tmp_path, fmt):
-    db1, db2 = tmp_path / "one.db", tmp_path / "two.db"
-    assert cli("history", "add", str(runs_csv), "--db", str(db1)).exit_code == 0
-    with open_history(str(db1)) as h:  # a run recorded by `advisor run` has every field set
+def test_add_export_add_export_is_byte_identical(cli, runs_csv, tmp_path, fmt, history_url):
+    """Into the backend under test, out, into a SQLite file, out again: the same bytes."""
+    db1, db2 = history_url, tmp_path / "two.db"
+    assert cli("history", "add", str(runs_csv), "--db", db1).exit_code == 0
+    with open_history(db1) as h:  # a run recorded by `advisor run` has every field set
         h.record_run(make_run(run_id="full", model_desc={"image_size": 64, "params": 5, "identity": "w1"},
                               dataset_desc={"fingerprint": "fp-d", "extra_tag": [1, 2]}))
         h.store_signal_set({"name": "tiny-vit", "image_size": 64}, {"name": "digits", "fingerprint": "fp-d"},
                            "x", {"iimm": 0.5}, {}, {"iimm": 0.25})
     first = tmp_path / f"first.{fmt}"
-    r = cli("history", "export", "--format", fmt, "-o", str(first), "--db", str(db1))
+    r = cli("history", "export", "--format", fmt, "-o", str(first), "--db", db1)
     assert r.exit_code == 0 and r.stderr.strip() == f"Exported 4 runs to {first}"
     r = cli("history", "add", str(first), "--db", str(db2))
     assert r.stdout.strip() == f"Added 4 runs to {db2}"
     second = cli("history", "export", "--format", fmt, "--db", str(db2)).stdout
     assert second == first.read_text(encoding="utf-8")
-    with open_history(str(db1)) as h1, open_history(str(db2)) as h2:
+    with open_history(db1) as h1, open_history(str(db2)) as h2:
         assert h1.runs() == h2.runs()
         assert h1.training_rows()[3]["model_desc"]["identity"] == "w1"
 
 
-def test_export_csv_and_jsonl_carry_the_same_rows(cli, runs_csv, tmp_db):
-    cli("history", "add", str(runs_csv), "--db", str(tmp_db))
-    csv_text = cli("history", "export", "--db", str(tmp_db)).stdout
-    jsonl = [json.loads(x) for x in cli("history", "export", "--format", "jsonl", "--db", str(tmp_db)).stdout.splitlines()]
+def test_export_csv_and_jsonl_carry_the_same_rows(cli, runs_csv, history_url):
+    cli("history", "add", str(runs_csv), "--db", history_url)
+    csv_text = cli("history", "export", "--db", history_url).stdout
+    jsonl = [json.loads(x) for x in cli("history", "export", "--format", "jsonl", "--db", history_url).stdout.splitlines()]
     rows = list(csv.DictReader(io.StringIO(csv_text)))
     assert list(rows[0]) == list(jsonl[0])
     assert [r["run_id"] for r in rows] == [j["run_id"] for j in jsonl] == ["r1", "r2", "r3"]
@@ -134,14 +136,14 @@ def test_export_csv_and_jsonl_carry_the_same_rows(cli, runs_csv, tmp_db):
     assert rows[2]["signal.modality_gap"] == "" and jsonl[2]["signal.modality_gap"] is None
 
 
-def test_add_json_array_and_jsonl(cli, tmp_path, tmp_db):
+def test_add_json_array_and_jsonl(cli, tmp_path, history_url):
     row = {"model": "m", "dataset": "d", "method": "lora", "seed": 0, "id_acc_before": 0, "id_acc_after": 1,
            "hparams": {"lr": 0.1}, "signal.iimm": 0.5}
     (tmp_path / "a.json").write_text(json.dumps([row, {**row, "seed": 1}]))
     (tmp_path / "b.jsonl").write_text(json.dumps({**row, "seed": 2}) + "\n\n" + json.dumps({**row, "seed": 3}) + "\n")
-    assert cli("history", "add", str(tmp_path / "a.json"), "--db", str(tmp_db)).stdout.startswith("Added 2 runs")
-    assert cli("history", "add", str(tmp_path / "b.jsonl"), "--db", str(tmp_db)).stdout.startswith("Added 2 runs")
-    seeds = [r["seed"] for r in json.loads(cli("history", "list", "--json", "--db", str(tmp_db)).stdout)]
+    assert cli("history", "add", str(tmp_path / "a.json"), "--db", history_url).stdout.startswith("Added 2 runs")
+    assert cli("history", "add", str(tmp_path / "b.jsonl"), "--db", history_url).stdout.startswith("Added 2 runs")
+    seeds = [r["seed"] for r in json.loads(cli("history", "list", "--json", "--db", history_url).stdout)]
     assert seeds == [0, 1, 2, 3]
 
 
@@ -187,11 +189,11 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
-def test_bad_history_file_adds_nothing(cli, tmp_path, tmp_db, case):
+def test_bad_history_file_adds_nothing(cli, tmp_path, history_url, case):
     header, rows, fragments = BAD_FILES[case]
     path = write_csv(tmp_path / "bad.csv", header, rows)
-    assert_one_line_error(cli("history", "add", str(path), "--db", str(tmp_db)), str(path), *fragments)
-    assert count_runs(tmp_db) == 0
+    assert_one_line_error(cli("history", "add", str(path), "--db", history_url), str(path), *fragments)
+    assert count_rows(history_url, "runs") == 0
 
 
 @pytest.mark.parametrize("content, fragment", [
@@ -209,62 +211,68 @@ def test_bad_history_file_adds_nothing(cli, tmp_path, tmp_db, case):
     ('[{"model": "m", "dataset": "d", "method": "x", "seed": 0, "id_acc_before": 0.1}]',
      "missing required column id_acc_after"),
 ])
-def test_bad_json_file_adds_nothing(cli, tmp_path, tmp_db, content, fragment):
+def test_bad_json_file_adds_nothing(cli, tmp_path, history_url, content, fragment):
     path = tmp_path / "bad.json"
     path.write_text(content)
-    assert_one_line_error(cli("history", "add", str(path), "--db", str(tmp_db)), fragment)
-    assert count_runs(tmp_db) == 0
+    assert_one_line_error(cli("history", "add", str(path), "--db", history_url), fragment)
+    assert count_rows(history_url, "runs") == 0
 
 
-def test_bad_jsonl_line_is_named(cli, tmp_path, tmp_db):
+def test_bad_jsonl_line_is_named(cli, tmp_path, history_url):
     good = json.dumps({"model": "m", "dataset": "d", "method": "x", "seed": 0, "id_acc_before": 0.1, "id_acc_after": 0.2})
     path = tmp_path / "bad.jsonl"
     path.write_text(good + "\n" + good.replace('"seed": 0', '"seed": 1') + "\n[1]\n")
-    assert_one_line_error(cli("history", "add", str(path), "--db", str(tmp_db)), "line 3: expected a JSON object")
-    assert count_runs(tmp_db) == 0
+    assert_one_line_error(cli("history", "add", str(path), "--db", history_url), "line 3: expected a JSON object")
+    assert count_rows(history_url, "runs") == 0
 
 
-def test_ragged_csv_row(cli, tmp_path, tmp_db):
+def test_ragged_csv_row(cli, tmp_path, history_url):
     path = tmp_path / "bad.csv"
     path.write_text(",".join(HEADER) + "\n" + ",".join(ROWS[0][:5]) + "\n")
-    assert_one_line_error(cli("history", "add", str(path), "--db", str(tmp_db)), "row 1 has 5 cells but the header has 20")
+    assert_one_line_error(cli("history", "add", str(path), "--db", history_url), "row 1 has 5 cells but the header has 20")
 
 
-def test_duplicate_run_id_against_database_adds_nothing(cli, runs_csv, tmp_path, tmp_db):
-    cli("history", "add", str(runs_csv), "--db", str(tmp_db))
+def test_duplicate_run_id_against_database_adds_nothing(cli, runs_csv, tmp_path, history_url):
+    cli("history", "add", str(runs_csv), "--db", history_url)
     new = [list(r) for r in ROWS]
     for i, r in enumerate(new):
         r[HEADER.index("seed")] = str(10 + i)  # new configurations ...
     new[0][0], new[1][0], new[2][0] = "n1", "r2", "n3"  # ... but one id already recorded
     path = write_csv(tmp_path / "more.csv", HEADER, new)
-    assert_one_line_error(cli("history", "add", str(path), "--db", str(tmp_db)), "row 2: run_id 'r2' is already in the database")
-    assert count_runs(tmp_db) == 3  # n1, parsed and inserted before row 2 failed, was rolled back
+    assert_one_line_error(cli("history", "add", str(path), "--db", history_url), "row 2: run_id 'r2' is already in the database")
+    assert count_rows(history_url, "runs") == 3  # n1, parsed and inserted before row 2 failed, was rolled back
 
 
-def test_same_run_again_against_database_adds_nothing(cli, runs_csv, tmp_path, tmp_db):
-    cli("history", "add", str(runs_csv), "--db", str(tmp_db))
+def test_same_run_again_against_database_adds_nothing(cli, runs_csv, tmp_path, history_url):
+    cli("history", "add", str(runs_csv), "--db", history_url)
     new = [list(r) for r in ROWS]
     new[0][0], new[1][0], new[2][0] = "n1", "n2", "n3"
     path = write_csv(tmp_path / "again.csv", HEADER, new)
-    assert_one_line_error(cli("history", "add", str(path), "--db", str(tmp_db)),
+    assert_one_line_error(cli("history", "add", str(path), "--db", history_url),
                           "row 1: a run with the same model, dataset, method, shots, hparams, split and seed is "
                           "already in the database (run 'r1')")
-    assert count_runs(tmp_db) == 3
+    assert count_rows(history_url, "runs") == 3
 
 
 # --------------------------------------------------------------------------- bad databases
 
 
-def test_newer_schema(cli, runs_csv, tmp_db):
-    open_history(str(tmp_db)).close()
-    con = sqlite3.connect(tmp_db)
-    con.execute("INSERT INTO schema_migrations VALUES (42, 'm042_future', '2030-01-01T00:00:00+00:00')")
-    con.commit()
-    con.close()
+def _execute(url: str, sql: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(sql))
+    engine.dispose()
+
+
+def test_newer_schema(cli, runs_csv, history_url):
+    open_history(history_url).close()
+    _execute(history_url, "INSERT INTO schema_migrations VALUES (42, 'm042_future', '2030-01-01T00:00:00+00:00')")
     for args in (["add", str(runs_csv)], ["list"], ["export"]):
-        assert_one_line_error(cli("history", *args, "--db", str(tmp_db)),
+        assert_one_line_error(cli("history", *args, "--db", history_url),
                               f"database schema version 42 is newer than this advisor supports ({SCHEMA_VERSION}); upgrade advisor")
-    assert count_runs(tmp_db) == 0
+    assert count_rows(history_url, "runs") == 0
 
 
 def test_read_only_database_url(cli, runs_csv, tmp_db):
@@ -313,17 +321,29 @@ def test_corrupt_database_file_is_left_alone(cli, runs_csv, tmp_db):
     assert tmp_db.read_bytes() == before
 
 
-def test_locked_database_gives_up_after_the_timeout(cli, runs_csv, tmp_db):
-    open_history(str(tmp_db)).close()
-    holder = sqlite3.connect(tmp_db, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
+def test_locked_database_gives_up_after_the_timeout(cli, runs_csv, history_url):
+    """Another process holds the write lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: an exclusive
+    table lock): the add waits ADVISOR_DB_TIMEOUT seconds, then says so in one line."""
+    from sqlalchemy import create_engine
+
+    open_history(history_url).close()
+    engine = create_engine(history_url)
+    holder = engine.raw_connection()
+    cur = holder.cursor()
+    if history_url.startswith("sqlite"):
+        holder.driver_connection.isolation_level = None
+        cur.execute("BEGIN IMMEDIATE")
+    else:
+        cur.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
     try:
-        result = cli("history", "add", str(runs_csv), "--db", str(tmp_db), env={"ADVISOR_DB_TIMEOUT": "0.2"})
-        assert_one_line_error(result, f"database {tmp_db} is locked by another process (gave up after 0.2 s")
+        result = cli("history", "add", str(runs_csv), "--db", history_url, env={"ADVISOR_DB_TIMEOUT": "0.2"})
+        assert_one_line_error(result, f"database {location(history_url)} is locked by another process "
+                                      "(gave up after 0.2 s")
     finally:
-        holder.execute("ROLLBACK")
+        holder.rollback()
         holder.close()
-    assert count_runs(tmp_db) == 0
+        engine.dispose()
+    assert count_rows(history_url, "runs") == 0
 
 
 def test_missing_directory_and_bad_urls(cli, tmp_path):
@@ -334,9 +354,9 @@ def test_missing_directory_and_bad_urls(cli, tmp_path):
     assert_one_line_error(cli("history", "list", "--db", "://"), "bad database URL")
 
 
-def test_unknown_run_and_bad_export_target(cli, tmp_db, tmp_path):
-    assert_one_line_error(cli("history", "show", "zzz", "--db", str(tmp_db)), "no run with id 'zzz'")
-    assert_one_line_error(cli("history", "export", "-o", str(tmp_path / "no" / "x.csv"), "--db", str(tmp_db)),
+def test_unknown_run_and_bad_export_target(cli, history_url, tmp_path):
+    assert_one_line_error(cli("history", "show", "zzz", "--db", history_url), "no run with id 'zzz'")
+    assert_one_line_error(cli("history", "export", "-o", str(tmp_path / "no" / "x.csv"), "--db", history_url),
                           "cannot write")
 
 

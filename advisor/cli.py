@@ -271,9 +271,11 @@ def history_list(model: str | None, dataset: str | None, method: str | None, as_
     print_table(rows)
     for p in unsignalled:  # e.g. imported runs: the predictor needs the pair's signals
         pretrained = f" --pretrained {p['pretrained']}" if p["pretrained"] else ""
-        click.echo(f"Note: {p['model']} on {p['dataset']} ({p['runs']} run{'' if p['runs'] == 1 else 's'}) has no "
-                   f"signals yet: advisor signals --model {p['model']}{pretrained} --dataset {p['dataset']} "
-                   f"(or history import-mlflow --compute-signals)")
+        how = (f"advisor signals --model {p['model']}{pretrained} --dataset {p['dataset']}" if p["full_key"] else
+               "its runs lack model.image_size or dataset.fingerprint, the key `advisor signals` stores "
+               "under (history import-mlflow --compute-signals attaches signals to such runs)")
+        click.echo(f"Note: {p['model']} on {p['dataset']} ({p['runs']} run{'' if p['runs'] == 1 else 's'}) "
+                   f"has no signals yet: {how}")
 
 
 @history_group.command(name="show")

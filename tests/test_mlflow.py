@@ -247,7 +247,12 @@ def test_pairs_without_signals_are_kept_and_named_by_history_list(team_experimen
     assert res.exit_code == 0, res.output
     assert "Signals for no-such-model on digits: not computed: unknown model 'no-such-model'" in res.stdout
     listed = cli("history", "list", "--db", str(db))
-    assert ("Note: no-such-model on digits (1 run) has no signals yet: advisor signals --model no-such-model "
+    assert ("Note: no-such-model on digits (1 run) has no signals yet: its runs lack model.image_size or "
+            "dataset.fingerprint") in listed.stdout
+    with open_history(str(db)) as h:  # a pair that carries its full key gets the `advisor signals` command
+        h.record_run(make_run(signals={}, signal_versions={}))
+    listed = cli("history", "list", "--db", str(db))
+    assert ("Note: tiny-vit on digits (1 run) has no signals yet: advisor signals --model tiny-vit "
             "--dataset digits") in listed.stdout
 
 

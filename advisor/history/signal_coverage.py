@@ -15,14 +15,18 @@ from .keys import dataset_key, model_key
 
 def pairs_without_signals(history: Any, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """For the flat rows given (``History.runs()``): one entry per pair without signals, with
-    its model, pretrained tag, dataset and number of runs, in first-seen order."""
+    its model, pretrained tag, dataset, number of runs and whether the runs carry the full pair
+    key (model image size and dataset fingerprint), in first-seen order."""
     pairs: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
         md = {"name": r.get("model"), "pretrained": r.get("pretrained"), "image_size": r.get("model.image_size")}
         dd = {"name": r.get("dataset"), "fingerprint": r.get("dataset.fingerprint")}
         key = (model_key(md), dataset_key(dd))
         entry = pairs.setdefault(key, {"model": md["name"], "pretrained": md["pretrained"], "dataset": dd["name"],
-                                       "runs": 0, "has_signals": False})
+                                       "runs": 0, "has_signals": False,
+                                       # `advisor signals` stores under the loaded pair's full key, so
+                                       # it reaches these runs only when they carry that key
+                                       "full_key": md["image_size"] is not None and dd["fingerprint"] is not None})
         entry["runs"] += 1
         if any(k.startswith(hio.SIGNAL_PREFIX) and v is not None for k, v in r.items()):
             entry["has_signals"] = True

@@ -187,6 +187,7 @@ def m003_sweeps(conn: Connection) -> None:
         Column("sweep_id", Text, nullable=False),
         Column("job_key", Text, nullable=False),
         Column("position", Integer, nullable=False),
+        Column("stage", Integer, nullable=False),
         Column("pair", Text, nullable=False),
         Column("config", JSON, nullable=False),
         Column("status", Text, nullable=False),

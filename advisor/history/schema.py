@@ -196,6 +196,7 @@ class SweepJob(Base):
     sweep_id: Mapped[str]
     job_key: Mapped[str]
     position: Mapped[int]
+    stage: Mapped[int]  # the sweep block: earlier blocks are claimed first
     pair: Mapped[str]  # model|dataset: a worker prefers jobs of the pair it has loaded
     config: Mapped[dict[str, Any]]
     status: Mapped[str]

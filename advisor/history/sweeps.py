@@ -71,12 +71,12 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def register_sweep(h: History, sweep_id: str, spec: Mapping[str, Any], executor: str,
-                   jobs: Sequence[tuple[str, str, Mapping[str, Any]]], stale_after_s: float) -> dict[str, int]:
+                   jobs: Sequence[tuple[str, str, int, Mapping[str, Any]]], stale_after_s: float) -> dict[str, int]:
     """Create or resume a sweep: insert missing jobs (key, pair, config) as queued; mark jobs
     whose run is already in the history as done (skipped if the sweep never ran them); turn
     stale running jobs into failed; re-queue failed ones (a new start re-submits failures).
     Returns counts: total, to_run, recorded (already in the history), running_elsewhere."""
-    configs = [dict(c) for _, _, c in jobs]
+    configs = [dict(c) for _, _, _, c in jobs]
     recorded = recorded_runs(h, configs)
     now = time.time()
 
@@ -92,11 +92,11 @@ def register_sweep(h: History, sweep_id: str, spec: Mapping[str, Any], executor:
         done_ids = [j.run_id for j in existing.values() if j.status in (DONE, SKIPPED) and j.run_id]
         present = set(s.scalars(select(Run.run_id).where(Run.run_id.in_(done_ids)))) if done_ids else set()
         counts = {"total": len(jobs), "to_run": 0, "recorded": 0, "running_elsewhere": 0}
-        for pos, (key, pair, config) in enumerate(jobs):
+        for pos, (key, pair, stage, config) in enumerate(jobs):
             job = existing.get(key)
             if job is None:
-                job = SweepJob(sweep_id=sweep_id, job_key=key, position=pos, pair=pair, config=dict(config),
-                               status=QUEUED, attempts=0)
+                job = SweepJob(sweep_id=sweep_id, job_key=key, position=pos, stage=stage, pair=pair,
+                               config=dict(config), status=QUEUED, attempts=0)
                 s.add(job)
             if job.status in (DONE, SKIPPED) and job.run_id in present:
                 counts["recorded"] += 1
@@ -122,17 +122,18 @@ def register_sweep(h: History, sweep_id: str, spec: Mapping[str, Any], executor:
 
 def claim(h: History, sweep_id: str, worker: str, prefer_pair: str | None = None,
           keys: Iterable[str] | None = None) -> dict[str, Any] | None:
-    """Take the next queued job (one of ``keys`` if given), preferring ``prefer_pair``; mark it
-    running with a fresh heartbeat. None when nothing is left."""
+    """Take the next queued job (one of ``keys`` if given): the earliest stage (sweep block)
+    first, within it the pair this worker has loaded, then plan order; mark it running with a
+    fresh heartbeat. None when nothing is left."""
     key_list = list(keys) if keys is not None else None
 
     def tx(s: Session) -> dict[str, Any] | None:
         q = select(SweepJob).where(SweepJob.sweep_id == sweep_id, SweepJob.status == QUEUED)
         if key_list is not None:
             q = q.where(SweepJob.job_key.in_(key_list))
-        order = [SweepJob.position]
+        order = [SweepJob.stage, SweepJob.position]
         if prefer_pair:
-            order.insert(0, case((SweepJob.pair == prefer_pair, 0), else_=1))
+            order.insert(1, case((SweepJob.pair == prefer_pair, 0), else_=1))
         q = q.order_by(*order).limit(1)
         if h.engine.dialect.name == "postgresql":
             q = q.with_for_update(skip_locked=True)
@@ -282,7 +283,8 @@ def _by_prefix(s: Session, prefix: str, display: str) -> Sweep:
 
 
 def _job_dict(j: SweepJob) -> dict[str, Any]:
-    return {"id": j.id, "sweep_id": j.sweep_id, "job_key": j.job_key, "position": j.position, "pair": j.pair,
+    return {"id": j.id, "sweep_id": j.sweep_id, "job_key": j.job_key, "position": j.position, "stage": j.stage,
+            "pair": j.pair,
             "config": dict(j.config or {}), "status": j.status, "attempts": j.attempts, "worker": j.worker,
             "heartbeat_at": j.heartbeat_at, "started_at": j.started_at, "finished_at": j.finished_at,
             "run_id": j.run_id, "log_path": j.log_path, "error": j.error}

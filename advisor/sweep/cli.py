@@ -117,7 +117,7 @@ def sweep_group(ctx: click.Context, spec: str | None, models: tuple[str, ...], d
         click.echo("Note: no --slurm-time given; each array task gets 60 minutes.", err=True)
     options = {"timeout_min": _minutes(slurm_time), "partition": slurm_partition, "gpus_per_run": gpus_per_run,
                "cpus_per_run": cpus_per_run}
-    plan, history = plan_sweep(grid, db, write=not dry_run, stale_after_s=stale_after_seconds())
+    plan, history = plan_sweep(grid, db, write=not dry_run, stale_after_s=stale_after_seconds(), executor=executor)
     if history.is_sqlite and not ex.shares_machine and not dry_run:
         click.echo(f"Warning: executor {executor!r} runs jobs on other machines but the history is a SQLite file "
                    f"({history.display}); use a shared PostgreSQL URL (--db postgresql+psycopg://...).", err=True)

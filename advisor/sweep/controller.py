@@ -104,7 +104,8 @@ def _estimate(history: Any, jobs: list[JobConfig]) -> tuple[float | None, str]:
     return total, f"median per method over {n} {basis}"
 
 
-def plan_sweep(grid: SweepGrid, db: str | None, *, write: bool, stale_after_s: float) -> tuple[SweepPlan, Any]:
+def plan_sweep(grid: SweepGrid, db: str | None, *, write: bool, stale_after_s: float,
+               executor: str = "local") -> tuple[SweepPlan, Any]:
     """Expand and validate the grid, reach the database (one-line error if it cannot be
     reached), and register (``write``) or just count (dry run) the sweep's jobs."""
     from ..history import open_history
@@ -119,8 +120,8 @@ def plan_sweep(grid: SweepGrid, db: str | None, *, write: bool, stale_after_s: f
         history.check_writable()
     sweep_id = grid.sweep_id
     if write:
-        counts = register_sweep(history, sweep_id, grid.to_dict(), "", [(j.key, j.pair, j.to_dict()) for j in jobs],
-                                stale_after_s)
+        staged = [(j.key, j.pair, stage, j.to_dict()) for stage, j in grid.staged_jobs()]
+        counts = register_sweep(history, sweep_id, grid.to_dict(), executor, staged, stale_after_s)
         recorded, to_run, elsewhere = counts["recorded"], counts["to_run"], counts["running_elsewhere"]
     else:
         found = recorded_runs(history, [j.to_dict() for j in jobs])
@@ -168,8 +169,14 @@ def execute_sweep(plan: SweepPlan, history: Any, *, executor: str, max_parallel:
                 break
             if round_no:
                 say(f"Retrying {len(queued)} failed run(s) (retry {round_no} of {retries}).")
-            handles = ex.launch(LaunchRequest(worker=work, template=template, keys=queued,
-                                              max_parallel=max_parallel, folder=log_dir, options=options))
+            try:
+                handles = ex.launch(LaunchRequest(worker=work, template=template, keys=queued,
+                                                  max_parallel=max_parallel, folder=log_dir, options=options))
+            except AdvisorError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an engine that cannot start: one line, naming it
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise SweepError(f"executor {executor!r} could not launch the sweep's jobs: {msg}") from None
             if detach:
                 return SweepSummary(plan.sweep_id, counts(history, plan.sweep_id), seconds=time.perf_counter() - t0,
                                     detached=True)

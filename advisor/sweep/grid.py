@@ -13,6 +13,7 @@ Sweep file (``tomllib``)::
     [run]                     # options of every run (advisor run's)
     max_images = 500          # ID test images per run (fixed sample)
     max_ood = 500             # images per OOD reference set
+    ood = ["faces"]           # OOD reference sets (default: one per other offline source)
     [[block]]
     models = ["lit-offline"]
     datasets = ["mnist-5k", "digits"]
@@ -48,6 +49,7 @@ RUN_OPTIONS: dict[str, type] = {
     "device": str,
     "save_adapter": bool,
     "signals": bool,
+    "ood": list,  # OOD reference sets (default: one per other offline source)
 }
 BLOCK_KEYS = {"models", "datasets", "methods", "shots", "seeds", "hparams", "method_hparams", "pretrained",
               "image_size"}
@@ -103,13 +105,18 @@ class SweepGrid:
 
     def jobs(self) -> list[JobConfig]:
         """Every planned run, deduplicated, in a stable order (blocks, then axes)."""
+        return [job for _, job in self.staged_jobs()]
+
+    def staged_jobs(self) -> list[tuple[int, JobConfig]]:
+        """(block index, job): workers finish an earlier block before starting a later one, so
+        an interrupted sweep has covered its first blocks whole (put the core grid first)."""
         seen: set[str] = set()
-        out: list[JobConfig] = []
-        for block in self.blocks:
+        out: list[tuple[int, JobConfig]] = []
+        for stage, block in enumerate(self.blocks):
             for job in _expand_block(block, self.run):
                 if job.key not in seen:
                     seen.add(job.key)
-                    out.append(job)
+                    out.append((stage, job))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,6 +218,8 @@ def check_run_options(run: Mapping[str, Any]) -> dict[str, Any]:
             raise SweepSpecError(f"run option {key} must be true or false (got {value!r})")
         if typ is str and not isinstance(value, str):
             raise SweepSpecError(f"run option {key} must be a string (got {value!r})")
+        if typ is list and (not isinstance(value, list) or not all(isinstance(v, str) and v for v in value)):
+            raise SweepSpecError(f"run option {key} must be a list of dataset names (got {value!r})")
         out[key] = value
     return out
 

@@ -100,7 +100,7 @@ def execute(config: JobConfig, db: str, spool_dir: str | None, provenance: dict[
     return run_finetune(
         ModelSpec(config.model, config.pretrained, config.image_size), DatasetSpec(config.dataset),
         config.method, shots=config.shots, seed=config.seed, hparams=dict(config.hparams),
-        device=opts.get("device"), max_test=int(opts.get("max_images", DEFAULT_MAX_TEST)),
+        ood=opts.get("ood"), device=opts.get("device"), max_test=int(opts.get("max_images", DEFAULT_MAX_TEST)),
         max_ood=int(opts.get("max_ood", DEFAULT_MAX_OOD)), signals=bool(opts.get("signals", True)),
         record=True, db=db, spool_dir=spool_dir, provenance_extra=provenance,
         save_adapter=bool(opts.get("save_adapter", True)), quiet=True,

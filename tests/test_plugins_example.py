@@ -59,6 +59,8 @@ def test_installed_example_appears_in_advisor_plugins(installed_example, tmp_pat
         "tuners": [],
         "datasets": [],
         "models": [],
+        "executors": [],
+        "reconstructed": [],
     }
     # The test suite's own processes keep third-party plugins out.
     blocked = run_advisor("plugins", "--json")

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-import advisor
+from advisor.hookspecs import hookimpl
 from advisor.data import DEFAULT_TEMPLATE, nfc, read_classnames, read_templates
 from advisor.errors import DatasetError
 from advisor.specs import DatasetBundle, DatasetSource, DatasetSpec, ImageSet, stable_hash
@@ -175,7 +175,7 @@ def load(spec: DatasetSpec) -> DatasetBundle:
     )
 
 
-@advisor.hookimpl
+@hookimpl
 def register_datasets(register: Callable[[Any], None]) -> None:
     register(
         DatasetSource(
@@ -184,5 +184,6 @@ def register_datasets(register: Callable[[Any], None]) -> None:
             description="csv:PATH - image path + label columns (options image_column, label_column)",
             prefix=True,
             offline=True,
+            origin="your image files, listed in a CSV file",
         )
     )

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-import advisor
+from advisor.hookspecs import hookimpl
 from advisor.data import DEFAULT_TEMPLATE, IMAGE_EXTENSIONS, nfc, read_classnames, read_templates
 from advisor.errors import DatasetError
 from advisor.specs import DatasetBundle, DatasetSource, DatasetSpec, ImageSet, stable_hash
@@ -167,7 +167,7 @@ def load(spec: DatasetSpec) -> DatasetBundle:
     )
 
 
-@advisor.hookimpl
+@hookimpl
 def register_datasets(register: Callable[[Any], None]) -> None:
     register(
         DatasetSource(
@@ -176,5 +176,6 @@ def register_datasets(register: Callable[[Any], None]) -> None:
             description="folder:PATH - one sub-folder of images per class (ImageFolder layout)",
             prefix=True,
             offline=True,
+            origin="your image files",
         )
     )

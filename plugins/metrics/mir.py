@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import advisor
+from advisor.hookspecs import hookimpl
 from advisor.specs import Embeddings, Metric
 
 from ._linalg import frechet_distance, labels_of, paired_text
@@ -115,7 +115,7 @@ def mir(emb: Embeddings) -> dict[str, float]:
     return {"mir": float(np.log10(total)), "mir_final": float(np.log10(final))}
 
 
-@advisor.hookimpl
+@hookimpl
 def register_metrics(register):
     register(Metric(
         name="mir",

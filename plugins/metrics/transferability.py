@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import advisor
+from advisor.hookspecs import hookimpl
 from advisor.specs import Embeddings, Metric
 
 from ._linalg import l2_normalize, labels_of
@@ -237,7 +237,7 @@ def _knn(emb: Embeddings) -> dict[str, float]:
 NEEDS = frozenset({"image", "labels"})
 
 
-@advisor.hookimpl
+@hookimpl
 def register_metrics(register):
     register(Metric(name="h_score", compute=_h_score, needs=NEEDS, version="1",
                     description="H-score (Bao et al. 2019) on normalised image features, as the IIMM repo",

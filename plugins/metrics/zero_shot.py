@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import advisor
+from advisor.hookspecs import hookimpl
 from advisor.specs import Embeddings, Metric
 
 from ._linalg import l2_normalize, labels_of
@@ -28,7 +28,7 @@ def zero_shot_accuracy(emb: Embeddings) -> float:
     return correct / len(y)
 
 
-@advisor.hookimpl
+@hookimpl
 def register_metrics(register):
     register(Metric(
         name="zero_shot_acc",

@@ -16,7 +16,7 @@ the torch module lives in ``lit_offline_model.py``.
 
 from __future__ import annotations
 
-import advisor
+from advisor.hookspecs import hookimpl
 from advisor.specs import ModelSource, ModelSpec
 
 VARIANTS = {
@@ -60,7 +60,7 @@ def fingerprint(spec: ModelSpec) -> str:
 load.fingerprint = fingerprint  # type: ignore[attr-defined]
 
 
-@advisor.hookimpl
+@hookimpl
 def register_models(register):  # type: ignore[no-untyped-def]
     for name, trained_on in VARIANTS.items():
         register(

@@ -12,10 +12,13 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-import advisor
+from advisor.hookspecs import hookimpl
 from advisor.specs import ModelSource, ModelSpec
 
 TINY_NAMES = ("tiny-vit", "tiny-rn")
+
+#: The model family of every open_clip model (``ModelSource.family`` and ``describe()``).
+FAMILY = "open_clip"
 
 
 @lru_cache(maxsize=1)
@@ -55,7 +58,7 @@ def fingerprint(spec: ModelSpec) -> str:
 load.fingerprint = fingerprint  # type: ignore[attr-defined]
 
 
-@advisor.hookimpl
+@hookimpl
 def register_models(register):  # type: ignore[no-untyped-def]
     register(
         ModelSource(
@@ -63,6 +66,7 @@ def register_models(register):  # type: ignore[no-untyped-def]
             load=load,
             matches=matches,
             offline=False,
+            family=FAMILY,
             description="Any open_clip architecture (--pretrained TAG or checkpoint), hf-hub:ORG/REPO, or a checkpoint path",
         )
     )
@@ -71,6 +75,7 @@ def register_models(register):  # type: ignore[no-untyped-def]
             ModelSource(
                 name=tiny,
                 load=load,
+                family=FAMILY,
                 description="Tiny random open_clip model for tests (seeded, 32 px, embed dim 32)",
             )
         )

@@ -20,6 +20,8 @@ import torch.nn as nn
 
 from advisor.errors import ModelLoadError
 
+from .open_clip import FAMILY
+
 from .common import (
     Tokens,
     as_tokens,
@@ -292,7 +294,7 @@ class OpenClipModel(nn.Module):
             "name": self.name,
             "pretrained": self.pretrained,
             "image_size": self.image_size,
-            "family": "open_clip",
+            "family": FAMILY,
             "architecture": self.architecture,
             "vision": type(v).__name__,
             "params": count_params(self.clip),

@@ -39,12 +39,13 @@ from advisor import tuning as T
 from advisor.errors import TrainingError
 from advisor.specs import TrainContext, TrainResult
 
+from .builtin import CONTCOOP
 from .coop import PromptAdapted, PromptLearner, defaults as coop_defaults, inner_token_mask, train_prompts
 
 
 def defaults(shots: int | None) -> dict[str, Any]:
     hp = coop_defaults(shots)
-    hp.update({"kd_weight": 8.0, "heads": 1, "ctx_init": "a photo of a"})
+    hp.update(CONTCOOP.declared_defaults())  # kd_weight 8.0, heads 1, ctx_init "a photo of a"
     return hp
 
 
@@ -89,7 +90,7 @@ class ConditionedPromptLearner(PromptLearner):
 
 
 def train(ctx: TrainContext) -> TrainResult:
-    hp = T.resolve_hparams("contcoop", defaults(ctx.shots), ctx)
+    hp = T.resolve_hparams(CONTCOOP, defaults(ctx.shots), ctx)
     generator = T.seed_everything(ctx.seed)
     model = ctx.model
     model.eval()

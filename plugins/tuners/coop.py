@@ -32,6 +32,8 @@ from advisor import tuning as T
 from advisor.errors import TrainingError
 from advisor.specs import TrainContext, TrainResult
 
+from .builtin import COOP
+
 
 def coop_epochs(shots: int | None) -> int:
     """Epochs of the official configs: 1 shot 50, 2-4 shots 100, 8+ shots 200."""
@@ -53,9 +55,8 @@ def defaults(shots: int | None) -> dict[str, Any]:
         "warmup_epochs": 1,
         "warmup_type": "constant",
         "warmup_lr": 1e-5,
-        "n_ctx": 16,
-        "init_std": 0.02,
-        "ctx_init": None,  # e.g. "a photo of a": initialise from these words' embeddings (M = their length)
+        **COOP.declared_defaults(),  # n_ctx 16, init_std 0.02, ctx_init None (e.g. "a photo of a":
+        # initialise from these words' embeddings, M = their length)
     }
 
 
@@ -184,7 +185,7 @@ def train_prompts(ctx: TrainContext, learner: PromptLearner, hp: dict[str, Any],
 
 
 def train(ctx: TrainContext) -> TrainResult:
-    hp = T.resolve_hparams("coop", defaults(ctx.shots), ctx)
+    hp = T.resolve_hparams(COOP, defaults(ctx.shots), ctx)
     generator = T.seed_everything(ctx.seed)
     model = ctx.model
     model.eval()

@@ -23,6 +23,8 @@ import torch
 from advisor import tuning as T
 from advisor.specs import TrainContext, TrainResult
 
+from .builtin import FULL
+
 
 def defaults(shots: int | None) -> dict[str, Any]:
     return {
@@ -37,7 +39,7 @@ def defaults(shots: int | None) -> dict[str, Any]:
 
 
 def train(ctx: TrainContext) -> TrainResult:
-    hp = T.resolve_hparams("full", defaults(ctx.shots), ctx)
+    hp = T.resolve_hparams(FULL, defaults(ctx.shots), ctx)
     pixels, labels = T.check_context(ctx, pixels_for="full fine-tuning trains the image tower")
     generator = T.seed_everything(ctx.seed)
     model = ctx.model

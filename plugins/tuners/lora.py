@@ -40,6 +40,8 @@ from advisor import tuning as T
 from advisor.errors import TrainingError
 from advisor.specs import TrainContext, TrainResult
 
+from .builtin import LORA
+
 #: Module-name suffixes LoRA goes on when ``targets`` is not given (those present are used).
 DEFAULT_TARGETS = ("q_proj", "v_proj", "query", "value")
 
@@ -53,11 +55,8 @@ def defaults(shots: int | None) -> dict[str, Any]:
         "weight_decay": 0.0,
         "warmup_epochs": 1,
         "warmup_type": "linear",
-        "rank": 4,
-        "alpha": 0.8,  # scaling alpha / rank = 0.2, as in the IIMM code
-        "dropout": 0.0,
-        "init_std": 0.02,
-        "targets": None,  # None: DEFAULT_TARGETS found in the model, plus the image projection of projection-only towers
+        **LORA.declared_defaults(),  # rank 4, alpha 0.8 (scaling 0.2 as in the IIMM code), targets None:
+        # DEFAULT_TARGETS found in the model, plus the image projection of projection-only towers
     }
 
 
@@ -249,7 +248,7 @@ def inject_lora(model: nn.Module, hp: dict[str, Any], generator: torch.Generator
 
 
 def train(ctx: TrainContext) -> TrainResult:
-    hp = T.resolve_hparams("lora", defaults(ctx.shots), ctx)
+    hp = T.resolve_hparams(LORA, defaults(ctx.shots), ctx)
     pixels, labels = T.check_context(ctx, pixels_for="LoRA trains inside the image tower")
     generator = T.seed_everything(ctx.seed)
     model = ctx.model

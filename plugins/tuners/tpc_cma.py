@@ -44,6 +44,8 @@ from advisor import tuning as T
 from advisor.errors import TrainingError
 from advisor.specs import TrainContext, TrainResult
 
+from .builtin import TPC_CMA
+
 
 def defaults(shots: int | None) -> dict[str, Any]:
     return {
@@ -54,12 +56,7 @@ def defaults(shots: int | None) -> dict[str, Any]:
         "weight_decay": 0.0,
         "warmup_epochs": 1,
         "warmup_type": "linear",
-        "alpha_target": 0.05,
-        "lambda_centroid": 1.0,
-        "lambda_dist": 1.0,
-        "kappa": 1.0,
-        "warmup_frac": 0.2,
-        "ramp_frac": 0.5,
+        **TPC_CMA.declared_defaults(),  # alpha_target 0.05, lambdas and kappa 1, warm-up 20 %, ramp 50 %
     }
 
 
@@ -130,14 +127,7 @@ def _grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> float:
 
 
 def train(ctx: TrainContext) -> TrainResult:
-    hp = T.resolve_hparams("tpc_cma", defaults(ctx.shots), ctx)
-    for key in ("alpha_target", "lambda_centroid", "lambda_dist", "kappa", "warmup_frac", "ramp_frac"):
-        try:
-            hp[key] = float(hp[key])
-        except (TypeError, ValueError):
-            raise TrainingError(f"tpc_cma: {key} must be a number (got {hp[key]!r})") from None
-        if hp[key] < 0:
-            raise TrainingError(f"tpc_cma: {key} must be non-negative (got {hp[key]})")
+    hp = T.resolve_hparams(TPC_CMA, defaults(ctx.shots), ctx)  # types and bounds: the registration
     if hp["warmup_frac"] + hp["ramp_frac"] > 1:
         raise TrainingError("tpc_cma: warmup_frac + ramp_frac must not exceed 1")
     pixels, labels = T.check_context(ctx)

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from advisor.errors import ModelLoadError
 
+from . import online
 from .open_clip import FAMILY
 
 from .common import (
@@ -56,18 +57,13 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    return online.offline()
 
 
 def _how_to_provide(what: str, hub_repo: str | None = None) -> str:
-    if hub_repo:
-        how = (f"pre-download them (huggingface-cli download {hub_repo} --cache-dir DIR) and pass --cache-dir DIR, "
-               "or allow downloads (HF_HUB_OFFLINE=0 / ADVISOR_ONLINE=1)")
-    else:
-        how = ("pass --pretrained /path/to/checkpoint.pt, or pre-download them into --cache-dir, "
-               "or allow downloads (HF_HUB_OFFLINE=0 / ADVISOR_ONLINE=1)")
-    state = "not in the local cache (HF_HUB_OFFLINE=1)" if _offline() else "could not be downloaded"
-    return f"weights for {what} are {state}: {how}"
+    state = online.missing_state()  # "could not be downloaded" or "not in the local cache ..."
+    verb = "" if state.startswith("could") else "are "
+    return f"weights for {what} {verb}{state}: {online.how_to_get(hub_repo)}"
 
 
 def _looks_like_path(value: str) -> bool:
@@ -385,6 +381,7 @@ def _resolve_pretrained(arch: str, pretrained: str | None, cache_dir: str | None
         valid = ", ".join(tags) if tags else "none (this architecture has no published weights; pass a checkpoint path)"
         raise ModelLoadError(f"unknown pretrained tag {pretrained!r} for {arch} (valid: {valid}; or a checkpoint file path)")
     try:
+    online.go_offline_unless_reachable(_download_url(arch, pretrained))  # fail fast: no minute of retries
         if _offline() and not cfg.get("hf_hub") and cfg.get("url"):
             target = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg["url"])
             if not target.is_file():
@@ -434,6 +431,18 @@ def _from_state_dict_file(path: str, image_size: int | None, device: str) -> tup
 
 
 def load_open_clip(name: str, pretrained: str | None, image_size: int | None, cache_dir: str | None, device: str) -> OpenClipModel:
+def _download_url(name: str, pretrained: str | None) -> str:
+    """Where the weights of ``name``/``pretrained`` would be downloaded from: a tag's own URL
+    (OpenAI's tags live outside the Hugging Face hub) or the hub endpoint."""
+    import open_clip
+
+    if pretrained and not name.startswith(("hf-hub:", "local-dir:")) and not os.path.isfile(pretrained):
+        cfg = open_clip.get_pretrained_cfg(name, pretrained) or {}
+        if cfg.get("url") and not cfg.get("hf_hub"):
+            return str(cfg["url"])
+    return online.hub_endpoint()
+
+
     """Load any open_clip model; every user-caused failure becomes a one-line ModelLoadError."""
     import open_clip
 
@@ -455,6 +464,7 @@ def load_open_clip(name: str, pretrained: str | None, image_size: int | None, ca
             )
 
     kwargs: dict[str, Any] = {"device": device, "cache_dir": cache_dir}
+    online.go_offline_unless_reachable(_download_url(name, pretrained))  # fail fast: no minute of retries
     if image_size:
         kwargs["force_image_size"] = image_size
     if name.startswith("hf-hub:"):
@@ -500,8 +510,8 @@ def load_open_clip(name: str, pretrained: str | None, image_size: int | None, ca
                 hf_text = (open_clip.get_model_config(arch) or {}).get("text_cfg", {}).get("hf_model_name")
                 if hf_text:
                     raise ModelLoadError(
-                        f"{arch} builds its text tower from the Hugging Face model {hf_text}, which is not in the local cache: "
-                        f"pre-download it (huggingface-cli download {hf_text}) or allow downloads (HF_HUB_OFFLINE=0 / ADVISOR_ONLINE=1)"
+                        f"{arch} builds its text tower from the Hugging Face model {hf_text}, which is "
+                        f"{online.missing_state()}: {online.how_to_get(hf_text)}"
                     ) from None
                 raise ModelLoadError(_how_to_provide(arch)) from None
             raise ModelLoadError(f"cannot load {arch} with pretrained={pretrained!r}: {msg}") from None

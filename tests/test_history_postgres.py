@@ -1,60 +1,23 @@
-"""The same history on PostgreSQL (the team/cluster set-up): a throwaway server in a temporary
-directory. Skipped when no PostgreSQL server binaries or no psycopg driver are installed."""
+"""What only PostgreSQL has (the team/cluster set-up), on the real server of tests/pg.py: a SQLite
+history moved to it byte for byte, a server that cannot be reached, a database that is
+read-only. Everything else runs on both backends through ``history_url``."""
 
 from __future__ import annotations
 
-import glob
 import io
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
-from conftest import make_run
+from conftest import count_rows, make_run, run_advisor
 
+from advisor.errors import HistoryError
 from advisor.history import SCHEMA_VERSION, open_history
 
-psycopg = pytest.importorskip("psycopg")
 
-
-def _bin(name: str) -> str | None:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found[-1] if found else shutil.which(name)
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL server binaries not installed")
-    # Under /tmp itself (not pytest's private, root-only directory) so the server can reach it.
-    base = Path(tempfile.mkdtemp(prefix="advisor-pg-"))
-    # PostgreSQL refuses to run as root: run it as the postgres user when we are root.
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        if subprocess.run(["id", "postgres"], capture_output=True).returncode != 0:
-            pytest.skip("running as root and there is no postgres user")
-        shutil.chown(base, "postgres")
-        as_user = ["su", "postgres", "-s", "/bin/sh", "-c"]
-    data, port = base / "data", "54329"
-
-    def run(cmd: str) -> subprocess.CompletedProcess[str]:
-        full = as_user + [cmd] if as_user else ["/bin/sh", "-c", cmd]
-        return subprocess.run(full, capture_output=True, text=True, timeout=60)
-
-    # Unix socket only: the port just names the socket file inside our own directory.
-    try:
-        for cmd in (f"{initdb} -D {data} -A trust -U advisor",
-                    f"{pg_ctl} -D {data} -o '-k {base} -p {port} -c listen_addresses=' -l {base}/log -w start"):
-            done = run(cmd)
-            if done.returncode != 0:
-                pytest.skip(f"cannot start a throwaway PostgreSQL: {done.stderr.strip().splitlines()[-1:]}")
-        yield f"postgresql+psycopg://advisor@/postgres?host={base}&port={port}"
-    finally:
-        run(f"{pg_ctl} -D {data} -m immediate stop")
-        shutil.rmtree(base, ignore_errors=True)
+@pytest.fixture
+def pg_url(postgres_server):
+    url = postgres_server.new_database()
+    yield url
+    postgres_server.drop_database(url)
 
 
 def test_postgres_history_round_trips_with_sqlite(pg_url, tmp_path):
@@ -80,3 +43,31 @@ def test_postgres_history_round_trips_with_sqlite(pg_url, tmp_path):
         assert team.latest_signals("tiny-vit||64", "digits|fp-digits") == {"iimm": 0.5, "modality_gap": 0.8125}
     with open_history(pg_url) as again:  # reopening applies no migration twice
         assert again.schema_version == SCHEMA_VERSION and again.count() == 3
+
+
+def test_unreachable_server_is_one_line(postgres_server):
+    """A URL to a closed port: one line on stderr, exit 1, within the connect timeout."""
+    from pg import _free_port
+
+    url = f"postgresql+psycopg://advisor@127.0.0.1:{_free_port()}/postgres"
+    p = run_advisor("history", "list", "--db", url, env={"ADVISOR_DB_TIMEOUT": "2"}, timeout=60)
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: cannot use database {url}"), p.stderr
+
+
+def test_read_only_database_is_read_and_refused_before_any_write(pg_url, postgres_server):
+    """A database whose sessions are read-only (e.g. a hot standby or a read-only role): every
+    query works, ``check_writable`` refuses it in one line, and so does a write."""
+    with open_history(pg_url) as h:
+        h.record_run(make_run())
+    name = pg_url.rsplit("/", 1)[-1]
+    postgres_server._admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    with open_history(pg_url) as h:
+        assert h.count() == 1 and h.runs()[0]["method"] == "lora"
+        with pytest.raises(HistoryError, match="is read-only"):
+            h.check_writable()
+        with pytest.raises(HistoryError, match="is read-only"):
+            h.record_run(make_run(seed=5))
+    postgres_server._admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = off')
+    assert count_rows(pg_url, "runs") == 1

@@ -304,10 +304,10 @@ class History:
     # -- runs ------------------------------------------------------------------------------
 
     def _insert_run(self, s: Session, run: RunResult, cfg: str, recorded_at: str | None,
-                    seconds: dict[str, float], label: str) -> str:
+                    seconds: dict[str, float]) -> str:
+        """Insert one run (the callers have checked its keys; a concurrent writer's same key is
+        an IntegrityError, which ``_write`` retries)."""
         rid = run_id_of(run, cfg)
-        if s.scalar(select(Run.id).where(Run.run_id == rid)) is not None:
-            raise HistoryError(f"{label}: run_id {rid!r} is already in {self.display}")
         m = self._upsert_model(s, model_desc_of(run))
         d = self._upsert_dataset(s, dataset_desc_of(run))
         when = recorded_at or _now()
@@ -336,7 +336,15 @@ class History:
             existing = s.scalar(select(Run.run_id).where(Run.config_hash == cfg, Run.seed == clean.seed))
             if existing is not None:
                 return existing, False
-            return self._insert_run(s, clean, cfg, None, {}, "run"), True
+            # PostgreSQL (read committed): the same run committed by another writer between the
+            # two statements is a retry too, not an id clash.
+            rid = run_id_of(clean, cfg)
+            same = s.execute(select(Run.config_hash, Run.seed).where(Run.run_id == rid)).first()
+            if same is not None:
+                if tuple(same) == (cfg, clean.seed):
+                    return rid, False
+                raise HistoryError(f"run: run_id {rid!r} is already in {self.display}")
+            return self._insert_run(s, clean, cfg, None, {}), True
 
         run_id, inserted = self._write(tx)
         if inserted:
@@ -359,7 +367,7 @@ class History:
                         f"{rec.label}: a run with the same model, dataset, method, shots, hparams, split and "
                         f"seed is already in the database (run {existing!r})"
                     )
-                self._insert_run(s, run, cfg, rec.recorded_at, rec.signal_seconds, rec.label)
+                self._insert_run(s, run, cfg, rec.recorded_at, rec.signal_seconds)
             return len(records)
 
         return self._write(tx)

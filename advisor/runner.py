@@ -210,6 +210,11 @@ def run_finetune(
     device = resolve_device(device)
     check_run_options(model_spec, method, tuner, shots=shots, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
                       hparams=hparams, ood=ood, device=device, max_test=max_test, max_ood=max_ood)
+    if record:  # an unreachable or read-only history is refused now, not after the training
+        from .history import open_history
+
+        with open_history(db) as history:
+            history.check_writable()
     bundle = load_dataset(dataset_spec)
     template = bundle.templates[0] if bundle.templates else ""
     _check_promptable(dataset_spec.name, bundle.class_names, template)

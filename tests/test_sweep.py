@@ -340,3 +340,16 @@ def test_slurm_executor_submits_one_job_array_with_the_requested_resources(tmp_p
     status = subprocess.run(advisor_cmd("sweep", "status", "--db", str(db), "--json"), capture_output=True, text=True,
                             env=env, timeout=120)
     assert json.loads(status.stdout)["sweeps"][0]["queued"] == 4
+
+
+def test_advisor_run_refuses_an_unreachable_history_before_training(tmp_path):
+    url = f"postgresql+psycopg://nobody@127.0.0.1:{_closed_port()}/advisor"
+    spool = tmp_path / "spool"
+    out = subprocess.run(advisor_cmd("run", "--model", "tiny-vit", "--dataset", "digits", "--method", "coop",
+                                     "--shots", "2", "--hparam", "epochs=1", "--db", url),
+                         capture_output=True, text=True, timeout=200,
+                         env={**os.environ, **sweep_env(tmp_path), "ADVISOR_SPOOL": str(spool)})
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and "127.0.0.1" in lines[0]
+    assert not spool.exists()  # refused before any training: nothing was measured, nothing spooled

@@ -147,7 +147,8 @@ def sweep_group(ctx: click.Context, spec: str | None, models: tuple[str, ...], d
     env = {"ADVISOR_MLFLOW": "1"} if use_mlflow else {}
     summary = execute_sweep(plan, history, executor=executor, max_parallel=max_parallel, retries=retries,
                             log_dir=folder, spool_dir=spool_dir, options=options,
-                            progress=not quiet and not as_json and sys.stderr.isatty(), detach=detach, env=env)
+                            progress=not quiet and not as_json and sys.stderr.isatty(), detach=detach, env=env,
+                            status_every_s=None if quiet else 60.0)
     if as_json:
         emit_json({"plan": plan.to_dict(), "summary": summary.to_dict(), "log_dir": str(folder)})
     else:

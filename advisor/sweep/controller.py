@@ -139,7 +139,7 @@ def _unrecorded(history: Any, jobs: list[JobConfig]) -> list[JobConfig]:
 
 def execute_sweep(plan: SweepPlan, history: Any, *, executor: str, max_parallel: int, retries: int,
                   log_dir: Path, spool_dir: str | None, options: dict[str, Any], progress: bool,
-                  detach: bool = False, env: dict[str, str] | None = None,
+                  detach: bool = False, env: dict[str, str] | None = None, status_every_s: float | None = None,
                   poll_s: float = 1.0, echo: Callable[[str], None] | None = None) -> SweepSummary:
     """Launch workers for the queued jobs, watch them, retry failures ``retries`` times."""
     from ..history.sweeps import QUEUED, counts, reap_stale, requeue_failed_keys, sweep_status
@@ -162,6 +162,7 @@ def execute_sweep(plan: SweepPlan, history: Any, *, executor: str, max_parallel:
     start = counts(history, plan.sweep_id)
     base_done = start["done"] + start["skipped"]
     handles: list[Any] = []
+    last_line = time.perf_counter()
     try:
         for round_no in range(retries + 1):
             queued = _queued_keys(history, plan.sweep_id, keys, QUEUED)
@@ -187,6 +188,11 @@ def execute_sweep(plan: SweepPlan, history: Any, *, executor: str, max_parallel:
                     bar.n = max(0, c["done"] + c["skipped"] - base_done)
                     bar.set_postfix(done=c["done"], failed=c["failed"], running=c["running"], refresh=False)
                     bar.refresh()
+                elif status_every_s and time.perf_counter() - last_line >= status_every_s:
+                    last_line = time.perf_counter()
+                    say(f"sweep {plan.sweep_id}: {c['done'] + c['skipped'] - base_done}/{plan.to_run} done, "
+                        f"{c['failed']} failed, {c['running']} running, {c['queued']} queued "
+                        f"({_elapsed(time.perf_counter() - t0)})")
                 if all(h.done() for h in handles):
                     reap_stale(history, plan.sweep_id, stale)
                     c = counts(history, plan.sweep_id)
@@ -211,6 +217,12 @@ def execute_sweep(plan: SweepPlan, history: Any, *, executor: str, max_parallel:
     failed = [{"run": JobConfig.from_dict(j["config"]).label(), "error": j["error"], "log": j["log_path"],
                "attempts": j["attempts"]} for j in info["failed"]]
     return SweepSummary(plan.sweep_id, info["counts"], failed, time.perf_counter() - t0)
+
+
+def _elapsed(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
 
 
 def _queued_keys(history: Any, sweep_id: str, keys: list[str], status: str) -> list[str]:

@@ -341,7 +341,6 @@ _HEURISTIC_ORDERS = {
 
 
 def heuristic_ranking(
-    from .data import shots_shortfall
     signals: Mapping[str, float],
     rows: Sequence[Mapping[str, Any]],
     methods: Sequence[str],
@@ -455,6 +454,7 @@ def recommend(
     ``budget`` in seconds of training wall time. ``seed`` is accepted for symmetry with
     ``advisor run``: signals always use seed 0, as the history's runs do, so they are comparable.
     """
+    from .data import shots_shortfall
     from .history import open_history
     from .predictor import FittedPredictor, history_ready, pretty_feature, train_predictor, training_hash
 
@@ -470,20 +470,10 @@ def recommend(
 
     history = open_history(db)
     rows = history.training_rows()
-    if embeddings is not None:
-        dname = dataset_spec.name if isinstance(dataset_spec, DatasetSpec) else dataset_spec
-        model_desc, dataset_desc, signals = embeddings_pair(embeddings, mspec.name if model_spec else None,
-                                                            dname, rows, history)
-        signals_source, random = "embeddings", bool(model_desc.get("random_weights"))
-    else:
-        if dataset_spec is None:
-            raise RecommendError("give a dataset (or embeddings=FILE.npz)")
-        dspec = dataset_spec if isinstance(dataset_spec, DatasetSpec) else DatasetSpec(str(dataset_spec))
-        model_desc, dataset_desc, signals, signals_source = pair_signals(
-            history, mspec, dspec, rows, device=device, max_images=max_images, quiet=quiet,
-            allow_random_weights=allow_random_weights)
-        random = bool(model_desc.get("random_weights"))
-    summary, warnings = support_for(model_desc, dataset_desc, rows)
+    model_desc, dataset_desc, signals, signals_source = pair_signals(
+        history, mspec, dspec, rows, device=device, max_images=max_images, quiet=quiet
+    )
+    summary, per_method, warnings = support_for(model_desc, dataset_desc, rows)
     shortfall = shots_shortfall(dataset_desc, shots)  # more shots than the smallest class has
     if shortfall:
         warnings.append(shortfall)

@@ -1,8 +1,8 @@
 """On-disk cache of embeddings: one ``.npz`` per (model, dataset split, transform) key.
 
-Files are plain numpy archives written with ``np.savez`` and read with ``allow_pickle=False``
-(a cache directory shared on a cluster must never execute anything). Each file carries its own
-metadata as a JSON string, so a file is self-describing; ``index.json`` is a convenience list
+Files are embeddings files (``advisor.embeddings_file`` owns their layout: plain numpy archives
+read with ``allow_pickle=False``). Each file carries its own metadata as a JSON string, so a file
+is self-describing; ``index.json`` is a convenience list
 for ``advisor cache list`` and is rebuilt from the files when it is missing or stale.
 
 The key is a hash of everything that changes the arrays: model fingerprint (name, pretrained,
@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
+from . import embeddings_file
 from .config import cache_dir
 from .errors import ConfigError, InputFileError
 from .specs import Embeddings, stable_hash
@@ -40,42 +40,16 @@ def embeddings_dir() -> Path:
 
 def make_key(parts: dict[str, Any]) -> str:
     """A 24-hex-digit key for the parts that determine the arrays."""
-    return stable_hash({"cache_version": CACHE_VERSION, **parts}, n=24)
+    return stable_hash({"cache_version": CACHE_VERSION, "format": embeddings_file.FORMAT_VERSION, **parts}, n=24)
 
 
 def path_for(key: str) -> Path:
     return embeddings_dir() / f"{key}.npz"
 
 
-def base_arrays(emb: Embeddings) -> dict[str, np.ndarray]:
-    """The plain arrays of an Embeddings (no layers): shared by the cache and ``advisor embed -o``."""
-    arrays: dict[str, np.ndarray] = {
-        "image": np.asarray(emb.image, dtype=np.float32),
-        "text": np.asarray(emb.text, dtype=np.float32),
-        "labels": np.asarray(emb.labels, dtype=np.int64),
-        "class_names": np.asarray(list(emb.class_names), dtype=str),
-        "meta_json": np.asarray(json.dumps(emb.meta, default=str)),
-    }
-    if emb.paired_text is not None:
-        arrays["paired_text"] = np.asarray(emb.paired_text, dtype=np.float32)
-    return arrays
-
-
 def save(key: str, emb: Embeddings) -> Path:
-    """Write ``emb`` under ``key`` atomically (write to a temp file, then rename)."""
-    arrays = base_arrays(emb)
-    for prefix, layers in (("image_layer_", emb.image_layers), ("text_layer_", emb.text_layers)):
-        for i, a in enumerate(layers or []):
-            arrays[f"{prefix}{i:03d}"] = np.asarray(a, dtype=np.float32)
-    target = path_for(key)
-    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npz", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``emb`` under ``key`` atomically (``advisor.embeddings_file`` owns the layout)."""
+    target = embeddings_file.write(emb, path_for(key))
     _index_add(key, emb.meta, target.stat().st_size)
     evict(max_bytes(), keep=key)
     return target
@@ -88,31 +62,12 @@ def load(key: str) -> Embeddings | None:
     if not path.is_file():
         return None
     try:
-        emb = read_npz(path)
+        emb = embeddings_file.read(path)
         _mark_used(path)
         return emb
     except (OSError, ValueError, KeyError, InputFileError):
         path.unlink(missing_ok=True)
         return None
-
-
-def read_npz(path: str | os.PathLike) -> Embeddings:
-    """Read a cache file (never unpickles)."""
-    with np.load(path, allow_pickle=False) as z:
-        names = set(z.files)
-        meta = json.loads(str(z["meta_json"])) if "meta_json" in names else {}
-        image_layers = [z[k] for k in sorted(n for n in names if n.startswith("image_layer_"))] or None
-        text_layers = [z[k] for k in sorted(n for n in names if n.startswith("text_layer_"))] or None
-        return Embeddings(
-            image=z["image"],
-            text=z["text"],
-            labels=z["labels"],
-            class_names=[str(c) for c in z["class_names"]],
-            image_layers=image_layers,
-            text_layers=text_layers,
-            paired_text=z["paired_text"] if "paired_text" in names else None,
-            meta=meta,
-        )
 
 
 # ------------------------------------------------------------------------------ index
@@ -179,8 +134,8 @@ def entries() -> list[dict[str, Any]]:
     for key, p in files.items():
         if key not in index:
             try:
-                index[key] = _summary(read_npz(p).meta, p.stat().st_size)
-            except (OSError, ValueError, KeyError):
+                index[key] = _summary(embeddings_file.read(p).meta, p.stat().st_size)
+            except (OSError, ValueError, KeyError, InputFileError):
                 continue
             changed = True
     if changed:

@@ -8,6 +8,7 @@ open_clip, lightgbm) inside their bodies so ``advisor --help`` stays fast.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import sys
@@ -22,6 +23,33 @@ from .errors import AdvisorError
 DEFAULT_MODEL = "lit-offline"
 DEFAULT_DATASET = "mnist-5k"
 
+#: Every environment variable the tool reads, with what it does: shown by `advisor --help` and
+#: in docs/cli.md (tests/test_cli_conventions.py greps the code for environment reads against it).
+ENVIRONMENT: dict[str, str] = {
+    "ADVISOR_HOME": "User data directory: the writable history copy, adapters, spool (default: the platform's user data dir).",
+    "ADVISOR_CACHE": "Embedding cache directory (default: the platform's user cache dir).",
+    "ADVISOR_CACHE_MAX_GB": "Size cap of the embedding cache in GB; least recently used files go first (default 20).",
+    "ADVISOR_DB": "History database for --db: a SQLite path or any SQLAlchemy URL.",
+    "ADVISOR_DB_TIMEOUT": "Seconds to wait for a locked history database (0 to 86400; default 30).",
+    "ADVISOR_REGISTRY": "The shipped read-only history (registry.db) to copy from (default: next to the package).",
+    "ADVISOR_MODEL": "Default for --model.",
+    "ADVISOR_DATASET": "Default for --dataset.",
+    "ADVISOR_DEVICE": "Default for --device (cpu, cuda, cuda:1 ...); also the device whose cost recommend predicts.",
+    "ADVISOR_ONLINE": "Set to 1 to allow downloads of model weights (offline by default: HF_HUB_OFFLINE=1 is set).",
+    "ADVISOR_CONNECT_TIMEOUT": "Seconds to wait for a connection to a weights host when online (default 3).",
+    "ADVISOR_PROGRESS": "1: progress on stderr even when it is not a terminal; 0: never (default: only on a terminal).",
+    "ADVISOR_LOAD_PLUGINS": "Comma-separated allow-list of third-party plugins to load (empty: none).",
+    "ADVISOR_BLOCK_PLUGINS": "Set to 1 to load no third-party plugin (the test suite does).",
+    "ADVISOR_TRACE_PLUGINS": "Set to 1 to print every plugin hook call to stderr.",
+    "ADVISOR_MLFLOW": "Set to 1 to log every recorded run to MLflow (as --mlflow).",
+    "ADVISOR_MLFLOW_EXPERIMENT": "MLflow experiment for logged runs (as --mlflow-experiment; default: advisor).",
+    "ADVISOR_SPOOL": "Where runs wait when the history cannot be written (default: <user data>/spool).",
+    "ADVISOR_SWEEP_HEARTBEAT": "Seconds between a sweep worker's heartbeats (default 15).",
+    "HF_HUB_OFFLINE": "Hugging Face offline switch; set to 1 by advisor unless ADVISOR_ONLINE is set.",
+    "HF_ENDPOINT": "Hugging Face host probed before downloading weights (default https://huggingface.co).",
+    "MLFLOW_TRACKING_URI": "MLflow store for --mlflow and `history import-mlflow` (default: MLflow's own).",
+}
+
 if os.environ.get("ADVISOR_ONLINE") is None:
     # Offline by default: no surprise downloads; ADVISOR_ONLINE=1 lets open_clip / HF fetch weights.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,6 +57,12 @@ if os.environ.get("ADVISOR_ONLINE") is None:
 
 class AdvisorGroup(click.Group):
     """A click group that reports AdvisorError (and a few OS errors) as one line, exit 1."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        if ctx.parent is None:  # `advisor --help` only, not every sub-group
+            with formatter.section("Environment variables"):
+                formatter.write_dl(list(ENVIRONMENT.items()))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -38,6 +72,19 @@ class AdvisorGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        except BrokenPipeError:
+            # `advisor history list | head -1`: the reader has what it wanted, which is no error.
+            _discard_stdout()
+            sys.exit(0)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush into the closed pipe is silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
 
 
 def db_option(f: Any) -> Any:
@@ -46,9 +93,10 @@ def db_option(f: Any) -> Any:
         "--db",
         "db",
         envvar="ADVISOR_DB",
+        show_envvar=True,
         default=None,
         metavar="PATH_OR_URL",
-        help="History database: a SQLite path or any SQLAlchemy URL (env ADVISOR_DB). "
+        help="History database: a SQLite path or any SQLAlchemy URL. "
         "Default: a user-data copy of the shipped registry.db.",
     )(f)
 
@@ -84,12 +132,14 @@ def mlflow_option(f: Any) -> Any:
 
 
 def model_options(f: Any) -> Any:
-    """Options that pick a model: ``--model``, ``--pretrained``, ``--image-size``, ``--cache-dir``."""
-    f = click.option("--cache-dir", default=None, help="Where open_clip / Hugging Face weights are cached.")(f)
+    """Options that pick a model: ``--model``, ``--pretrained``, ``--image-size``, ``--weights-dir``."""
+    f = click.option("--weights-dir", "weights_dir", default=None, metavar="DIR",
+                     help="Where open_clip / Hugging Face model weights are downloaded to and looked up "
+                          "(default: their own caches). Not the embedding cache: see `advisor cache`.")(f)
     f = click.option("--image-size", type=click.IntRange(min=1), default=None,
                      help="Working resolution in pixels (default: the model's).")(f)
     f = click.option("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path.")(f)
-    f = click.option("--model", "model", default=DEFAULT_MODEL, show_default=True, envvar="ADVISOR_MODEL",
+    f = click.option("--model", "model", default=DEFAULT_MODEL, show_default=True, envvar="ADVISOR_MODEL", show_envvar=True,
                      help="Model name: lit-offline, an open_clip architecture, hf-hub:ORG/REPO, or a checkpoint.")(f)
     return f
 
@@ -114,17 +164,36 @@ def dataset_source_options(f: Any) -> Any:
     w = click.option("--templates", default=None, metavar="FILE_OR_TEMPLATE",
                      help='Prompt template(s): a JSON file or a literal like "a photo of a {}.".')(w)
     w = click.option("--classnames", default=None, metavar="FILE.json", help="Class names (JSON list or {label: name}).")(w)
-    w = click.option("--dataset", "dataset", default=DEFAULT_DATASET, show_default=True, envvar="ADVISOR_DATASET",
+    w = click.option("--dataset", "dataset", default=DEFAULT_DATASET, show_default=True, envvar="ADVISOR_DATASET", show_envvar=True,
                      help="Dataset: a registered name, folder:PATH, csv:PATH, or torchvision:NAME.")(w)
     return w
 
 
+#: Training images per class for ``run`` and ``recommend`` (the same default as ``advisor sweep``).
+DEFAULT_SHOTS = 16
+
+
 def dataset_options(f: Any) -> Any:
-    """Dataset source options plus the sample: ``--shots``, ``--seed``, ``--max-images``."""
-    f = click.option("--max-images", type=int, default=None, help="Cap on images embedded (seeded sample).")(f)
+    """Dataset source options plus the sample to embed: ``--shots``, ``--seed``, ``--max-images``
+    (``embed`` and ``signals``; their ``--shots`` cuts the sample, so it has no default)."""
+    f = click.option("--max-images", type=click.IntRange(min=1), default=None,
+                     help="Cap on images embedded (a seeded, stratified sample; signals default to 2000).")(f)
     f = click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits and sampling.")(f)
-    f = click.option("--shots", type=int, default=None, help="Few-shot: K training images per class.")(f)
+    f = click.option("--shots", type=click.IntRange(min=1), default=None,
+                     help="Embed only K training images per class (default: no few-shot cut, as the history's signals).")(f)
     return dataset_source_options(f)
+
+
+def shots_option(f: Any) -> Any:
+    """``--shots K`` for the commands about fine-tuning (``run``, ``recommend``): one default."""
+    return click.option("--shots", type=click.IntRange(min=1), default=DEFAULT_SHOTS, show_default=True,
+                        help="Training images per class (few-shot) of the fine-tuning run.")(f)
+
+
+def device_option(f: Any) -> Any:
+    """``--device`` (env ``ADVISOR_DEVICE``), with the same default on every command."""
+    return click.option("--device", default="auto", show_default=True, envvar="ADVISOR_DEVICE", show_envvar=True,
+                        help="cpu, cuda, cuda:1 ... (auto: cuda when present).")(f)
 
 
 def emit_json(obj: Any) -> None:
@@ -145,17 +214,15 @@ def _json_default(o: Any) -> Any:
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
-    """A plain aligned text table (no extra dependency)."""
+    """An aligned text table that fits the terminal width (long cells wrap; see advisor.terminal)."""
     if not rows:
         click.echo("(none)")
         return
+    from .terminal import format_table
+
     columns = columns or list(rows[0])
-    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    click.echo("  ".join("-" * w for w in widths))
-    for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    for line in format_table([[_fmt(r.get(c)) for c in columns] for r in rows], columns):
+        click.echo(line)
 
 
 def _fmt(v: Any) -> str:
@@ -229,7 +296,8 @@ def history_group() -> None:
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "jsonl"]), default=None,
               help="File format (default: from the extension, else from the content).")
 @db_option
-def history_add(file: str, fmt: str | None, db: str | None) -> None:
+@json_option
+def history_add(file: str, fmt: str | None, db: str | None, as_json: bool) -> None:
     """Add runs from FILE (columns: docs/history.md). Every row is validated first; any
     problem adds nothing."""
     from .history import open_history
@@ -238,6 +306,9 @@ def history_add(file: str, fmt: str | None, db: str | None) -> None:
     records = parse_file(file, fmt)
     with open_history(db) as h:
         n = h.add_records(records)
+        if as_json:
+            emit_json({"added": n, "history": h.display})
+            return
         click.echo(f"Added {n} run{'' if n == 1 else 's'} to {h.display}")
 
 
@@ -275,7 +346,7 @@ def history_list(model: str | None, dataset: str | None, method: str | None, as_
                "its runs lack model.image_size or dataset.fingerprint, the key `advisor signals` stores "
                "under (history import-mlflow --compute-signals attaches signals to such runs)")
         click.echo(f"Note: {p['model']} on {p['dataset']} ({p['runs']} run{'' if p['runs'] == 1 else 's'}) "
-                   f"has no signals yet: {how}")
+                   f"has no signals yet: {how}", err=True)
 
 
 @history_group.command(name="show")
@@ -305,10 +376,15 @@ def history_show(run_id: str, as_json: bool, db: str | None) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write to this file instead of standard output.")
 @db_option
-def history_export(fmt: str | None, output: str | None, db: str | None) -> None:
-    """Export every run as CSV or JSON lines; `history add` reads it back exactly."""
+@json_option
+def history_export(fmt: str | None, output: str | None, db: str | None, as_json: bool) -> None:
+    """Export every run as CSV or JSON lines; `history add` reads it back exactly. With -o,
+    ``--json`` prints what was written ({"exported", "path", "format"})."""
     from .history import open_history
 
+    if as_json and output is None:
+        raise click.UsageError("--json describes the file written with -o; without -o the export itself "
+                               "is on standard output (--format jsonl for JSON lines)")
     if fmt is None:
         fmt = "jsonl" if output and output.lower().endswith((".jsonl", ".ndjson")) else "csv"
     with open_history(db) as h:
@@ -320,6 +396,9 @@ def history_export(fmt: str | None, output: str | None, db: str | None) -> None:
                 n = h.export(fmt, out)
         except OSError as exc:
             raise AdvisorError(f"cannot write {output}: {exc.strerror or exc}") from None
+    if as_json:
+        emit_json({"exported": n, "path": output, "format": fmt})
+        return
     click.echo(f"Exported {n} run{'' if n == 1 else 's'} to {output}", err=True)
 
 
@@ -348,10 +427,13 @@ def history_import_mlflow(experiment: str, tracking_uri: str | None, maps: tuple
         emit_json(plan.to_json(dry_run))
         return
     info = plan.to_json(dry_run)
-    print_table(info["new"], ["mlflow_run_id", "run_id", "model", "dataset", "method", "shots", "seed",
-                              "id_acc_before", "id_acc_after", "signals"])
+    print_table([{**r, "mlflow_run": r["mlflow_run_id"][:12], "acc_before": r["id_acc_before"],
+                  "acc_after": r["id_acc_after"]} for r in info["new"]],
+                ["mlflow_run", "run_id", "model", "dataset", "method", "shots", "seed", "acc_before", "acc_after",
+                 "signals"])
     for s in info["skipped"]:
-        click.echo(f"Skipped MLflow run {s['mlflow_run_id']}{' (' + s['name'] + ')' if s['name'] else ''}: {s['reason']}")
+        click.echo(f"Skipped MLflow run {s['mlflow_run_id']}{' (' + s['name'] + ')' if s['name'] else ''}: {s['reason']}",
+                   err=True)
     for p in info["signals"]:
         click.echo(f"Signals for {p['model']} on {p['dataset']}: {p['status']}")
     n_new, n_present = len(info["new"]), len(info["already_present"])
@@ -365,10 +447,14 @@ def history_import_mlflow(experiment: str, tracking_uri: str | None, maps: tuple
 
 @history_group.command(name="path")
 @db_option
-def history_path(db: str | None) -> None:
+@json_option
+def history_path(db: str | None, as_json: bool) -> None:
     """Print where the history database is (a file path, or a URL without its password)."""
     from .history.store import location
 
+    if as_json:
+        emit_json({"path": location(db)})
+        return
     click.echo(location(db))
 
 
@@ -380,7 +466,7 @@ def history_path(db: str | None) -> None:
 @dataset_options
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... (auto: cuda when present).")
+@device_option
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader worker processes for image files.")
 @click.option("--layers", "with_layers", is_flag=True, help="Also keep pooled per-layer states of both towers.")
@@ -389,7 +475,7 @@ def history_path(db: str | None) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None, metavar="OUT.npz",
               help="Write image, text, labels (+ layers) for `advisor signals --from-embeddings`.")
 @json_option
-def embed_command(model: str, pretrained: str | None, image_size: int | None, cache_dir: str | None, dataset: Any,
+def embed_command(model: str, pretrained: str | None, image_size: int | None, weights_dir: str | None, dataset: Any,
                   shots: int | None, seed: int, max_images: int | None, split: str, batch_size: int, device: str,
                   num_workers: int, with_layers: bool, no_cache: bool, quiet: bool, output: str | None,
                   as_json: bool) -> None:
@@ -399,18 +485,22 @@ def embed_command(model: str, pretrained: str | None, image_size: int | None, ca
     advisor embed --model lit-offline --dataset mnist-5k --split test
     advisor embed --model ViT-B-32 --pretrained openai --dataset folder:./images -o emb.npz
     """
-    from .embed import embed, save_npz
+    from .embed import embed
+    from .embeddings_file import write as write_embeddings
     from .specs import ModelSpec
+    from .terminal import set_quiet
+
+    set_quiet(quiet)
 
     if shots is not None and shots < 1:
         raise click.BadParameter("must be at least 1", param_hint="--shots")
     if max_images is not None and max_images < 1:
         raise click.BadParameter("must be at least 1", param_hint="--max-images")
-    emb = embed(ModelSpec(model, pretrained, image_size, cache_dir), dataset, split=split, shots=shots,
+    emb = embed(ModelSpec(model, pretrained, image_size, weights_dir), dataset, split=split, shots=shots,
                 seed=seed, max_images=max_images, device=device, batch_size=batch_size, num_workers=num_workers,
                 use_cache=not no_cache, with_layers=with_layers, quiet=quiet)
     if output:
-        save_npz(emb, output)
+        write_embeddings(emb, output)
     m = emb.meta
     summary = {
         "model": model, "model_identity": m.get("model_identity"), "dataset": m.get("dataset"), "split": split,
@@ -492,37 +582,44 @@ def cache_clear(yes: bool, older_than: str | None, as_json: bool) -> None:
                    "text_layers, paired_text). No model is loaded and nothing is stored.")
 @click.option("--metric", "metric_names", multiple=True, metavar="NAME",
               help="Only these metrics (repeatable; default: every registered metric).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... (auto: cuda when present).")
+@device_option
 @click.option("--no-cache", is_flag=True, help="Re-embed even when cached embeddings exist.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--allow-random-weights", is_flag=True,
+              help="Go on with a model whose weights are randomly initialised (refused otherwise; stored marked random).")
 @db_option
 @json_option
 @click.pass_context
 def signals_command(ctx: click.Context, model: str, pretrained: str | None, image_size: int | None,
-                    cache_dir: str | None, dataset: Any, shots: int | None, seed: int, max_images: int | None,
+                    weights_dir: str | None, dataset: Any, shots: int | None, seed: int, max_images: int | None,
                     from_embeddings: str | None, metric_names: tuple[str, ...], device: str, no_cache: bool,
-                    quiet: bool, db: str | None, as_json: bool) -> None:
+                    quiet: bool, allow_random_weights: bool, db: str | None, as_json: bool) -> None:
     """Compute every registered signal for a model and dataset, and store them in the history.
 
     \b
     advisor signals --model lit-offline --dataset fashion-mnist --max-images 2000
     advisor signals --from-embeddings features.npz --json
     """
-    from .signals import load_embeddings_npz, run_metrics, signal_context
+    from .embeddings_file import read as read_embeddings
+    from .signals import run_metrics, signal_context
+    from .terminal import set_quiet
 
+    set_quiet(quiet)
     names = list(metric_names) or None
     if from_embeddings:
         explicit = [f"--{p.replace('_', '-')}" for p in ("model", "pretrained", "image_size", "dataset", "shots", "max_images")
                     if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
         if explicit:
             raise click.UsageError(f"--from-embeddings cannot be combined with {', '.join(explicit)}")
-        sig = run_metrics(load_embeddings_npz(from_embeddings), names)
+        sig = run_metrics(read_embeddings(from_embeddings), names)
         info: dict[str, Any] = {"model": None, "dataset": None, "split_hash": None, "source": from_embeddings,
                                 "stored": None}
     else:
         from .specs import ModelSpec
+        from .weights import check_weights
 
-        info = signal_context(ModelSpec(model, pretrained, image_size, cache_dir), dataset,
+        check_weights(ModelSpec(model, pretrained, image_size, weights_dir), allow_random_weights)
+        info = signal_context(ModelSpec(model, pretrained, image_size, weights_dir), dataset,
                               shots=shots, seed=seed, max_images=max_images, device=device,
                               use_cache=not no_cache, quiet=quiet, metrics=names, db=db)
         sig = info.pop("signal_set")
@@ -583,8 +680,8 @@ class TunerHelpCommand(click.Command):
 @model_options
 @dataset_source_options
 @click.option("--method", required=True, help="Fine-tuning method: a registered tuner (listed below and by `advisor plugins`).")
-@click.option("--shots", type=int, default=16, show_default=True, help="Training images per class (few-shot).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@shots_option
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the few-shot sample and training.")
 @click.option("--epochs", type=int, default=None, help="Override the method's default epochs.")
 @click.option("--lr", type=float, default=None, help="Override the method's default learning rate.")
 @click.option("--batch-size", type=int, default=None)
@@ -593,8 +690,9 @@ class TunerHelpCommand(click.Command):
 @click.option("--alpha-target", type=float, default=None, hidden=True,
               help="Deprecated alias of --hparam alpha_target=X.")
 @click.option("--ood", multiple=True, help="OOD reference dataset (repeatable; default: the other offline built-ins).")
-@click.option("--max-test", type=int, default=500, show_default=True, help="Test images per dataset for accuracy.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... (auto: cuda when present).")
+@click.option("--max-images", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Test images of the dataset used for accuracy before and after (a fixed sample).")
+@device_option
 @click.option("--no-record", is_flag=True, help="Measure but do not write the run (nor its adapter file).")
 @click.option("--adapters-dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="Where the trained adapter goes (default: DB_STEM.adapters/ beside a SQLite history; "
@@ -603,9 +701,9 @@ class TunerHelpCommand(click.Command):
 @mlflow_option
 @db_option
 @json_option
-def run_command(model: str, pretrained: str | None, image_size: int | None, cache_dir: str | None, dataset: Any,
+def run_command(model: str, pretrained: str | None, image_size: int | None, weights_dir: str | None, dataset: Any,
                 method: str, shots: int, seed: int, epochs: int | None, lr: float | None, batch_size: int | None,
-                hparams: tuple[str, ...], alpha_target: float | None, ood: tuple[str, ...], max_test: int, device: str, no_record: bool,
+                hparams: tuple[str, ...], alpha_target: float | None, ood: tuple[str, ...], max_images: int, device: str, no_record: bool,
                 adapters_dir: str | None, quiet: bool, db: str | None, as_json: bool) -> None:
     """Fine-tune for real, measure before/after (ID, OOD, gap) and record the run in the history."""
     from .runner import run_finetune, summarize
@@ -620,12 +718,19 @@ def run_command(model: str, pretrained: str | None, image_size: int | None, cach
     # Unknown methods, unknown hyper-parameters and bad values: one line, before any model loads.
     given = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
     get_tuner(method).check_hparams({**{k: v for k, v in given.items() if v is not None}, **extra})
-    run = run_finetune(
-        ModelSpec(model, pretrained, image_size, cache_dir), dataset, method,
-        shots=shots, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, hparams=extra,
-        ood=list(ood) if ood else None, device=device, db=db, max_test=max_test, record=not no_record, quiet=quiet,
-        adapters_dir=adapters_dir,
-    )
+    from .terminal import TrainingProgress, set_quiet
+
+    set_quiet(quiet)
+    training = TrainingProgress(quiet)  # status lines and bars on stderr, when it is a terminal
+    try:
+        run = run_finetune(
+            ModelSpec(model, pretrained, image_size, weights_dir), dataset, method,
+            shots=shots, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, hparams=extra,
+            ood=list(ood) if ood else None, device=device, db=db, max_test=max_images, record=not no_record,
+            quiet=quiet, adapters_dir=adapters_dir, on_step=training,
+        )
+    finally:
+        training.close()
     summary = summarize(run)
     if as_json:
         emit_json({**summary, "ood_before": run.ood_before, "ood_after": run.ood_after, "hparams": run.hparams})
@@ -647,17 +752,35 @@ def predictor_group() -> None:
 
 
 def _print_lodo(scores: dict[str, Any]) -> None:
-    """The per-target table and the baseline table of a leave-one-dataset-out evaluation."""
+    """The per-target table, the calibration and the recommender table of a held-out evaluation."""
+    holdout = scores.get("holdout") or "dataset"
     targets = scores.get("targets") or {}
+    noise = scores.get("seed_noise") or {}
     if targets:
-        click.echo("Leave-one-dataset-out, per target (predicted vs measured over held-out runs):")
-        print_table([{"target": t, **v} for t, v in targets.items()], ["target", "spearman", "mae", "n"])
+        click.echo(f"Leave-one-{holdout}-out, per target (predicted vs measured over held-out runs):")
+        rows = []
+        for t, v in targets.items():
+            floor = (noise.get(t) or {}).get("mad")
+            rows.append({"target": t, "spearman": v.get("spearman"), "mae": v.get("mae"),
+                         "seed-noise MAE": floor if floor is not None else "n/a",
+                         f"coverage @{v.get('interval', 0.8):.0%}": v.get("coverage"),
+                         "median width": v.get("median_width"), "n": v.get("n")})
+        print_table(rows)
+        if noise and not noise.get("configurations"):
+            click.echo("Seed noise: n/a (no configuration in the history was run with more than one seed).")
+    calibration = scores.get("calibration") or {}
+    if calibration:
+        click.echo("")
+        click.echo("Interval calibration (empirical coverage of held-out runs at each nominal level):")
+        levels = [c["level"] for c in next(iter(calibration.values()))]
+        print_table([{"target": t, **{f"{lv:.0%}": c["coverage"] for lv, c in zip(levels, cs)}}
+                     for t, cs in calibration.items()])
     baselines = scores.get("baselines") or []
     if baselines:
         click.echo("")
-        click.echo("Recommendation quality per held-out (model, dataset, shots) group, with baselines:")
-        cols = ["name", "id_gain_spearman", "id_gain_mae", "top1_gain", "regret_gain", "groups_gain",
-                "top1_balanced", "regret_balanced", "groups_balanced"]
+        click.echo("Predictor and baselines, same folds (top-1/regret per held-out (model, dataset, shots) group):")
+        cols = ["name", "id_gain_spearman", "id_gain_mae", "ood_change_spearman", "ood_change_mae", "cost_spearman",
+                "top1_gain", "regret_gain", "top1_balanced", "regret_balanced", "groups_gain"]
         print_table([{c: b.get(c) for c in cols} for b in baselines], cols)
 
 
@@ -677,24 +800,29 @@ def predictor_train(db: str | None, as_json: bool) -> None:
         f"Trained predictor {info['name']!r} on {info['n_runs']} runs over {len(info['datasets'])} datasets "
         f"({info['n_features']} features; signals: {', '.join(info['signals']) or 'none'})."
     )
+    click.echo(f"Shots monotone for: {', '.join(info['scores'].get('monotone_shots') or []) or 'no target'}.")
     click.echo("")
     _print_lodo(info["scores"])
 
 
 @predictor_group.command(name="evaluate")
+@click.option("--holdout", type=click.Choice(["dataset", "source", "tower"]), default="dataset", show_default=True,
+              help="What one fold leaves out: a dataset, the source of its images (else the dataset name), or the "
+                   "model's image tower (else its family).")
 @db_option
 @json_option
-def predictor_evaluate(db: str | None, as_json: bool) -> None:
-    """Leave-one-dataset-out scores of the predictor and of the baselines (always-LoRA,
-    always-full, IIMM-only linear fit, kNN on signals, random), in one run."""
+def predictor_evaluate(holdout: str, db: str | None, as_json: bool) -> None:
+    """Held-out scores of the predictor and of the baselines (best single method, zero-shot-only,
+    IIMM-only linear fit, kNN on signals, random) in one loop: Spearman, MAE, interval coverage,
+    top-1 and regret, beside the history's seed noise."""
     from .history import open_history
-    from .predictor import evaluate_lodo
+    from .predictor import evaluate
 
-    ev = evaluate_lodo(open_history(db).training_rows())
+    ev = evaluate(open_history(db).training_rows(), holdout=holdout)
     if as_json:
         emit_json(ev)
         return
-    click.echo(f"{ev['n_runs']} runs, {ev['n_datasets']} datasets held out one at a time.")
+    click.echo(f"{ev['n_runs']} runs; {ev['n_held_out']} {holdout}s held out one at a time.")
     click.echo("")
     _print_lodo(ev)
 
@@ -723,6 +851,8 @@ def predictor_show(db: str | None, as_json: bool) -> None:
         "up_to_date": training_hash(rows) == est.training_hash,
         "features": list(stored.get("features") or []),
         "params": est.params,
+        "spaces": est.spaces,
+        "support": est.support.to_dict() if est.support else None,
         "scores": stored.get("scores") or {},
     }
     if as_json:
@@ -744,57 +874,90 @@ def _interval(v: Any, lo: Any, hi: Any, fmt: str = "{:+.3f}") -> str:
     return s if lo is None or hi is None else f"{s} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
+def _contributions(a: Any) -> str:
+    """``base +0.100 + method=lora +0.030 ... + 40 others -0.002`` (adds up to the ID gain)."""
+    if a.contribution_base is None:
+        return ""
+    parts = [f"base {a.contribution_base:+.3f}"] + [f"{f} {v:+.3f}" for f, v in a.contributions]
+    if a.contribution_other is not None:
+        parts.append(f"others {a.contribution_other:+.3f}")
+    return " ".join(parts[:1] + [f"+ {p}" for p in parts[1:]])
+
+
 @cli.command(name="recommend")
 @model_options
-@dataset_options
+@dataset_source_options
+@shots_option
+@click.option("--max-images", type=click.IntRange(min=1), default=None,
+              help="Cap on images embedded when the pair's signals must be computed (default 2000, seed 0).")
 @click.option("--objective", type=click.Choice(["gain", "balanced", "retain"]), default="balanced", show_default=True,
               help="gain: largest in-domain gain; balanced: gain + OOD change; retain: least forgetting among gainers.")
 @click.option("--max-forgetting", type=float, default=None, metavar="X",
               help="Drop methods whose predicted mean OOD accuracy drop exceeds X (accuracy units: 0.02 = 2 points).")
 @click.option("--budget", type=float, default=None, metavar="SECONDS", help="Drop methods predicted to train longer than this.")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available; cost is predicted for it).")
+@click.option("--device", default="auto", show_default=True, envvar="ADVISOR_DEVICE", show_envvar=True,
+              help="cpu, cuda, cuda:1 ... (auto: cuda when present; cost is predicted for the device the "
+                   "history's runs used most, or for this one when given).")
+@click.option("--from-embeddings", "from_embeddings", default=None, metavar="FILE.npz",
+              type=click.Path(dir_okay=False),
+              help="Your own embeddings (image (N,d), text (C,d), labels (N,)): signals from the file; descriptors from "
+                   "its meta_json, else from --model / --dataset names. No model or dataset is loaded.")
+@click.option("--allow-random-weights", is_flag=True,
+              help="Go on with a model whose weights are randomly initialised (refused otherwise).")
 @db_option
 @json_option
-def recommend_command(model: str, pretrained: str | None, image_size: int | None, cache_dir: str | None,
-                      dataset: Any, shots: int | None, seed: int, max_images: int | None, objective: str,
-                      max_forgetting: float | None, budget: float | None, device: str | None,
-                      db: str | None, as_json: bool) -> None:
+def recommend_command(model: str, pretrained: str | None, image_size: int | None, weights_dir: str | None,
+                      dataset: Any, shots: int, max_images: int | None, objective: str,
+                      max_forgetting: float | None, budget: float | None, device: str,
+                      from_embeddings: str | None, allow_random_weights: bool, db: str | None, as_json: bool) -> None:
     """Rank the fine-tuning methods for a model and dataset, with predicted gain, forgetting,
-    cost, their uncertainty and the signals behind them. ``--shots`` defaults to 16 here."""
+    cost, their uncertainty and the signals behind them (signals use seed 0, as the history's)."""
     from .recommendation import recommend
     from .specs import ModelSpec
+    from .terminal import set_quiet
+
+    set_quiet(as_json)
 
     rec = recommend(
-        ModelSpec(model, pretrained, image_size, cache_dir), dataset, db=db, objective=objective,
-        max_forgetting=max_forgetting, budget=budget, shots=16 if shots is None else shots, seed=seed,
-        device=device, max_images=max_images, quiet=as_json,
+        ModelSpec(model, pretrained, image_size, weights_dir), dataset, db=db, objective=objective,
+        max_forgetting=max_forgetting, budget=budget, shots=shots,
+        device=None if device == "auto" else device, max_images=max_images, quiet=as_json, embeddings=from_embeddings,
+        allow_random_weights=allow_random_weights,
     )
     if as_json:
         emit_json(rec.to_dict())
         return
     src = "learned predictor" if rec.source == "predictor" else "IIMM heuristic (cold start)"
-    sig = "signals from the history" if rec.signals_source == "history" else "signals computed now and stored"
+    sig = {"history": "signals from the history", "computed": "signals computed now and stored",
+           "embeddings": "signals from the embeddings file (not stored)"}[rec.signals_source]
     click.echo(f"{rec.model} on {rec.dataset}, {rec.shots} shots, objective {rec.objective!r}; {sig}; ranking by the {src}.")
+    level = f"{rec.interval:.0%}"
     rows = []
     for a in rec.methods:
         rows.append({
             "rank": a.rank,
             "method": a.method,
-            "ID gain [80%]": _interval(a.id_gain, a.id_gain_lo, a.id_gain_hi),
-            "OOD change [80%]": _interval(a.ood_change, a.ood_change_lo, a.ood_change_hi),
-            "cost s": _interval(a.cost_s, a.cost_s_lo, a.cost_s_hi, "{:.0f}"),
-            "top contributions (ID gain)": ", ".join(f"{f} {v:+.3f}" for f, v in a.contributions),
+            f"ID gain [{level}]": _interval(a.id_gain, a.id_gain_lo, a.id_gain_hi),
+            f"OOD change [{level}]": _interval(a.ood_change, a.ood_change_lo, a.ood_change_hi),
+            "cost s" + (" (extrapolated)" if a.cost_extrapolated else ""): _interval(a.cost_s, a.cost_s_lo, a.cost_s_hi, "{:.0f}"),
+            "ID gain = base + contributions": _contributions(a),
             "similar runs": a.support_runs,
             "note": a.excluded or "",
         })
     print_table(rows)
+    if rec.out_of_support:
+        click.echo("Outside the history (intervals widened): " + "; ".join(rec.out_of_support))
+    for a in rec.methods:
+        if a.similar_runs:
+            click.echo(f"Similar runs of {a.method}: {'; '.join(a.similar_runs[:6])}"
+                       + (f" and {len(a.similar_runs) - 6} more" if len(a.similar_runs) > 6 else ""))
     s = rec.support
     click.echo(f"History: {s['runs']} runs over {s['datasets']} datasets; {s['same_model_family']} with this model "
                f"family, {s['same_dataset']} on this dataset, {s['shared_domain']} on this dataset or one sharing a domain.")
     for w in rec.warnings:
-        click.echo(f"Warning: {w}")
+        click.echo(f"Warning: {w}", err=True)
     for n in rec.notes:
-        click.echo(f"Note: {n}")
+        click.echo(f"Note: {n}", err=True)
     click.echo("")
     click.echo(rec.sentence)
 
@@ -803,12 +966,16 @@ def recommend_command(model: str, pretrained: str | None, image_size: int | None
 @db_option
 @click.option("-o", "--output", "output", default="report.html", show_default=True, type=click.Path(dir_okay=False),
               help="Where to write the HTML report.")
-def report_command(db: str | None, output: str) -> None:
-    """An HTML report: predicted vs measured gain under leave-one-dataset-out, each signal
-    against measured gain per method, and the baseline table (plots embedded as PNG)."""
+@json_option
+def report_command(db: str | None, output: str, as_json: bool) -> None:
+    """An HTML report: calibration, held-out predicted vs measured per target, gain vs cost per
+    pair with intervals, every signal against measured gain, and the baseline table (PNG plots)."""
     from .report import write_report
 
     path = write_report(db, output)
+    if as_json:
+        emit_json({"path": str(path)})
+        return
     click.echo(f"Wrote {path}")
 
 

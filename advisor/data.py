@@ -390,7 +390,19 @@ def dataset_descriptors(bundle: DatasetBundle) -> dict[str, Any]:
         "domain": list(bundle.domain),
         "mean_side_px": side,
         "is_grayscale": gray,
+        # the most shots a run can take (few_shot refuses more); recommend warns past it
+        "fewest_train_per_class": int(class_counts(train, len(bundle.class_names)).min()),
     }
+
+
+def shots_shortfall(desc: Mapping[str, Any], shots: int | None) -> str | None:
+    """A warning when ``shots`` exceeds the training images of the dataset's smallest class
+    (``advisor run`` would refuse such a run), else None."""
+    fewest = desc.get("fewest_train_per_class")
+    if shots is None or fewest is None or int(shots) <= int(fewest):
+        return None
+    return (f"{shots} shots per class requested but the training split of {desc.get('name')!r} has only {fewest} "
+            f"image(s) in its smallest class: `advisor run` would refuse {shots} shots (use --shots {fewest} or fewer)")
 
 
 def _image_stats(images: ImageSet, max_files: int = 32) -> tuple[float, bool]:
@@ -406,21 +418,9 @@ def _image_stats(images: ImageSet, max_files: int = 32) -> tuple[float, bool]:
 
     paths = images.images
     pick = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), max_files)).astype(int))
-        # the most shots a run can take (few_shot refuses more); recommend warns past it
-        "fewest_train_per_class": int(class_counts(train, len(bundle.class_names)).min()),
     sides, gray = [], True
     for i in pick:
         p = paths[i]
-def shots_shortfall(desc: Mapping[str, Any], shots: int | None) -> str | None:
-    """A warning when ``shots`` exceeds the training images of the dataset's smallest class
-    (``advisor run`` would refuse such a run), else None."""
-    fewest = desc.get("fewest_train_per_class")
-    if shots is None or fewest is None or int(shots) <= int(fewest):
-        return None
-    return (f"{shots} shots per class requested but the training split of {desc.get('name')!r} has only {fewest} "
-            f"image(s) in its smallest class: `advisor run` would refuse {shots} shots (use --shots {fewest} or fewer)")
-
-
         try:
             with Image.open(p) as im:
                 sides.append((im.size[0] + im.size[1]) / 2)

@@ -23,6 +23,7 @@ from . import cache
 from .config import resolve_device
 from .errors import DatasetError, ModelLoadError
 from .specs import DatasetSpec, Embeddings, ImageSet, ModelSpec, VisionLanguageModel
+from .terminal import phase, progress_bar
 
 #: Counters for tests and benchmarks: how often a model was really loaded and run.
 stats: dict[str, int] = {"model_loads": 0, "image_batches": 0, "text_batches": 0}
@@ -51,7 +52,8 @@ def load_model(spec: ModelSpec | str, device: str | None = None, *, fresh: bool 
     if not fresh and key in _MODELS:
         return _MODELS[key]
     source = get_model_source(spec.name)
-    model = source.load(spec, device)
+    with phase(f"loading model {spec.name}"):
+        model = source.load(spec, device)
     stats["model_loads"] += 1
     if not isinstance(model, VisionLanguageModel):
         raise ModelLoadError(f"model source {source.name!r} returned {type(model).__name__}, which lacks the VisionLanguageModel interface")
@@ -106,10 +108,7 @@ def precision_for(device: str) -> str:
 
 
 def _progress(total: int, quiet: bool, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
-    disable = quiet or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
-    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=disable, leave=False)
+    return progress_bar(total, desc, "img", quiet)
 
 
 # ------------------------------------------------------------------------------ images
@@ -276,12 +275,13 @@ def encode_texts(
 
 
 def format_prompt(template: str, class_name: str) -> str:
-    """``"a photo of a {}."`` -> ``"a photo of a cat."`` (``{c}``/``{class}`` also accepted)."""
+    """``"a photo of a {}."`` -> ``"a photo of a cat."`` (any spelling of ``data.PLACEHOLDERS``;
+    a template without one gets the name appended)."""
+    from .data import normalize_template
+
+    template = normalize_template(template)
     if "{}" in template:
         return template.replace("{}", class_name)
-    for field in ("{c}", "{class}", "{classname}", "{class_name}"):
-        if field in template:
-            return template.replace(field, class_name)
     return f"{template} {class_name}".strip()
 
 
@@ -414,7 +414,6 @@ def embed(
         "precision": parts["precision"],
         "device": device,
         "templates": templates,
-        "text_layers_rows": "one row per (template, class) prompt, templates outer" if with_layers else None,
         "with_layers": bool(with_layers),
         "seconds": round(seconds, 4),
         "image_seconds": round(t_img, 4),
@@ -431,29 +430,8 @@ def embed(
         image_layers=image_layers,
         text_layers=text_layers,
         meta=meta,
+        text_layer_rows="prompts",
     )
     if use_cache:
         cache.save(key, emb)
     return emb
-
-
-def save_npz(emb: Embeddings, path: str) -> None:
-    """Write embeddings for ``advisor signals --from-embeddings``.
-
-    Keys: ``image`` (N,d), ``text`` (C,d), ``labels`` (N,), ``class_names`` (C,), ``meta_json``;
-    per-layer states as ``image_layers_<i>`` / ``text_layers_<i>`` (widths differ between layers
-    for CNN towers), plus stacked ``image_layers`` (L,N,w) / ``text_layers`` (L,M,w) when every
-    layer of both towers has one width. Plain arrays only: readable with ``allow_pickle=False``.
-    """
-    arrays = cache.base_arrays(emb)
-    both = emb.image_layers and emb.text_layers
-    uniform = bool(both) and all(len({a.shape[1] for a in layers}) == 1 for layers in (emb.image_layers, emb.text_layers))  # type: ignore[union-attr]
-    for name, layers in (("image_layers", emb.image_layers), ("text_layers", emb.text_layers)):
-        if not layers or not both:
-            continue
-        for i, a in enumerate(layers):
-            arrays[f"{name}_{i}"] = np.asarray(a, dtype=np.float32)
-        if uniform:
-            arrays[name] = np.stack([np.asarray(a, dtype=np.float32) for a in layers])
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)

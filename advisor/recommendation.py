@@ -1,36 +1,41 @@
 """``advisor recommend``: rank the fine-tuning methods for one (model, dataset) pair, explained.
 
 1. The pair's signals come from the history when it has them (``latest_signals``); otherwise
-   they are computed once (``compute_signals``, same protocol as ``advisor run``) and stored.
+   they are computed once (``compute_signals``, same protocol as ``advisor run``) and stored, or
+   read from a user's own embeddings file (``embeddings=FILE.npz``). A model that would run with
+   random weights is refused unless allowed (``advisor.weights``).
 2. The predictor stored in the history (``default``) predicts, per registered method, the
-   in-domain gain, the OOD change (negative = forgetting) and the cost, each with an 80 %
-   interval, plus the features that pushed the gain prediction most (SHAP contributions).
-3. The objective picks the winner: ``gain`` (largest ID gain), ``balanced`` (ID gain + OOD
-   change, i.e. forgetting costs as much as gain is worth) or ``retain`` (least forgetting among
-   methods predicted to gain). ``max_forgetting`` and ``budget`` drop methods first.
+   in-domain gain (always feasible: between -zero-shot and 1 - zero-shot), the OOD change
+   (negative = forgetting) and the cost, each with a conformal interval that widens for every
+   kind of input outside the history's support (named in ``out_of_support``), plus the features
+   that pushed the gain prediction most, with the base value they add up from.
+3. ``advisor.decision`` applies the constraints and the objective, and says so when the best
+   methods cannot be told apart (then the cheapest of them is recommended).
 
-Cold start: with no stored predictor, one is trained if the history has at least
-``MIN_RUNS`` runs over ``MIN_DATASETS`` datasets; otherwise the ranking falls back to the
-IIMM heuristic (see ``heuristic_ranking``) and the recommendation says so.
+Cold start: with no stored predictor, one is trained if the history has at least ``MIN_RUNS``
+runs over ``MIN_DATASETS`` datasets; otherwise the ranking falls back to the IIMM heuristic
+(``advisor.heuristic``) and the recommendation says so.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import statistics
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .decision import OBJECTIVES, MethodAdvice, cheapest, choose, objective_noise, ties, winner_sentence
 from .errors import AdvisorError, PredictorError
+from .heuristic import choose_heuristic, heuristic_ranking
 from .specs import DatasetSpec, ModelSpec
 
-OBJECTIVES = ("gain", "balanced", "retain")
+__all__ = ["OBJECTIVES", "MethodAdvice", "Recommendation", "RecommendError", "choose", "heuristic_ranking",
+           "recommend", "registered_methods", "similar_runs", "support_for", "winner_sentence"]
+
 PREDICTOR_NAME = "default"
-#: The IIMM heuristic needs this many pairs with an IIMM value to call a value "high" or "low".
-MIN_REFERENCE_PAIRS = 3
 #: How many contributing features to show per method.
 TOP_CONTRIBUTIONS = 3
 
@@ -40,31 +45,9 @@ class RecommendError(AdvisorError):
 
 
 @dataclass
-class MethodAdvice:
-    """One method's prediction. Gains and OOD changes are accuracy differences (0.05 = 5 points);
-    ``cost_s`` is predicted training wall time in seconds."""
-
-    method: str
-    id_gain: float | None = None
-    id_gain_lo: float | None = None
-    id_gain_hi: float | None = None
-    ood_change: float | None = None
-    ood_change_lo: float | None = None
-    ood_change_hi: float | None = None
-    cost_s: float | None = None
-    cost_s_lo: float | None = None
-    cost_s_hi: float | None = None
-    score: float | None = None
-    rank: int | None = None
-    eligible: bool = True
-    excluded: str | None = None
-    contributions: list[tuple[str, float]] = field(default_factory=list)
-    support_runs: int = 0  # runs of this method on similar pairs (same model family or shared domain)
-
-
-@dataclass
 class Recommendation:
-    """What ``recommend`` returns; ``to_dict`` is the ``--json`` output."""
+    """What ``recommend`` returns; ``to_dict`` is the ``--json`` output, ``to_dataframe`` one
+    row per method for notebooks."""
 
     model: str
     dataset: str
@@ -75,13 +58,18 @@ class Recommendation:
     source: str  # "predictor" | "iimm-heuristic"
     methods: list[MethodAdvice]
     signals: dict[str, float]
-    signals_source: str  # "history" | "computed"
+    signals_source: str  # "history" | "computed" | "embeddings"
     support: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     predictor: dict[str, Any] = field(default_factory=dict)
     max_forgetting: float | None = None
     budget: float | None = None
+    out_of_support: list[str] = field(default_factory=list)
+    tied: list[str] = field(default_factory=list)
+    interval: float = 0.8
+    random_weights: bool = False
+    device: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -89,18 +77,40 @@ class Recommendation:
             m["contributions"] = [{"feature": f, "value": v} for f, v in m["contributions"]]
         return d
 
+    def to_dataframe(self) -> Any:
+        """One row per method (ranked), the columns of ``MethodAdvice``; needs pandas."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise AdvisorError("to_dataframe() needs pandas: pip install pandas") from None
+        rows = []
+        for a in self.methods:
+            row = asdict(a)
+            row["contributions"] = ", ".join(f"{f} {v:+.3f}" for f, v in a.contributions)
+            row["similar_runs"] = "; ".join(a.similar_runs)
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("method")
+
+
+# ------------------------------------------------------------------------------------------
+# Methods, from the tuner registry
+# ------------------------------------------------------------------------------------------
+
+
+def registered_methods(predictor_methods: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """(method names in registered order, method -> tuner family). Order and family come from
+    each tuner's registration; methods only the predictor knows come last, family unknown."""
+    from .plugins import get_tuners
+
+    tuners = get_tuners()
+    names = sorted(tuners, key=lambda n: (getattr(tuners[n], "order", 100), n))
+    names += sorted(m for m in predictor_methods if m not in tuners) if not names else []
+    return names, {n: str(getattr(tuners[n], "family", "other")) for n in tuners}
+
 
 # ------------------------------------------------------------------------------------------
 # The pair: descriptors and signals
 # ------------------------------------------------------------------------------------------
-
-
-def _as_model_spec(spec: ModelSpec | str) -> ModelSpec:
-    return spec if isinstance(spec, ModelSpec) else ModelSpec(str(spec))
-
-
-def _as_dataset_spec(spec: DatasetSpec | str) -> DatasetSpec:
-    return spec if isinstance(spec, DatasetSpec) else DatasetSpec(str(spec))
 
 
 def _model_key(desc: Mapping[str, Any]) -> str:
@@ -147,26 +157,30 @@ def pair_signals(
     device: str | None = None,
     max_images: int | None = None,
     quiet: bool = False,
+    allow_random_weights: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float], str]:
     """(model_desc, dataset_desc, signals, "history"|"computed") for the pair.
 
-    The dataset is always loaded (its fingerprint decides whether stored signals still apply).
-    When the history already describes the model and holds signals for the pair, nothing else
-    runs; otherwise the signals are computed with ``advisor run``'s protocol (training split,
-    seed 0, embeddings cached on disk) and stored, unless the history turns out to have them
-    under the model's real key, which then win.
+    Random weights are refused first (unless allowed), then the dataset is loaded (its
+    fingerprint decides whether stored signals still apply). When the history already
+    describes the model and holds signals for the pair, nothing else runs; otherwise the
+    signals are computed with ``advisor run``'s protocol (training split, seed 0, embeddings
+    cached on disk) and stored (marked ``random_weights`` when they are), unless the history
+    turns out to have them under the model's real key, which then win.
     """
     from .data import dataset_descriptors, load_dataset
     from .plugins import get_model_source
+    from .weights import check_weights, mark
 
     get_model_source(model_spec.name)  # unknown model: one line, before any work
+    model_desc = _known_model_desc(model_spec, rows, history)
+    random = check_weights(model_spec, allow_random_weights, model_desc)
     bundle = load_dataset(dataset_spec)
     dataset_desc = dataset_descriptors(bundle)
-    model_desc = _known_model_desc(model_spec, rows, history)
     if model_desc is not None:
         stored = history.latest_signals(_model_key(model_desc), _dataset_key(dataset_desc))
         if stored:
-            return model_desc, dataset_desc, dict(stored), "history"
+            return mark(model_desc, random), dataset_desc, dict(stored), "history"
 
     from .config import resolve_device
     from .signals import compute_signals, describe_pair
@@ -177,6 +191,7 @@ def pair_signals(
         kwargs["max_images"] = max_images
     sig = compute_signals(model_spec, dataset_spec, **kwargs)
     model_desc, _ = describe_pair(model_spec, dataset_spec, sig.meta, device)
+    model_desc = mark(model_desc, random)
     stored = history.latest_signals(_model_key(model_desc), _dataset_key(dataset_desc))
     if stored:
         return model_desc, dataset_desc, dict(stored), "history"
@@ -189,43 +204,59 @@ def pair_signals(
     return model_desc, dataset_desc, values, "computed"
 
 
+def embeddings_pair(
+    path: str, model_name: str | None, dataset_name: str | None, rows: Sequence[Mapping[str, Any]], history: Any,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+    """(model_desc, dataset_desc, signals) from a user's own embeddings file: every registered
+    metric runs on it; descriptors come from the file's ``meta_json`` (``model_desc``,
+    ``dataset_desc``, as ``advisor`` writes them), else from the history's record of
+    ``model_name``, else from the names given and the file's shapes. Nothing is stored."""
+    from .embeddings_file import read as read_embeddings
+    from .signals import run_metrics
+
+    emb = read_embeddings(path)
+    meta = emb.meta or {}
+    model_desc = dict(meta["model_desc"]) if isinstance(meta.get("model_desc"), Mapping) else None
+    if model_desc is None and model_name:
+        model_desc = _known_model_desc(ModelSpec(model_name), rows, history) or {"name": model_name}
+    model_desc = model_desc or {"name": "embeddings"}
+    model_desc.setdefault("embed_dim", int(emb.image.shape[1]))
+    dataset_desc = dict(meta["dataset_desc"]) if isinstance(meta.get("dataset_desc"), Mapping) else {
+        "name": dataset_name or Path(path).stem, "n_classes": int(emb.text.shape[0]), "n_train": int(emb.image.shape[0])}
+    sig = run_metrics(emb, None)
+    values = {k: float(v) for k, v in sig.values.items()}
+    if not values:
+        errors = "; ".join(f"{k}: {v}" for k, v in (sig.errors or {}).items())
+        raise PredictorError(f"no signal could be computed from {path} ({errors or 'no metric applies'})")
+    return model_desc, dataset_desc, values
+
+
 # ------------------------------------------------------------------------------------------
 # Support: how much of the history looks like this pair
 # ------------------------------------------------------------------------------------------
 
 
-def _family(desc: Mapping[str, Any]) -> str | None:
-    return desc.get("family") or desc.get("architecture") or desc.get("name")
-
-
 def support_for(
     model_desc: Mapping[str, Any], dataset_desc: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
-) -> tuple[dict[str, Any], dict[str, int], list[str]]:
-    """(summary counts, similar runs per method, warnings). A run is *similar* when it used the
-    same model family, or a dataset sharing a domain tag (or the same dataset)."""
-    from .predictor import row_dataset, row_method
+) -> tuple[dict[str, Any], list[str]]:
+    """(summary counts, warnings about the dataset's domain)."""
+    from .predictor import row_dataset, row_family, row_tower
 
-    fam = _family(model_desc)
+    case = {"model_desc": dict(model_desc), "model": model_desc.get("name")}
+    fam, tower = row_family(case), row_tower(case)
     tags = set(dataset_desc.get("domain") or [])
     name = dataset_desc.get("name")
-    same_family = same_dataset = shared_domain = 0
-    per_method: dict[str, int] = {}
+    same_family = same_tower = same_dataset = shared_domain = 0
     seen_tags: set[str] = set()
     for r in rows:
-        rf = _family(dict(r.get("model_desc") or {}) or {"name": r.get("model")})
         rtags = set((r.get("dataset_desc") or {}).get("domain") or [])
         seen_tags |= rtags
-        f_ok = rf == fam
+        same_family += row_family(r) == fam
+        same_tower += row_tower(r) == tower
         d_same = row_dataset(r) == name
-        d_ok = d_same or bool(tags & rtags)
-        same_family += f_ok
         same_dataset += d_same
-        shared_domain += d_ok
-        if f_ok or d_ok:
-            per_method[row_method(r)] = per_method.get(row_method(r), 0) + 1
+        shared_domain += d_same or bool(tags & rtags)
     warnings = []
-    if rows and same_family == 0:
-        warnings.append(f"model family {fam!r} has no runs in the history: predictions extrapolate from other families")
     if rows and same_dataset == 0 and tags and not (tags & seen_tags):
         warnings.append(
             f"no dataset in the history shares a domain with {name!r} ({', '.join(sorted(tags))}): predictions extrapolate"
@@ -233,196 +264,48 @@ def support_for(
     summary = {
         "runs": len(rows),
         "same_model_family": same_family,
+        "same_image_tower": same_tower,
         "same_dataset": same_dataset,
         "shared_domain": shared_domain,
         "datasets": len({row_dataset(r) for r in rows}),
     }
-    return summary, per_method, warnings
+    return summary, warnings
 
 
-# ------------------------------------------------------------------------------------------
-# Choosing
-# ------------------------------------------------------------------------------------------
+def similar_runs(case: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, list[str]]:
+    """Per method, the history runs that really are similar to ``case``: the same image tower
+    or model family, and (signals, log2 shots) within the history's own typical distance
+    between neighbouring datasets (the median, over the history's (model, dataset) pairs, of
+    the standardised distance to the nearest pair of another dataset). Labels say which runs."""
+    from .predictor import SignalKNN, row_dataset, row_family, row_method, row_model, row_shots, row_tower
 
-
-def _score(a: MethodAdvice, objective: str) -> float | None:
-    g, o = a.id_gain, a.ood_change
-    if objective == "gain":
-        return g
-    if objective == "balanced":
-        return None if g is None or o is None else g + o
-    return o  # retain: least forgetting (the positive-gain condition is applied as a filter)
-
-
-def _pct(v: float | None) -> str:
-    """Accuracy differences as signed fractions (0.05 = 5 points), as stored in the history."""
-    return "?" if v is None else f"{v:+.3f}"
-
-
-def choose(
-    advice: list[MethodAdvice],
-    objective: str,
-    *,
-    max_forgetting: float | None = None,
-    budget: float | None = None,
-) -> tuple[list[MethodAdvice], str | None]:
-    """Apply constraints, score, rank (eligible first, best first). Returns (ranked, winner)."""
-    for a in advice:
-        if not a.eligible:
-            continue
-        if max_forgetting is not None and a.ood_change is not None and -a.ood_change > max_forgetting:
-            a.eligible, a.excluded = False, f"predicted OOD drop {-a.ood_change:.3f} > --max-forgetting {max_forgetting:g}"
-        elif budget is not None and a.cost_s is not None and a.cost_s > budget:
-            a.eligible, a.excluded = False, f"predicted cost {a.cost_s:.0f} s > --budget {budget:g} s"
-        elif objective == "retain" and (a.id_gain is None or a.id_gain <= 0):
-            a.eligible, a.excluded = False, "not predicted to gain in-domain (--objective retain)"
-        a.score = _score(a, objective)
-        if a.eligible and a.score is None:
-            a.eligible, a.excluded = False, f"no prediction for the {objective!r} objective"
-    ranked = sorted(advice, key=lambda a: (not a.eligible, -(a.score if a.score is not None else -math.inf)))
-    for i, a in enumerate(ranked, 1):
-        a.rank = i
-    winner = ranked[0].method if ranked and ranked[0].eligible else None
-    return ranked, winner
-
-
-def winner_sentence(ranked: list[MethodAdvice], winner: str | None, objective: str, source: str) -> str:
-    """The decision in one sentence, with its reason."""
-    if winner is None:
-        reasons = "; ".join(f"{a.method}: {a.excluded}" for a in ranked if a.excluded)
-        return f"No method qualifies ({reasons or 'no predictions'}); keep the zero-shot model or relax the constraints."
-    w = ranked[0]
-    others = [a for a in ranked[1:] if a.eligible and a.score is not None]
-    nxt = f", ahead of {others[0].method} ({_pct(others[0].score)})" if others else ""
-    how = "predicted" if source == "predictor" else "IIMM-heuristic"
-    if w.id_gain is None:  # rule-based heuristic: no numbers
-        return f"Use {winner}: the IIMM heuristic ranks it first for the {objective!r} objective (no trained predictor yet)."
-    interval = (
-        f" (80% interval {_pct(w.id_gain_lo)} to {_pct(w.id_gain_hi)})" if w.id_gain_lo is not None else ""
-    )
-    if objective == "gain":
-        why = f"largest {how} in-domain gain, {_pct(w.id_gain)}{interval}"
-    elif objective == "balanced":
-        why = (
-            f"best {how} in-domain gain plus OOD change, {_pct(w.score)} "
-            f"({_pct(w.id_gain)} in-domain, {_pct(w.ood_change)} out-of-domain)"
-        )
-    else:
-        why = (
-            f"least {how} forgetting among methods predicted to gain, {_pct(w.ood_change)} out-of-domain "
-            f"for {_pct(w.id_gain)} in-domain"
-        )
-    if w.id_gain <= 0.0:
-        # Nothing is predicted to beat zero-shot: saying "use X" without this caveat would mislead.
-        return (f"No method is predicted to improve on zero-shot here ({winner} ranks first with {why}{nxt}); "
-                f"keep the zero-shot model unless the interval's upper end ({_pct(w.id_gain_hi)}) is worth a run.")
-    return f"Use {winner}: {why}{nxt}."
-
-
-# ------------------------------------------------------------------------------------------
-# Cold start: the IIMM heuristic
-# ------------------------------------------------------------------------------------------
-
-#: Rule-based orders (ours, from the IIMM paper's finding that higher IIMM means larger
-#: in-domain gain *and* larger forgetting after fine-tuning the towers): high IIMM favours
-#: tower-updating methods for gain; low IIMM, or an objective that values retention, favours
-#: prompt learning, which leaves both towers frozen.
-_HEURISTIC_ORDERS = {
-    ("high", "gain"): ("full", "lora", "tpc_cma", "contcoop", "coop"),
-    ("high", "balanced"): ("lora", "contcoop", "coop", "tpc_cma", "full"),
-    ("high", "retain"): ("contcoop", "coop", "lora", "tpc_cma", "full"),
-    ("low", "gain"): ("contcoop", "coop", "lora", "tpc_cma", "full"),
-    ("low", "balanced"): ("contcoop", "coop", "lora", "tpc_cma", "full"),
-    ("low", "retain"): ("contcoop", "coop", "lora", "tpc_cma", "full"),
-    ("unknown", "gain"): ("full", "lora", "tpc_cma", "contcoop", "coop"),
-    ("unknown", "balanced"): ("lora", "contcoop", "coop", "tpc_cma", "full"),
-    ("unknown", "retain"): ("contcoop", "coop", "lora", "tpc_cma", "full"),
-}
-
-
-def heuristic_ranking(
-    signals: Mapping[str, float],
-    rows: Sequence[Mapping[str, Any]],
-    methods: Sequence[str],
-    objective: str,
-) -> tuple[list[MethodAdvice], str]:
-    """Cold-start ranking, in rule-table order (above): IIMM is "high" or "low" against the
-    median IIMM of the pairs in the history. A method with at least two runs (two IIMM values)
-    in the history also gets the IIMM paper's linear heuristic (gain ~= a_m + b_m * IIMM, the
-    same for OOD change) fitted on them; when every method has one, ``_choose_heuristic`` ranks
-    by those numbers instead. Returns (advice in rule order, a note saying what was done)."""
-    from .predictor import IIMM_SIGNAL, IIMMLinear, row_signals, row_method
-
-    iimm = signals.get(IIMM_SIGNAL)
-    fitted: dict[str, dict[str, float]] = {}
-    if iimm is not None and rows:
-        lin = IIMMLinear().fit(rows)
-        for m in methods:
-            runs = [r for r in rows if row_method(r) == m and IIMM_SIGNAL in row_signals(r)]
-            if len({row_signals(r)[IIMM_SIGNAL] for r in runs}) >= 2:
-                fitted[m] = lin.predict_row({"signals": dict(signals)}, m)
-    ref_values = {}
-    for r in rows:
-        s = row_signals(r)
-        if IIMM_SIGNAL in s:
-            ref_values[(str(r.get("model")), str(r.get("dataset")))] = s[IIMM_SIGNAL]
-    if iimm is None:
-        level, why = "unknown", "the pair has no IIMM signal"
-    elif len(ref_values) < MIN_REFERENCE_PAIRS:
-        level = "unknown"
-        why = (f"IIMM {iimm:.3f} cannot be called high or low: fewer than {MIN_REFERENCE_PAIRS} pairs "
-               "in the history to compare with")
-    else:
-        med = statistics.median(ref_values.values())
-        level = "high" if iimm >= med else "low"
-        why = f"IIMM {iimm:.3f} is {'at or above' if level == 'high' else 'below'} the history's median {med:.3f}"
-    table = _HEURISTIC_ORDERS[(level, objective)]
-    order = [m for m in table if m in methods] + sorted(m for m in methods if m not in table)
-    advice = []
-    for m in methods:
-        a = MethodAdvice(method=m)
-        if m in fitted:
-            a.id_gain, a.ood_change = _finite(fitted[m]["id_gain"]), _finite(fitted[m]["ood_change"])
-        advice.append(a)
-    note = f"IIMM heuristic: {why}; rule order for {objective!r}: {', '.join(order)}"
-    if fitted:
-        note += f"; linear IIMM fits from the history for {', '.join(sorted(fitted))}"
-    rule_rank = {m: i for i, m in enumerate(order)}
-    return sorted(advice, key=lambda a: rule_rank.get(a.method, len(order))), note
-
-
-def _finite(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
-def _choose_heuristic(
-    advice: list[MethodAdvice], objective: str, max_forgetting: float | None
-) -> tuple[list[MethodAdvice], str | None]:
-    """When every method has a linear IIMM fit, rank by its numbers (constraints applied);
-    otherwise keep the rule order, dropping only methods whose fitted forgetting breaks
-    ``max_forgetting``."""
-    if advice and all(a.id_gain is not None and a.ood_change is not None for a in advice):
-        return choose(advice, objective, max_forgetting=max_forgetting)
-    for a in advice:
-        if max_forgetting is not None and a.ood_change is not None and -a.ood_change > max_forgetting:
-            a.eligible, a.excluded = False, f"fitted OOD drop {-a.ood_change:.3f} > --max-forgetting {max_forgetting:g}"
-    ranked = [a for a in advice if a.eligible] + [a for a in advice if not a.eligible]
-    for i, a in enumerate(ranked, 1):
-        a.rank = i
-    return ranked, next((a.method for a in ranked if a.eligible), None)
+    out: dict[str, list[str]] = {m: [] for m in methods}
+    if not rows:
+        return out
+    knn = SignalKNN().fit(rows)
+    pairs: dict[tuple[str, str], int] = {}
+    for i, r in enumerate(rows):
+        pairs.setdefault((row_model(r), row_dataset(r)), i)
+    idx = list(pairs.values())
+    datasets = [row_dataset(rows[i]) for i in idx]
+    nearest = []
+    for a, i in enumerate(idx):
+        d = knn.distances(rows[i])
+        other = [d[j] for b, j in enumerate(idx) if datasets[b] != datasets[a]]
+        if other:
+            nearest.append(min(other))
+    radius = float(np.median(nearest)) if nearest else math.inf
+    d = knn.distances(case)
+    fam, tower = row_family(case), row_tower(case)
+    for i, r in enumerate(rows):
+        if row_method(r) in out and (row_tower(r) == tower or row_family(r) == fam) and d[i] <= radius:
+            out[row_method(r)].append(f"{row_model(r).split('|')[0]} on {row_dataset(r)} ({row_shots(r)} shots)")
+    return out
 
 
 # ------------------------------------------------------------------------------------------
 # recommend()
 # ------------------------------------------------------------------------------------------
-
-
-def _method_names(predictor_methods: Sequence[str] = ()) -> list[str]:
-    from .plugins import get_tuners
-    from .predictor import method_order
-
-    names = list(get_tuners()) or list(predictor_methods)
-    return method_order(names)
 
 
 def _default_device_kind(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -436,7 +319,7 @@ def _default_device_kind(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def recommend(
     model_spec: ModelSpec | str,
-    dataset_spec: DatasetSpec | str,
+    dataset_spec: DatasetSpec | str | None = None,
     *,
     db: str | None = None,
     objective: str = "balanced",
@@ -447,37 +330,54 @@ def recommend(
     device: str | None = None,
     max_images: int | None = None,
     quiet: bool = False,
+    embeddings: str | None = None,
+    allow_random_weights: bool = False,
 ) -> Recommendation:
     """Rank the registered fine-tuning methods for the pair (see the module docstring).
 
     ``max_forgetting`` is in accuracy units (0.02 = 2 points of mean OOD accuracy) and
-    ``budget`` in seconds of training wall time. ``seed`` is accepted for symmetry with
-    ``advisor run``: signals always use seed 0, as the history's runs do, so they are comparable.
+    ``budget`` in seconds of training wall time. ``embeddings`` (a ``.npz`` with ``image``,
+    ``text``, ``labels``) replaces loading the model and dataset: signals come from the file.
+    ``seed`` is accepted for symmetry with ``advisor run``: signals always use seed 0, as the
+    history's runs do, so they are comparable.
     """
     from .data import shots_shortfall
     from .history import open_history
-    from .predictor import FittedPredictor, history_ready, pretty_feature, train_predictor, training_hash
+    from .predictor import FittedPredictor, history_ready, seed_noise, train_predictor, training_hash
 
     if objective not in OBJECTIVES:
         raise RecommendError(f"unknown objective {objective!r} (choose from {', '.join(OBJECTIVES)})")
-    if max_forgetting is not None and max_forgetting < 0:
-        raise RecommendError(f"--max-forgetting must be >= 0 (got {max_forgetting})")
-    if budget is not None and budget <= 0:
+    if max_forgetting is not None and not (max_forgetting >= 0 and math.isfinite(max_forgetting)):
+        raise RecommendError(f"--max-forgetting must be a finite number >= 0 (got {max_forgetting})")
+    if budget is not None and not (budget > 0 and math.isfinite(budget)):
         raise RecommendError(f"--budget must be a positive number of seconds (got {budget})")
     if shots is not None and shots < 1:
         raise RecommendError(f"--shots must be at least 1 (got {shots})")
-    mspec, dspec = _as_model_spec(model_spec), _as_dataset_spec(dataset_spec)
+    mspec = model_spec if isinstance(model_spec, ModelSpec) else ModelSpec(str(model_spec))
 
     history = open_history(db)
     rows = history.training_rows()
-    model_desc, dataset_desc, signals, signals_source = pair_signals(
-        history, mspec, dspec, rows, device=device, max_images=max_images, quiet=quiet
-    )
-    summary, per_method, warnings = support_for(model_desc, dataset_desc, rows)
+    if embeddings is not None:
+        dname = dataset_spec.name if isinstance(dataset_spec, DatasetSpec) else dataset_spec
+        model_desc, dataset_desc, signals = embeddings_pair(embeddings, mspec.name if model_spec else None,
+                                                            dname, rows, history)
+        signals_source, random = "embeddings", bool(model_desc.get("random_weights"))
+    else:
+        if dataset_spec is None:
+            raise RecommendError("give a dataset (or embeddings=FILE.npz)")
+        dspec = dataset_spec if isinstance(dataset_spec, DatasetSpec) else DatasetSpec(str(dataset_spec))
+        model_desc, dataset_desc, signals, signals_source = pair_signals(
+            history, mspec, dspec, rows, device=device, max_images=max_images, quiet=quiet,
+            allow_random_weights=allow_random_weights)
+        random = bool(model_desc.get("random_weights"))
+    summary, warnings = support_for(model_desc, dataset_desc, rows)
     shortfall = shots_shortfall(dataset_desc, shots)  # more shots than the smallest class has
     if shortfall:
         warnings.append(shortfall)
     notes: list[str] = []
+    if random:
+        warnings.append(f"model {mspec.name!r} has randomly initialised weights (--allow-random-weights): "
+                        "its signals describe the initialisation, and no run in the history resembles it")
 
     est: FittedPredictor | None = None
     pinfo: dict[str, Any] = {}
@@ -505,10 +405,17 @@ def recommend(
         else:
             notes.append(f"cold start: {why}")
 
-    methods = _method_names(est.schema.categories.get("method", []) if est is not None else ())
+    methods, families = registered_methods(est.schema.categories.get("method", []) if est is not None else ())
     device_kind = (device.split(":", 1)[0] if device else None) or _default_device_kind(rows)
-
+    case = {"shots": shots, "device": device_kind, "signals": dict(signals), "model_desc": dict(model_desc),
+            "dataset_desc": dict(dataset_desc), "model": model_desc.get("name")}
+    similar = similar_runs(case, rows, methods)
+    flags: list[tuple[str, str]] = []
+    interval = 0.8
+    tied: list[MethodAdvice] = []
+    tie_reason = ""
     if est is not None:
+        interval = est.interval
         missing, unused = est.signal_drift(signals)
         if missing and len(missing) == len(est.schema.signals):
             raise PredictorError(
@@ -519,33 +426,40 @@ def recommend(
             warnings.append(f"signals the predictor uses are missing for this pair (treated as missing): {', '.join(missing)}")
         if unused:
             notes.append(f"signals not used by the predictor (retrain to use them): {', '.join(unused)}")
-        for name, (lo, hi) in est.feature_ranges.items():
-            v = signals.get(pretty_feature(name))
-            if v is not None and not (lo <= v <= hi):
-                warnings.append(f"{pretty_feature(name)}={v:.4g} lies outside the history's range [{lo:.4g}, {hi:.4g}]")
-        advice = _predict_methods(est, methods, signals, model_desc, dataset_desc, shots, device_kind)
-        for a in advice:
-            a.support_runs = per_method.get(a.method, 0)
-        ranked, winner = choose(advice, objective, max_forgetting=max_forgetting, budget=budget)
+        if est.spaces.get("id_gain") == "headroom" and "zero_shot_acc" not in signals:
+            warnings.append("the pair has no zero_shot_acc signal: the ID gain (learned as a share of the headroom "
+                            "above zero-shot) cannot be predicted")
+        flags = est.flags([case])[0]
+        if random:
+            flags.append(("weights", "randomly initialised weights"))
+        advice = _predict_methods(est, methods, case, [kind for kind, _ in flags])
+        ranked, best = choose(advice, objective, max_forgetting=max_forgetting, budget=budget)
+        tied, tie_reason = ties(ranked, objective_noise(seed_noise(rows), objective))
+        winner = cheapest(tied).method if len(tied) > 1 else best
         source = "predictor"
     else:
-        advice, note = heuristic_ranking(signals, rows, methods, objective)
-        for a in advice:
-            a.support_runs = per_method.get(a.method, 0)
+        advice, note = heuristic_ranking(signals, rows, methods, objective, families)
         notes.append(note)
         if budget is not None:
             notes.append("--budget ignored: the IIMM heuristic has no cost model")
-        ranked, winner = _choose_heuristic(advice, objective, max_forgetting)
+        ranked, winner = choose_heuristic(advice, objective, max_forgetting)
         source = "iimm-heuristic"
         notes.append("fell back to the IIMM heuristic; record runs with `advisor run` and `advisor predictor train`")
+        if est is None:
+            from .predictor import HistorySupport
 
+            flags = HistorySupport.from_rows(rows).flags(case) if rows else []
+    for a in ranked:
+        a.similar_runs = similar.get(a.method, [])
+        a.support_runs = len(a.similar_runs)
+    dataset_name = str(dataset_desc.get("name"))
     return Recommendation(
-        model=mspec.name,
-        dataset=dspec.name,
+        model=mspec.name if embeddings is None else str(model_desc.get("name")),
+        dataset=dataset_name,
         objective=objective,
         shots=shots,
         winner=winner,
-        sentence=winner_sentence(ranked, winner, objective, source),
+        sentence=winner_sentence(ranked, winner, objective, source, tied, tie_reason, interval),
         source=source,
         methods=ranked,
         signals=dict(sorted(signals.items())),
@@ -556,6 +470,11 @@ def recommend(
         predictor=pinfo,
         max_forgetting=max_forgetting,
         budget=budget,
+        out_of_support=[text for _, text in flags],
+        tied=[a.method for a in tied] if len(tied) > 1 else [],
+        interval=interval,
+        random_weights=random,
+        device=device_kind,
     )
 
 
@@ -568,26 +487,35 @@ def _feature_label(name: str, case: Mapping[str, Any]) -> str:
     return pretty_feature(name)
 
 
-def _predict_methods(
-    est: Any,
-    methods: Sequence[str],
-    signals: Mapping[str, float],
-    model_desc: Mapping[str, Any],
-    dataset_desc: Mapping[str, Any],
-    shots: int | None,
-    device_kind: str,
-) -> list[MethodAdvice]:
-    """Predictions with intervals and top contributions for every method."""
-    from .predictor import TARGETS, pretty_feature
+def _finite(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
 
-    cases = [
-        {"method": m, "shots": shots, "device": device_kind, "signals": dict(signals),
-         "model_desc": dict(model_desc), "dataset_desc": dict(dataset_desc)}
-        for m in methods
-    ]
+
+def _predict_methods(est: Any, methods: Sequence[str], case: Mapping[str, Any],
+                     flag_kinds: Sequence[str]) -> list[MethodAdvice]:
+    """Predictions with intervals (widened once per kind of out-of-support input) and the top
+    contributions with their base value, for every method."""
+    from .predictor import TARGETS
+    from .predictor.support import WIDENING_PER_FLAG
+
+    support = est.support
+    family = str((case.get("model_desc") or {}).get("family") or "")
+    cases = []
+    for m in methods:
+        c = dict(case, method=m)
+        if support is not None:
+            c["hparams"] = {"epochs": support.epochs_for(m, case.get("shots"))}
+            c["trainable_params"] = support.trainable_for(m, family, (case.get("model_desc") or {}).get("params"))
+        cases.append(c)
     X = est.rows_matrix(cases)
-    mean, lo, hi = est.predict_interval(X)
-    contrib = est.predict_contrib(X, targets=[TARGETS.index("id_gain")])
+    widen = np.full(len(cases), 1.0 + WIDENING_PER_FLAG * len(set(flag_kinds)))
+    mean, lo, hi = est.predict_interval(X, widen=widen)
+    from .predictor.spaces import contributions_to_targets, to_targets
+
+    mean_t, lo_t, hi_t = (to_targets(v, cases, est.spaces) for v in (mean, lo, hi))
+    g = TARGETS.index("id_gain")
+    contrib = est.predict_contrib(X, targets=[g])[:, g, :]
+    contrib = contributions_to_targets(contrib, contrib.sum(axis=1), cases, est.spaces, "id_gain")
     known = set(est.schema.categories.get("method", []))
     ti = {t: i for i, t in enumerate(TARGETS)}
     names = est.feature_names
@@ -598,14 +526,19 @@ def _predict_methods(
             a.eligible, a.excluded = False, "no runs of this method in the history the predictor was trained on"
             out.append(a)
             continue
-        g, o, c = ti["id_gain"], ti["ood_change"], ti["cost"]
-        a.id_gain, a.id_gain_lo, a.id_gain_hi = (_finite(mean[k, g]), _finite(lo[k, g]), _finite(hi[k, g]))
-        a.ood_change, a.ood_change_lo, a.ood_change_hi = (_finite(mean[k, o]), _finite(lo[k, o]), _finite(hi[k, o]))
-        if math.isfinite(mean[k, c]):
-            a.cost_s, a.cost_s_lo, a.cost_s_hi = (float(np.exp(mean[k, c])), float(np.exp(lo[k, c])), float(np.exp(hi[k, c])))
-        row = contrib[k, g, :-1]
-        if np.isfinite(row).any():
+        o, c = ti["ood_change"], ti["cost"]
+        a.id_gain, a.id_gain_lo, a.id_gain_hi = _finite(mean_t[k, g]), _finite(lo_t[k, g]), _finite(hi_t[k, g])
+        a.ood_change, a.ood_change_lo, a.ood_change_hi = _finite(mean_t[k, o]), _finite(lo_t[k, o]), _finite(hi_t[k, o])
+        if math.isfinite(mean_t[k, c]):
+            a.cost_s, a.cost_s_lo, a.cost_s_hi = (float(np.exp(mean_t[k, c])), float(np.exp(lo_t[k, c])),
+                                                  float(np.exp(hi_t[k, c])))
+        a.cost_extrapolated = "device" in flag_kinds
+        row = contrib[k, :-1]
+        if np.isfinite(row).any() and a.id_gain is not None:
             order = np.argsort(-np.abs(np.nan_to_num(row)), kind="stable")[:TOP_CONTRIBUTIONS]
-            a.contributions = [(_feature_label(names[j], cases[k]), float(row[j])) for j in order if row[j] != 0]
+            shown = [j for j in order if row[j] != 0]
+            a.contributions = [(_feature_label(names[j], cases[k]), float(row[j])) for j in shown]
+            a.contribution_base = float(contrib[k, -1])
+            a.contribution_other = float(np.nansum(row) - sum(row[j] for j in shown))
         out.append(a)
     return out

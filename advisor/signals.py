@@ -13,13 +13,12 @@ import math
 import numbers
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import InputFileError
 from .specs import DatasetSpec, Embeddings, Metric, ModelSpec
+from .terminal import phase
 
 
 @dataclass
@@ -49,7 +48,7 @@ class SignalSet:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "metrics": dict(self.values),
+            "signals": dict(self.values),  # the key `recommend --json` and history rows use too
             "versions": dict(self.versions),
             "seconds": dict(self.seconds),
             "errors": dict(self.errors),
@@ -172,7 +171,8 @@ def compute_signals(
         dataset_spec = DatasetSpec(name=dataset_spec)
     emb = embed(model_spec, dataset_spec, split="train", shots=shots, seed=seed, max_images=max_images,
                 device=device, use_cache=use_cache, with_layers=with_layers, quiet=quiet)
-    return run_metrics(emb, metrics)
+    with phase(f"computing signals on {len(emb.labels)} images"):
+        return run_metrics(emb, metrics)
 
 
 def describe_pair(model_spec: ModelSpec, dataset_spec: DatasetSpec, meta: Mapping[str, Any],
@@ -223,126 +223,3 @@ def signal_context(model_spec: ModelSpec, dataset_spec: DatasetSpec, *, shots: i
         keys = {}
     return {"signal_set": sig, "model": model_spec.name, "dataset": dataset_spec.name, "split_hash": split_hash,
             "n_images": sig.meta.get("n_images"), **keys, "stored": stored}
-
-
-# ---------------------------------------------------------------------------------- .npz input
-
-NPZ_KEYS = ("image", "text", "labels")
-
-
-def _finite_rows(name: str, arr: np.ndarray, path: str) -> None:
-    flat = arr.reshape(-1, arr.shape[-1]) if arr.ndim > 2 else arr
-    bad = ~np.isfinite(flat).all(axis=1)
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise InputFileError(f"{path}: '{name}' has {int(bad.sum())} row(s) with NaN or inf (first: row {first})")
-
-
-def _numeric(name: str, arr: np.ndarray, path: str, ndim: int, shape_hint: str) -> np.ndarray:
-    if arr.dtype.kind not in "fiu":
-        raise InputFileError(f"{path}: '{name}' must be numeric, got dtype {arr.dtype}")
-    if arr.ndim != ndim:
-        raise InputFileError(f"{path}: '{name}' must have shape {shape_hint}, got {arr.shape}")
-    return arr
-
-
-def load_embeddings_npz(path: str | Path) -> Embeddings:
-    """Read precomputed embeddings: ``image`` (N,d), ``text`` (C,d), ``labels`` (N,) integers in
-    [0,C); optional ``image_layers`` (L,N,w), ``text_layers`` (L,M,w), ``paired_text`` (N,d) and
-    ``class_names`` (C,). Every problem is an InputFileError with a one-line message."""
-    import zipfile
-
-    p = str(path)
-    if not Path(p).is_file():
-        raise InputFileError(f"{p}: no such file")
-    try:
-        data = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputFileError(f"{p}: not a readable .npz file ({_one_line(exc)})") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise InputFileError(f"{p}: not an .npz archive (a single array; save with numpy.savez)")
-    with data:
-        try:
-            arrays = {k: data[k] for k in data.files}
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-            raise InputFileError(f"{p}: cannot read arrays ({_one_line(exc)})") from None
-    missing = [k for k in NPZ_KEYS if k not in arrays]
-    if missing:
-        raise InputFileError(f"{p}: missing array(s) {', '.join(repr(m) for m in missing)} "
-                             f"(need image (N,d), text (C,d), labels (N,))")
-
-    image = _numeric("image", arrays["image"], p, 2, "(N,d)")
-    text = _numeric("text", arrays["text"], p, 2, "(C,d)")
-    labels = arrays["labels"]
-    n, d = image.shape
-    c = text.shape[0]
-    if n == 0 or d == 0:
-        raise InputFileError(f"{p}: 'image' is empty, shape {image.shape}")
-    if text.shape[1] != d:
-        raise InputFileError(f"{p}: 'text' has width {text.shape[1]} but 'image' has width {d}")
-    if c < 2:
-        raise InputFileError(f"{p}: 'text' has {c} class row(s); need at least 2 classes")
-    if labels.ndim != 1 or labels.shape[0] != n:
-        raise InputFileError(f"{p}: 'labels' must have shape ({n},) to match 'image', got {labels.shape}")
-    if labels.dtype.kind in "iu":
-        labels = labels.astype(np.int64)
-    elif labels.dtype.kind == "f" and np.isfinite(labels).all() and (labels == np.round(labels)).all():
-        labels = labels.astype(np.int64)
-    else:
-        raise InputFileError(f"{p}: 'labels' must be integers, got dtype {labels.dtype}")
-    bad = (labels < 0) | (labels >= c)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InputFileError(f"{p}: label {labels[i]} at row {i} is out of range [0, {c}) ({int(bad.sum())} bad)")
-    if len(np.unique(labels)) < 2:
-        raise InputFileError(f"{p}: all labels are {labels[0]}; need at least 2 classes")
-    _finite_rows("image", image, p)
-    _finite_rows("text", text, p)
-    for name, arr in (("image", image), ("text", text)):
-        zero = np.flatnonzero(~np.any(arr != 0, axis=1))
-        if len(zero):
-            raise InputFileError(f"{p}: '{name}' row {int(zero[0])} is all zeros (cannot be normalised)")
-
-    paired = None
-    if "paired_text" in arrays:
-        paired = _numeric("paired_text", arrays["paired_text"], p, 2, f"({n},{d})")
-        if paired.shape != (n, d):
-            raise InputFileError(f"{p}: 'paired_text' must have shape ({n},{d}), got {paired.shape}")
-        _finite_rows("paired_text", paired, p)
-
-    layers: dict[str, list[np.ndarray] | None] = {"image_layers": None, "text_layers": None}
-    present = [k for k in layers if k in arrays]
-    if len(present) == 1:
-        other = "text_layers" if present[0] == "image_layers" else "image_layers"
-        raise InputFileError(f"{p}: '{present[0]}' given without '{other}'")
-    for key in present:
-        arr = _numeric(key, arrays[key], p, 3, "(L,N,w)" if key == "image_layers" else "(L,M,w)")
-        if arr.shape[0] == 0 or arr.shape[1] < 2 or arr.shape[2] == 0:
-            raise InputFileError(f"{p}: '{key}' is too small, shape {arr.shape}")
-        if key == "image_layers" and arr.shape[1] != n:
-            raise InputFileError(f"{p}: 'image_layers' has {arr.shape[1]} rows per layer but 'image' has {n}")
-        _finite_rows(key, arr, p)
-        layers[key] = [np.asarray(a) for a in arr]
-
-    if "class_names" in arrays:
-        names = [str(s) for s in np.asarray(arrays["class_names"]).reshape(-1)]
-        if len(names) != c:
-            raise InputFileError(f"{p}: 'class_names' has {len(names)} entries but 'text' has {c} rows")
-    else:
-        names = [f"class_{i}" for i in range(c)]
-
-    meta: dict[str, Any] = {}
-    if "meta_json" in arrays:  # written by advisor.embed.save_npz; informative only, never required
-        import json
-
-        try:
-            loaded = json.loads(str(arrays["meta_json"]))
-            meta = loaded if isinstance(loaded, dict) else {}
-        except ValueError:
-            meta = {}
-    meta.update({"source": p, "n_images": n, "n_classes": c, "embed_dim": d})
-    return Embeddings(
-        image=image, text=text, labels=labels, class_names=names,
-        image_layers=layers["image_layers"], text_layers=layers["text_layers"], paired_text=paired,
-        meta=meta,
-    )

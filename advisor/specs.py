@@ -269,6 +269,12 @@ class Embeddings:
     prompt when the caller has it (else metrics use ``text[labels]``). ``image_layers`` is a
     list of L arrays (N, w_l) and ``text_layers`` a list of L' arrays (M, w'_l) of pooled
     per-layer states, when the model exposes them.
+
+    ``text_layer_rows`` says what the M rows of ``text_layers`` are, so no metric guesses it from
+    their count: ``"prompts"`` (one per (template, class) prompt, templates outer: M = T*C),
+    ``"classes"`` (one per class), ``"images"`` (one per image, paired row by row) or
+    ``"unpaired"`` (text not paired with the images; the default, as MIR's official code treats
+    its text tokens).
     """
 
     image: np.ndarray
@@ -279,6 +285,7 @@ class Embeddings:
     text_layers: list[np.ndarray] | None = None
     paired_text: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    text_layer_rows: str = "unpaired"
 
     @property
     def available(self) -> frozenset[str]:

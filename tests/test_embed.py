@@ -171,7 +171,7 @@ def test_embed_meta_and_few_shot(fresh_cache) -> None:  # type: ignore[no-untype
 
 def test_cli_embed_lit_offline_end_to_end(fresh_cache, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from advisor.cli import cli
-    from advisor.signals import load_embeddings_npz
+    from advisor.embeddings_file import read as load_embeddings_npz
 
     out = tmp_path / "emb.npz"
     runner = CliRunner()
@@ -185,7 +185,8 @@ def test_cli_embed_lit_offline_end_to_end(fresh_cache, tmp_path) -> None:  # typ
     emb = load_embeddings_npz(out)  # what `advisor signals --from-embeddings` reads
     assert emb.image.shape == (40, 384) and emb.text.shape == (10, 384) and emb.labels.shape == (40,)
     with np.load(out, allow_pickle=False) as z:
-        assert z["image_layers_16"].shape == (40, 1280) and z["text_layers_5"].shape == (10, 384)
+        assert z["image_layer_016"].shape == (40, 1280) and z["text_layer_005"].shape == (10, 384)
+    assert emb.text_layer_rows == "prompts" and len(emb.image_layers) == 17  # said, not inferred
     again = json.loads(runner.invoke(cli, args).output)
     assert again["cache_hit"] is True
 

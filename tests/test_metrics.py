@@ -283,17 +283,43 @@ def test_mir_class_rows_are_expanded_and_misaligned_layers_fall_back():
     emb = make_emb(n=100, d=8, c=5, seed=13)
     il = [rng.standard_normal((100, 6))]
     tl = [rng.standard_normal((5, 6))]  # one row per class
-    emb.image_layers, emb.text_layers = il, tl
+    emb.image_layers, emb.text_layers, emb.text_layer_rows = il, tl, "classes"
     assert mir.mir(emb)["mir"] == pytest.approx(np.log10(mir.layer_fd(il[0], tl[0][emb.labels])), rel=1e-12)
     emb.text_layers = [rng.standard_normal((5, 7))]  # widths differ: final embeddings only
     got = mir.mir(emb)
     assert got["mir"] == got["mir_final"]
     # advisor.embed writes one text row per (template, class), templates outer: averaged per class
     prompts = rng.standard_normal((3 * 5, 6))
-    emb.text_layers = [prompts]
-    emb.meta = {"text_layers_rows": "one row per (template, class) prompt, templates outer"}
+    emb.text_layers, emb.text_layer_rows = [prompts], "prompts"
     per_class = np.stack([prompts[[c, 5 + c, 10 + c]].mean(0) for c in range(5)])
     assert mir.mir(emb)["mir"] == pytest.approx(np.log10(mir.layer_fd(il[0], per_class[emb.labels])), rel=1e-12)
+
+
+def test_mir_unpaired_text_rows_are_never_reinterpreted_by_their_count(tmp_path):
+    """Issue 16: unpaired per-layer text rows whose number is a multiple of the class count
+    were averaged as (template, class) prompts. A file that does not say what its rows are is
+    read as unpaired (the official code's reading): MIR must equal the unpaired reference, for
+    that count and for one row more alike."""
+    from advisor.embeddings_file import read
+
+    rng = np.random.default_rng(21)
+    emb = make_emb(n=90, d=6, c=5, seed=22)
+    il = [rng.standard_normal((90, 6)) + 1.0]
+    for m in (40, 41):  # 40 = 8 x 5 classes: the shape that used to be taken for prompts
+        tl = rng.standard_normal((m, 6)) * 2.0
+        path = tmp_path / f"unpaired{m}.npz"
+        np.savez(path, image=emb.image, text=emb.text, labels=emb.labels,
+                 image_layers=np.stack(il), text_layers=tl[None])
+        loaded = read(path)
+        assert loaded.text_layer_rows == "unpaired"
+        expected = np.log10(official_mir_layer(il[0], tl))
+        assert mir.mir(loaded)["mir"] == pytest.approx(expected, rel=1e-8)
+    # saying "prompts" explicitly is what makes the rows (template, class) prompts
+    np.savez(path, image=emb.image, text=emb.text, labels=emb.labels, image_layers=np.stack(il),
+             text_layers=tl[:40][None], text_layer_rows=np.asarray("prompts"))
+    per_class = tl[:40].reshape(8, 5, 6).mean(0)
+    got = mir.mir(read(path))["mir"]
+    assert got == pytest.approx(np.log10(official_mir_layer(il[0], per_class[emb.labels])), rel=1e-8)
 
 
 def test_mir_keeps_every_row_of_unit_norm_inputs():
@@ -465,21 +491,55 @@ def test_logme_default_matches_official_fixed_point_loop():
     assert tr.logme(f, y) == pytest.approx(np.mean(evidences), rel=1e-9)
 
 
-def test_gbc_matches_official_pairwise_loop():
-    f, y = features(n=120, d=8, c=5, seed=21)
+def official_gbc(f, y, pca_components=64):
+    """Pándy et al.'s official pipeline (google-research stable_transfer): sklearn PCA to 64
+    components (full SVD), then ``get_gbc_score(..., 'spherical')``, written out as its loops."""
+    from sklearn.decomposition import PCA
+
+    k = min(pca_components, *f.shape)
+    z = PCA(n_components=k, svd_solver="full").fit_transform(f)
     stats = {}
-    for k in np.unique(y):
-        cf = f[y == k]
-        stats[k] = (cf.mean(0), np.maximum(cf.var(0), 1e-4))
+    for c in np.unique(y):
+        cz = z[y == c]
+        stats[c] = (cz.mean(0), np.mean(np.maximum(cz.var(0), 1e-4)))  # spherical: mean variance
     total = 0.0
     for c1 in stats:
         for c2 in stats:
             if c1 != c2:
-                (m1, v1), (m2, v2) = stats[c1], stats[c2]
-                avg = (v1 + v2) / 2
-                bd = np.sum((m1 - m2) ** 2 / avg) / 8 + 0.5 * (np.sum(np.log(avg)) - 0.5 * np.sum(np.log(v1)) - 0.5 * np.sum(np.log(v2)))
-                total += np.exp(-bd)
-    assert tr.gbc(f, y, block=2) == pytest.approx(-total, rel=1e-9)
+                (m1, s1), (m2, s2) = stats[c1], stats[c2]
+                avg = (s1 + s2) / 2
+                first = np.sum((m1 - m2) ** 2 / avg) / 8
+                second = np.sum(np.log(avg)) - 0.5 * np.sum(np.log(s1)) - 0.5 * np.sum(np.log(s2))
+                total += np.exp(-(first + 0.5 * second))
+    return -total
+
+
+@pytest.mark.parametrize("n,d,c", [(300, 96, 5), (120, 8, 5)])
+def test_gbc_matches_official_pca_and_spherical_pipeline(n, d, c):
+    f, y = features(n=n, d=d, c=c, seed=21)
+    value, log10 = tr.gbc(f, y)
+    ref = official_gbc(f, y)
+    assert value == pytest.approx(ref, rel=1e-8)
+    assert log10 == pytest.approx(np.log10(-ref), rel=1e-8)
+
+
+def test_gbc_is_informative_in_hundreds_of_dimensions():
+    """Issue 16: without the PCA step GBC underflowed to ~0 in 384-512 dimensions. With it, two
+    tasks of different class separation get clearly non-zero, different values, and gbc_log10
+    stays finite even where exp(-BD) underflows."""
+    rng = np.random.default_rng(5)
+    values = []
+    for sep in (0.2, 0.3):
+        centres = rng.standard_normal((10, 384)) * sep / np.sqrt(384)
+        y = np.repeat(np.arange(10), 100)
+        f = norm_rows(centres[y] + rng.standard_normal((1000, 384)) / np.sqrt(384))
+        value, log10 = tr.gbc(f, y)
+        assert abs(value) > 1e-6 and np.isfinite(log10)
+        values.append(value)
+    assert values[1] > values[0]  # better separated classes: less overlap, GBC nearer 0
+    far = norm_rows(np.eye(20)[np.repeat(np.arange(20), 5)] * 50 + rng.standard_normal((100, 20)) * 1e-3)
+    value, log10 = tr.gbc(far, np.repeat(np.arange(20), 5))
+    assert value == 0.0 and np.isfinite(log10) and log10 < -300
 
 
 def test_transrate_matches_official_coding_rate():
@@ -528,11 +588,11 @@ def test_transferability_invariances():
     f, y = norm_rows(emb.image), emb.labels
     p = np.random.default_rng(1).permutation(len(y))
     q = rotation(10)
-    for fn in (tr.h_score, tr.logme, tr.transrate, tr.gbc, lambda a, b: tr.knn_loo(a, b)[5]):
+    gbc = lambda a, b: tr.gbc(a, b)[0]  # noqa: E731
+    for fn in (tr.h_score, tr.logme, tr.transrate, gbc, lambda a, b: tr.knn_loo(a, b)[5]):
         assert fn(f[p], y[p]) == pytest.approx(fn(f, y), rel=1e-7)
-    for fn in (tr.h_score, tr.transrate, lambda a, b: tr.knn_loo(a, b)[1]):
+    # GBC: PCA and spherical Gaussians are rotation invariant (its version 1 was not).
+    for fn in (tr.h_score, tr.transrate, gbc, lambda a, b: tr.knn_loo(a, b)[1]):
         assert fn(f @ q, y) == pytest.approx(fn(f, y), rel=1e-7)
     # LogME's fixed-point stopping rule is rotation invariant too (eigenvalues, projections).
     assert tr.logme(f @ q, y) == pytest.approx(tr.logme(f, y), rel=1e-7)
-    # GBC models each class with a *diagonal* Gaussian: not rotation invariant.
-    assert tr.gbc(f @ q, y) != pytest.approx(tr.gbc(f, y), rel=1e-6)

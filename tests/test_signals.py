@@ -1,4 +1,5 @@
-"""The signal engine (advisor.signals), the .npz reader, and ``advisor signals`` end to end."""
+"""The signal engine (advisor.signals), the embeddings file (advisor.embeddings_file), and
+``advisor signals`` end to end."""
 
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ from click.testing import CliRunner
 import advisor
 from advisor import plugins
 from advisor.errors import InputFileError, UnknownNameError
-from advisor.signals import SignalSet, load_embeddings_npz, run_metrics
+from advisor.embeddings_file import read as load_embeddings_npz
+from advisor.embeddings_file import write as write_embeddings
+from advisor.signals import SignalSet, run_metrics
 from advisor.specs import Embeddings, Metric
 
 BUILTIN_SIGNALS = {
     "iimm", "iimm_inter", "iimm_intra", "correct_cos",
     "gap_raw", "gap_paired", "gap_centroid", "gap_dist_fd", "gap_dist_paired", "gap_dist_ot", "gap_dist_sw",
     "mir", "mir_final", "mds_img_frac", "mds_text_frac", "mds_cross_frac", "mds_mean_dev",
-    "zero_shot_acc", "h_score", "logme", "gbc", "transrate", "knn1_acc", "knn5_acc",
+    "zero_shot_acc", "h_score", "logme", "gbc", "gbc_log10", "transrate", "knn1_acc", "knn5_acc",
 }
 
 
@@ -86,7 +89,8 @@ def test_run_metrics_computes_every_builtin_signal():
     assert BUILTIN_SIGNALS <= set(sig.values)
     for k, v in sig.values.items():
         assert type(v) is float and math.isfinite(v)
-        assert sig.versions[k] == "1" and sig.seconds[k] >= 0
+        assert sig.versions[k] == plugins.get_metric(sig.metric_of[k]).version and sig.seconds[k] >= 0
+    assert sig.versions["gbc_log10"] == sig.versions["gbc"] == "2" and sig.versions["mir"] == "2"
     assert sig.metric_of["iimm_intra"] == "iimm" and sig.metric_of["knn5_acc"] == "knn_loo"
     assert set(sig.metric_seconds) >= {"iimm", "modality_gap", "mir", "mds", "zero_shot_acc", "logme"}
     assert sig.total_seconds == pytest.approx(sum(sig.metric_seconds.values()))
@@ -145,6 +149,25 @@ def test_load_npz_roundtrip_with_layers_and_paired_text(tmp_path):
     assert "layers" in e.available
 
 
+def test_embeddings_file_roundtrip_keeps_layers_of_any_width_and_what_text_rows_are(tmp_path):
+    rng = np.random.default_rng(2)
+    a = arrays()
+    emb = Embeddings(image=a["image"], text=a["text"], labels=a["labels"], class_names=["a", "b", "c", "d"],
+                     image_layers=[rng.standard_normal((90, 3)), rng.standard_normal((90, 7))],
+                     text_layers=[rng.standard_normal((8, 3)), rng.standard_normal((8, 7))],
+                     meta={"model": "m"}, text_layer_rows="prompts")
+    back = load_embeddings_npz(write_embeddings(emb, tmp_path / "e.npz"))
+    assert back.text_layer_rows == "prompts" and back.meta["model"] == "m"
+    assert [x.shape for x in back.image_layers] == [(90, 3), (90, 7)]
+    assert [x.shape for x in back.text_layers] == [(8, 3), (8, 7)]
+    np.testing.assert_array_equal(back.text_layers[1], emb.text_layers[1].astype(np.float32))
+    np.testing.assert_array_equal(back.labels, emb.labels)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz"]  # the temporary file is gone
+    emb.text_layer_rows = "guess"
+    with pytest.raises(InputFileError, match="text_layer_rows is 'guess'"):
+        write_embeddings(emb, tmp_path / "f.npz")
+
+
 def test_load_npz_accepts_integral_float_labels_and_ignores_broken_meta(tmp_path):
     a = arrays()
     a["labels"] = a["labels"].astype(np.float64)
@@ -193,7 +216,13 @@ def bad_inputs(tmp_path):
     zero[9] = 0
     case("zero row", "'image' row 9 is all zeros", image=zero)
     case("layers alone", "'image_layers' given without 'text_layers'", image_layers=np.ones((1, 90, 3)))
-    case("layers rows", "'image_layers' has 80 rows", image_layers=np.ones((1, 80, 3)), text_layers=np.ones((1, 4, 3)))
+    case("layers rows", "image layer 0 has 80 rows", image_layers=np.ones((1, 80, 3)), text_layers=np.ones((1, 4, 3)))
+    case("rows kind", "'text_layer_rows' is 'templates'", image_layers=np.ones((1, 90, 3)), text_layers=np.ones((1, 4, 3)),
+         text_layer_rows=np.asarray("templates"))
+    case("rows count", "text layer 0 has 5 rows, but 'text_layer_rows' says one per class (4)",
+         image_layers=np.ones((1, 90, 3)), text_layers=np.ones((1, 5, 3)), text_layer_rows=np.asarray("classes"))
+    case("prompt count", "not a whole number of templates x 4 classes",
+         image_layers=np.ones((1, 90, 3)), text_layers=np.ones((1, 10, 3)), text_layer_rows=np.asarray("prompts"))
     case("paired shape", "'paired_text' must have shape (90,12)", paired_text=np.ones((90, 5)))
     case("names count", "'class_names' has 3 entries", class_names=np.array(["a", "b", "c"]))
     return out
@@ -224,10 +253,10 @@ def test_cli_from_embeddings_json_matches_engine(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     direct = run_metrics(load_embeddings_npz(path))
-    assert out["metrics"] == pytest.approx(direct.values, rel=1e-12)
-    assert set(out["versions"]) == set(out["metrics"]) == set(out["seconds"])
+    assert out["signals"] == pytest.approx(direct.values, rel=1e-12)
+    assert set(out["versions"]) == set(out["signals"]) == set(out["seconds"])
     assert out["errors"] == {} and out["model"] is None and out["split_hash"] is None and out["stored"] is None
-    assert BUILTIN_SIGNALS <= set(out["metrics"])
+    assert BUILTIN_SIGNALS <= set(out["signals"])
 
 
 def test_cli_from_embeddings_table_lists_third_party_metric_and_failures(tmp_path, third_party):
@@ -246,7 +275,7 @@ def test_cli_metric_selection(tmp_path):
     path = save(tmp_path, **arrays())
     res = CliRunner().invoke(cli(), ["signals", "--from-embeddings", path, "--metric", "zero_shot_acc", "--json"])
     assert res.exit_code == 0, res.output
-    assert list(json.loads(res.stdout)["metrics"]) == ["zero_shot_acc"]
+    assert list(json.loads(res.stdout)["signals"]) == ["zero_shot_acc"]
 
 
 def test_cli_bad_inputs_are_one_line_errors(tmp_path):
@@ -271,21 +300,21 @@ def test_cli_model_dataset_stores_signal_set_in_history(tmp_path):
     from advisor.history import dataset_key, model_key, open_history
 
     db = str(tmp_path / "hist.db")
-    args = ["signals", "--model", "tiny-vit", "--dataset", "digits", "--max-images", "60", "--device", "cpu",
+    args = ["signals", "--model", "tiny-vit", "--dataset", "digits", "--max-images", "60", "--device", "cpu", "--allow-random-weights",
             "--quiet", "--db", db, "--json"]
     res = CliRunner().invoke(cli(), args)
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert out["errors"] == {} and BUILTIN_SIGNALS <= set(out["metrics"])
+    assert out["errors"] == {} and BUILTIN_SIGNALS <= set(out["signals"])
     assert out["model"] == "tiny-vit" and out["dataset"] == "digits" and len(out["split_hash"]) == 16
     assert out["n_images"] == 60 and isinstance(out["stored"], int)
     stored = open_history(db).latest_signals(out["model_key"], out["dataset_key"])
-    assert stored == pytest.approx(out["metrics"], rel=1e-12)
+    assert stored == pytest.approx(out["signals"], rel=1e-12)
     assert out["model_key"].startswith("tiny-vit|") and out["dataset_key"].startswith("digits|")
     # second call: embeddings from the cache, same values, keyed the same way in the history
     res2 = CliRunner().invoke(cli(), args)
     out2 = json.loads(res2.stdout)
-    assert out2["metrics"] == pytest.approx(out["metrics"], rel=1e-9)
+    assert out2["signals"] == pytest.approx(out["signals"], rel=1e-9)
     assert (out2["model_key"], out2["dataset_key"]) == (out["model_key"], out["dataset_key"])
     assert model_key({"name": "tiny-vit", "image_size": out["model_key"].split("|")[2]}) == out["model_key"]
     assert dataset_key({"name": "digits", "fingerprint": out["dataset_key"].split("|")[1]}) == out["dataset_key"]

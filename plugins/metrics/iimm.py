@@ -21,7 +21,7 @@ import numpy as np
 from advisor.hookspecs import hookimpl
 from advisor.specs import Embeddings, Metric
 
-from ._linalg import l2_normalize, labels_of
+from ._linalg import labels_of, unit_images, unit_texts
 
 
 def intra_modal(x: np.ndarray) -> float:
@@ -34,8 +34,8 @@ def intra_modal(x: np.ndarray) -> float:
 
 
 def iimm(emb: Embeddings) -> dict[str, float]:
-    x = l2_normalize(emb.image)
-    t = l2_normalize(emb.text)
+    x = unit_images(emb)
+    t = unit_texts(emb)
     y = labels_of(emb)
     c = t.shape[0]
     if c < 2:

@@ -29,21 +29,22 @@ import numpy as np
 from advisor.hookspecs import hookimpl
 from advisor.specs import Embeddings, Metric
 
-from ._linalg import l2_normalize, labels_of
+from ._linalg import l2_normalize, labels_of, unit_images, unit_texts
 
 EPS = 1e-8
 
 
 def mds_scores(emb: Embeddings, block: int = 8192) -> np.ndarray:
-    """(d,) per-dimension dominance scores. Row blocks are normalised and paired one at a time,
-    so 50k x 512 inputs never materialise several (N,d) float64 temporaries."""
+    """(d,) per-dimension dominance scores. Row blocks are paired one at a time, so 50k x 512
+    inputs never materialise several (N,d) float64 temporaries beyond the shared unit vectors."""
     n, d = np.asarray(emb.image).shape
     total = np.zeros(d)
-    text = l2_normalize(emb.text) if emb.paired_text is None else None
+    text = unit_texts(emb) if emb.paired_text is None else None
     labels = labels_of(emb)
+    images = unit_images(emb)
     for start in range(0, n, block):
         rows = slice(start, min(start + block, n))
-        v = l2_normalize(emb.image[rows])
+        v = images[rows]
         t = text[labels[rows]] if text is not None else l2_normalize(emb.paired_text[rows])
         av, at = np.abs(v), np.abs(t)
         total += (av / (av + at + EPS)).sum(axis=0)

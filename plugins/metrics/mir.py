@@ -23,10 +23,13 @@ Our choices (the adaptation):
   single layer. ``mir_final`` always reports that final-embedding value, so that models with
   and without aligned layers stay comparable; ``mir`` equals it when no aligned layers exist.
 - **Text rows.** Images are paired with their text: ``paired_text`` when given, else the true
-  class text ``text[labels]``. A per-layer text array with one row per class is expanded the same
-  way; one with one row per (template, class) prompt (templates outer, as ``advisor.embed``
-  writes them) is first averaged over templates; one with one row per image is used as it is;
-  any other row count is used unpaired, like the official code's unpaired story text.
+  class text ``text[labels]``. What the per-layer text rows are is stated by the embeddings
+  (``Embeddings.text_layer_rows``), never inferred from their count: ``classes`` rows are
+  expanded to each image's class; ``prompts`` rows (one per (template, class) prompt, templates
+  outer, as ``advisor.embed`` writes them) are first averaged over templates, then expanded;
+  ``images`` rows are used as they are; ``unpaired`` rows (the default) are used as they are,
+  like the official code's unpaired text tokens (the Fréchet distance compares the two
+  distributions, so the row counts need not match).
 - **Rotation.** Outlier *detection* uses row norms (rotation invariant); the coordinate-wise
   median that replaces outliers is not, so MIR is rotation invariant only when no row is replaced.
 - **Raw features.** No L2 normalisation: MIR's text-centric scaling is its normalisation.
@@ -91,16 +94,19 @@ def aligned_layers(emb: Embeddings) -> list[tuple[np.ndarray, np.ndarray]]:
         return []
     if any(np.asarray(a).shape[1] != np.asarray(b).shape[1] for a, b in zip(il, tl)):
         return []
+    rows = getattr(emb, "text_layer_rows", "unpaired")
     y = labels_of(emb)
-    n, c = len(y), np.asarray(emb.text).shape[0]
-    prompt_rows = "template" in str(emb.meta.get("text_layers_rows", ""))  # advisor.embed: (template, class) rows
+    c = np.asarray(emb.text).shape[0]
     pairs = []
     for a, b in zip(il, tl):
         b = np.asarray(b, dtype=np.float64)
-        m = b.shape[0]
-        if m % c == 0 and (prompt_rows or (m != n)) and m >= c:
-            if m > c:  # templates outer: (T*C, w) -> mean over templates per class
-                b = b.reshape(m // c, c, -1).mean(axis=0)
+        if rows == "prompts":  # templates outer: (T*C, w) -> mean over templates per class
+            if b.shape[0] % c:
+                raise ValueError(f"{b.shape[0]} prompt rows are not a whole number of templates x {c} classes")
+            b = b.reshape(b.shape[0] // c, c, -1).mean(axis=0)
+        if rows in ("prompts", "classes"):
+            if b.shape[0] != c:
+                raise ValueError(f"text layer has {b.shape[0]} rows, not one per class ({c})")
             b = b[y]  # one row per class -> the text paired with each image
         pairs.append((np.asarray(a), b))
     return pairs
@@ -121,7 +127,7 @@ def register_metrics(register):
         name="mir",
         compute=mir,
         needs=frozenset({"image", "text", "labels"}),
-        version="1",
+        version="2",
         description="Modality Integration Rate adapted to dual encoders: log10 of summed per-layer "
                     "Fréchet distances (aligned tower layers, else final embeddings)",
         higher_is="worse integration of the two modalities (lower is better)",

@@ -39,7 +39,7 @@ import numpy as np
 from advisor.hookspecs import hookimpl
 from advisor.specs import Embeddings, Metric
 
-from ._linalg import frechet_from_stats, l2_normalize, labels_of, mean_cov
+from ._linalg import frechet_from_stats, image_stats, l2_normalize, labels_of, mean_cov, unit_images, unit_texts, weighted_mean_cov
 
 OT_MAX_POINTS = 2000
 SW_MAX_POINTS = 10000
@@ -57,7 +57,7 @@ def _text_cloud(emb: Embeddings, idx: np.ndarray | None = None) -> tuple[np.ndar
         t = l2_normalize(emb.paired_text)
         t = t if idx is None else t[idx]
         return t, np.full(t.shape[0], 1.0 / t.shape[0])
-    t = l2_normalize(emb.text)
+    t = unit_texts(emb)
     y = labels_of(emb) if idx is None else labels_of(emb)[idx]
     counts = np.bincount(y, minlength=t.shape[0]).astype(np.float64)
     keep = counts > 0
@@ -73,18 +73,22 @@ def _subsample(n: int, cap: int) -> np.ndarray | None:
 def modality_gap(emb: Embeddings) -> dict[str, float]:
     import ot
 
-    x = l2_normalize(emb.image)
+    x = unit_images(emb)
     y = labels_of(emb)
-    t_class = l2_normalize(emb.text)
+    t_class = unit_texts(emb)
     t_pair = l2_normalize(emb.paired_text) if emb.paired_text is not None else t_class[y]
 
-    mu_i, cov_i = mean_cov(x)
-    mu_t, cov_t = mean_cov(t_pair)
+    st = image_stats(emb)  # shared with the transferability scores: one covariance, one eigh
+    mu_i, cov_i = st.mean, st.cov
+    if emb.paired_text is not None:
+        mu_t, cov_t = mean_cov(t_pair)
+    else:  # C class texts with their image counts: O(C d^2), not O(N d^2)
+        mu_t, cov_t = weighted_mean_cov(t_class, np.bincount(y, minlength=t_class.shape[0]))
     out = {
         "gap_raw": float(np.linalg.norm(mu_i - t_class.mean(axis=0))),
         "gap_paired": float(np.linalg.norm(x - t_pair, axis=1).mean()),
         "gap_centroid": float(np.linalg.norm(mu_i - mu_t)),
-        "gap_dist_fd": frechet_from_stats(mu_i, cov_i, mu_t, cov_t, mean_term=False),
+        "gap_dist_fd": frechet_from_stats(mu_i, cov_i, mu_t, cov_t, mean_term=False, eig1=(st.eigvals, st.eigvecs)),
         "gap_dist_paired": float(np.linalg.norm((x - mu_i) - (t_pair - mu_t), axis=1).mean()),
     }
 

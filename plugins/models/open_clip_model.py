@@ -21,6 +21,7 @@ import torch.nn as nn
 from advisor.errors import ModelLoadError
 
 from . import online
+
 from .open_clip import FAMILY
 
 from .common import (
@@ -380,8 +381,8 @@ def _resolve_pretrained(arch: str, pretrained: str | None, cache_dir: str | None
             raise ModelLoadError(f"checkpoint file not found: {pretrained}")
         valid = ", ".join(tags) if tags else "none (this architecture has no published weights; pass a checkpoint path)"
         raise ModelLoadError(f"unknown pretrained tag {pretrained!r} for {arch} (valid: {valid}; or a checkpoint file path)")
-    try:
     online.go_offline_unless_reachable(_download_url(arch, pretrained))  # fail fast: no minute of retries
+    try:
         if _offline() and not cfg.get("hf_hub") and cfg.get("url"):
             target = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg["url"])
             if not target.is_file():
@@ -430,7 +431,6 @@ def _from_state_dict_file(path: str, image_size: int | None, device: str) -> tup
     return clip.to(device).eval(), "sha256:" + file_sha256(path, _memo_dir())
 
 
-def load_open_clip(name: str, pretrained: str | None, image_size: int | None, cache_dir: str | None, device: str) -> OpenClipModel:
 def _download_url(name: str, pretrained: str | None) -> str:
     """Where the weights of ``name``/``pretrained`` would be downloaded from: a tag's own URL
     (OpenAI's tags live outside the Hugging Face hub) or the hub endpoint."""
@@ -443,6 +443,7 @@ def _download_url(name: str, pretrained: str | None) -> str:
     return online.hub_endpoint()
 
 
+def load_open_clip(name: str, pretrained: str | None, image_size: int | None, cache_dir: str | None, device: str) -> OpenClipModel:
     """Load any open_clip model; every user-caused failure becomes a one-line ModelLoadError."""
     import open_clip
 
@@ -463,8 +464,8 @@ def _download_url(name: str, pretrained: str | None) -> str:
                 preprocess=_transform(size, OPENAI_MEAN, OPENAI_STD), mean=OPENAI_MEAN, std=OPENAI_STD, weights_id=wid,
             )
 
-    kwargs: dict[str, Any] = {"device": device, "cache_dir": cache_dir}
     online.go_offline_unless_reachable(_download_url(name, pretrained))  # fail fast: no minute of retries
+    kwargs: dict[str, Any] = {"device": device, "cache_dir": cache_dir}
     if image_size:
         kwargs["force_image_size"] = image_size
     if name.startswith("hf-hub:"):

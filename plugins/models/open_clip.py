@@ -15,10 +15,9 @@ from pathlib import Path
 from advisor.hookspecs import hookimpl
 from advisor.specs import ModelSource, ModelSpec
 
-TINY_NAMES = ("tiny-vit", "tiny-rn")
+from .families import OPEN_CLIP as FAMILY
 
-#: The model family of every open_clip model (``ModelSource.family`` and ``describe()``).
-FAMILY = "open_clip"
+TINY_NAMES = ("tiny-vit", "tiny-rn")
 
 
 @lru_cache(maxsize=1)

@@ -22,7 +22,7 @@ from advisor.errors import ModelLoadError
 
 from . import online
 
-from .open_clip import FAMILY
+from .families import OPEN_CLIP as FAMILY
 
 from .common import (
     Tokens,

@@ -211,8 +211,8 @@ def test_run_missing_a_required_field_is_skipped_with_its_reason(team_experiment
     res = _import(cli, tracking_uri, name, db, *TEAM_MAP)
     assert res.exit_code == 0, res.output
     assert (f"Skipped MLflow run {ids['missing']} (no-zero-shot): missing id_acc_before (no metrics.zs_acc)"
-            in res.stdout)
-    assert ids["running"] not in res.stdout  # unfinished runs are not read
+            in res.stderr)
+    assert ids["running"] not in res.output  # unfinished runs are not read
     assert "Imported 1 run from experiment" in res.stdout
     with open_history(str(db)) as h:
         (row,) = h.runs()
@@ -245,15 +245,15 @@ def test_pairs_without_signals_are_kept_and_named_by_history_list(team_experimen
     db = tmp_path / "h.db"
     res = _import(cli, tracking_uri, name, db, *TEAM_MAP, "--compute-signals")
     assert res.exit_code == 0, res.output
-    assert "Signals for no-such-model on digits: not computed: unknown model 'no-such-model'" in res.stdout
+    assert "Signals for no-such-model on digits: not computed: unknown model 'no-such-model'" in res.output
     listed = cli("history", "list", "--db", str(db))
     assert ("Note: no-such-model on digits (1 run) has no signals yet: its runs lack model.image_size or "
-            "dataset.fingerprint") in listed.stdout
+            "dataset.fingerprint") in listed.stderr
     with open_history(str(db)) as h:  # a pair that carries its full key gets the `advisor signals` command
         h.record_run(make_run(signals={}, signal_versions={}))
     listed = cli("history", "list", "--db", str(db))
     assert ("Note: tiny-vit on digits (1 run) has no signals yet: advisor signals --model tiny-vit "
-            "--dataset digits") in listed.stdout
+            "--dataset digits") in listed.stderr
 
 
 def test_compute_signals_uses_the_normal_signal_path_when_the_pair_loads(tracking_uri: str, tmp_path: Path,
@@ -273,7 +273,7 @@ def test_compute_signals_uses_the_normal_signal_path_when_the_pair_loads(trackin
         listed = cli("history", "list", "--db", str(db))
     got = {k[len("signal."):]: v for k, v in row.items() if k.startswith("signal.")}
     assert got == reference.values and got
-    assert "no signals yet" not in listed.stdout
+    assert "no signals yet" not in listed.output
 
 
 def test_bad_input_is_one_line_before_mlflow_is_touched(tracking_uri: str, tmp_path: Path, cli: Any) -> None:
@@ -323,7 +323,7 @@ def test_real_advisor_run_with_mlflow_flag_round_trips(tracking_uri: str, tmp_pa
     MlflowClient(tracking_uri=tracking_uri).create_experiment("real-run", artifact_location=(tmp_path / "art").as_uri())
     db = tmp_path / "h.db"
     res = cli("run", "--model", "tiny-vit", "--dataset", "digits", "--method", "coop", "--shots", "2", "--epochs", "1",
-              "--ood", "faces", "--max-test", "30", "--db", str(db), "--quiet", "--json",
+              "--ood", "faces", "--max-images", "30", "--db", str(db), "--quiet", "--json",
               "--mlflow", "--mlflow-experiment", "real-run")
     assert res.exit_code == 0, res.output
     assert "Warning" not in res.stderr, res.stderr

@@ -1,5 +1,5 @@
-"""Concurrent writers on one SQLite file queue (WAL + busy timeout + BEGIN IMMEDIATE) instead of
-failing: every row lands, none twice."""
+"""Concurrent writers queue instead of failing (SQLite: WAL + busy timeout + BEGIN IMMEDIATE;
+PostgreSQL: unique keys + retried transactions): every row lands, none twice."""
 
 from __future__ import annotations
 

@@ -97,8 +97,8 @@ def _sqlite_settings(engine: Engine, timeout: float, set_wal: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        write = conn.get_execution_options().get("advisor_write", False)
-        if write and set_wal:
+        write = conn.get_execution_options().get("advisor_write", False)  # True, "probe" or False
+        if write is True and set_wal:
             info = conn.connection.info
             if not info.get("advisor_wal"):
                 try:  # outside any transaction, as SQLite requires

@@ -112,7 +112,21 @@ class History:
         except HistoryError:
             raise
         except (SQLAlchemyError, sqlite3.Error) as exc:
-            raise translate(exc, self.display, self.timeout, self.is_sqlite) from None
+            error = translate(exc, self.display, self.timeout, self.is_sqlite)
+            unwritable = self._unwritable_directory()
+            if unwritable and str(error).startswith("cannot open database"):  # its journal could not be created
+                raise unwritable from None
+            raise error from None
+
+    def _unwritable_directory(self) -> HistoryError | None:
+        """SQLite writes need the file's directory (journal, WAL): the error if it is read-only."""
+        if self.path is None or os.access(self.path.parent, os.W_OK | os.X_OK):
+            return None
+        sidecars = [Path(f"{self.path}-{s}") for s in ("wal", "shm")]
+        if all(p.exists() and os.access(p, os.W_OK) for p in sidecars):
+            return None  # a WAL file whose side files exist: writes need no new file
+        return HistoryError(f"database {self.display} is read-only: its directory {self.path.parent} "
+                            "is not writable (use --db or ADVISOR_DB to pick a writable one)")
 
     def _write(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn`` in one write transaction (``BEGIN IMMEDIATE`` on SQLite). A unique-key
@@ -158,13 +172,11 @@ class History:
         """Refuse a history that cannot take a run, cheaply and BEFORE any training: a read-only
         file, directory, URL, server or role is a one-line ``HistoryError``. Writes nothing (a
         write transaction that inserts no row, rolled back)."""
-        if self.path is not None and not os.access(self.path.parent, os.W_OK | os.X_OK):
-            sidecars = [Path(f"{self.path}-{s}") for s in ("wal", "shm")]
-            if not all(p.exists() and os.access(p, os.W_OK) for p in sidecars):
-                raise HistoryError(f"database {self.display} is read-only: its directory {self.path.parent} "
-                                   "is not writable (use --db or ADVISOR_DB to pick a writable one)")
+        unwritable = self._unwritable_directory()
+        if unwritable:
+            raise unwritable
         with self._guard(), self.engine.connect() as conn:
-            conn.execution_options(advisor_write=True)
+            conn.execution_options(advisor_write="probe")  # BEGIN IMMEDIATE, journal mode left alone
             trans = conn.begin()
             try:
                 conn.exec_driver_sql("INSERT INTO schema_migrations SELECT * FROM schema_migrations WHERE 1 = 0")

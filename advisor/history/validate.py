@@ -287,6 +287,8 @@ def _check(col: Column, name: str, value: Any) -> Any:
         return parse_cell(col, _programmatic(col, value), False)
     except CellError as exc:
         raise HistoryError(f"cannot record run, column {name}: {exc}") from None
+    except RecursionError:
+        raise HistoryError(f"cannot record run, column {name}: nested deeper than {MAX_JSON_DEPTH} levels") from None
 
 
 def _validated_desc(desc: dict[str, Any] | None, prefix: str, fields: tuple[str, ...],

@@ -253,3 +253,59 @@ def test_read_only_url_reads_without_touching_the_file(tmp_db):
         ro.record_run(make_run(seed=99))
     ro.close()
     assert _sha(Path(tmp_db)) == before
+
+
+def test_history_modules_import_no_circle():
+    """Issue 13: io.py and store.py imported each other (the circle hidden in a function). Every
+    import between the package's modules, at any depth in a file, must form no loop."""
+    import ast
+
+    folder = Path(advisor.__file__).parent / "history"
+    modules = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+    graph: dict[str, set[str]] = {}
+    for name in modules:
+        tree = ast.parse((folder / f"{name}.py").read_text(encoding="utf-8"))
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    deps.add(node.module.split(".")[0])
+                else:
+                    deps.update(a.name for a in node.names)
+        graph[name] = deps & modules
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        assert name not in path, "import circle: " + " -> ".join(path[path.index(name):] + [name])
+        if name in done:
+            return
+        for dep in sorted(graph[name]):
+            visit(dep, path + [name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+    assert "store" not in graph["io"] and "io" in graph["store"]
+
+
+def test_validate_run_checks_the_dataclass_itself():
+    """record_run validates the RunResult field by field (no detour through a CSV row): the
+    result is a clean RunResult, and a bad field is named as a column."""
+    np = pytest.importorskip("numpy")
+    from advisor.history.validate import validate_run
+    from advisor.specs import RunResult
+
+    clean = validate_run(make_run(trainable_params=np.int64(7), shots=4.0, device="", hparams={"t": (1, 2)},
+                                  model_desc={"name": "ignored", "image_size": 64.0, "identity": "w1"},
+                                  signal_versions={"iimm": "1", "failed_metric": "3"}))
+    assert isinstance(clean, RunResult)
+    assert clean.trainable_params == 7 and type(clean.trainable_params) is int and clean.shots == 4
+    assert clean.device is None and clean.hparams == {"t": [1, 2]}
+    assert clean.model_desc == {"image_size": 64, "identity": "w1"}  # name comes from run.model
+    assert clean.signal_versions == {"iimm": "1"}  # a version without a value is dropped
+    with pytest.raises(HistoryError, match=r"cannot record run, column model\.embed_dim: 0 is below the minimum 1"):
+        validate_run(make_run(model_desc={"embed_dim": 0}))
+    with pytest.raises(HistoryError, match="bad signal name 'no spaces'"):
+        validate_run(make_run(signals={"no spaces": 0.5}))
+    with pytest.raises(HistoryError, match=r"column hparams: \['lr'\] is nan, not a finite number"):
+        validate_run(make_run(hparams={"lr": float("nan")}))

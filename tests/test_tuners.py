@@ -98,6 +98,21 @@ def test_unknown_hyper_parameter_is_a_one_line_error(tiny: torch.nn.Module) -> N
     assert "\n" not in str(exc.value)
     with pytest.raises(TrainingError, match="lr must be positive"):
         get_tuner("full").train(_ctx(copy.deepcopy(tiny), pixels, labels, lr=-1.0))
+    # Declared types are enforced inside train too (not only by the CLI), before any step.
+    with pytest.raises(TrainingError, match=r"^lora: rank must be an integer \(got 2.5\)$"):
+        get_tuner("lora").train(_ctx(copy.deepcopy(tiny), pixels, labels, hparams={"rank": 2.5}))
+
+
+def test_resolve_hparams_checks_the_loop_knobs_of_an_undeclared_tuner() -> None:
+    ctx = TrainContext(model=None, class_names=["a", "b"], template="{}", train_pixels=None, train_labels=None,
+                       device="cpu", seed=0, hparams={"epochs": float("inf")})
+    with pytest.raises(TrainingError, match=r"^bitfit: epochs must be a finite number \(got inf\)$"):
+        T.resolve_hparams("bitfit", {"epochs": 10, "lr": 1e-3}, ctx)
+    ctx.hparams = {"batch_size": 8.0, "bias_only": True}  # keys of the defaults are accepted as given
+    hp = T.resolve_hparams("bitfit", {"epochs": 10, "lr": 1e-3, "bias_only": False}, ctx)
+    assert hp == {"epochs": 10, "lr": 1e-3, "bias_only": True, "batch_size": 8} and type(hp["batch_size"]) is int
+    ctx.hparams, ctx.lr = {}, 0.5
+    assert T.resolve_hparams("bitfit", {"lr": 1e-3}, ctx)["lr"] == 0.5  # ctx.lr beats the default
 
 
 # ------------------------------------------------------------------------------ shared pieces

@@ -53,7 +53,7 @@ def check_run_options(
         raise TrainingError(f"--image-size must be a positive number of pixels (got {model_spec.image_size!r})")
     if shots is not None and shots < 1:
         raise TrainingError(f"--shots must be at least 1 (got {shots})")
-    for flag, value in (("--max-test", max_test), ("--max-ood", max_ood)):
+    for flag, value in (("--max-images", max_test), ("max_ood", max_ood)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise TrainingError(f"{flag} must be a positive number of images (got {value!r})")
     for name in ood or ():

@@ -43,13 +43,13 @@ MISSING = ["run", "--model", "tiny-vit", "--dataset", "folder:/nonexistent/advis
     (["--hparam", "batch_size=2.5"], "batch_size must be"),
     (["--device", "banana"], "--device 'banana' is not a device"),
     (["--device", "cuda:7"], "--device 'cuda:7'"),
-    (["--max-test", "0"], "--max-test must be a positive number"),
+    (["--max-images", "0"], "--max-images"),
     (["--ood", "no-such-dataset"], "unknown dataset 'no-such-dataset'"),
     (["--model", "no-such-model-xyz"], "unknown model 'no-such-model-xyz'"),
 ])
 def test_bad_run_options_are_one_line_errors_before_the_dataset_is_loaded(extra, message):
     code, line = _error_line(MISSING + extra)
-    assert code == 1 and line.startswith("Error: ") and message in line, line
+    assert code in (1, 2) and line.startswith("Error: ") and message in line, line
 
 
 @pytest.mark.parametrize("size", ["0", "-3"])
@@ -59,9 +59,11 @@ def test_image_size_zero_or_negative_is_refused(size):
         assert code == 2 and "--image-size" in line and "Traceback" not in line, line
 
 
-def test_image_size_is_checked_in_the_python_api_too():
+def test_image_size_and_sample_sizes_are_checked_in_the_python_api_too():
     with pytest.raises(AdvisorError, match="--image-size must be a positive"):
         run_finetune(ModelSpec("tiny-vit", image_size=0), DatasetSpec("folder:/nonexistent"), "coop", **FAST)
+    with pytest.raises(AdvisorError, match="--max-images must be a positive"):
+        run_finetune(ModelSpec("tiny-vit"), DatasetSpec("folder:/nonexistent"), "coop", **{**FAST, "max_test": 0})
 
 
 def test_devices_are_checked_against_this_machine(monkeypatch):
@@ -111,7 +113,7 @@ def test_adapter_goes_beside_the_history_with_a_relative_path_and_retries_print_
 def test_no_record_writes_no_adapter_and_adapters_dir_is_honoured(tmp_path):
     db = tmp_path / "h.db"
     r = CliRunner().invoke(cli, ["run", "--model", "tiny-vit", "--dataset", "digits", "--method", "coop",
-                                 "--shots", "2", "--epochs", "1", "--ood", "faces", "--max-test", "20",
+                                 "--shots", "2", "--epochs", "1", "--ood", "faces", "--max-images", "20",
                                  "--device", "cpu", "--quiet", "--no-record", "--db", str(db), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["adapter_path"] is None
@@ -119,7 +121,7 @@ def test_no_record_writes_no_adapter_and_adapters_dir_is_honoured(tmp_path):
 
     out = tmp_path / "mine"
     r = CliRunner().invoke(cli, ["run", "--model", "tiny-vit", "--dataset", "digits", "--method", "coop",
-                                 "--shots", "2", "--epochs", "1", "--ood", "faces", "--max-test", "20",
+                                 "--shots", "2", "--epochs", "1", "--ood", "faces", "--max-images", "20",
                                  "--device", "cpu", "--quiet", "--db", str(db), "--adapters-dir", str(out), "--json"])
     assert r.exit_code == 0, r.output
     printed = Path(json.loads(r.stdout)["adapter_path"])

@@ -36,25 +36,27 @@ class _BrokenPlugin:
         raise RuntimeError("cannot import my_missing_dependency")
 
 
+def _registered(plugin, name):
+    """Register an in-process plugin for one test; unregister it (and forget its errors) after."""
+    pm = plugins.load_plugins()
+    pm.register(plugin, name=name)
+    plugins.reset_cache()
+    try:
+        yield
+    finally:
+        pm.unregister(name=name)
+        plugins.load_errors.pop(name, None)
+        plugins.reset_cache()
+
+
 @pytest.fixture
 def extra_plugin():
-    pm = plugins.load_plugins()
-    pm.register(_ExtraPlugin(), name="extra-plugin")
-    plugins.reset_cache()
-    yield
-    pm.unregister(name="extra-plugin")
-    plugins.reset_cache()
+    yield from _registered(_ExtraPlugin(), "extra-plugin")
 
 
 @pytest.fixture
 def broken_plugin():
-    pm = plugins.load_plugins()
-    pm.register(_BrokenPlugin(), name="broken-plugin")
-    plugins.reset_cache()
-    yield
-    pm.unregister(name="broken-plugin")
-    plugins.load_errors.pop("broken-plugin", None)
-    plugins.reset_cache()
+    yield from _registered(_BrokenPlugin(), "broken-plugin")
 
 
 def _entries(result) -> dict[str, dict]:
@@ -294,12 +296,7 @@ class _RaisingCodePlugin:
 
 @pytest.fixture
 def raising_code_plugin():
-    pm = plugins.load_plugins()
-    pm.register(_RaisingCodePlugin(), name="raising-code")
-    plugins.reset_cache()
-    yield
-    pm.unregister(name="raising-code")
-    plugins.reset_cache()
+    yield from _registered(_RaisingCodePlugin(), "raising-code")
 
 
 def test_plugin_code_that_raises_is_a_one_line_error_naming_the_plugin(raising_code_plugin, cli):

@@ -253,9 +253,8 @@ def cli() -> None:
 @cli.command(name="plugins")
 @json_option
 def plugins_command(as_json: bool) -> None:
-    """List installed plugins: version, hooks, and the metrics, tuners, datasets, models and
-    executors each provides (* marks our reconstructions of a paper's method)."""
-    from .plugins import KINDS, plugin_info
+    """List installed plugins: version, hooks, and the metrics, tuners, datasets and models each provides."""
+    from .plugins import plugin_info
 
     info = plugin_info()
     if as_json:
@@ -270,7 +269,7 @@ def plugins_command(as_json: bool) -> None:
         recon = set(p.get("reconstructed") or ())
         marked = marked or bool(recon)
         provides = "; ".join(f"{k}: {', '.join(n + ('*' if n in recon else '') for n in p[k])}"
-                             for k in KINDS if p.get(k))
+                             for k in ("metrics", "tuners", "datasets", "models") if p.get(k))
         rows.append({"plugin": p["name"], "version": p["version"], "provides": provides or ", ".join(p["hooks"])})
     print_table(rows, ["plugin", "version", "provides"])
     if marked:
@@ -779,10 +778,15 @@ def _print_lodo(scores: dict[str, Any]) -> None:
     baselines = scores.get("baselines") or []
     if baselines:
         click.echo("")
-        click.echo("Predictor and baselines, same folds (top-1/regret per held-out (model, dataset, shots) group):")
-        cols = ["name", "id_gain_spearman", "id_gain_mae", "ood_change_spearman", "ood_change_mae", "cost_spearman",
-                "top1_gain", "regret_gain", "top1_balanced", "regret_balanced", "groups_gain"]
-        print_table([{c: b.get(c) for c in cols} for b in baselines], cols)
+        click.echo("Predictor and baselines on the same folds: Spearman (rho) and MAE over held-out runs:")
+        short = {"id_gain": "gain", "ood_change": "ood", "cost": "cost"}
+        print_table([{"name": b["name"], **{f"{short[t]} {k}": b.get(f"{t}_{m}") for t in short
+                                            for k, m in (("rho", "spearman"), ("MAE", "mae"))}} for b in baselines])
+        click.echo("")
+        click.echo("Choosing per held-out (model, dataset, shots) group (regret in accuracy units, 0.01 = 1 point):")
+        print_table([{"name": b["name"], "top-1 gain": b.get("top1_gain"), "regret gain": b.get("regret_gain"),
+                      "top-1 balanced": b.get("top1_balanced"), "regret balanced": b.get("regret_balanced"),
+                      "groups": b.get("groups_gain")} for b in baselines])
 
 
 @predictor_group.command(name="train")

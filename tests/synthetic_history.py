@@ -25,7 +25,8 @@ def synthetic_rows(n_datasets=6, seeds=(0,), shots=(4, 16), seed=0, noise=0.02, 
         ddesc = {"name": f"synthetic-{d}", "fingerprint": f"fp{d}", "n_classes": 5 + d, "n_train": 1000 + 37 * d,
                  "n_test": 200, "domain": ["grayscale"] if d % 2 else ["texture"], "mean_side_px": 28.0 + d,
                  "is_grayscale": bool(d % 2)}
-        signals = {"iimm": iimm, "gap": float(rng.uniform(0.2, 1.0)), "unrelated": float(rng.uniform())}
+        signals = {"iimm": iimm, "gap": float(rng.uniform(0.2, 1.0)), "unrelated": float(rng.uniform()),
+                   "zero_shot_acc": 0.3}
         for k, m in enumerate(methods):
             for s in shots:
                 for sd in seeds:
@@ -38,7 +39,7 @@ def synthetic_rows(n_datasets=6, seeds=(0,), shots=(4, 16), seed=0, noise=0.02, 
                         "id_acc_before": before, "id_acc_after": before + gain,
                         "ood_before": {"ref-a": 0.5, "ref-b": 0.4},
                         "ood_after": {"ref-a": 0.5 + ood, "ref-b": 0.4 + ood},
-                        "wall_time_s": float(np.exp(1 + 0.7 * k + 0.1 * math.log2(s) + rng.normal(0, 0.05))),
+                        "hparams": {"epochs": 10}, "wall_time_s": float(np.exp(1 + 0.7 * k + 0.1 * math.log2(s) + rng.normal(0, 0.05))),
                         "signals": dict(signals), "model_desc": dict(MODEL_DESC), "dataset_desc": dict(ddesc),
                     })
     return rows
@@ -56,7 +57,7 @@ def record_synthetic(db: str, rows) -> None:
     for r in rows:
         h.record_run(RunResult(
             model=r["model"], pretrained=None, dataset=r["dataset"], method=r["method"], shots=r["shots"],
-            seed=r["seed"], hparams={"synthetic": True}, split_hash="synthetic", id_acc_before=r["id_acc_before"],
+            seed=r["seed"], hparams={"synthetic": True, "epochs": r.get("hparams", {}).get("epochs", 10)}, split_hash="synthetic", id_acc_before=r["id_acc_before"],
             id_acc_after=min(1.0, r["id_acc_after"]), ood_before=r["ood_before"],
             ood_after={k: max(0.0, v) for k, v in r["ood_after"].items()}, gap_before=None, gap_after=None,
             wall_time_s=r["wall_time_s"], train_images_per_s=None, peak_memory_mb=None, trainable_params=1,

@@ -122,7 +122,7 @@ def test_signal_differences_are_realigned_by_name():
     back = FittedPredictor.from_stored({"blob": est.to_json(), "features": est.model_.feature_names})
     case = dict(rows[0], signals={"iimm": rows[0]["signals"]["iimm"], "brand_new_metric": 3.0})
     missing, unused = back.signal_drift(case["signals"])
-    assert missing == ["gap", "unrelated"] and unused == ["brand_new_metric"]
+    assert missing == ["gap", "unrelated", "zero_shot_acc"] and unused == ["brand_new_metric"]
     X = back.rows_matrix([case])
     names = back.feature_names
     assert np.isnan(X[0, names.index("sig:gap")]) and "sig:brand_new_metric" not in names

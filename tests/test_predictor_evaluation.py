@@ -31,9 +31,9 @@ class SpyPredictor(AdvisorPredictor):
 
     calls: list[dict] = []
 
-    def fit_rows(self, rows):
+    def fit_rows(self, rows, **kw):
         SpyPredictor.calls.append({"datasets": {row_dataset(r) for r in rows}})
-        return super().fit_rows(rows)
+        return super().fit_rows(rows, **kw)
 
     def fit(self, X, y, **kw):
         j = list(kw["feature_names"]).index("ds_n_train")
@@ -54,7 +54,7 @@ def test_lodo_never_fits_on_a_row_of_the_held_out_dataset():
 
     SpyPredictor.calls = []
     ev = evaluate_lodo(rows, estimator=SpyPredictor(**SMALL))
-    held_out = [f["dataset"] for f in ev["folds"]]
+    held_out = [f["held_out"] for f in ev["folds"]]
     assert len(SpyPredictor.calls) == len(held_out) == 4
     for call, d in zip(SpyPredictor.calls, held_out):
         assert d not in call["datasets"]
@@ -86,7 +86,7 @@ def test_predictor_recovers_planted_relation_better_than_random():
     assert by["predictor"]["regret_gain"] < by["random"]["regret_gain"] / 2
     # every baseline is evaluated on the same groups
     assert len({b["groups_gain"] for b in ev["baselines"]}) == 1
-    assert set(by) == {"predictor", "iimm-linear", "knn", "always-lora", "always-full", "random"}
+    assert set(by) == {"predictor", "best-single-method", "zero-shot-only", "iimm-linear", "knn", "random"}
     json.dumps(ev)  # plain JSON (NaN cleaned to null)
 
 
@@ -135,8 +135,8 @@ def test_random_and_constant_baselines_on_a_hand_computed_group():
     # random: expected top-1 = 1/3; expected regret = mean(best - g) = (0 + 0.2 + 0.1)/3 per group
     assert by["random"]["top1_gain"] == pytest.approx(1 / 3)
     assert by["random"]["regret_gain"] == pytest.approx(0.1)
-    # always-full: right on a (0 regret), wrong on b (0.3 - 0.1)
-    assert by["always-full"]["top1_gain"] == pytest.approx(0.5)
-    assert by["always-full"]["regret_gain"] == pytest.approx(0.1)
-    assert by["always-lora"]["top1_gain"] == pytest.approx(0.5)
+    # best single method, chosen on the training fold: holding out a, b's best (lora) is chosen, and on a
+    # it gives 0.1 against full's 0.3; holding out b, a's best (full) gives 0.1 against lora's 0.3
+    assert by["best-single-method"]["top1_gain"] == pytest.approx(0.0)
+    assert by["best-single-method"]["regret_gain"] == pytest.approx(0.2)
 

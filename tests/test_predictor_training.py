@@ -55,7 +55,7 @@ def test_cli_predictor_train_evaluate_show(synthetic_db):
 
     from advisor.cli import cli
 
-    runner = CliRunner()
+    runner = CliRunner(env={"COLUMNS": "200"})
     r = runner.invoke(cli, ["predictor", "show", "--db", synthetic_db])
     assert r.exit_code == 1 and "no predictor stored" in r.output
     r = runner.invoke(cli, ["predictor", "train", "--db", synthetic_db, "--json"])
@@ -64,8 +64,8 @@ def test_cli_predictor_train_evaluate_show(synthetic_db):
     assert info["n_runs"] == 20 and len(info["datasets"]) == 4
     r = runner.invoke(cli, ["predictor", "evaluate", "--db", synthetic_db])
     assert r.exit_code == 0, r.output
-    for word in ("spearman", "mae", "id_gain", "ood_change", "cost", "iimm-linear", "knn", "always-lora",
-                 "always-full", "random", "regret_gain"):
+    for word in ("spearman", "mae", "id_gain", "ood_change", "cost", "coverage @80%", "seed-noise MAE",
+                 "best-single-method", "zero-shot-only", "iimm-linear", "knn", "random", "regret gain", "calibration"):
         assert word in r.output
     r = runner.invoke(cli, ["predictor", "show", "--db", synthetic_db, "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["up_to_date"] is True

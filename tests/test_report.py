@@ -32,7 +32,7 @@ def test_report_has_lodo_plot_signal_plots_and_baseline_table():
     text = build_report(rows, estimator=AdvisorPredictor(**SMALL))
     imgs = _images(text)
     assert len(imgs) == 2 and all(i.startswith(PNG_MAGIC) and len(i) > 5000 for i in imgs)
-    for word in ("leave-one-dataset-out", "iimm-linear", "always-lora", "always-full", "knn", "random",
+    for word in ("leave-one-dataset-out", "iimm-linear", "best-single-method", "zero-shot-only", "knn", "random",
                  "regret_gain", "spearman", "15 runs; 3 datasets"):
         assert word in text
     assert text.count("<table>") == 2

@@ -5,10 +5,13 @@ One module per concept, data flowing downwards:
 - ``rows``: history rows -> identities (dataset, model, method, shots) and the three targets;
 - ``features``: the feature schema (signals, descriptors, method, shots, device);
 - ``trees``: LightGBM's text format evaluated with numpy (predictions, exact TreeSHAP);
+- ``spaces``: the feasible / extrapolating spaces the targets are learned in, and back;
+- ``support``: what the history covers, and the out-of-support flags of a case;
+- ``intervals``: conformal intervals from out-of-fold residuals;
 - ``stored``: ``FittedPredictor``, the stored predictor (JSON, numpy only: no LightGBM or
   scikit-learn import at ``advisor recommend`` time);
 - ``estimator``: ``AdvisorPredictor``, the scikit-learn estimator that fits one;
-- ``baselines`` and ``evaluation``: leave-one-dataset-out scores beside the baselines;
+- ``baselines`` and ``evaluation``: held-out scores (dataset, source or tower) beside the baselines;
 - ``training``: fit on a history and store.
 
 Names are re-exported here lazily (PEP 562), so ``from advisor.predictor import X`` imports
@@ -21,16 +24,21 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "rows": ("TARGETS", "as_dict", "as_float", "device_kind", "row_dataset", "row_method", "row_model",
-             "row_shots", "row_signals", "row_targets", "targets_matrix", "training_hash"),
+    "rows": ("HOLDOUT_KEYS", "TARGETS", "as_dict", "as_float", "cost_offset", "device_kind", "headroom_share",
+             "row_dataset", "row_family", "row_method", "row_model", "row_shots", "row_signals", "row_source",
+             "row_targets", "row_tower", "row_zero_shot", "seed_noise", "share_to_gain", "targets_matrix",
+             "training_hash"),
     "features": ("CATEGORICAL", "CORE_FEATURES", "DOMAIN_PREFIX", "SIGNAL_PREFIX", "FeatureSchema",
                  "core_values", "feature_ranges", "pretty_feature"),
     "trees": ("TreeEnsemble",),
     "stored": ("FORMAT", "FittedPredictor"),
     "estimator": ("AdvisorPredictor",),
-    "baselines": ("IIMM_SIGNAL", "IIMMLinear", "SignalKNN"),
-    "evaluation": ("KNOWN_METHODS", "clean_json", "evaluate_lodo", "lodo_folds", "mae", "method_order",
-                   "objective_value", "spearman"),
+    "spaces": ("MONOTONE_SUPPORT", "model_targets", "shots_monotone", "to_targets"),
+    "support": ("WIDENING_PER_FLAG", "HistorySupport", "exact", "widening"),
+    "intervals": ("calibrate", "coverage", "group_folds", "half_width", "score_quantile"),
+    "baselines": ("IIMM_SIGNAL", "BestSingleMethod", "IIMMLinear", "LinearInOne", "SignalKNN", "ZeroShotLinear"),
+    "evaluation": ("CALIBRATION_LEVELS", "RECOMMENDERS", "EvaluationError", "clean_json", "evaluate",
+                   "evaluate_lodo", "holdout_folds", "lodo_folds", "mae", "objective_value", "spearman"),
     "training": ("MIN_DATASETS", "MIN_RUNS", "history_ready", "train_predictor"),
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}

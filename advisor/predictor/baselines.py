@@ -1,34 +1,43 @@
-"""Baselines the predictor is compared with (fitted on training rows, queried per held-out row)."""
+"""Baselines the predictor is compared with (fitted on training rows, queried per held-out row).
+
+Each has ``fit(rows)`` and ``predict_row(row, method) -> {target: value}`` (NaN where it has no
+answer); ``random`` needs no model (its top-1 and regret are exact expectations, see
+``evaluation``).
+"""
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .rows import row_method, row_shots, row_signals, row_targets
+from .rows import TARGETS, row_method, row_shots, row_signals, row_targets, row_zero_shot
 
 #: The signal the IIMM paper's heuristic (and the IIMM-only baseline) uses.
 IIMM_SIGNAL = "iimm"
 
 
-class IIMMLinear:
-    """The IIMM paper's heuristic as a baseline: per method, gain ~= a_m + b_m * IIMM (and the
-    same for OOD change), least squares on the training runs of that method. A method with
-    fewer than two runs (or one distinct IIMM value) predicts its mean."""
+class LinearInOne:
+    """Per method, target ~= a_m + b_m * x for one input x, least squares on the training runs
+    of that method (ID gain and OOD change). A method with fewer than two runs, or a single
+    distinct x, predicts its mean."""
 
-    name = "iimm-linear"
+    name = "linear"
+    targets = ("id_gain", "ood_change")
 
-    def fit(self, rows: Sequence[Mapping[str, Any]]) -> "IIMMLinear":
+    def __init__(self, value: Callable[[Mapping[str, Any]], float], name: str) -> None:
+        self.value = value
+        self.name = name
+
+    def fit(self, rows: Sequence[Mapping[str, Any]]) -> "LinearInOne":
         self.coef_: dict[tuple[str, str], tuple[float, float]] = {}
         by_m: dict[str, list[tuple[float, dict]]] = {}
         for r in rows:
-            x = row_signals(r).get(IIMM_SIGNAL, math.nan)
-            by_m.setdefault(row_method(r), []).append((x, row_targets(r)))
+            by_m.setdefault(row_method(r), []).append((self.value(r), row_targets(r)))
         for m, pts in by_m.items():
-            for t in ("id_gain", "ood_change"):
+            for t in self.targets:
                 xy = np.array([(x, tg[t]) for x, tg in pts if math.isfinite(x) and math.isfinite(tg[t])])
                 ys = np.array([tg[t] for _, tg in pts if math.isfinite(tg[t])])
                 if len(xy) >= 2 and np.ptp(xy[:, 0]) > 0:
@@ -39,18 +48,51 @@ class IIMMLinear:
         return self
 
     def predict_row(self, row: Mapping[str, Any], method: str) -> dict[str, float]:
-        x = row_signals(row).get(IIMM_SIGNAL, math.nan)
-        out = {}
-        for t in ("id_gain", "ood_change"):
+        x = self.value(row)
+        out = {t: math.nan for t in TARGETS}
+        for t in self.targets:
             a, b = self.coef_.get((method, t), (math.nan, 0.0))
             out[t] = a + b * x if b != 0.0 else a
         return out
 
 
+class IIMMLinear(LinearInOne):
+    """The IIMM paper's heuristic: per method, a linear fit on the IIMM signal."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda r: row_signals(r).get(IIMM_SIGNAL, math.nan), "iimm-linear")
+
+
+class ZeroShotLinear(LinearInOne):
+    """What zero-shot accuracy alone says: per method, a linear fit on the zero-shot accuracy."""
+
+    def __init__(self) -> None:
+        super().__init__(row_zero_shot, "zero-shot-only")
+
+
+class BestSingleMethod:
+    """One method for every case: per method, the mean of each target over the training runs,
+    so the method with the best training mean (for the objective) is always recommended."""
+
+    name = "best-single-method"
+
+    def fit(self, rows: Sequence[Mapping[str, Any]]) -> "BestSingleMethod":
+        by_m: dict[str, list[dict[str, float]]] = {}
+        for r in rows:
+            by_m.setdefault(row_method(r), []).append(row_targets(r))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.means_ = {m: {t: float(np.nanmean([v[t] for v in vals])) for t in TARGETS} for m, vals in by_m.items()}
+        return self
+
+    def predict_row(self, row: Mapping[str, Any], method: str) -> dict[str, float]:
+        return dict(self.means_.get(method) or {t: math.nan for t in TARGETS})
+
+
 class SignalKNN:
     """k nearest training runs of the same method, by Euclidean distance between standardised
-    signal vectors (plus log2 shots); predicts their mean gain and OOD change. Missing signals
-    are imputed with the training mean (0 after standardising)."""
+    signal vectors (plus log2 shots); predicts their mean targets. Missing signals are imputed
+    with the training mean (0 after standardising)."""
 
     name = "knn"
 
@@ -73,22 +115,21 @@ class SignalKNN:
         self.sd_ = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
         self.Z_ = np.nan_to_num((V - self.mu_) / self.sd_)
         self.methods_ = np.array([row_method(r) for r in rows])
-        self.T_ = np.array([[row_targets(r)[t] for t in ("id_gain", "ood_change")] for r in rows]).reshape(len(rows), 2)
+        self.T_ = np.array([[row_targets(r)[t] for t in TARGETS] for r in rows]).reshape(len(rows), len(TARGETS))
         return self
+
+    def distances(self, row: Mapping[str, Any]) -> np.ndarray:
+        """Standardised signal-space distance from ``row`` to every training run."""
+        z = np.nan_to_num((self._vec(row) - self.mu_) / self.sd_)
+        return np.linalg.norm(self.Z_ - z, axis=1)
 
     def predict_row(self, row: Mapping[str, Any], method: str) -> dict[str, float]:
         idx = np.flatnonzero(self.methods_ == method)
         if not len(idx):
-            return {"id_gain": math.nan, "ood_change": math.nan}
-        z = np.nan_to_num((self._vec(row) - self.mu_) / self.sd_)
-        d = np.linalg.norm(self.Z_[idx] - z, axis=1)
+            return {t: math.nan for t in TARGETS}
+        d = self.distances(row)[idx]
         near = idx[np.argsort(d, kind="stable")[: self.k]]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            g, o = np.nanmean(self.T_[near], axis=0)
-        return {"id_gain": float(g), "ood_change": float(o)}
-
-
-#: Constant baselines fall back along this order when their method was not run for a group.
-_FALLBACK = ("lora", "full", "contcoop", "coop", "tpc_cma")
-
+            means = np.nanmean(self.T_[near], axis=0)
+        return {t: float(v) for t, v in zip(TARGETS, means)}

@@ -14,8 +14,11 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from ..errors import PredictorError
 from .features import FeatureSchema, feature_ranges
-from .rows import TARGETS, row_dataset, targets_matrix, training_hash
+from .rows import HOLDOUT_KEYS, TARGETS, cost_offset, row_dataset, training_hash
+from .spaces import model_targets, shots_monotone
+from .support import HistorySupport
 from .stored import FittedPredictor
+from .intervals import calibrate, group_folds
 from .trees import TreeEnsemble
 
 
@@ -41,6 +44,10 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
         colsample: float = 0.8,
         reg_lambda: float = 1.0,
         interval: float = 0.8,
+        conformal_folds: int = 5,
+        gain_target: str = "headroom",
+        cost_target: str = "per-image-epoch",
+        monotone_shots: str = "auto",
         random_state: int = 0,
     ) -> None:
         self.n_estimators = n_estimators
@@ -51,6 +58,10 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
         self.colsample = colsample
         self.reg_lambda = reg_lambda
         self.interval = interval
+        self.conformal_folds = conformal_folds
+        self.gain_target = gain_target
+        self.cost_target = cost_target
+        self.monotone_shots = monotone_shots
         self.random_state = random_state
 
     def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
@@ -79,10 +90,33 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
             "verbosity": -1,
         }
 
-    def fit(self, X: Any, y: Any, *, feature_names: Sequence[str] | None = None,
-            categorical_features: Sequence[int] | None = None) -> "AdvisorPredictor":
-        """Fit ``n_bags`` bootstrap LightGBM models per target column; returns self."""
+    def _train_bags(self, X: np.ndarray, y: np.ndarray, idx: np.ndarray, t: int, categorical: list[int],
+                    monotone: list[int] | None) -> list[Any]:
+        """``n_bags`` LightGBM boosters on bootstrap resamples of rows ``idx`` (all of them if one bag)."""
         import lightgbm as lgb
+
+        out = []
+        for b in range(self.n_bags):
+            rng = np.random.RandomState(self.random_state * 1000 + t * 100 + b)
+            take = idx[rng.randint(0, len(idx), len(idx))] if self.n_bags > 1 else idx
+            ds = lgb.Dataset(
+                X[take], label=y[take], categorical_feature=categorical or "auto", free_raw_data=True,
+                params={"min_data_in_bin": 1, "feature_pre_filter": False, "max_bin": 63, "verbosity": -1},
+            )
+            params = self._lgb_params(self.random_state + b)
+            if monotone and any(monotone):
+                params.update(monotone_constraints=list(monotone), monotone_constraints_method="basic")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out.append((lgb.train(params, ds, num_boost_round=self.n_estimators), take))
+        return out
+
+    def fit(self, X: Any, y: Any, *, feature_names: Sequence[str] | None = None,
+            categorical_features: Sequence[int] | None = None, monotone: Sequence[Sequence[int]] | None = None,
+            groups: Sequence[Any] | None = None) -> "AdvisorPredictor":
+        """Fit ``n_bags`` bootstrap LightGBM models per target column, and calibrate the
+        conformal intervals on out-of-fold residuals (folds by ``groups``, else at random);
+        returns self. ``monotone[t]`` is LightGBM's ``monotone_constraints`` for target t."""
         from sklearn.utils.validation import validate_data
 
         if y is None:
@@ -102,39 +136,50 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
         if len(names) != p:
             raise ValueError("feature_names does not match the number of columns of X")
         categorical = sorted(int(i) for i in (categorical_features or []))
+        mono = [list(m) for m in monotone] if monotone is not None else [[0] * p for _ in range(Y.shape[1])]
+        folds = group_folds(groups if groups is not None else [0] * n, self.conformal_folds, self.random_state)
         ensembles: list[list[TreeEnsemble]] = []
-        residuals: list[list[float]] = []
+        calibration: list[dict[str, Any]] = []
         n_train: list[int] = []
         for t in range(Y.shape[1]):
             ok = np.flatnonzero(np.isfinite(Y[:, t]))
             n_train.append(int(len(ok)))
-            bags: list[TreeEnsemble] = []
-            preds = np.full((self.n_bags, n), np.nan)
-            if len(ok) >= 2:
-                for b in range(self.n_bags):
-                    rng = np.random.RandomState(self.random_state * 1000 + t * 100 + b)
-                    idx = ok[rng.randint(0, len(ok), len(ok))] if self.n_bags > 1 else ok
-                    ds = lgb.Dataset(
-                        X[idx], label=Y[idx, t], categorical_feature=categorical or "auto", free_raw_data=True,
-                        params={"min_data_in_bin": 1, "feature_pre_filter": False, "max_bin": 63, "verbosity": -1},
-                    )
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        booster = lgb.train(self._lgb_params(self.random_state + b), ds,
-                                            num_boost_round=self.n_estimators)
-                    bags.append(TreeEnsemble(booster.model_to_string()))
-                    oob = np.setdiff1d(ok, idx)
-                    if len(oob):  # num_threads=1: OpenMP start-up costs ~20 ms per call
-                        preds[b, oob] = booster.predict(X[oob], num_threads=1)
+            bags = self._train_bags(X, Y[:, t], ok, t, categorical, mono[t]) if len(ok) >= 2 else []
+            ensembles.append([TreeEnsemble(b.model_to_string()) for b, _ in bags])
+            calibration.append(self._calibrate(X, Y[:, t], ok, t, categorical, mono[t], folds, bags))
+        self.model_ = FittedPredictor(params=self.get_params(), feature_names=names, categorical=categorical,
+                                      y_ndim=y.ndim, ensembles=ensembles, calibration=calibration,
+                                      n_train=n_train, monotone=mono)
+        return self
+
+    def _calibrate(self, X: np.ndarray, y: np.ndarray, ok: np.ndarray, t: int, categorical: list[int],
+                   monotone: list[int], folds: list[np.ndarray], bags: list[Any]) -> dict[str, Any]:
+        """Out-of-fold residuals and bag spreads -> conformal scores. With fewer than two usable
+        folds (or ``conformal_folds < 2``), the bags' out-of-bag residuals stand in."""
+        residual = np.full(len(y), np.nan)
+        spread = np.full(len(y), np.nan)
+        usable = [f[np.isfinite(y[f])] for f in folds] if self.conformal_folds >= 2 else []
+        usable = [f for f in usable if len(f)]
+        if len(usable) >= 2:
+            for test in usable:
+                train = np.setdiff1d(ok, test)
+                if len(train) < 2:
+                    continue
+                preds = np.array([b.predict(X[test], num_threads=1)
+                                  for b, _ in self._train_bags(X, y, train, t, categorical, monotone)])
+                residual[test] = y[test] - preds.mean(axis=0)
+                spread[test] = preds.std(axis=0)
+        elif bags:
+            preds = np.full((len(bags), len(y)), np.nan)
+            for k, (b, take) in enumerate(bags):
+                oob = np.setdiff1d(ok, take)
+                if len(oob):  # num_threads=1: OpenMP start-up costs ~20 ms per call
+                    preds[k, oob] = b.predict(X[oob], num_threads=1)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                res = Y[ok, t] - np.nanmean(preds[:, ok], axis=0) if bags else np.array([])
-            ensembles.append(bags)
-            residuals.append([float(r) for r in res if np.isfinite(r)])
-        self.model_ = FittedPredictor(params=self.get_params(), feature_names=names, categorical=categorical,
-                                      y_ndim=y.ndim, ensembles=ensembles, oob_residuals=residuals,
-                                      n_train=n_train)
-        return self
+                residual[ok] = y[ok] - np.nanmean(preds[:, ok], axis=0)
+                spread[ok] = np.nanstd(preds[:, ok], axis=0)
+        return calibrate(residual, spread)
 
     def _model(self) -> FittedPredictor:
         from sklearn.utils.validation import check_is_fitted
@@ -169,19 +214,38 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
 
     # -- history rows ------------------------------------------------------------------
 
-    def fit_rows(self, rows: Sequence[Mapping[str, Any]]) -> "AdvisorPredictor":
-        """Learn the schema from ``rows`` and fit the TARGETS on them; returns self."""
+    def fit_rows(self, rows: Sequence[Mapping[str, Any]], *, group_by: str = "dataset") -> "AdvisorPredictor":
+        """Learn the schema and the history's support from ``rows`` and fit the TARGETS on them,
+        in the spaces that keep predictions feasible and extrapolating (``model_targets``);
+        conformal folds hold out whole ``group_by`` groups (``HOLDOUT_KEYS``). Returns self."""
         rows = list(rows)
         if not rows:
             raise PredictorError("no runs to train on")
+        if self.gain_target not in ("headroom", "gain"):
+            raise PredictorError(f"gain_target must be 'headroom' or 'gain' (got {self.gain_target!r})")
+        if self.cost_target not in ("per-image-epoch", "seconds"):
+            raise PredictorError(f"cost_target must be 'per-image-epoch' or 'seconds' (got {self.cost_target!r})")
         schema = FeatureSchema.from_rows(rows)
         X = schema.matrix(rows)
-        self.fit(X, targets_matrix(rows), feature_names=schema.names,
-                 categorical_features=schema.categorical_indices)
+        spaces = {"id_gain": self.gain_target, "ood_change": "change", "cost": self.cost_target}
+        if np.mean(np.isfinite(cost_offset(rows))) < 0.5:  # most runs lack epochs: seconds as measured
+            spaces["cost"] = "seconds"
+        Y = model_targets(rows, spaces)
+        shots_j = schema.names.index("shots")
+        mono_targets = shots_monotone(rows, Y) if self.monotone_shots == "auto" else (
+            list(TARGETS) if self.monotone_shots == "on" else [])
+        monotone = [[1 if (j == shots_j and t in mono_targets) else 0 for j in range(X.shape[1])] for t in TARGETS]
+        groups = [HOLDOUT_KEYS.get(group_by, row_dataset)(r) for r in rows]
+        if len(set(groups)) < 2:  # e.g. one tower left in training: hold out datasets instead
+            groups = [row_dataset(r) for r in rows]
+        self.fit(X, Y, feature_names=schema.names, categorical_features=schema.categorical_indices,
+                 monotone=monotone, groups=groups)
         m = self.model_
         m.schema, m.target_names, m.training_hash = schema, list(TARGETS), training_hash(rows)
         m.n_runs, m.datasets = len(rows), sorted({row_dataset(r) for r in rows})
         m.feature_ranges = feature_ranges(schema, X)
+        m.spaces = spaces
+        m.support = HistorySupport.from_rows(rows)
         return self
 
     def rows_matrix(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -202,4 +266,3 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
     def from_json(cls, text: str) -> "AdvisorPredictor":
         return cls.from_model(FittedPredictor.from_json(text))
 
-AdvisorPredictor.__module__ = __name__

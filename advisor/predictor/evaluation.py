@@ -1,36 +1,69 @@
-"""Leave-one-dataset-out evaluation of the predictor and of every baseline, in one loop.
+"""Held-out evaluation of the predictor and of every baseline, in one loop.
 
-For each dataset, the feature schema, the predictor and every baseline are fitted on the runs of
-all *other* datasets only, then scored on the held-out dataset's runs (all shots and seeds).
+``evaluate(rows, holdout=...)`` leaves one group out at a time: a dataset (``dataset``), the
+source of its images (``source``; a row without a ``source`` descriptor counts by its dataset
+name) or the model's image tower (``tower``; without an ``image_tower`` descriptor, the model
+family). The feature schema, the history support, the predictor (and its conformal
+calibration) and every baseline are fitted on the other groups' runs only, then asked about
+the held-out runs (all shots and seeds).
+
+Reported per recommender and target: Spearman and MAE over the held-out runs; per held-out
+(model, dataset, shots) group with at least two methods measured (seeds averaged): top-1 and
+regret of the recommended method, for the ``gain`` (ID gain) and ``balanced`` (ID gain + OOD
+change) objectives. For the predictor also the empirical coverage of its intervals at the
+nominal level and at ``CALIBRATION_LEVELS`` (the calibration curve). Beside them the history's
+seed-to-seed noise (``rows.seed_noise``): the MAE no predictor can beat.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import PredictorError
-from .baselines import IIMMLinear, SignalKNN
-from .rows import TARGETS, row_dataset, row_method, row_model, row_shots, targets_matrix
+from .baselines import BestSingleMethod, IIMMLinear, SignalKNN, ZeroShotLinear
+from .intervals import coverage
+from .rows import (
+    HOLDOUT_KEYS,
+    TARGETS,
+    row_dataset,
+    row_method,
+    row_model,
+    row_shots,
+    seed_noise,
+    targets_matrix,
+)
 
-#: Known method order used to break ties and for fallbacks (third-party tuners come after).
-KNOWN_METHODS: tuple[str, ...] = ("full", "lora", "coop", "contcoop", "tpc_cma")
+#: Interval levels at which coverage is measured for the calibration curve.
+CALIBRATION_LEVELS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+#: Recommenders in the order they are reported; ``random`` is an exact expectation.
+RECOMMENDERS: tuple[str, ...] = ("predictor", "best-single-method", "zero-shot-only", "iimm-linear", "knn", "random")
+OBJECTIVES: tuple[str, ...] = ("gain", "balanced")
 
 
-_FALLBACK = ("lora", "full", "contcoop", "coop", "tpc_cma")
+class EvaluationError(PredictorError):
+    """The history cannot be evaluated this way (too few groups, unknown holdout)."""
 
 
-def lodo_folds(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[int], list[int]]]:
-    """(held-out dataset, train indices, test indices): every row of the held-out dataset
-    (any model, shots or seed) is in test, none in train."""
-    names = [row_dataset(r) for r in rows]
+def holdout_folds(rows: Sequence[Mapping[str, Any]], holdout: str = "dataset") -> list[tuple[str, list[int], list[int]]]:
+    """(held-out group, train indices, test indices): every row of the group is in test, none
+    in train."""
+    if holdout not in HOLDOUT_KEYS:
+        raise EvaluationError(f"unknown holdout {holdout!r} (choose from {', '.join(HOLDOUT_KEYS)})")
+    key = HOLDOUT_KEYS[holdout]
+    names = [key(r) for r in rows]
     return [
         (d, [i for i, n in enumerate(names) if n != d], [i for i, n in enumerate(names) if n == d])
         for d in sorted(set(names))
     ]
+
+
+def lodo_folds(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[int], list[int]]]:
+    """Leave-one-dataset-out folds (``holdout_folds(rows, "dataset")``)."""
+    return holdout_folds(rows, "dataset")
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,90 +88,118 @@ def objective_value(g: float, o: float, objective: str) -> float:
     raise ValueError(objective)
 
 
-def evaluate_lodo(
+def evaluate(
     rows: Sequence[Mapping[str, Any]],
     *,
+    holdout: str = "dataset",
     estimator: Any = None,
     knn_k: int = 3,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Leave-one-dataset-out scores of the predictor and of every baseline, in one loop.
-
-    Per target: Spearman and MAE of predicted vs measured over all held-out runs. Per held-out
-    (model, dataset, shots) group with at least two methods measured (seeds averaged): top-1
-    accuracy and regret of the recommended method, for the ``gain`` and ``balanced`` objectives.
-    """
+    """Scores of the predictor and of every baseline with one ``holdout`` group left out at a
+    time (see the module docstring). Plain JSON (NaN -> None)."""
     rows = list(rows)
-    folds = lodo_folds(rows)
+    folds = holdout_folds(rows, holdout)
     if len(folds) < 2:
-        raise PredictorError(
-            f"leave-one-dataset-out needs runs on at least 2 datasets (the history has {len(folds)})"
+        raise EvaluationError(
+            f"leave-one-{holdout}-out needs runs on at least 2 {holdout}s (the history has {len(folds)}"
+            + (f": {folds[0][0]}" if folds else "") + ")"
         )
     from sklearn.base import clone
 
     from .estimator import AdvisorPredictor
 
     base = estimator if estimator is not None else AdvisorPredictor()
+    nominal = float(base.get_params().get("interval", 0.8))
+    levels = sorted(set(CALIBRATION_LEVELS) | {nominal})
     Y = targets_matrix(rows)
-    pred = {name: np.full((len(rows), len(TARGETS)), np.nan) for name in ("predictor", "iimm-linear", "knn")}
+    n, k = len(rows), len(TARGETS)
+    pred = {name: np.full((n, k), np.nan) for name in RECOMMENDERS if name != "random"}
+    bounds = {lv: (np.full((n, k), np.nan), np.full((n, k), np.nan)) for lv in levels}
+    n_flags = np.zeros(n, dtype=int)
     folds_out = []
-    for d, train_idx, test_idx in folds:
+    for group, train_idx, test_idx in folds:
         if progress:
-            progress(d)
+            progress(group)
         train = [rows[i] for i in train_idx]
         test = [rows[i] for i in test_idx]
-        folds_out.append({"dataset": d, "n_train": len(train), "n_test": len(test)})
-        if len({row_dataset(r) for r in train}) < 1 or len(train) < 2:
+        folds_out.append({"held_out": group, "n_train": len(train), "n_test": len(test)})
+        if len(train) < 2:
             continue
-        est = clone(base).fit_rows(train)
-        pred["predictor"][test_idx] = est.predict(est.rows_matrix(test))
-        lin = IIMMLinear().fit(train)
-        knn = SignalKNN(knn_k).fit(train)
+        fitted = clone(base).fit_rows(train, group_by=holdout).model_
+        for lv in levels:
+            p = fitted.predict_rows(test, level=lv)
+            bounds[lv][0][test_idx], bounds[lv][1][test_idx] = p["lo"], p["hi"]
+        pred["predictor"][test_idx] = p["mean"]
+        n_flags[test_idx] = [len(f) for f in p["flags"]]
+        baselines = [BestSingleMethod().fit(train), ZeroShotLinear().fit(train), IIMMLinear().fit(train),
+                     SignalKNN(knn_k).fit(train)]
         for i, r in zip(test_idx, test):
-            for name, bl in (("iimm-linear", lin), ("knn", knn)):
-                p = bl.predict_row(r, row_method(r))
-                pred[name][i, 0], pred[name][i, 1] = p["id_gain"], p["ood_change"]
+            for bl in baselines:
+                out = bl.predict_row(r, row_method(r))
+                pred[bl.name][i] = [out[t] for t in TARGETS]
 
-    targets = {
-        t: {
+    targets = {}
+    for j, t in enumerate(TARGETS):
+        cov, n_cov = coverage(Y[:, j], bounds[nominal][0][:, j], bounds[nominal][1][:, j])
+        width = bounds[nominal][1][:, j] - bounds[nominal][0][:, j]
+        targets[t] = {
             "spearman": spearman(pred["predictor"][:, j], Y[:, j]),
             "mae": mae(pred["predictor"][:, j], Y[:, j]),
             "n": int(np.sum(np.isfinite(Y[:, j]) & np.isfinite(pred["predictor"][:, j]))),
+            "coverage": cov,
+            "interval": nominal,
+            "median_width": float(np.nanmedian(width)) if np.isfinite(width).any() else None,
         }
+    calibration = {
+        t: [{"level": lv, "coverage": coverage(Y[:, j], bounds[lv][0][:, j], bounds[lv][1][:, j])[0]} for lv in levels]
         for j, t in enumerate(TARGETS)
     }
     groups = _groups(rows, Y, pred)
-    baselines = []
-    for name in ("predictor", "iimm-linear", "knn", "always-lora", "always-full", "random"):
+    recommenders = []
+    for name in RECOMMENDERS:
         entry: dict[str, Any] = {"name": name}
         if name in pred:
-            for j, t in enumerate(("id_gain", "ood_change")):
-                entry[f"{t}spearman"] = spearman(pred[name][:, j], Y[:, j])
-                entry[f"{t}mae"] = mae(pred[name][:, j], Y[:, j])
-        for objective in ("gain", "balanced"):
+            for j, t in enumerate(TARGETS):
+                entry[f"{t}_spearman"] = spearman(pred[name][:, j], Y[:, j])
+                entry[f"{t}_mae"] = mae(pred[name][:, j], Y[:, j])
+        for objective in OBJECTIVES:
             entry.update(_choice_scores(groups, name, objective))
-        baselines.append(entry)
+        recommenders.append(entry)
     predictions = [
         {
+            "held_out": HOLDOUT_KEYS[holdout](r),
             "dataset": row_dataset(r),
             "model": row_model(r),
             "method": row_method(r),
             "shots": row_shots(r),
             "seed": r.get("seed"),
+            "out_of_support": int(n_flags[i]),
             **{f"measured_{t}": _none(Y[i, j]) for j, t in enumerate(TARGETS)},
             **{f"predicted_{t}": _none(pred["predictor"][i, j]) for j, t in enumerate(TARGETS)},
+            **{f"lo_{t}": _none(bounds[nominal][0][i, j]) for j, t in enumerate(TARGETS)},
+            **{f"hi_{t}": _none(bounds[nominal][1][i, j]) for j, t in enumerate(TARGETS)},
         }
         for i, r in enumerate(rows)
     ]
     return clean_json({
+        "holdout": holdout,
         "n_runs": len(rows),
-        "n_datasets": len(folds),
+        "n_held_out": len(folds),
+        "n_datasets": len({row_dataset(r) for r in rows}),
         "folds": folds_out,
         "targets": targets,
-        "baselines": baselines,
-        "n_groups": {o: sum(1 for g in groups if g["valid"][o]) for o in ("gain", "balanced")},
+        "calibration": calibration,
+        "seed_noise": seed_noise(rows),
+        "baselines": recommenders,
+        "n_groups": {o: sum(1 for g in groups if g["valid"][o]) for o in OBJECTIVES},
         "predictions": predictions,
     })
+
+
+def evaluate_lodo(rows: Sequence[Mapping[str, Any]], **kwargs: Any) -> dict[str, Any]:
+    """Leave-one-dataset-out: ``evaluate(rows, holdout="dataset", ...)``."""
+    return evaluate(rows, holdout="dataset", **kwargs)
 
 
 def clean_json(obj: Any) -> Any:
@@ -175,19 +236,15 @@ def _groups(rows: Sequence[Mapping[str, Any]], Y: np.ndarray, pred: dict[str, np
                     g["pred"][n][m] = (float(np.nanmean(P[idx, 0])), float(np.nanmean(P[idx, 1])))
         g["valid"] = {
             o: sum(1 for v in g["measured"].values() if math.isfinite(objective_value(*v, o))) >= 2
-            for o in ("gain", "balanced")
+            for o in OBJECTIVES
         }
         out.append(g)
     return out
 
 
-def method_order(methods: Iterable[str]) -> list[str]:
-    known = [m for m in KNOWN_METHODS if m in methods]
-    return known + sorted(m for m in methods if m not in KNOWN_METHODS)
-
-
 def _choice_scores(groups: list[dict[str, Any]], name: str, objective: str) -> dict[str, Any]:
-    """Top-1 accuracy and mean regret of one recommender over the valid groups."""
+    """Top-1 accuracy and mean regret of one recommender over the valid groups. A recommender
+    without a prediction for any measured method of a group is scored on the groups it answers."""
     hits, regrets = [], []
     for g in groups:
         if not g["valid"][objective]:
@@ -195,21 +252,15 @@ def _choice_scores(groups: list[dict[str, Any]], name: str, objective: str) -> d
         measured = {m: objective_value(*v, objective) for m, v in g["measured"].items()}
         measured = {m: v for m, v in measured.items() if math.isfinite(v)}
         best = max(measured.values())
-        cands = method_order(measured)
         if name == "random":  # exact expectation over a uniform choice: no seed needed
             hits.append(sum(1 for v in measured.values() if v == best) / len(measured))
             regrets.append(float(np.mean([best - v for v in measured.values()])))
             continue
-        if name.startswith("always-"):
-            want = name.split("-", 1)[1]
-            order = [want] + [m for m in _FALLBACK if m != want] + cands
-            choice = next(m for m in order if m in measured)
-        else:
-            scores = {m: objective_value(*g["pred"][name].get(m, (math.nan, math.nan)), objective) for m in cands}
-            finite = {m: s for m, s in scores.items() if math.isfinite(s)}
-            if not finite:
-                continue
-            choice = max(cands, key=lambda m: finite.get(m, -math.inf))  # ties: known order
+        scores = {m: objective_value(*g["pred"][name].get(m, (math.nan, math.nan)), objective) for m in measured}
+        finite = {m: s for m, s in scores.items() if math.isfinite(s)}
+        if not finite:
+            continue
+        choice = max(sorted(finite), key=lambda m: finite[m])  # ties: first by name
         hits.append(1.0 if measured[choice] == best else 0.0)
         regrets.append(best - measured[choice])
     return {

@@ -13,7 +13,19 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .rows import as_dict, as_float, device_kind, row_shots, row_signals
+import math
+
+from .rows import (
+    as_dict,
+    as_float,
+    device_kind,
+    row_epochs,
+    row_family,
+    row_shots,
+    row_signals,
+    row_train_images,
+    row_zero_shot,
+)
 
 #: Non-signal features, in order. Categorical ones are listed in CATEGORICAL.
 CORE_FEATURES: tuple[str, ...] = (
@@ -24,6 +36,10 @@ CORE_FEATURES: tuple[str, ...] = (
     "model_params",
     "model_embed_dim",
     "model_image_size",
+    "log_trainable_params",
+    "epochs",
+    "log_train_images",
+    "zero_shot",
     "ds_n_classes",
     "ds_n_train",
     "ds_mean_side_px",
@@ -105,16 +121,21 @@ class FeatureSchema:
 def core_values(r: Mapping[str, Any]) -> dict[str, Any]:
     m = as_dict(r.get("model_desc"))
     d = as_dict(r.get("dataset_desc"))
-    family = m.get("family") or m.get("architecture") or m.get("name") or r.get("model")
     gray = d.get("is_grayscale")
+    trainable = as_float(r.get("trainable_params"))
+    images = row_train_images(r)
     return {
         "method": r.get("method"),
         "shots": row_shots(r),
         "device": device_kind(r.get("device")),
-        "model_family": family,
+        "model_family": row_family(r),
         "model_params": m.get("params"),
         "model_embed_dim": m.get("embed_dim"),
         "model_image_size": m.get("image_size"),
+        "log_trainable_params": math.log(trainable) if trainable > 0 else None,
+        "epochs": row_epochs(r),
+        "log_train_images": math.log(images) if images > 0 else None,
+        "zero_shot": row_zero_shot(r),
         "ds_n_classes": d.get("n_classes"),
         "ds_n_train": d.get("n_train"),
         "ds_mean_side_px": d.get("mean_side_px"),
@@ -129,7 +150,6 @@ def pretty_feature(name: str) -> str:
     if name.startswith(DOMAIN_PREFIX):
         return "domain=" + name[len(DOMAIN_PREFIX):]
     return name
-
 
 
 def feature_ranges(schema: FeatureSchema, X: np.ndarray) -> dict[str, list[float]]:

@@ -118,3 +118,115 @@ def row_signals(row: Mapping[str, Any]) -> dict[str, float]:
 def device_kind(v: Any) -> str | None:
     return str(v).split(":", 1)[0] if v else None
 
+
+
+# ------------------------------------------------------------------------------------------
+# Descriptors used for grouping and support
+# ------------------------------------------------------------------------------------------
+
+
+def row_family(row: Mapping[str, Any]) -> str:
+    """The model family (falls back to the architecture, then the model name)."""
+    m = as_dict(row.get("model_desc"))
+    return str(m.get("family") or m.get("architecture") or m.get("name") or row.get("model") or "?")
+
+
+def row_tower(row: Mapping[str, Any]) -> str:
+    """The image tower; without an ``image_tower`` descriptor, the model family (issue 11 adds
+    the descriptor to new histories)."""
+    m = as_dict(row.get("model_desc"))
+    return str(m.get("image_tower") or row_family(row))
+
+
+def row_source(row: Mapping[str, Any]) -> str:
+    """Where the dataset's images come from; without a ``source`` descriptor, the dataset name."""
+    d = as_dict(row.get("dataset_desc"))
+    return str(d.get("source") or row_dataset(row))
+
+
+#: Holdout modes of the evaluation: the group every row of which leaves training together.
+HOLDOUT_KEYS = {"dataset": row_dataset, "source": row_source, "tower": row_tower}
+
+
+def row_zero_shot(row: Mapping[str, Any]) -> float:
+    """Zero-shot in-domain accuracy: measured before the run, else the ``zero_shot_acc`` signal."""
+    z = as_float(row.get("id_acc_before"))
+    if math.isnan(z):
+        z = row_signals(row).get("zero_shot_acc", math.nan)
+    return z if 0.0 <= z <= 1.0 else math.nan
+
+
+def row_train_images(row: Mapping[str, Any]) -> float:
+    """Training images of the run: shots x classes (at most the training split), or the split."""
+    d = as_dict(row.get("dataset_desc"))
+    n_train, n_classes = as_float(d.get("n_train")), as_float(d.get("n_classes"))
+    shots = row_shots(row)
+    if shots is None:
+        return n_train
+    images = shots * n_classes
+    return min(images, n_train) if math.isfinite(n_train) else images
+
+
+def row_epochs(row: Mapping[str, Any]) -> float:
+    return as_float(as_dict(row.get("hparams")).get("epochs"))
+
+
+# ------------------------------------------------------------------------------------------
+# What the models learn: feasible and extrapolating versions of the targets
+# ------------------------------------------------------------------------------------------
+
+
+def headroom_share(gain: np.ndarray, zero_shot: np.ndarray) -> np.ndarray:
+    """ID gain as the share of the possible change it achieves: gain / (1 - zero-shot) when
+    positive, gain / zero-shot when negative; in [-1, 1] for every feasible gain."""
+    gain, z = np.asarray(gain, dtype=float), np.asarray(zero_shot, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(gain >= 0, gain / (1.0 - z), gain / z)
+    return np.where(np.isfinite(s), np.clip(s, -1.0, 1.0), np.where(np.isnan(gain) | np.isnan(z), np.nan, 0.0))
+
+
+def gain_factor(share: np.ndarray, zero_shot: np.ndarray) -> np.ndarray:
+    """The factor that turns a share back into a gain (piecewise linear: 1 - zero-shot above 0,
+    zero-shot below), so ``gain = factor * share`` and contributions scale by the same factor."""
+    share, z = np.asarray(share, dtype=float), np.asarray(zero_shot, dtype=float)
+    return np.where(share >= 0, 1.0 - z, z)
+
+
+def share_to_gain(share: np.ndarray, zero_shot: np.ndarray) -> np.ndarray:
+    """Inverse of ``headroom_share``: always between -zero-shot and 1 - zero-shot."""
+    s = np.clip(np.asarray(share, dtype=float), -1.0, 1.0)
+    return gain_factor(s, zero_shot) * s
+
+
+def cost_offset(rows: Sequence[Mapping[str, Any]], epochs: Sequence[float] | None = None) -> np.ndarray:
+    """log(training images x epochs): the part of log wall time that scales with the work, so
+    the learned cost is log seconds per image-epoch and extrapolates in images and epochs.
+    NaN where images or epochs are unknown."""
+    ep = [row_epochs(r) for r in rows] if epochs is None else list(epochs)
+    out = []
+    for r, e in zip(rows, ep):
+        work = row_train_images(r) * e
+        out.append(math.log(work) if work > 0 else math.nan)
+    return np.array(out, dtype=float)
+
+
+def seed_noise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The history's seed-to-seed spread per target: over every (model, dataset, method, shots)
+    configuration run with several seeds, the pooled standard deviation and the mean absolute
+    deviation from the configuration mean (the MAE no predictor can beat). None without repeats."""
+    Y = targets_matrix(rows)
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault((row_model(r), row_dataset(r), row_method(r), row_shots(r)), []).append(i)
+    repeated = [idx for idx in groups.values() if len({rows[i].get("seed") for i in idx}) >= 2]
+    out: dict[str, Any] = {"configurations": len(repeated)}
+    for j, t in enumerate(TARGETS):
+        dev, sq, dof = [], 0.0, 0
+        for idx in repeated:
+            y = Y[idx, j][np.isfinite(Y[idx, j])]
+            if len(y) >= 2:
+                dev.extend(np.abs(y - y.mean()).tolist())
+                sq += float(((y - y.mean()) ** 2).sum())
+                dof += len(y) - 1
+        out[t] = {"sd": math.sqrt(sq / dof) if dof else None, "mad": float(np.mean(dev)) if dev else None}
+    return out

@@ -10,26 +10,35 @@ import numpy as np
 
 from ..errors import PredictorError
 from .features import CORE_FEATURES, DOMAIN_PREFIX, SIGNAL_PREFIX, FeatureSchema
+from .intervals import half_width
+from .rows import TARGETS
+from .spaces import contributions_to_targets, to_targets
+from .support import HistorySupport, widening
 from .trees import TreeEnsemble
 
 #: Version of the JSON document a predictor is saved as.
-FORMAT = "advisor-predictor/1"
+FORMAT = "advisor-predictor/2"
 
 
 class FittedPredictor:
-    """A trained predictor: per target, ``n_bags`` tree ensembles plus their out-of-bag residuals,
-    the feature schema, and where it came from. ``AdvisorPredictor.fit`` builds one;
+    """A trained predictor: per target, ``n_bags`` tree ensembles, their conformal calibration
+    (``intervals``), the feature schema, the spaces the targets were learned in (``spaces``),
+    the history's support, and where it came from. ``AdvisorPredictor.fit`` builds one;
     ``from_stored`` reads one from the history without importing LightGBM or scikit-learn."""
 
     def __init__(self, *, params: dict[str, Any], feature_names: list[str], categorical: list[int], y_ndim: int,
-                 ensembles: list[list[TreeEnsemble]], oob_residuals: list[list[float]], n_train: list[int]) -> None:
+                 ensembles: list[list[TreeEnsemble]], calibration: list[dict[str, Any]], n_train: list[int],
+                 monotone: list[list[int]] | None = None) -> None:
         self.params = dict(params)
         self.feature_names = list(feature_names)
         self.categorical = list(categorical)
         self.y_ndim = y_ndim
         self.ensembles = ensembles
-        self.oob_residuals = oob_residuals
+        self.calibration = calibration
         self.n_train = n_train
+        self.monotone = monotone or [[0] * len(self.feature_names) for _ in ensembles]
+        self.spaces: dict[str, str] = {}
+        self.support: HistorySupport | None = None
         self.schema: FeatureSchema | None = None
         self.target_names: list[str] = []
         self.training_hash = ""
@@ -75,27 +84,56 @@ class FittedPredictor:
             mean = np.nanmean(self.predict_bags(X), axis=0)
         return mean[:, 0] if self.y_ndim == 1 else mean
 
-    def predict_interval(self, X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(mean, lo, hi), each (n, n_targets): a central ``interval`` band.
-
-        lo/hi add the out-of-bag residual quantiles to the bagged mean (so the band includes
-        run-to-run noise, not only model disagreement), widened to cover the bags' own
-        quantiles. With fewer than 5 out-of-bag residuals only the bags' spread is used.
-        """
+    def predict_interval(self, X: Any, level: float | None = None,
+                         widen: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, lo, hi), each (n, n_targets), in the models' spaces: the bagged mean plus or
+        minus the conformal half-width at ``level`` (default ``interval``), which grows with the
+        bags' disagreement at X and with ``widen`` (per row). A target without calibration
+        scores falls back to the bags' own quantiles."""
+        level = self.interval if level is None else float(level)
         bags = self.predict_bags(X)
-        a = (1.0 - self.interval) / 2.0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(bags, axis=0)
-            blo = np.nanquantile(bags, a, axis=0)
-            bhi = np.nanquantile(bags, 1.0 - a, axis=0)
+            spread = np.nanstd(bags, axis=0)
+            a = (1.0 - level) / 2.0
+            blo, bhi = np.nanquantile(bags, a, axis=0), np.nanquantile(bags, 1.0 - a, axis=0)
         lo, hi = blo.copy(), bhi.copy()
-        for t, res in enumerate(self.oob_residuals):
-            if len(res) >= 5:
-                rlo, rhi = np.quantile(res, [a, 1.0 - a])
-                lo[:, t] = np.minimum(blo[:, t], mean[:, t] + rlo)
-                hi[:, t] = np.maximum(bhi[:, t], mean[:, t] + rhi)
+        w = np.broadcast_to(np.asarray(widen, dtype=float), (len(mean),))
+        for t, cal in enumerate(self.calibration):
+            if len(cal.get("scores") or []) >= 5:
+                hw = half_width(cal, spread[:, t], level, w)
+                lo[:, t], hi[:, t] = mean[:, t] - hw, mean[:, t] + hw
         return mean, lo, hi
+
+    # -- history rows and cases, in target units ------------------------------------------
+
+    def flags(self, rows: Sequence[Mapping[str, Any]]) -> list[list[tuple[str, str]]]:
+        """Per row, its inputs outside the training history's support (see ``support``)."""
+        return [self.support.flags(r) if self.support else [] for r in rows]
+
+    def predict_rows(self, rows: Sequence[Mapping[str, Any]], level: float | None = None,
+                     widen_out_of_support: bool = True) -> dict[str, Any]:
+        """Predictions for history rows or cases in target units (ID gain, OOD change, log
+        seconds): ``mean``, ``lo``, ``hi`` (n, 3) and the out-of-support ``flags`` per row,
+        whose kinds widen that row's interval. Feasible by construction (see ``spaces``)."""
+        rows = list(rows)
+        X = self.rows_matrix(rows)
+        flags = self.flags(rows)
+        widen = np.array([widening(f) if widen_out_of_support else 1.0 for f in flags])
+        mean, lo, hi = self.predict_interval(X, level, widen)
+        return {"mean": to_targets(mean, rows, self.spaces), "lo": to_targets(lo, rows, self.spaces),
+                "hi": to_targets(hi, rows, self.spaces), "flags": flags, "model_mean": mean}
+
+    def contributions_rows(self, rows: Sequence[Mapping[str, Any]], target: str = "id_gain") -> np.ndarray:
+        """(n, n_features + 1) contributions to one target in its units; the last column is the
+        base value, and base + contributions = the prediction (also for a headroom share,
+        unless the share was clipped at +-1)."""
+        rows = list(rows)
+        t = TARGETS.index(target)
+        X = self.rows_matrix(rows)
+        contrib = self.predict_contrib(X, targets=[t])[:, t, :]
+        return contributions_to_targets(contrib, contrib.sum(axis=1), rows, self.spaces, target)
 
     def predict_contrib(self, X: Any, targets: Sequence[int] | None = None) -> np.ndarray:
         """(n, n_targets, n_features + 1) SHAP contributions averaged over the bags; the last
@@ -131,12 +169,14 @@ class FittedPredictor:
             "categorical_features": self.categorical,
             "y_ndim": self.y_ndim,
             "n_train": self.n_train,
-            "oob_residuals": self.oob_residuals,
+            "calibration": self.calibration,
+            "monotone": self.monotone,
             "boosters": [[e.text for e in bags] for bags in self.ensembles],
         }
         if self.schema is not None:
             doc.update(schema=self.schema.to_dict(), target_names=self.target_names, training_hash=self.training_hash,
-                       n_runs=self.n_runs, datasets=self.datasets, feature_ranges=self.feature_ranges)
+                       n_runs=self.n_runs, datasets=self.datasets, feature_ranges=self.feature_ranges,
+                       spaces=self.spaces, support=self.support.to_dict() if self.support else None)
         return json.dumps(doc)
 
     @classmethod
@@ -154,8 +194,10 @@ class FittedPredictor:
             fp = cls(params=dict(doc["params"]), feature_names=list(doc["feature_names"]),
                      categorical=[int(i) for i in doc["categorical_features"]], y_ndim=int(doc["y_ndim"]),
                      ensembles=[[TreeEnsemble(s) for s in bags] for bags in doc["boosters"]],
-                     oob_residuals=[[float(r) for r in res] for res in doc["oob_residuals"]],
-                     n_train=[int(n) for n in doc["n_train"]])
+                     calibration=[{"scores": [float(v) for v in c["scores"]], "beta": float(c["beta"])}
+                                  for c in doc["calibration"]],
+                     n_train=[int(n) for n in doc["n_train"]],
+                     monotone=[[int(v) for v in m] for m in doc.get("monotone") or []] or None)
             if "schema" in doc:
                 fp.schema = FeatureSchema.from_dict(doc["schema"])
                 fp.target_names = list(doc["target_names"])
@@ -163,6 +205,8 @@ class FittedPredictor:
                 fp.n_runs = int(doc["n_runs"])
                 fp.datasets = list(doc["datasets"])
                 fp.feature_ranges = {k: list(v) for k, v in (doc.get("feature_ranges") or {}).items()}
+                fp.spaces = {str(k): str(v) for k, v in (doc.get("spaces") or {}).items()}
+                fp.support = HistorySupport.from_dict(doc["support"]) if doc.get("support") else None
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise PredictorError(f"stored predictor is damaged ({type(exc).__name__}); run `advisor predictor train`") from None
         if any(e.n_features not in (0, fp.n_features) for bags in fp.ensembles for e in bags):

@@ -47,10 +47,12 @@ def train_predictor(
         raise PredictorError(f"cannot train: {why}; record more runs with `advisor run`")
     est = clone(estimator) if estimator is not None else AdvisorPredictor()
     model = est.fit_rows(rows).model_
-    scores: dict[str, Any] = {"n_runs": model.n_runs, "datasets": model.datasets}
+    scores: dict[str, Any] = {"n_runs": model.n_runs, "datasets": model.datasets,
+                              "monotone_shots": [t for t, m in zip(model.target_names, model.monotone) if any(m)],
+                              "spaces": model.spaces}
     if evaluate:
         ev = evaluate_lodo(rows, estimator=est)
-        scores.update({"targets": ev["targets"], "baselines": ev["baselines"], "n_groups": ev["n_groups"]})
+        scores.update({k: ev[k] for k in ("holdout", "targets", "calibration", "seed_noise", "baselines", "n_groups")})
     scores = clean_json(scores)
     pid = history.save_predictor(name, model.to_json(), model.feature_names, model.training_hash, scores)
     return {

@@ -1,7 +1,9 @@
 """Plugin hooks. Built-in metrics, tuners, datasets and models use exactly these hooks.
 
-A plugin is a module (or object) with functions decorated by ``advisor.hookimpl`` whose names
-match the hooks below. The ``register`` argument is a callback: call it once per thing the
+A plugin is a module (or object) with functions decorated by ``hookimpl`` (``from
+advisor.hookspecs import hookimpl``; ``advisor.hookimpl`` is the same marker) whose names
+match the hooks below. Registrations are the dataclasses of ``advisor.specs`` and carry
+everything about what they register (a tuner's order, colour, family, hyper-parameters). The ``register`` argument is a callback: call it once per thing the
 plugin provides. Every hook is documented in docs/plugins.md; a test fails when one is not.
 """
 
@@ -21,7 +23,7 @@ def register_metrics(register: Callable[[Any], None]) -> None:
 
     Example::
 
-        @advisor.hookimpl
+        @hookimpl
         def register_metrics(register):
             register(Metric(name="my_score", compute=my_score, needs=frozenset({"image", "labels"})))
     """
@@ -33,9 +35,10 @@ def register_tuners(register: Callable[[Any], None]) -> None:
 
     Example::
 
-        @advisor.hookimpl
+        @hookimpl
         def register_tuners(register):
-            register(Tuner(name="bitfit", train=train_bitfit, defaults=lambda shots: {"lr": 1e-3}))
+            register(Tuner(name="bitfit", train=train_bitfit, defaults=lambda shots: {"lr": 1e-3},
+                           order=70, hparams=(HParam("bias_only", bool, True, "train biases only"),)))
     """
 
 
@@ -45,7 +48,7 @@ def register_datasets(register: Callable[[Any], None]) -> None:
 
     Example::
 
-        @advisor.hookimpl
+        @hookimpl
         def register_datasets(register):
             register(DatasetSource(name="my-parquet", load=load_parquet, prefix=True))
     """
@@ -57,7 +60,7 @@ def register_models(register: Callable[[Any], None]) -> None:
 
     Example::
 
-        @advisor.hookimpl
+        @hookimpl
         def register_models(register):
             register(ModelSource(name="my-clip", load=load_my_clip))
     """
@@ -74,7 +77,7 @@ def register_executors(register: Callable[[Any], None]) -> None:
 
     Example::
 
-        @advisor.hookimpl
+        @hookimpl
         def register_executors(register):
             register(Executor(name="ray", launch=launch_on_ray, description="a Ray cluster"))
     """
@@ -86,7 +89,7 @@ def register_commands(cli: Any) -> None:
 
     Example::
 
-        @advisor.hookimpl
+        @hookimpl
         def register_commands(cli):
             @cli.command()
             def hello():
@@ -102,7 +105,7 @@ def on_run_recorded(run: Any, run_id: str, db_url: str) -> None:
 
     Example::
 
-        @advisor.hookimpl
+        @hookimpl
         def on_run_recorded(run, run_id, db_url):
             mlflow.log_metric("id_gain", run.id_acc_after - run.id_acc_before)
     """

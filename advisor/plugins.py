@@ -43,7 +43,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "advisor_plugins.metrics.mds",
     "advisor_plugins.metrics.zero_shot",
     "advisor_plugins.metrics.transferability",
-    "advisor_plugins.tuners.builtin",  # full, lora, coop, contcoop, tpc_cma (imported on first use)
+    "advisor_plugins.tuners.builtin",  # registrations only; each tuner's torch module loads on first use
     "advisor_plugins.datasets.offline",
     "advisor_plugins.datasets.derived",  # class subsets and corruptions of the offline sources
     "advisor_plugins.datasets.folder",

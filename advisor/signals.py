@@ -9,8 +9,10 @@ name, so one broken (third-party) metric never costs the others.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -92,6 +94,30 @@ def _outputs(metric: Metric, result: Any) -> dict[str, float]:
     return {metric.name: _as_float(result)}
 
 
+def blas_threads() -> int | None:
+    """1 when the machine is already busy (1-minute load average within half a core of the CPU
+    count), else None (the BLAS library's own choice).
+
+    On a shared machine a multi-threaded BLAS spins its threads against other processes: on this
+    2-core machine under a load of 11-14, a 384x384 ``eigh`` took 1.09 s with 2 threads and 0.07 s
+    with 1 (benchmarks/signals.py records the load with every run).
+    """
+    cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # not available on this platform
+        return None
+    return 1 if cpus > 1 and load >= cpus - 0.5 else None
+
+
+def _thread_limit(threads: int | None) -> Any:
+    if threads is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
 def run_metrics(emb: Embeddings, names: list[str] | None = None) -> SignalSet:
     """Compute the named metrics (default: every registered one) on ``emb``.
 
@@ -111,6 +137,14 @@ def run_metrics(emb: Embeddings, names: list[str] | None = None) -> SignalSet:
     out = SignalSet(meta=dict(emb.meta))
     out.meta.setdefault("n_images", int(len(emb.labels)))
     out.meta.setdefault("n_classes", int(np.asarray(emb.text).shape[0]))
+    threads = blas_threads()
+    out.meta["blas_threads"] = threads or "default"
+    with _thread_limit(threads):
+        _run_each(emb, metrics, available, out)
+    return out
+
+
+def _run_each(emb: Embeddings, metrics: Mapping[str, Metric], available: frozenset[str], out: SignalSet) -> None:
     for name, metric in metrics.items():
         needs = frozenset(getattr(metric, "needs", frozenset()))
         missing = needs - available
@@ -135,7 +169,6 @@ def run_metrics(emb: Embeddings, names: list[str] | None = None) -> SignalSet:
             out.seconds[key] = elapsed
             out.metric_of[key] = name
         out.metric_seconds[name] = elapsed
-    return out
 
 
 #: Signals are computed on a stratified, seeded sample of the training split: enough for stable

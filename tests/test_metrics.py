@@ -183,7 +183,10 @@ def test_gap_terms_match_plain_references():
     assert got["gap_dist_ot"] >= got["gap_dist_fd"] - 1e-9  # Gelbrich bound
     import ot
 
-    sw = ot.sliced_wasserstein_distance(xc, tc, n_projections=modality_gap.SW_PROJECTIONS, p=2, seed=0) ** 2
+    k = modality_gap.SW_PROJECTIONS  # the same directions (numpy generator, seed 0), POT's 1-D W2 on each
+    dirs = np.random.default_rng(0).standard_normal((xc.shape[1], k))
+    dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
+    sw = np.mean([ot.wasserstein_1d(xc @ dirs[:, j], tc @ dirs[:, j], p=2) for j in range(k)])
     assert got["gap_dist_sw"] == pytest.approx(sw, rel=1e-7)
 
 
@@ -489,6 +492,30 @@ def test_logme_default_matches_official_fixed_point_loop():
               - beta / 2 * res2 - alpha / 2 * m2 - n / 2 * np.log(2 * np.pi))
         evidences.append(ev / n)
     assert tr.logme(f, y) == pytest.approx(np.mean(evidences), rel=1e-9)
+
+
+@pytest.mark.parametrize("n,c,seed", [(40, 3, 0), (300, 7, 1), (500, 16, 2), (257, 5, 3)])
+def test_exact_ot_to_atoms_equals_network_simplex(n, c, seed):
+    import ot
+
+    from advisor_plugins.metrics._transport import exact_ot_to_atoms
+
+    rng = np.random.default_rng(seed)
+    x, t = rng.standard_normal((n, 6)), rng.standard_normal((c, 6)) * 2
+    counts = np.bincount(rng.integers(0, c, n), minlength=c)  # some may be 0
+    cost = ot.dist(x, t)
+    assert exact_ot_to_atoms(cost, counts) == pytest.approx(ot.emd2(np.full(n, 1 / n), counts / n, cost), rel=1e-10)
+
+
+def test_gap_dist_ot_with_many_classes_uses_pot_and_matches_assignment():
+    from advisor_plugins.metrics._transport import MAX_ATOMS
+
+    emb = make_emb(n=60, d=5, c=MAX_ATOMS + 4, seed=8)
+    x, t = norm_rows(emb.image), norm_rows(emb.text)
+    xc, tc = x - x.mean(0), t[emb.labels] - t[emb.labels].mean(0)
+    cost = ((xc[:, None, :] - tc[None, :, :]) ** 2).sum(-1)
+    r, c = linear_sum_assignment(cost)
+    assert modality_gap.modality_gap(emb)["gap_dist_ot"] == pytest.approx(cost[r, c].mean(), rel=1e-9)
 
 
 def official_gbc(f, y, pca_components=64):

@@ -258,22 +258,37 @@ def test_pairs_without_signals_are_kept_and_named_by_history_list(team_experimen
 
 def test_compute_signals_uses_the_normal_signal_path_when_the_pair_loads(tracking_uri: str, tmp_path: Path,
                                                                          cli: Any) -> None:
+    from advisor.history import dataset_key, model_key
     from advisor.signals import compute_signals
 
     client = MlflowClient(tracking_uri=tracking_uri)
     exp_id = client.create_experiment("team-tiny", artifact_location=(tmp_path / "art").as_uri())
     _team_run(client, exp_id, "tiny", {"base_model": "tiny-vit", "data": "digits", "algo": "coop", "seed": "0"},
               {"zs_acc": 0.125, "val_acc": 0.25})
+    reference = compute_signals("tiny-vit", "digits", seed=0, device="cpu", quiet=True)
+    assert reference.values
+
+    # New rows get the signals as their own signal set, in the import's transaction.
     db = tmp_path / "h.db"
     res = _import(cli, tracking_uri, "team-tiny", db, *TEAM_MAP, "--compute-signals")
     assert res.exit_code == 0, res.output
-    reference = compute_signals("tiny-vit", "digits", seed=0, device="cpu", quiet=True)
+    assert f"Signals for tiny-vit on digits: computed {len(reference.values)} signals" in res.output
     with open_history(str(db)) as h:
         (row,) = h.runs()
-        listed = cli("history", "list", "--db", str(db))
-    got = {k[len("signal."):]: v for k, v in row.items() if k.startswith("signal.")}
-    assert got == reference.values and got
-    assert "no signals yet" not in listed.output
+    assert {k[len("signal."):]: v for k, v in row.items() if k.startswith("signal.")} == reference.values
+    assert "no signals yet" not in cli("history", "list", "--db", str(db)).output
+
+    # Rows imported earlier without signals get them as the pair's signal set.
+    later = tmp_path / "later.db"
+    assert _import(cli, tracking_uri, "team-tiny", later, *TEAM_MAP).exit_code == 0
+    assert "no signals yet" in cli("history", "list", "--db", str(later)).stderr
+    again = _import(cli, tracking_uri, "team-tiny", later, *TEAM_MAP, "--compute-signals", "--json")
+    assert json.loads(again.stdout)["added"] == 0
+    with open_history(str(later)) as h:
+        (row,) = h.runs()
+        pair = (model_key({"name": "tiny-vit"}), dataset_key({"name": "digits"}))
+        assert h.latest_signals(*pair) == reference.values
+    assert "no signals yet" not in cli("history", "list", "--db", str(later)).output
 
 
 def test_bad_input_is_one_line_before_mlflow_is_touched(tracking_uri: str, tmp_path: Path, cli: Any) -> None:

@@ -31,6 +31,7 @@ import pluggy
 from . import hookspecs
 from ._version import __version__
 from .errors import AdvisorError, UnknownNameError
+from .specs import DatasetSource, Metric, ModelSource, Tuner
 
 
 class PluginError(AdvisorError):
@@ -171,6 +172,10 @@ def _collect(kind: str) -> tuple[dict[str, Any], dict[str, str]]:
             name = getattr(obj, "name", None)
             if not isinstance(name, str) or not name:
                 raise ValueError(f"plugin {_plugin!r} registered a {kind[:-1]} without a name")
+            expected = _REGISTRATION_TYPES.get(kind)
+            if expected is not None and not isinstance(obj, expected):
+                raise TypeError(f"register_{kind} got a {type(obj).__name__} for {name!r}, "
+                                f"not an advisor.specs.{expected.__name__}")
             if name in found and providers[name] != _plugin:
                 # First registration wins: a plugin cannot silently replace a built-in.
                 print(f"Warning: plugin {_plugin!r} registered {kind[:-1]} {name!r}, already provided by "
@@ -183,8 +188,14 @@ def _collect(kind: str) -> tuple[dict[str, Any], dict[str, str]]:
             impl.function(register=register)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - skip the broken plugin, keep the rest
             _report(plugin_name, exc)
+            for name in [n for n, p in providers.items() if p == plugin_name]:  # skipped means skipped
+                del found[name], providers[name]
     return found, providers
 
+
+#: What each register_* callback accepts (executors: ``advisor.sweep.executor.Executor``, not checked here).
+_REGISTRATION_TYPES: dict[str, type] = {"metrics": Metric, "tuners": Tuner, "datasets": DatasetSource,
+                                        "models": ModelSource}
 
 #: The callables of a registration that run plugin code after loading, per kind.
 _PLUGIN_CODE = {"tuners": ("train", "defaults"), "datasets": ("load",), "models": ("load", "matches")}

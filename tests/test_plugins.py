@@ -3,6 +3,7 @@ and broken plugins reported by name instead of taking the tool down."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
@@ -370,3 +371,20 @@ def test_plugin_calling_sys_exit_or_failing_to_add_commands_does_not_silence_adv
     entries = {e["name"]: e for e in json.loads(_run_with_site(site, "plugins", "--json").stdout)}
     assert entries["exits_at_import"] == {"name": "exits_at_import", "error": "called sys.exit(3)"}
     assert entries["broken_commands"]["error"] == "RuntimeError: cannot build my commands"
+
+
+class _WrongKindPlugin:
+    @advisor.hookimpl
+    def register_tuners(self, register):
+        register(Tuner(name="fine_tuner", train=lambda ctx: None))
+        register(Metric(name="not_a_tuner", compute=lambda emb: 0.0))
+
+
+def test_registering_the_wrong_kind_skips_the_whole_plugin_with_one_line(capsys):
+    with contextlib.contextmanager(_registered)(_WrongKindPlugin(), "wrong-kind"):
+        tuners = plugins.get_tuners()
+        assert "not_a_tuner" not in tuners and "fine_tuner" not in tuners  # nothing half-registered
+        assert plugins.load_errors["wrong-kind"] == (
+            "TypeError: register_tuners got a Metric for 'not_a_tuner', not an advisor.specs.Tuner")
+        assert "Warning: plugin 'wrong-kind' failed to load and was skipped" in capsys.readouterr().err
+        assert {"full", "lora", "coop", "contcoop", "tpc_cma"} <= set(tuners)

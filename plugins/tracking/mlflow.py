@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import advisor
+from advisor.hookspecs import hookimpl
 
 ENABLE_ENV = "ADVISOR_MLFLOW"
 EXPERIMENT_ENV = "ADVISOR_MLFLOW_EXPERIMENT"
@@ -35,7 +35,7 @@ def experiment_name() -> str:
     return os.environ.get(EXPERIMENT_ENV, "").strip() or DEFAULT_EXPERIMENT
 
 
-@advisor.hookimpl
+@hookimpl
 def on_run_recorded(run: Any, run_id: str, db_url: str) -> None:
     if not enabled():
         return

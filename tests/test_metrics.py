@@ -269,6 +269,18 @@ def test_mir_final_layer_matches_official_port():
     assert abs(np.log10(no_repl) - got["mir"]) > 0.01
 
 
+def test_mir_final_on_class_texts_matches_official_port_on_repeated_rows():
+    # Without captions the paired text is each image's class text; MIR works on the C distinct
+    # rows with their counts, and must equal the official code run on the N repeated rows,
+    # outlier replacement included (class 0's text is far outside 3 sigma in norm).
+    emb = make_emb(n=200, d=8, c=6, seed=17)
+    emb.text = emb.text.copy()
+    emb.text[0] *= 30
+    emb.labels = np.where(np.arange(200) < 8, 0, np.maximum(emb.labels, 1))  # class 0 rare: an outlier
+    ref = official_mir_layer(emb.image, emb.text[emb.labels])  # scipy's sqrtm: ~1e-8 relative rounding
+    assert 10 ** mir.mir(emb)["mir_final"] == pytest.approx(ref, rel=1e-7)
+
+
 def test_mir_sums_aligned_layers():
     rng = np.random.default_rng(10)
     n = 150

@@ -47,7 +47,7 @@ import numpy as np
 from advisor.hookspecs import hookimpl
 from advisor.specs import Embeddings, Metric
 
-from ._linalg import frechet_distance, labels_of, paired_text
+from ._linalg import frechet_distance, frechet_from_stats, labels_of, mean_cov, weighted_mean_cov
 
 
 def lower_median(x: np.ndarray, axis: int | None = None) -> np.ndarray:
@@ -74,17 +74,58 @@ def replace_outliers_with_median(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def layer_fd(vision: np.ndarray, text: np.ndarray) -> float:
-    """One layer of MIR: text-centric scaling, outlier replacement, Fréchet distance."""
+def weighted_lower_median(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``lower_median`` (axis 0) of ``values`` (M,) or (M,w) with row m repeated ``counts[m]``
+    times, without repeating anything."""
+    values = np.asarray(values, dtype=np.float64)
+    flat = values.ndim == 1
+    v = values[:, None] if flat else values
+    k = (int(counts.sum()) - 1) // 2  # index of the lower middle value among sum(counts)
+    order = np.argsort(v, axis=0, kind="stable")
+    ends = np.cumsum(counts[order], axis=0)  # (M, w)
+    pick = (ends <= k).sum(axis=0)  # (w,) first sorted position whose cumulative count exceeds k
+    cols = np.arange(v.shape[1])
+    out = v[order[pick, cols], cols]
+    return out[0] if flat else out
+
+
+def replace_outliers_counted(x: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``replace_outliers_with_median`` of the rows of ``x`` repeated ``counts`` times, on the
+    distinct rows only (the paired class texts of a classification dataset)."""
+    x = np.array(x, dtype=np.float64, copy=True)
+    w = np.asarray(counts, dtype=np.float64)
+    n = w.sum()
+    if n < 2:
+        return x
+    norms = np.linalg.norm(x, axis=1)
+    med = weighted_lower_median(norms, counts)
+    mean = (w * norms).sum() / n
+    std = np.sqrt((w * (norms - mean) ** 2).sum() / (n - 1))
+    outliers = np.abs(norms - med) > max(3 * std, 1e-6 * abs(med))
+    if outliers.any():
+        x[outliers] = weighted_lower_median(x, counts)
+    return x
+
+
+def layer_fd(vision: np.ndarray, text: np.ndarray, text_counts: np.ndarray | None = None) -> float:
+    """One layer of MIR: text-centric scaling, outlier replacement, Fréchet distance.
+
+    ``text_counts``: ``text`` holds distinct rows, row m standing for ``text_counts[m]`` rows
+    (the same value as passing the repeated rows, in O(C d^2) instead of O(N d^2))."""
     vision = np.asarray(vision, dtype=np.float64)
     text = np.asarray(text, dtype=np.float64)
-    mean_norm = np.linalg.norm(text, axis=1).mean()
+    norms = np.linalg.norm(text, axis=1)
+    mean_norm = norms.mean() if text_counts is None else (text_counts * norms).sum() / text_counts.sum()
     if not mean_norm > 0:
         raise ValueError("text features have zero norm")
     s = 1.0 / mean_norm
     v = replace_outliers_with_median(vision * s)
-    t = replace_outliers_with_median(text * s)
-    return frechet_distance(v, t, mean_term=True, ddof=1)
+    if text_counts is None:
+        return frechet_distance(v, replace_outliers_with_median(text * s), mean_term=True, ddof=1)
+    t = replace_outliers_counted(text * s, text_counts)
+    mu_v, cov_v = mean_cov(v)
+    mu_t, cov_t = weighted_mean_cov(t, text_counts)
+    return frechet_from_stats(mu_v, cov_v, mu_t, cov_t, mean_term=True)
 
 
 def aligned_layers(emb: Embeddings) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -113,7 +154,12 @@ def aligned_layers(emb: Embeddings) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def mir(emb: Embeddings) -> dict[str, float]:
-    final = layer_fd(emb.image, paired_text(emb, normalize=False))
+    if emb.paired_text is not None:
+        final = layer_fd(emb.image, emb.paired_text)
+    else:  # the paired text of image i is its class text: C distinct rows with label counts
+        counts = np.bincount(labels_of(emb), minlength=np.asarray(emb.text).shape[0])
+        keep = counts > 0
+        final = layer_fd(emb.image, np.asarray(emb.text)[keep], counts[keep])
     pairs = aligned_layers(emb)
     total = sum(layer_fd(a, b) for a, b in pairs) if pairs else final
     if final <= 0 or total <= 0:

@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import make_run
 
 mlflow = pytest.importorskip("mlflow", reason="pip install 'advisor[mlflow]'")
-from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.tracking import MlflowClient
 
-from advisor.history import open_history  # noqa: E402
-from advisor.history.mlflow_fields import member_text, member_value, to_mlflow  # noqa: E402
+from advisor.history import open_history
+from advisor.history.mlflow_fields import member_text, member_value, to_mlflow
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +125,8 @@ def test_plugin_is_off_by_default_and_does_not_import_mlflow(tmp_path: Path) -> 
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k not in ("ADVISOR_MLFLOW", "MLFLOW_TRACKING_URI")}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()

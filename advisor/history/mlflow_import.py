@@ -12,9 +12,10 @@ again, so importing twice adds nothing. MLflow itself is only read.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import AdvisorError, InputFileError
 from . import io as hio

@@ -7,7 +7,8 @@ has signals when any of its runs carries a signal set or one was stored for the 
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from . import io as hio
 from .keys import dataset_key, model_key

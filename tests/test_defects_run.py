@@ -127,3 +127,12 @@ def test_no_record_writes_no_adapter_and_adapters_dir_is_honoured(tmp_path):
     printed = Path(json.loads(r.stdout)["adapter_path"])
     (_, stored), = _rows(db)
     assert printed == out / stored and printed.is_file() and not (tmp_path / "h.adapters").exists()
+
+
+def test_open_clip_refuses_image_size_zero_instead_of_using_the_default():
+    from advisor.embed import load_model
+    from advisor.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="--image-size must be a positive"):
+        load_model(ModelSpec("tiny-vit", image_size=0), "cpu")
+    assert load_model(ModelSpec("tiny-vit", image_size=48), "cpu").image_size == 48

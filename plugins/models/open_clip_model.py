@@ -447,6 +447,8 @@ def load_open_clip(name: str, pretrained: str | None, image_size: int | None, ca
     """Load any open_clip model; every user-caused failure becomes a one-line ModelLoadError."""
     import open_clip
 
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ModelLoadError(f"--image-size must be a positive number of pixels (got {image_size!r})")  # 0 is not "default"
     if name in TINY_CONFIGS:
         if pretrained is not None:
             raise ModelLoadError(f"{name} is a random test model; it takes no --pretrained")

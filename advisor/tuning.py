@@ -35,10 +35,6 @@ from .specs import LOOP_HPARAMS, TrainContext, Tuner
 #: open_clip clamps the learned temperature at 100 (logit_scale <= ln 100).
 MAX_LOGIT_SCALE = math.log(100.0)
 
-#: Keys every tuner understands (each tuner adds its own): the loop's, declared in advisor.specs.
-COMMON_HPARAMS = tuple(h.name for h in LOOP_HPARAMS)
-
-
 # --------------------------------------------------------------------------------------------
 # Devices, precision, seeding
 # --------------------------------------------------------------------------------------------

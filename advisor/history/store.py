@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, selectinload
 from ..errors import HistoryError
 from ..specs import RunResult
 from . import io as hio
-from .database import TIMEOUT_ENV, db_timeout, make_engines, quick_check, translate
+from .database import TIMEOUT_ENV, db_timeout, make_engines, quick_check, translate  # noqa: F401
 from .keys import (  # noqa: F401  (re-exported: older imports from advisor.history.store)
     config_hash,
     dataset_desc_of,
@@ -45,7 +45,7 @@ from .location import (  # noqa: F401  (re-exported likewise)
     sqlite_file,
     sqlite_url,
 )
-from .migrations import SCHEMA_VERSION, applied_migrations, check_version, migrate, pending
+from .migrations import SCHEMA_VERSION, applied_migrations, check_version, migrate, pending  # noqa: F401
 from .rows import DATASET_FIELDS, MODEL_FIELDS, ImportRecord, flat_row, jsonable, run_fields
 from .rows import dataset_desc as stored_dataset_desc
 from .rows import model_desc as stored_model_desc
@@ -503,29 +503,6 @@ class History:
 
     # -- predictors ------------------------------------------------------------------------
 
-    def save_predictor(self, name: str, blob: str, features: list[str], training_hash: str, scores: dict[str, Any]) -> int:
-        """Store a trained predictor (older ones under the same name are kept as history)."""
-
-        def tx(s: Session) -> int:
-            p = Predictor(name=name, blob=blob, features=list(features), training_hash=training_hash,
-                          scores=jsonable(scores), created_at=_now())
-            s.add(p)
-            s.flush()
-            return p.id
-
-        return self._write(tx)
-
-    def load_predictor(self, name: str = "default") -> dict[str, Any] | None:
-        """The newest predictor saved under ``name``."""
-        with self._read() as s:
-            p = s.scalar(select(Predictor).where(Predictor.name == name).order_by(Predictor.id.desc()).limit(1))
-            if p is None:
-                return None
-            return {"id": p.id, "name": p.name, "blob": p.blob, "features": list(p.features),
-                    "training_hash": p.training_hash, "scores": dict(p.scores), "created_at": p.created_at}
-
-
-
 # ------------------------------------------------------------------------------- helpers
 
 
@@ -540,49 +517,3 @@ def _call_run_hooks(run: RunResult, run_id: str, url: str) -> None:
         except Exception as exc:  # noqa: BLE001
             print(f"Warning: plugin {impl.plugin_name!r} on_run_recorded failed: {type(exc).__name__}: {exc}",
                   file=sys.stderr)
-
-
-# ------------------------------------------------------------------------------- shipped registry
-
-
-def compact(path: str | os.PathLike[str]) -> None:
-    """Make a SQLite history a single self-contained file (WAL checkpointed, rollback journal,
-    vacuumed), as the shipped ``registry.db`` must be."""
-    p = Path(path)
-    con = sqlite3.connect(str(p))
-    try:
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        con.execute("PRAGMA journal_mode = DELETE")
-        con.execute("VACUUM")
-    finally:
-        con.close()
-
-
-def create_registry(path: str | os.PathLike[str], source: str | os.PathLike[str] | None = None) -> int:
-    """Write the shipped-registry file at ``path``: a migrated copy of the SQLite history
-    ``source`` (everything: runs, signal sets, predictors), or an empty migrated history when
-    ``source`` is None, compacted to one self-contained file. Returns the number of runs.
-    ``python -c "from advisor.history import create_registry; create_registry('registry.db', 'runs.db')"``"""
-    p = Path(path)
-    if p.is_dir():
-        raise HistoryError(f"database path {p} is a directory")
-    for suffix in ("", "-wal", "-shm"):
-        q = Path(str(p) + suffix)
-        if q.exists():
-            q.unlink()
-    if source is None:
-        History(sqlite_url(p)).close()
-    else:
-        with open_history(source) as src:  # migrates the source to the current schema
-            if src.path is None:
-                raise HistoryError(f"registry source {src.display} must be a SQLite file")
-            src_path = src.path
-        with sqlite3.connect(str(src_path)) as src_con, sqlite3.connect(str(p)) as dst_con:
-            src_con.backup(dst_con)
-        src_con.close()
-        dst_con.close()
-    compact(p)
-    with History(sqlite_url(p)) as h:
-        n = h.count()
-    compact(p)
-    return n

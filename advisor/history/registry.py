@@ -1,0 +1,55 @@
+"""The shipped ``registry.db``: a history as one self-contained SQLite file (no WAL side files),
+so it can be installed read-only and copied on first use (``location.ensure_default_db``)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from ..errors import HistoryError
+from .location import sqlite_url
+from .store import History, open_history
+
+
+def compact(path: str | os.PathLike[str]) -> None:
+    """Make a SQLite history a single self-contained file (WAL checkpointed, rollback journal,
+    vacuumed), as the shipped ``registry.db`` must be."""
+    p = Path(path)
+    con = sqlite3.connect(str(p))
+    try:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        con.execute("PRAGMA journal_mode = DELETE")
+        con.execute("VACUUM")
+    finally:
+        con.close()
+
+
+def create_registry(path: str | os.PathLike[str], source: str | os.PathLike[str] | None = None) -> int:
+    """Write the shipped-registry file at ``path``: a migrated copy of the SQLite history
+    ``source`` (everything: runs, signal sets, predictors), or an empty migrated history when
+    ``source`` is None, compacted to one self-contained file. Returns the number of runs.
+    ``python -c "from advisor.history import create_registry; create_registry('registry.db', 'runs.db')"``"""
+    p = Path(path)
+    if p.is_dir():
+        raise HistoryError(f"database path {p} is a directory")
+    for suffix in ("", "-wal", "-shm"):
+        q = Path(str(p) + suffix)
+        if q.exists():
+            q.unlink()
+    if source is None:
+        History(sqlite_url(p)).close()
+    else:
+        with open_history(source) as src:  # migrates the source to the current schema
+            if src.path is None:
+                raise HistoryError(f"registry source {src.display} must be a SQLite file")
+            src_path = src.path
+        with sqlite3.connect(str(src_path)) as src_con, sqlite3.connect(str(p)) as dst_con:
+            src_con.backup(dst_con)
+        src_con.close()
+        dst_con.close()
+    compact(p)
+    with History(sqlite_url(p)) as h:
+        n = h.count()
+    compact(p)
+    return n

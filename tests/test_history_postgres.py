@@ -71,3 +71,12 @@ def test_read_only_database_is_read_and_refused_before_any_write(pg_url, postgre
             h.record_run(make_run(seed=5))
     postgres_server._admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = off')
     assert count_rows(pg_url, "runs") == 1
+
+
+def test_timeout_becomes_lock_timeout_and_url_options_are_kept(pg_url):
+    """ADVISOR_DB_TIMEOUT is PostgreSQL's lock_timeout (so a held lock ends in the one-line
+    'locked' error, as on SQLite); options given in the URL stay in force."""
+    with open_history(pg_url + "?options=-c%20statement_timeout%3D12345", timeout=3) as h:
+        with h.engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "3s"
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "12345ms"

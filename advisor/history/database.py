@@ -123,9 +123,12 @@ def make_engines(url: URL, display: str, timeout: float, path: Path | None) -> t
             kwargs["poolclass"] = StaticPool
             kwargs["connect_args"]["check_same_thread"] = False
     elif url.get_backend_name() == "postgresql":
-        ms = max(1, int(timeout * 1000))
-        kwargs["connect_args"] = {"connect_timeout": max(1, math.ceil(timeout)),
-                                  "options": f"-c lock_timeout={ms}"}
+        ms = max(1, int(timeout * 1000))  # lock_timeout=0 would mean "wait forever"
+        options = f"-c lock_timeout={ms}"
+        given = url.query.get("options")  # the URL's own options are kept
+        if given:
+            options = " ".join([*([given] if isinstance(given, str) else given), options])
+        kwargs["connect_args"] = {"connect_timeout": max(1, math.ceil(timeout)), "options": options}
     try:
         engine = create_engine(url, **kwargs)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:

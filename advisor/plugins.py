@@ -22,7 +22,6 @@ import functools
 import importlib
 import os
 import sys
-from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Iterable
 
@@ -36,6 +35,7 @@ from .specs import DatasetSource, Metric, ModelSource, Tuner
 
 class PluginError(AdvisorError):
     """A third-party plugin's code raised: reported in one line naming the plugin."""
+
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "advisor_plugins.metrics.iimm",
@@ -150,14 +150,6 @@ def _drop_misspelt_hooks() -> None:
 
 
 _distinfo: dict[str, tuple[str, str]] = {}
-
-
-@dataclass
-class Registry:
-    """Everything the plugins registered, by kind, with the plugin that provided each."""
-
-    items: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: {} for k in KINDS})
-    provider: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def _collect(kind: str) -> tuple[dict[str, Any], dict[str, str]]:

@@ -467,8 +467,8 @@ def history_path(db: str | None, as_json: bool) -> None:
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @device_option
-@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="DataLoader worker processes for image files.")
+@click.option("--num-workers", type=click.IntRange(min=0), default=None, show_default="auto",
+              help="DataLoader worker processes for image files (auto: from the CPU count and the decoding cost).")
 @click.option("--layers", "with_layers", is_flag=True, help="Also keep pooled per-layer states of both towers.")
 @click.option("--no-cache", is_flag=True, help="Re-embed even when cached embeddings exist (and do not write the cache).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -477,7 +477,7 @@ def history_path(db: str | None, as_json: bool) -> None:
 @json_option
 def embed_command(model: str, pretrained: str | None, image_size: int | None, weights_dir: str | None, dataset: Any,
                   shots: int | None, seed: int, max_images: int | None, split: str, batch_size: int, device: str,
-                  num_workers: int, with_layers: bool, no_cache: bool, quiet: bool, output: str | None,
+                  num_workers: int | None, with_layers: bool, no_cache: bool, quiet: bool, output: str | None,
                   as_json: bool) -> None:
     """Embed one split of a dataset with one model (one batched pass, cached on disk).
 

@@ -13,6 +13,7 @@ Embeddings are raw (unnormalised) joint-space features; metrics normalise as the
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, Sequence
@@ -159,6 +160,35 @@ class _Collate:
         return torch.cat([self.preprocess_batch(torch.from_numpy(a)[None]) for a in items])
 
 
+def choose_num_workers(images: ImageSet, preprocess: Any, cpus: int | None = None, probe: int = 4) -> int:
+    """DataLoader workers for decoding ``images``: 0 unless a worker pays for itself.
+
+    0 for in-memory arrays (nothing to decode), on machines with at most 2 CPUs (a worker takes
+    a core from the model's forward pass; ``benchmarks/embed.py`` measures 0 and 1 workers side by
+    side), for fewer than 64 images, and when decoding plus preprocessing one image costs under
+    1 ms (a worker's start-up and inter-process copies cost more than it saves). Otherwise half
+    the CPUs, at most 4, so the forward pass keeps the other half.
+    """
+    if _uses_fast_path(images):
+        return 0
+    cpus = cpus or _cpu_count()
+    if cpus <= 2 or len(images) < 64:
+        return 0
+    costs = []  # CPU time, not wall time: on a busy machine the wall clock measures the neighbours
+    for i in range(min(probe, len(images))):
+        start = time.process_time()
+        preprocess(images.pil(i))
+        costs.append(time.process_time() - start)
+    return 0 if min(costs) < 1e-3 else min(4, cpus // 2)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _uses_fast_path(images: ImageSet, model: Any = None) -> bool:
     arr = images.images
     return isinstance(arr, np.ndarray) and arr.dtype == np.uint8 and (model is None or hasattr(model, "preprocess_batch"))
@@ -170,13 +200,15 @@ def encode_images(
     *,
     batch_size: int = 64,
     device: str | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     quiet: bool = False,
     with_layers: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, list[np.ndarray]]:
     """Image embeddings (N,d) float32, plus pooled per-layer states (N,w_l) with ``with_layers``.
 
     ``device`` defaults to where the model is; the model is moved there if it differs.
+    ``num_workers=None`` chooses the DataLoader workers (``choose_num_workers``). On CUDA, batches
+    come from pinned memory and are copied with ``non_blocking=True``.
     """
     import torch
 
@@ -207,10 +239,14 @@ def encode_images(
                 assert isinstance(arr, np.ndarray)
                 for start in range(0, n, batch_size):
                     chunk = torch.from_numpy(np.array(arr[start : start + batch_size], copy=True))  # sources may be read-only
-                    run(model.preprocess_batch(chunk.to(dev) if dev.type == "cuda" else chunk))
+                    if dev.type == "cuda":
+                        chunk = chunk.pin_memory().to(dev, non_blocking=True)
+                    run(model.preprocess_batch(chunk))
                     bar.update(len(chunk))
             else:
                 raw = bool(getattr(model, "batch_preprocess_exact", False)) and hasattr(model, "preprocess_batch")
+                if num_workers is None:
+                    num_workers = choose_num_workers(images, model.preprocess)
                 loader = torch.utils.data.DataLoader(
                     _PILImages(images, model.preprocess, raw),
                     batch_size=batch_size,
@@ -350,7 +386,7 @@ def embed(
     max_images: int | None = None,
     device: str | None = None,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     use_cache: bool = True,
     with_layers: bool = False,
     quiet: bool = False,
@@ -369,8 +405,9 @@ def embed(
     if isinstance(dataset_spec, str):
         dataset_spec = DatasetSpec(name=dataset_spec)
     device = resolve_device(device)
-    bundle, images = select_images(dataset_spec, split=split, shots=shots, seed=seed, max_images=max_images)
-    key, parts = cache_key(model_spec, bundle, images, split=split, device=device, with_layers=with_layers)
+    with phase(f"loading {dataset_spec.name} and looking up {model_spec.name}'s weights"):
+        bundle, images = select_images(dataset_spec, split=split, shots=shots, seed=seed, max_images=max_images)
+        key, parts = cache_key(model_spec, bundle, images, split=split, device=device, with_layers=with_layers)
     if use_cache:
         hit = cache.load(key)
         if hit is not None:

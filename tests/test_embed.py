@@ -80,6 +80,28 @@ def test_dataloader_workers_give_the_same_result(tiny, tmp_path) -> None:  # typ
     assert np.array_equal(a, b)
 
 
+def test_workers_are_chosen_from_cpu_count_and_decoding_cost(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    small, large = [], []
+    for i in range(64):
+        p = tmp_path / f"s{i}.png"
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(p)
+        small.append(str(p))
+    big = tmp_path / "big.png"  # noise does not compress: decoding 1500x1500 takes milliseconds
+    Image.fromarray(rng.integers(0, 256, (1500, 1500, 3), dtype=np.uint8)).save(big)
+    large = [str(big)] * 64
+    labels, ids = np.arange(64) % 2, [str(i) for i in range(64)]
+    arrays = ImageSet(rng.integers(0, 256, (64, 8, 8), dtype=np.uint8), labels, ids)
+    assert E.choose_num_workers(arrays, tiny.preprocess, cpus=16) == 0  # nothing to decode
+    assert E.choose_num_workers(ImageSet(large, labels, ids), tiny.preprocess, cpus=2) == 0  # no core to spare
+    assert E.choose_num_workers(ImageSet(small, labels, ids), tiny.preprocess, cpus=16) == 0  # decoding is cheap
+    assert E.choose_num_workers(ImageSet(large, labels, ids), tiny.preprocess, cpus=16) == 4
+    assert E.choose_num_workers(ImageSet(large, labels, ids), tiny.preprocess, cpus=6) == 3
+    assert E.choose_num_workers(ImageSet(large[:10], labels[:10], ids[:10]), tiny.preprocess, cpus=16) == 0
+
+
 def test_corrupt_image_file_is_reported_by_path(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from PIL import Image
 

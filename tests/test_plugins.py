@@ -14,7 +14,6 @@ import advisor
 from advisor import plugins
 from advisor.specs import Metric, Tuner
 
-
 #: Tables wrap to the terminal width; a wide one keeps each plugin on one line.
 WIDE = {"COLUMNS": "400"}
 
@@ -257,7 +256,7 @@ def _advisor_cli():
 def test_run_help_lists_each_tuners_own_hparams(cli, extra_plugin):
     text = cli("run", "--help").stdout
     assert "tpc_cma [our reconstruction]:" in text and "contcoop [our reconstruction]:" in text
-    assert re.search(r"^ *coop: CoOp", text, re.M) and not re.search(r"^ *coop \[our", text, re.M)
+    assert re.search(r"^ *coop: CoOp", text, re.MULTILINE) and not re.search(r"^ *coop \[our", text, re.MULTILINE)
     flat = " ".join(text.split())
     assert "alpha_target float, default 0.05: target weight of the alignment loss" in flat
     assert "rank int, default 4: LoRA rank r" in flat
@@ -345,7 +344,8 @@ def _run_with_site(site, *args):
     env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["ADVISOR_LOAD_PLUGINS"] = "exits_at_import,broken_commands"  # only these third-party plugins
     code = "import sys; from advisor.cli import cli; sys.exit(cli())"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=180)
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=180,
+                          check=False)
 
 
 def test_plugin_calling_sys_exit_or_failing_to_add_commands_does_not_silence_advisor(tmp_path):

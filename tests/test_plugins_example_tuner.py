@@ -31,7 +31,8 @@ def site(tmp_path_factory):
     src = root / "src"
     shutil.copytree(EXAMPLE, src)  # build from a copy: no build/ or *.egg-info in the repository
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-input",
-                           "--no-index", "--target", str(root / "site"), str(src)], capture_output=True, text=True)
+                           "--no-index", "--target", str(root / "site"), str(src)], capture_output=True, text=True,
+                          check=False)
     assert done.returncode == 0, done.stderr
     return root / "site"
 
@@ -41,7 +42,8 @@ def _advisor(site, *args, timeout=600):
     env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["ADVISOR_LOAD_PLUGINS"] = "example_tuner"  # only this third-party plugin
     env["COLUMNS"] = "400"
-    p = subprocess.run([sys.executable, "-c", CODE, *args], capture_output=True, text=True, env=env, timeout=timeout)
+    p = subprocess.run([sys.executable, "-c", CODE, *args], capture_output=True, text=True, env=env, timeout=timeout,
+                       check=False)
     assert p.returncode == 0, f"advisor {' '.join(args)} failed:\n{p.stderr}"
     return p
 

@@ -11,7 +11,8 @@ their declared defaults from here (``declared_defaults``), so each value is writ
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from advisor.hookspecs import hookimpl
 from advisor.specs import HParam, Tuner

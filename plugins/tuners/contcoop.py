@@ -29,7 +29,8 @@ the same token width.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,8 @@ from advisor.errors import TrainingError
 from advisor.specs import TrainContext, TrainResult
 
 from .builtin import CONTCOOP
-from .coop import PromptAdapted, PromptLearner, defaults as coop_defaults, inner_token_mask, train_prompts
+from .coop import PromptAdapted, PromptLearner, inner_token_mask, train_prompts
+from .coop import defaults as coop_defaults
 
 
 def defaults(shots: int | None) -> dict[str, Any]:

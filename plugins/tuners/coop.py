@@ -23,7 +23,8 @@ learned context is applied to *any* class names, which is how out-of-domain sets
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -30,7 +30,8 @@ LoRA; the projection is the only linear layer on that side).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -9,7 +9,8 @@ hyper-parameters with types, defaults and help (``advisor run --hparam ratio=0.5
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from advisor.hookspecs import hookimpl
 from advisor.specs import HParam, Tuner

@@ -13,7 +13,8 @@ through advisor's shared loop) is this example's choice.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import importlib
 import os
+import re
 import sys
 from importlib import metadata
 from typing import Any, Callable, Iterable
@@ -168,6 +169,10 @@ def _collect(kind: str) -> tuple[dict[str, Any], dict[str, str]]:
             if expected is not None and not isinstance(obj, expected):
                 raise TypeError(f"register_{kind} got a {type(obj).__name__} for {name!r}, "
                                 f"not an advisor.specs.{expected.__name__}")
+            if kind in ("metrics", "tuners") and not _PLAIN_NAME.fullmatch(name):
+                # Method and signal names end up in tables, plots, feature names and history rows (peft
+                # likewise insists on plain lowercase method names).
+                raise ValueError(f"{kind[:-1]} name {name!r} must be lowercase letters, digits, '_' or '-'")
             if name in found and providers[name] != _plugin:
                 # First registration wins: a plugin cannot silently replace a built-in.
                 print(f"Warning: plugin {_plugin!r} registered {kind[:-1]} {name!r}, already provided by "
@@ -188,6 +193,8 @@ def _collect(kind: str) -> tuple[dict[str, Any], dict[str, str]]:
 #: What each register_* callback accepts (executors: ``advisor.sweep.executor.Executor``, not checked here).
 _REGISTRATION_TYPES: dict[str, type] = {"metrics": Metric, "tuners": Tuner, "datasets": DatasetSource,
                                         "models": ModelSource}
+
+_PLAIN_NAME = re.compile(r"[a-z][a-z0-9_\-]*")
 
 #: The callables of a registration that run plugin code after loading, per kind.
 _PLUGIN_CODE = {"tuners": ("train", "defaults"), "datasets": ("load",), "models": ("load", "matches")}

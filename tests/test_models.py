@@ -224,7 +224,7 @@ def test_lit_variants_have_distinct_heads_and_identities() -> None:
     from advisor_plugins.models.lit_offline import fingerprint
     from advisor_plugins.models.lit_offline_model import VARIANTS, head_metadata, read_head
 
-    heads = {name: read_head(v)["proj.weight"] for name, v in VARIANTS.items()}
+    heads = {name: read_head(v, tower)["proj.weight"] for name, (tower, v) in VARIANTS.items()}
     names = list(heads)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
@@ -232,8 +232,8 @@ def test_lit_variants_have_distinct_heads_and_identities() -> None:
     fps = {fingerprint(ModelSpec(n)) for n in VARIANTS}
     assert len(fps) == len(VARIANTS)
     assert fingerprint(ModelSpec("lit-offline", image_size=96)) != fingerprint(ModelSpec("lit-offline"))
-    for v in VARIANTS.values():
-        meta = head_metadata(v)
+    for tower, v in VARIANTS.values():
+        meta = head_metadata(v, tower)
         assert meta["seed"] == 0 and meta["n_images"] > 0 and "zero_shot_test_accuracy" in meta
         assert all(part["part"] == "reserve" for part in meta["trained_on"].values())
 

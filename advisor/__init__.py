@@ -6,6 +6,7 @@ Public API (imported lazily so ``import advisor`` stays fast)::
     advisor.recommend(model_spec, dataset_spec)        -> Recommendation
     advisor.record_run(run_result, db=None)            -> run id
     advisor.get_plugins()                              -> list of plugin descriptions
+    advisor.list_tuners() / advisor.get_tuner(name)    -> Tuner registrations (order, family, hparams ...)
 """
 
 from __future__ import annotations
@@ -15,13 +16,26 @@ from typing import Any
 from ._version import __version__
 from .hookspecs import hookimpl
 
-__all__ = ["hookimpl", "__version__", "compute_signals", "recommend", "record_run", "get_plugins"]
+__all__ = ["hookimpl", "__version__", "compute_signals", "recommend", "record_run", "get_plugins", "list_tuners",
+           "get_tuner"]
 
 
 def get_plugins() -> list[dict[str, Any]]:
     from .plugins import plugin_info
 
     return plugin_info()
+
+
+def list_tuners() -> list[Any]:
+    from .plugins import list_tuners as _list
+
+    return _list()
+
+
+def get_tuner(name: str) -> Any:
+    from .plugins import get_tuner as _get
+
+    return _get(name)
 
 
 def compute_signals(*args: Any, **kwargs: Any) -> Any:

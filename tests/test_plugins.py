@@ -197,6 +197,7 @@ def test_tuner_registrations_carry_order_colour_family_and_hparams():
         assert set(t.defaults(16)) <= set(t.hparam_specs()), t.name
     assert plugins.sort_methods(["zzz", "tpc_cma", "aaa", "full"]) == ["full", "tpc_cma", "aaa", "zzz"]
     assert plugins.find_tuner("not-installed") is None
+    assert advisor.list_tuners() == tuners and advisor.get_tuner("lora") is plugins.get_tuner("lora")
 
 
 def test_dataset_and_model_registrations_say_where_they_come_from():

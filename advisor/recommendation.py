@@ -496,7 +496,6 @@ def _predict_methods(est: Any, methods: Sequence[str], case: Mapping[str, Any],
     """Predictions with intervals (widened once per kind of out-of-support input) and the top
     contributions with their base value, for every method."""
     from .predictor import TARGETS
-    from .predictor.support import WIDENING_PER_FLAG
 
     support = est.support
     family = str((case.get("model_desc") or {}).get("family") or "")
@@ -508,7 +507,8 @@ def _predict_methods(est: Any, methods: Sequence[str], case: Mapping[str, Any],
             c["trainable_params"] = support.trainable_for(m, family, (case.get("model_desc") or {}).get("params"))
         cases.append(c)
     X = est.rows_matrix(cases)
-    widen = np.full(len(cases), 1.0 + WIDENING_PER_FLAG * len(set(flag_kinds)))
+    extra = [k for k in flag_kinds if k == "weights"]
+    widen = np.array([support.widening(c, extra) if support is not None else 1.0 for c in cases])
     mean, lo, hi = est.predict_interval(X, widen=widen)
     from .predictor.spaces import contributions_to_targets, to_targets
 

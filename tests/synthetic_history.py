@@ -45,7 +45,7 @@ def synthetic_rows(n_datasets=6, seeds=(0,), shots=(4, 16), seed=0, noise=0.02, 
     return rows
 
 
-SMALL = dict(n_estimators=30, n_bags=4)
+SMALL = dict(n_estimators=30, n_bags=4, conformal_folds=3)
 
 
 def record_synthetic(db: str, rows) -> None:

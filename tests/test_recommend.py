@@ -291,3 +291,103 @@ def test_public_recommend_stays_callable_after_the_module_is_imported(history_db
         importlib.import_module("advisor.recommend")
     rec = advisor.recommend("tiny-vit", "digits", db=history_db, allow_random_weights=True)
     assert rec.winner in _registered()
+
+
+# ------------------------------------------------------------------------------- issue 12: trust
+
+
+def test_random_weights_are_refused_before_any_work_unless_allowed(history_db):
+    from advisor.cli import cli
+    from advisor.weights import RandomWeightsError
+
+    # refused before the dataset is even resolved: an unknown dataset does not get that far
+    with pytest.raises(RandomWeightsError) as exc:
+        recommend("tiny-vit", "no-such-dataset-xyz", db=history_db)
+    assert "\n" not in str(exc.value) and "randomly initialised weights" in str(exc.value)
+    runner = CliRunner()
+    for args in (["recommend", "--model", "tiny-vit", "--dataset", "digits", "--db", history_db],
+                 ["signals", "--model", "tiny-vit", "--dataset", "digits", "--db", history_db]):
+        r = runner.invoke(cli, args)
+        assert r.exit_code == 1 and r.output.startswith("Error: model 'tiny-vit' would run with randomly initialised")
+        assert "--allow-random-weights" in r.output and len(r.output.strip().splitlines()) == 1
+    rec = recommend("tiny-vit", "digits", db=history_db, allow_random_weights=True)
+    assert rec.random_weights and "randomly initialised weights" in rec.out_of_support
+    assert any("randomly initialised weights" in w for w in rec.warnings)
+
+
+def test_signals_of_a_random_model_are_stored_marked_random(home):
+    from advisor.cli import cli
+    from advisor.history import open_history
+
+    db = str(home / "random.db")
+    r = CliRunner().invoke(cli, ["signals", "--model", "tiny-vit", "--dataset", "digits", "--max-images", "60",
+                                 "--allow-random-weights", "--quiet", "--db", db, "--json"])
+    assert r.exit_code == 0, r.output
+    models = [m for m in open_history(db).models() if m.get("name") == "tiny-vit"]
+    assert models and all(m.get("random_weights") is True for m in models)
+
+
+def test_tie_sentence_recommends_the_cheapest_of_methods_that_cannot_be_told_apart():
+    from advisor.decision import cheapest, ties
+
+    def adv(m, g, lo, hi, cost):
+        return MethodAdvice(m, id_gain=g, id_gain_lo=lo, id_gain_hi=hi, ood_change=0.0, cost_s=cost)
+
+    ranked, best = choose([adv("a", 0.20, 0.15, 0.25, 100), adv("b", 0.18, 0.12, 0.24, 10),
+                           adv("c", 0.05, 0.01, 0.09, 1)], "gain")
+    tied, why = ties(ranked)
+    assert best == "a" and [t.method for t in tied] == ["a", "b"] and why == "their intervals overlap"
+    assert cheapest(tied).method == "b"
+    text = winner_sentence(ranked, "b", "gain", "predictor", tied, why)
+    assert text.startswith("Use b, the cheapest of them, predicted 10 s: a and b cannot be told apart here")
+    # disjoint intervals but a difference below the seed-to-seed spread: still a tie
+    ranked, _ = choose([adv("a", 0.20, 0.19, 0.21, 100), adv("b", 0.17, 0.16, 0.18, 10)], "gain")
+    tied, why = ties(ranked, noise=0.05)
+    assert [t.method for t in tied] == ["a", "b"] and "seed-to-seed spread" in why
+    tied, _ = ties(ranked, noise=0.01)
+    assert [t.method for t in tied] == ["a"]
+    assert winner_sentence(ranked, "a", "gain", "predictor", tied).startswith("Use a: largest predicted in-domain gain")
+
+
+def test_contributions_add_up_from_their_base_value(history_db):
+    from advisor.cli import cli
+
+    rec = recommend("tiny-vit", "digits", db=history_db, allow_random_weights=True, objective="gain")
+    for a in rec.methods:
+        total = a.contribution_base + sum(v for _, v in a.contributions) + a.contribution_other
+        assert total == pytest.approx(a.id_gain, abs=1e-9)
+    r = CliRunner().invoke(cli, ["recommend", "--model", "tiny-vit", "--dataset", "digits", "--allow-random-weights",
+                                 "--db", history_db, "--json"])
+    for m in json.loads(r.output)["methods"]:
+        total = m["contribution_base"] + sum(c["value"] for c in m["contributions"]) + m["contribution_other"]
+        assert total == pytest.approx(m["id_gain"], abs=1e-9)
+
+
+def test_similar_runs_are_near_and_named(history_db):
+    rec = recommend("tiny-vit", "digits", db=history_db, allow_random_weights=True)
+    for a in rec.methods:
+        assert a.support_runs == len(a.similar_runs) < 4  # not every run of the method
+        assert all(s.startswith("tiny-vit on synthetic-") and s.endswith("(16 shots)") for s in a.similar_runs)
+
+
+def test_python_api_to_dataframe_and_from_embeddings(history_db, tmp_path, digits_desc):
+    from advisor.cli import cli
+
+    rec = recommend("tiny-vit", "digits", db=history_db, allow_random_weights=True)
+    df = rec.to_dataframe()
+    assert list(df.index) == [a.method for a in rec.methods]
+    assert df.loc[rec.methods[0].method, "id_gain"] == pytest.approx(rec.methods[0].id_gain)
+
+    rng = np.random.RandomState(0)  # SYNTHETIC embeddings: 4 classes, 40 images
+    text = rng.normal(size=(4, 16))
+    labels = np.repeat(np.arange(4), 10)
+    image = text[labels] + rng.normal(0, 0.5, size=(40, 16))
+    path = tmp_path / "mine.npz"
+    meta = {"model_desc": dict(MODEL_DESC), "dataset_desc": {**digits_desc, "name": "my-photos"}}
+    np.savez(path, image=image, text=text, labels=labels, meta_json=json.dumps(meta))
+    rec = recommend("tiny-vit", None, db=history_db, embeddings=str(path))
+    assert rec.signals_source == "embeddings" and rec.dataset == "my-photos" and rec.source == "predictor"
+    assert {"iimm", "zero_shot_acc"} <= set(rec.signals) and rec.winner is not None
+    r = CliRunner().invoke(cli, ["recommend", "--from-embeddings", str(path), "--db", history_db, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["signals_source"] == "embeddings"

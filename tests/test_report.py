@@ -25,17 +25,41 @@ def _images(text: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)]
 
 
-def test_report_has_lodo_plot_signal_plots_and_baseline_table():
+def test_report_has_calibration_heldout_pair_and_signal_plots_and_tables():
     from advisor.predictor import AdvisorPredictor
 
     rows = synthetic_rows(n_datasets=3, shots=(16,))
     text = build_report(rows, estimator=AdvisorPredictor(**SMALL))
     imgs = _images(text)
-    assert len(imgs) == 2 and all(i.startswith(PNG_MAGIC) and len(i) > 5000 for i in imgs)
+    # calibration, predicted vs measured, gain vs cost per pair, signals
+    assert len(imgs) == 4 and all(i.startswith(PNG_MAGIC) and len(i) > 5000 for i in imgs)
     for word in ("leave-one-dataset-out", "iimm-linear", "best-single-method", "zero-shot-only", "knn", "random",
-                 "regret_gain", "spearman", "15 runs; 3 datasets"):
+                 "regret_gain", "spearman", "coverage", "Calibration", "15 runs; 3 datasets"):
         assert word in text
     assert text.count("<table>") == 2
+
+
+def test_identical_signals_are_drawn_once_and_every_signal_is_drawn():
+    from advisor.report import distinct_signals
+
+    rows = synthetic_rows(n_datasets=3, shots=(16,))
+    for i, r in enumerate(rows):
+        r["signals"] = dict(r["signals"], gap_copy=r["signals"]["gap"],
+                            **{f"extra_{k:02d}": float(i * k) for k in range(30)})  # more than 24 signals
+    found = dict(distinct_signals(rows))
+    assert found["gap"] == ["gap_copy"] and "gap_copy" not in found
+    assert {f"extra_{k:02d}" for k in range(1, 30)} <= set(found)  # extra_00 is 0 everywhere, like none
+
+
+def test_a_method_named_like_mathtext_does_not_break_the_report():
+    """Issue 16: a method called ``$x$`` (or with a lone ``$``) once broke matplotlib's mathtext."""
+    from advisor.predictor import AdvisorPredictor
+    from advisor.report import tex_safe
+
+    assert tex_safe("$x$") == r"\$x\$"
+    rows = synthetic_rows(n_datasets=3, shots=(16,), methods=("lora", "$x$", "a$b", r"$\frac{1}{0$"))
+    text = build_report(rows, estimator=AdvisorPredictor(**SMALL))
+    assert len(_images(text)) == 4 and "$x$" in text
 
 
 def test_report_with_one_dataset_skips_lodo_and_escapes_names():
@@ -62,7 +86,7 @@ def test_cli_report_writes_html(tmp_path, monkeypatch):
     out = tmp_path / "report.html"
     r = CliRunner().invoke(cli, ["report", "--db", db, "-o", str(out)])
     assert r.exit_code == 0, r.output
-    assert out.read_text().startswith("<!doctype html>") and len(_images(out.read_text())) == 2
+    assert out.read_text().startswith("<!doctype html>") and len(_images(out.read_text())) == 4
     r = CliRunner().invoke(cli, ["report", "--db", db, "-o", str(tmp_path / "missing" / "r.html")])
     assert r.exit_code == 1 and "does not exist" in r.output
     r = CliRunner().invoke(cli, ["report", "--db", str(tmp_path / "empty.db"), "-o", str(out)])

@@ -34,7 +34,7 @@ _WHERE = {
     "stored": ("FORMAT", "FittedPredictor"),
     "estimator": ("AdvisorPredictor",),
     "spaces": ("MONOTONE_SUPPORT", "model_targets", "shots_monotone", "to_targets"),
-    "support": ("WIDENING_PER_FLAG", "HistorySupport", "exact", "widening"),
+    "support": ("WIDENING_PER_FLAG", "HistorySupport", "exact"),
     "intervals": ("calibrate", "coverage", "group_folds", "half_width", "score_quantile"),
     "baselines": ("IIMM_SIGNAL", "BestSingleMethod", "IIMMLinear", "LinearInOne", "SignalKNN", "ZeroShotLinear"),
     "evaluation": ("CALIBRATION_LEVELS", "RECOMMENDERS", "EvaluationError", "clean_json", "evaluate",

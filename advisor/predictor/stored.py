@@ -13,7 +13,7 @@ from .features import CORE_FEATURES, DOMAIN_PREFIX, SIGNAL_PREFIX, FeatureSchema
 from .intervals import half_width
 from .rows import TARGETS
 from .spaces import contributions_to_targets, to_targets
-from .support import HistorySupport, widening
+from .support import HistorySupport
 from .trees import TreeEnsemble
 
 #: Version of the JSON document a predictor is saved as.
@@ -120,7 +120,7 @@ class FittedPredictor:
         rows = list(rows)
         X = self.rows_matrix(rows)
         flags = self.flags(rows)
-        widen = np.array([widening(f) if widen_out_of_support else 1.0 for f in flags])
+        widen = np.array([self.support.widening(r) if widen_out_of_support and self.support else 1.0 for r in rows])
         mean, lo, hi = self.predict_interval(X, level, widen)
         return {"mean": to_targets(mean, rows, self.spaces), "lo": to_targets(lo, rows, self.spaces),
                 "hi": to_targets(hi, rows, self.spaces), "flags": flags, "model_mean": mean}

@@ -4,7 +4,7 @@ Built from the training rows and stored with the predictor: the model families a
 towers, the devices, the range of shots, the exact range of every signal, and, per method,
 the epochs and trainable parameters its runs used (a recommendation asks about runs that have
 not happened: these fill in what the cost model needs). ``flags(case)`` names every input of a
-case outside that support; each kind of flag widens the case's intervals (``widening``).
+case outside that support, and ``widening(case)`` how much they widen its intervals.
 """
 
 from __future__ import annotations
@@ -126,8 +126,24 @@ class HistorySupport:
                 out.append(("signal", f"{k}={exact(v)} lies outside the history's range [{exact(rng[0])}, {exact(rng[1])}]"))
         return out
 
+    def signal_excess(self, case: Mapping[str, Any]) -> float:
+        """How far the case's signals lie outside the history's ranges: the largest distance
+        beyond a range end, in units of that range's width (0 inside every range)."""
+        worst = 0.0
+        for k, v in row_signals(case).items():
+            rng = self.signal_ranges.get(k)
+            if rng:
+                width = rng[1] - rng[0] or abs(rng[0]) or 1.0
+                worst = max(worst, (rng[0] - v) / width, (v - rng[1]) / width)
+        return worst
 
-def widening(flags: Sequence[tuple[str, str]]) -> float:
-    """The factor on a case's interval half-widths: ``1 + WIDENING_PER_FLAG`` per kind of
-    out-of-support input (all out-of-range signals together count once)."""
-    return 1.0 + WIDENING_PER_FLAG * len({kind for kind, _ in flags})
+    def widening(self, case: Mapping[str, Any], extra_kinds: Sequence[str] = ()) -> float:
+        """The factor on a case's interval half-widths: ``1 + WIDENING_PER_FLAG`` per kind of
+        out-of-support input other than signals (family, tower, device, shots, and
+        ``extra_kinds`` such as random weights), plus up to one more ``WIDENING_PER_FLAG`` for
+        signals in proportion to how far outside their ranges they lie (``signal_excess``,
+        capped at one range width): a signal barely past the end of its range adds almost
+        nothing. Measured on the shipped history's leave-one-dataset-out folds, widening every
+        out-of-range signal fully made 80 % intervals cover 85-91 %."""
+        kinds = {kind for kind, _ in self.flags(case) if kind != "signal"} | set(extra_kinds)
+        return 1.0 + WIDENING_PER_FLAG * (len(kinds) + min(1.0, self.signal_excess(case)))

@@ -196,6 +196,16 @@ def device_option(f: Any) -> Any:
                         help="cpu, cuda, cuda:1 ... (auto: cuda when present).")(f)
 
 
+def import_torch() -> None:
+    """Import torch under a status line: it takes 5-20 s on a busy machine, which a person at a
+    terminal should not mistake for a hang (``run``, ``signals``, ``embed``)."""
+    from .terminal import phase
+
+    if "torch" not in sys.modules:
+        with phase("importing torch"):
+            import torch  # noqa: F401
+
+
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
 
@@ -223,6 +233,16 @@ def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None) ->
     columns = columns or list(rows[0])
     for line in format_table([[_fmt(r.get(c)) for c in columns] for r in rows], columns):
         click.echo(line)
+
+
+def echo_prose(text: str, err: bool = False) -> None:
+    """A sentence or a long list, wrapped to the terminal width (continuation lines indented)."""
+    import textwrap
+
+    from .terminal import terminal_width
+
+    click.echo(textwrap.fill(text, terminal_width(), subsequent_indent="  ", break_long_words=False,
+                             break_on_hyphens=False), err=err)
 
 
 def _fmt(v: Any) -> str:
@@ -357,6 +377,8 @@ def history_show(run_id: str, as_json: bool, db: str | None) -> None:
     """Show every field of one run (RUN_ID or an unambiguous prefix)."""
     from .history import open_history
 
+    from .terminal import wrap_pair
+
     with open_history(db) as h:
         row = h.get_run(run_id)
     if as_json:
@@ -367,7 +389,8 @@ def history_show(run_id: str, as_json: bool, db: str | None) -> None:
         if v is None or v == {} or v == []:
             continue
         text = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else _fmt(v) if not isinstance(v, float) else repr(v)
-        click.echo(f"{k.ljust(width)}  {text}")
+        for line in wrap_pair(k, text, width):  # long values wrap under themselves
+            click.echo(line)
 
 
 @history_group.command(name="export")
@@ -491,6 +514,7 @@ def embed_command(model: str, pretrained: str | None, image_size: int | None, we
     from .terminal import set_quiet
 
     set_quiet(quiet)
+    import_torch()
 
     if shots is not None and shots < 1:
         raise click.BadParameter("must be at least 1", param_hint="--shots")
@@ -605,6 +629,8 @@ def signals_command(ctx: click.Context, model: str, pretrained: str | None, imag
     from .terminal import set_quiet
 
     set_quiet(quiet)
+    if not from_embeddings:
+        import_torch()
     names = list(metric_names) or None
     if from_embeddings:
         explicit = [f"--{p.replace('_', '-')}" for p in ("model", "pretrained", "image_size", "dataset", "shots", "max_images")
@@ -721,6 +747,7 @@ def run_command(model: str, pretrained: str | None, image_size: int | None, weig
     from .terminal import TrainingProgress, set_quiet
 
     set_quiet(quiet)
+    import_torch()
     training = TrainingProgress(quiet)  # status lines and bars on stderr, when it is a terminal
     try:
         run = run_finetune(
@@ -935,7 +962,7 @@ def recommend_command(model: str, pretrained: str | None, image_size: int | None
     src = "learned predictor" if rec.source == "predictor" else "IIMM heuristic (cold start)"
     sig = {"history": "signals from the history", "computed": "signals computed now and stored",
            "embeddings": "signals from the embeddings file (not stored)"}[rec.signals_source]
-    click.echo(f"{rec.model} on {rec.dataset}, {rec.shots} shots, objective {rec.objective!r}; {sig}; ranking by the {src}.")
+    echo_prose(f"{rec.model} on {rec.dataset}, {rec.shots} shots, objective {rec.objective!r}; {sig}; ranking by the {src}.")
     level = f"{rec.interval:.0%}"
     rows = []
     for a in rec.methods:
@@ -951,20 +978,20 @@ def recommend_command(model: str, pretrained: str | None, image_size: int | None
         })
     print_table(rows)
     if rec.out_of_support:
-        click.echo("Outside the history (intervals widened): " + "; ".join(rec.out_of_support))
+        echo_prose("Outside the history (intervals widened): " + "; ".join(rec.out_of_support))
     for a in rec.methods:
         if a.similar_runs:
-            click.echo(f"Similar runs of {a.method}: {'; '.join(a.similar_runs[:6])}"
+            echo_prose(f"Similar runs of {a.method}: {'; '.join(a.similar_runs[:6])}"
                        + (f" and {len(a.similar_runs) - 6} more" if len(a.similar_runs) > 6 else ""))
     s = rec.support
-    click.echo(f"History: {s['runs']} runs over {s['datasets']} datasets; {s['same_model_family']} with this model "
+    echo_prose(f"History: {s['runs']} runs over {s['datasets']} datasets; {s['same_model_family']} with this model "
                f"family, {s['same_dataset']} on this dataset, {s['shared_domain']} on this dataset or one sharing a domain.")
     for w in rec.warnings:
-        click.echo(f"Warning: {w}", err=True)
+        echo_prose(f"Warning: {w}", err=True)
     for n in rec.notes:
-        click.echo(f"Note: {n}", err=True)
+        echo_prose(f"Note: {n}", err=True)
     click.echo("")
-    click.echo(rec.sentence)
+    echo_prose(rec.sentence)
 
 
 @cli.command(name="report")

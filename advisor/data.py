@@ -91,8 +91,22 @@ def load_dataset(spec: DatasetSpec | str) -> DatasetBundle:
     if not isinstance(bundle, DatasetBundle):
         raise DatasetError(f"dataset source {source.name!r} returned {type(bundle).__name__}, not a DatasetBundle")
     bundle.class_names = [nfc(n) if isinstance(n, str) else n for n in bundle.class_names]
+    bundle.templates = [normalize_template(t) if isinstance(t, str) else t for t in bundle.templates or []]
     validate_bundle(bundle)
     return bundle
+
+
+#: The class-name placeholders a prompt template may use, all meaning "{}": one rule for every
+#: command (``run``, ``signals``, ``recommend``, ``embed``), applied where every dataset loads.
+PLACEHOLDERS = ("{}", "{c}", "{class}", "{classname}", "{class_name}")
+
+
+def normalize_template(template: str) -> str:
+    """Every spelling in ``PLACEHOLDERS`` rewritten to ``{}`` (``validate_bundle`` then asks for
+    exactly one)."""
+    for field in PLACEHOLDERS[1:]:
+        template = template.replace(field, "{}")
+    return template
 
 
 def nfc(text: str) -> str:
@@ -115,7 +129,8 @@ def validate_bundle(bundle: DatasetBundle) -> None:
         raise DatasetError(f"dataset {name!r} has no prompt template")
     for t in bundle.templates:
         if not isinstance(t, str) or t.count("{}") != 1:
-            raise DatasetError(f"dataset {name!r}: prompt template {t!r} must contain '{{}}' exactly once")
+            raise DatasetError(f"dataset {name!r}: prompt template {t!r} must contain exactly one class "
+                               f"placeholder ({', '.join(PLACEHOLDERS)})")
     _validate_imageset(bundle.train, names, f"dataset {name!r}", "train")
     counts = class_counts(bundle.train, len(names))
     if bundle.test is not None:
@@ -207,7 +222,7 @@ def read_json_option(path: str | os.PathLike, what: str) -> Any:
 
 def read_templates(value: Any) -> list[str]:
     """Templates from an option: a JSON file (a list of strings, a string, or {"templates": [...]})
-    or a literal template containing ``{}``. ``{c}`` / ``{class}`` placeholders become ``{}``."""
+    or a literal template with one class placeholder (``PLACEHOLDERS``; each becomes ``{}``)."""
     if isinstance(value, (list, tuple)):
         data: Any = list(value)
     elif isinstance(value, str) and ("{" in value and not value.endswith(".json")):
@@ -220,10 +235,11 @@ def read_templates(value: Any) -> list[str]:
             data = [data]
     if not isinstance(data, list) or not data or not all(isinstance(t, str) for t in data):
         raise DatasetError(f"templates {value} must be a non-empty list of strings")
-    out = [t.replace("{c}", "{}").replace("{class}", "{}").replace("{classname}", "{}") for t in data]
-    for t in out:
+    out = [normalize_template(t) for t in data]
+    for t, given in zip(out, data):
         if t.count("{}") != 1:
-            raise DatasetError(f"prompt template {t!r} must contain '{{}}' exactly once")
+            raise DatasetError(f"prompt template {given!r} must contain exactly one class placeholder "
+                               f"({', '.join(PLACEHOLDERS)})")
     return out
 
 

@@ -31,6 +31,7 @@ from torch import nn
 from .embed import format_prompt
 from .errors import TrainingError
 from .specs import LOOP_HPARAMS, TrainContext, Tuner
+from .terminal import phase
 
 #: open_clip clamps the learned temperature at 100 (logit_scale <= ln 100).
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -380,8 +381,9 @@ def measure(adapted: Any, pixels: Any, labels: Any, class_names: Sequence[str], 
 def image_features_of(adapted: Any, pixels: Any, batch_size: int = 256) -> torch.Tensor:
     """(N,d) float32 CPU image features of ``adapted``, encoded in batches."""
     pixels = torch.as_tensor(pixels)
-    feats = [torch.as_tensor(adapted.encode_image(pixels[i : i + batch_size])).float().cpu()
-             for i in range(0, pixels.shape[0], batch_size)]
+    with phase(f"evaluating on {pixels.shape[0]} images"):
+        feats = [torch.as_tensor(adapted.encode_image(pixels[i : i + batch_size])).float().cpu()
+                 for i in range(0, pixels.shape[0], batch_size)]
     return torch.cat(feats)
 
 

@@ -75,7 +75,7 @@ def test_installed_example_appears_in_advisor_plugins(installed_example, tmp_pat
     s = subprocess.run([sys.executable, "-c", code, "signals", "--from-embeddings", npz, "--json"],
                        capture_output=True, text=True, env=env, timeout=180)
     assert s.returncode == 0, s.stderr
-    metrics = json.loads(s.stdout)["metrics"]
+    metrics = json.loads(s.stdout)["signals"]
     assert "iimm" in metrics
     assert metrics["centroid_margin"] == pytest.approx(_reference_margin(image, labels), abs=1e-6)
 

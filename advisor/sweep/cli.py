@@ -53,7 +53,7 @@ def _minutes(value: str | None) -> int | None:
 @click.option("--cpus-per-run", type=click.IntRange(min=1), default=None, help="CPUs per Slurm task (default 4).")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
               help="Where submitit writes job logs (default: <user data>/sweeps/<id>).")
-@click.option("--spool-dir", type=click.Path(file_okay=False), default=None, envvar="ADVISOR_SPOOL",
+@click.option("--spool-dir", type=click.Path(file_okay=False), default=None, envvar="ADVISOR_SPOOL", show_envvar=True,
               help="Where runs go when the history cannot be written (env ADVISOR_SPOOL).")
 @click.option("--mlflow", "use_mlflow", is_flag=True, help="Also log every run to MLflow (MLFLOW_TRACKING_URI).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop; nothing is written or submitted.")
@@ -211,7 +211,7 @@ def sweep_status_command(sweep_id: str | None, db: str | None, as_json: bool) ->
 
 
 @click.command(name="import-spool")
-@click.option("--spool-dir", type=click.Path(file_okay=False), default=None, envvar="ADVISOR_SPOOL",
+@click.option("--spool-dir", type=click.Path(file_okay=False), default=None, envvar="ADVISOR_SPOOL", show_envvar=True,
               help="The spool directory (env ADVISOR_SPOOL; default <user data>/spool).")
 @click.option("--dry-run", is_flag=True, help="List what would be imported; change nothing.")
 @db_option

@@ -5,7 +5,7 @@ For each image tower the frozen 1280-d features of each task's test images are c
 (the heads of one tower share them), then each head's projection gives its zero-shot accuracy
 with the task's own prompt template. Test images: a fixed stratified sample of at most
 ``--max-test`` per task (``advisor.data.sample``, seed 0; all when fewer), the same sample
-``advisor run --max-test`` scores.
+``advisor run --max-images`` scores.
 
     python scripts/zero_shot_table.py                       # markdown table on stdout
     python scripts/zero_shot_table.py --json /tmp/zs.json --towers efficientnet-lite1

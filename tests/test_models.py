@@ -163,7 +163,7 @@ def test_weights_unavailable_offline_say_how_to_provide_them(monkeypatch, tmp_pa
         load(name, pretrained=pretrained, cache_dir=str(tmp_path))
     msg = str(exc.value)
     assert "\n" not in msg
-    assert "HF_HUB_OFFLINE" in msg and "--cache-dir" in msg
+    assert "HF_HUB_OFFLINE" in msg and "--weights-dir" in msg
     assert (pretrained or name.removeprefix("hf-hub:")) in msg
 
 

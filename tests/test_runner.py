@@ -104,7 +104,7 @@ def test_ood_dataset_that_cannot_be_prompted_is_one_line(tmp_path: Path) -> None
 
 def test_run_cli_json_reports_measured_gain(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["run", "--model", "tiny-vit", "--dataset", "digits", "--method", "coop",
-                                      "--shots", "2", "--epochs", "1", "--ood", "faces", "--max-test", "30",
+                                      "--shots", "2", "--epochs", "1", "--ood", "faces", "--max-images", "30",
                                       "--db", str(tmp_path / "h.db"), "--quiet", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)

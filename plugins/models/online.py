@@ -86,9 +86,9 @@ def unreachable() -> str | None:
 def how_to_get(hub_repo: str | None = None) -> str:
     """The advice for missing weights, without suggesting what the user already did."""
     if hub_repo:
-        fetch = f"pre-download them (huggingface-cli download {hub_repo} --cache-dir DIR) and pass --cache-dir DIR"
+        fetch = f"pre-download them (huggingface-cli download {hub_repo} --cache-dir DIR) and pass --weights-dir DIR"
     else:
-        fetch = "pass --pretrained /path/to/checkpoint.pt, or pre-download them into --cache-dir"
+        fetch = "pass --pretrained /path/to/checkpoint.pt, or pre-download them into --weights-dir DIR"
     if _unreachable is not None:
         return f"{fetch}, or check the network, proxy or HF_ENDPOINT"
     if offline():

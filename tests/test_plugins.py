@@ -207,6 +207,13 @@ def test_dataset_and_model_registrations_say_where_they_come_from():
     assert "torchvision" in [d.name for d in plugins.list_datasets(offline=False)]
     assert all(d.origin for d in plugins.list_datasets() if d.name in ood + ["folder", "csv", "torchvision"])
     assert plugins.get_model_source("tiny-vit").family == "open_clip"
+    assert plugins.get_model_source("lit-offline").family == "lit-offline"
+    assert plugins.get_model_source("lit2-offline-mix").family == "lit-offline-lite2"
+    from advisor.embed import load_model
+    from advisor.specs import ModelSpec
+
+    # One definition: the loaded model describes itself with its registration's family.
+    assert load_model(ModelSpec("tiny-vit"), "cpu").describe()["family"] == plugins.get_model_source("tiny-vit").family
 
 
 @pytest.mark.parametrize("values, message", [

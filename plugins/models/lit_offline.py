@@ -94,6 +94,7 @@ def register_models(register):  # type: ignore[no-untyped-def]
             ModelSource(
                 name=name,
                 load=load,
+                family=family_of(tower),
                 description=f"{TOWERS[tower][0]} + all-MiniLM-L6-v2, projection trained on {trained_on} (64 px default)",
             )
         )

@@ -273,8 +273,9 @@ def cli() -> None:
 @cli.command(name="plugins")
 @json_option
 def plugins_command(as_json: bool) -> None:
-    """List installed plugins: version, hooks, and the metrics, tuners, datasets and models each provides."""
-    from .plugins import plugin_info
+    """List installed plugins: version, hooks, and the metrics, tuners, datasets, models and
+    executors each provides (* marks our reconstructions of a paper's method)."""
+    from .plugins import KINDS, plugin_info
 
     info = plugin_info()
     if as_json:
@@ -289,7 +290,7 @@ def plugins_command(as_json: bool) -> None:
         recon = set(p.get("reconstructed") or ())
         marked = marked or bool(recon)
         provides = "; ".join(f"{k}: {', '.join(n + ('*' if n in recon else '') for n in p[k])}"
-                             for k in ("metrics", "tuners", "datasets", "models") if p.get(k))
+                             for k in KINDS if p.get(k))
         rows.append({"plugin": p["name"], "version": p["version"], "provides": provides or ", ".join(p["hooks"])})
     print_table(rows, ["plugin", "version", "provides"])
     if marked:

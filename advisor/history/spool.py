@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from ..errors import HistoryError
 from ..specs import RunResult
 
@@ -38,18 +38,7 @@ def write_spool(run: RunResult, spool_dir: str | os.PathLike[str] | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     doc = {"format": "advisor-spooled-run", "version": 1, "reason": reason, "run": dataclasses.asdict(run)}
     name = f"{run.method}-{run.run_id or 'run'}-{os.getpid()}{SUFFIX}"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, allow_nan=True)
-            f.flush()
-            os.fsync(f.fileno())
-        final = folder / name
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return final
+    return atomic_write(folder / name, lambda f: json.dump(doc, f, allow_nan=True))
 
 
 def read_spooled(path: Path) -> RunResult:

@@ -35,7 +35,7 @@ _WHERE = {
     "estimator": ("AdvisorPredictor",),
     "spaces": ("MONOTONE_SUPPORT", "model_targets", "shots_monotone", "to_targets"),
     "support": ("WIDENING_PER_FLAG", "HistorySupport", "exact"),
-    "intervals": ("calibrate", "coverage", "group_folds", "half_width", "score_quantile"),
+    "intervals": ("bag_spread", "calibrate", "coverage", "group_folds", "half_width", "score_quantile"),
     "baselines": ("IIMM_SIGNAL", "BestSingleMethod", "IIMMLinear", "LinearInOne", "SignalKNN", "ZeroShotLinear"),
     "evaluation": ("CALIBRATION_LEVELS", "RECOMMENDERS", "EvaluationError", "clean_json", "evaluate",
                    "evaluate_lodo", "holdout_folds", "lodo_folds", "mae", "objective_value", "spearman"),

@@ -18,7 +18,7 @@ from .rows import HOLDOUT_KEYS, TARGETS, cost_offset, row_dataset, training_hash
 from .spaces import model_targets, shots_monotone
 from .support import HistorySupport
 from .stored import FittedPredictor
-from .intervals import calibrate, group_folds
+from .intervals import bag_spread, calibrate, group_folds
 from .trees import TreeEnsemble
 
 
@@ -91,24 +91,32 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
         }
 
     def _train_bags(self, X: np.ndarray, y: np.ndarray, idx: np.ndarray, t: int, categorical: list[int],
-                    monotone: list[int] | None) -> list[Any]:
-        """``n_bags`` LightGBM boosters on bootstrap resamples of rows ``idx`` (all of them if one bag)."""
+                    monotone: list[int] | None, n_bags: int | None = None) -> list[Any]:
+        """``n_bags`` LightGBM boosters, each on a bootstrap resample of rows ``idx`` given as
+        weights (how often each row was drawn) on one binned Dataset: the binning is done once,
+        not once per bag. Returns (booster, rows drawn) pairs."""
         import lightgbm as lgb
 
+        n_bags = self.n_bags if n_bags is None else n_bags
+        ds = lgb.Dataset(
+            X[idx], label=y[idx], categorical_feature=categorical or "auto", free_raw_data=False,
+            params={"min_data_in_bin": 1, "feature_pre_filter": False, "max_bin": 63, "verbosity": -1},
+        ).construct()
         out = []
-        for b in range(self.n_bags):
+        for b in range(n_bags):
             rng = np.random.RandomState(self.random_state * 1000 + t * 100 + b)
-            take = idx[rng.randint(0, len(idx), len(idx))] if self.n_bags > 1 else idx
-            ds = lgb.Dataset(
-                X[take], label=y[take], categorical_feature=categorical or "auto", free_raw_data=True,
-                params={"min_data_in_bin": 1, "feature_pre_filter": False, "max_bin": 63, "verbosity": -1},
-            )
+            if n_bags > 1:
+                draw = rng.randint(0, len(idx), len(idx))
+                ds.set_weight(np.bincount(draw, minlength=len(idx)).astype(float))
+                take = idx[np.unique(draw)]
+            else:
+                take = idx
             params = self._lgb_params(self.random_state + b)
             if monotone and any(monotone):
                 params.update(monotone_constraints=list(monotone), monotone_constraints_method="basic")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                out.append((lgb.train(params, ds, num_boost_round=self.n_estimators), take))
+                out.append((lgb.train(params, ds, num_boost_round=self.n_estimators, keep_training_booster=False), take))
         return out
 
     def fit(self, X: Any, y: Any, *, feature_names: Sequence[str] | None = None,
@@ -165,10 +173,10 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
                 train = np.setdiff1d(ok, test)
                 if len(train) < 2:
                     continue
-                preds = np.array([b.predict(X[test], num_threads=1)
-                                  for b, _ in self._train_bags(X, y, train, t, categorical, monotone)])
+                fold_bags = self._train_bags(X, y, train, t, categorical, monotone, max(2, self.n_bags // 2))
+                preds = np.array([b.predict(X[test], num_threads=1) for b, _ in fold_bags])
                 residual[test] = y[test] - preds.mean(axis=0)
-                spread[test] = preds.std(axis=0)
+                spread[test] = bag_spread(preds)
         elif bags:
             preds = np.full((len(bags), len(y)), np.nan)
             for k, (b, take) in enumerate(bags):
@@ -178,7 +186,7 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 residual[ok] = y[ok] - np.nanmean(preds[:, ok], axis=0)
-                spread[ok] = np.nanstd(preds[:, ok], axis=0)
+                spread[ok] = bag_spread(preds[:, ok])
         return calibrate(residual, spread)
 
     def _model(self) -> FittedPredictor:

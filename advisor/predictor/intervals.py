@@ -2,7 +2,7 @@
 
 Fitting splits the training rows into folds by group (dataset by default: the residuals then
 are those of a dataset the models never saw, which is what a new user's dataset is), fits the
-bagged ensemble on the other folds and records, per held-out row, the residual ``r`` and the
+bagged ensemble (half the bags) on the other folds and records, per held-out row, the residual ``r`` and the
 spread ``s`` of the bags' predictions. The conformity score is ``|r| / (s + beta)`` with
 ``beta`` the median spread (normalised split/cross conformal, Papadopoulos et al. 2008; Lei et
 al. 2018, section 5.2): where the bootstrap bags disagree, because the history is thin there,
@@ -37,6 +37,16 @@ def group_folds(groups: Sequence[Any], n_folds: int, seed: int = 0) -> list[np.n
         k = min(n_folds, len(groups))
         assign = np.random.RandomState(seed).permutation(len(groups)) % max(k, 1)
     return [np.flatnonzero(assign == i) for i in range(k)]
+
+
+def bag_spread(preds: np.ndarray) -> np.ndarray:
+    """Standard deviation over the bags (axis 0), with Bessel's correction so that the spread of
+    the 4 calibration bags and of the 8 stored bags estimate the same thing; 0 with one bag."""
+    preds = np.asarray(preds, dtype=float)
+    n = np.sum(np.isfinite(preds), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.nanvar(preds, axis=0) * n / np.maximum(n - 1, 1)
+    return np.where(n >= 2, np.sqrt(var), 0.0)
 
 
 def calibrate(residuals: np.ndarray, spreads: np.ndarray) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import PredictorError
 from .features import CORE_FEATURES, DOMAIN_PREFIX, SIGNAL_PREFIX, FeatureSchema
-from .intervals import half_width
+from .intervals import bag_spread, half_width
 from .rows import TARGETS
 from .spaces import contributions_to_targets, to_targets
 from .support import HistorySupport
@@ -95,7 +95,7 @@ class FittedPredictor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(bags, axis=0)
-            spread = np.nanstd(bags, axis=0)
+            spread = bag_spread(bags)
             a = (1.0 - level) / 2.0
             blo, bhi = np.nanquantile(bags, a, axis=0), np.nanquantile(bags, 1.0 - a, axis=0)
         lo, hi = blo.copy(), bhi.copy()

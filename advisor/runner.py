@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import DatasetError, HistoryError, TrainingError
-from .specs import DatasetSpec, ImageSet, ModelSpec, RunResult, TrainContext
+from .specs import DatasetBundle, DatasetSpec, ImageSet, ModelSpec, RunResult, TrainContext
 
 #: Test images per dataset used for accuracy before/after. A fixed sample (seed 0) so runs with
 #: different training seeds are measured on the same images.
@@ -71,14 +71,16 @@ def _check_promptable(name: str, class_names: Sequence[str], template: str) -> N
 _eval_sets: dict[tuple[str, str, int], EvalSet] = {}
 _zero_shot: dict[tuple[str, str, int], tuple[float, float]] = {}
 _base_features: dict[tuple[str, str, int], Any] = {}
+_ood_bundles: dict[tuple[str, tuple[str, ...] | None], dict[str, DatasetBundle]] = {}
 _signals: dict[tuple[Any, ...], tuple[dict[str, float], dict[str, str]]] = {}
 
 
-def load_eval_set(model: Any, spec: DatasetSpec, max_images: int) -> EvalSet:
-    """The test split of a dataset, sampled to ``max_images`` with a fixed seed (memoised)."""
+def load_eval_set(model: Any, spec: DatasetSpec, max_images: int, bundle: DatasetBundle | None = None) -> EvalSet:
+    """The test split of a dataset, sampled to ``max_images`` with a fixed seed (memoised).
+    Pass the already loaded ``bundle`` so the dataset is not loaded a second time."""
     key = (model.identity(), spec.name, max_images)
     if key not in _eval_sets:
-        _eval_sets[key] = _load_eval_set(model, spec, max_images)
+        _eval_sets[key] = _load_eval_set(model, spec, max_images, bundle)
     return _eval_sets[key]
 
 
@@ -116,10 +118,10 @@ def measure_adapted(base: Any, adapted: Any, ev: EvalSet, reuse_image_features: 
     return measure(adapted, ev, image_features=feats)
 
 
-def _load_eval_set(model: Any, spec: DatasetSpec, max_images: int) -> EvalSet:
+def _load_eval_set(model: Any, spec: DatasetSpec, max_images: int, bundle: DatasetBundle | None) -> EvalSet:
     from .data import get_split, load_dataset, sample
 
-    bundle = load_dataset(spec)
+    bundle = bundle if bundle is not None else load_dataset(spec)
     template = bundle.templates[0] if bundle.templates else ""
     _check_promptable(spec.name, bundle.class_names, template)
     test = sample(get_split(bundle, "test"), max_images, TEST_SAMPLE_SEED)
@@ -139,21 +141,29 @@ def standard_error(acc: float, n: int) -> float | None:
     return math.sqrt(max(acc * (1.0 - acc), 0.0) / n) if n > 0 else None
 
 
-def _default_ood(source: str) -> list[str]:
-    """One reference set per *other* source: the offline built-in base sets whose source is not
-    the task's (a task derived from MNIST is not measured "out of domain" on MNIST)."""
+def _ood_references(source: str, names: Sequence[str] | None) -> dict[str, DatasetBundle]:
+    """The OOD reference sets, loaded once: ``names`` when given, else one per *other* source
+    (the offline built-in base sets whose source is not the task's: a task derived from MNIST
+    is not measured "out of domain" on MNIST). Memoised per process, so a sweep worker loads
+    each reference set once for all its runs."""
     from .data import OFFLINE_DATASETS, load_dataset
 
-    out = []
-    for name in OFFLINE_DATASETS:
+    key = (source, tuple(names) if names is not None else None)
+    if key in _ood_bundles:
+        return _ood_bundles[key]
+    out: dict[str, DatasetBundle] = {}
+    for name in (names if names is not None else OFFLINE_DATASETS):
         try:
             bundle = load_dataset(DatasetSpec(name))
         except DatasetError as exc:
+            if names is not None:
+                raise
             print(f"Warning: OOD reference {name!r} skipped: {exc}", file=sys.stderr)
             continue
-        if (bundle.source or name) == source or name == source:
+        if names is None and ((bundle.source or name) == source or name == source):
             continue
-        out.append(name)
+        out[name] = bundle
+    _ood_bundles[key] = out
     return out
 
 
@@ -221,14 +231,14 @@ def run_finetune(
     train = get_split(bundle, "train")
     if shots is not None:
         train = few_shot(train, shots, seed, class_names=bundle.class_names)
-    ood_names = list(ood) if ood is not None else _default_ood(bundle.source or dataset_spec.name)
+    ood_bundles = _ood_references(bundle.source or dataset_spec.name, list(ood) if ood is not None else None)
 
     torch.manual_seed(seed)
     np.random.seed(seed)
     t_prepare = time.perf_counter()
     base = load_model(model_spec, device)
-    id_set = load_eval_set(base, dataset_spec, max_test)
-    ood_sets = [load_eval_set(base, DatasetSpec(n), max_ood) for n in ood_names]
+    id_set = load_eval_set(base, dataset_spec, max_test, bundle)
+    ood_sets = [load_eval_set(base, DatasetSpec(n), max_ood, b) for n, b in ood_bundles.items()]
     train_pixels = preprocess_images(base, train)
     train_labels = torch.as_tensor(np.asarray(train.labels), dtype=torch.long)
 

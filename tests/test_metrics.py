@@ -506,6 +506,16 @@ def test_logme_default_matches_official_fixed_point_loop():
     assert tr.logme(f, y) == pytest.approx(np.mean(evidences), rel=1e-9)
 
 
+def test_shared_work_follows_replaced_arrays():
+    emb = make_emb(n=80, d=6, c=4, seed=30)
+    first = iimm.iimm(emb)["iimm"]
+    assert _linalg.unit_images(emb) is _linalg.unit_images(emb)  # computed once
+    emb.image = np.random.default_rng(1).standard_normal(emb.image.shape)  # replaced, not modified in place
+    assert iimm.iimm(emb)["iimm"] != pytest.approx(first)
+    fresh = Embeddings(image=emb.image, text=emb.text, labels=emb.labels, class_names=emb.class_names)
+    assert iimm.iimm(emb)["iimm"] == iimm.iimm(fresh)["iimm"]
+
+
 @pytest.mark.parametrize("n,c,seed", [(40, 3, 0), (300, 7, 1), (500, 16, 2), (257, 5, 3)])
 def test_exact_ot_to_atoms_equals_network_simplex(n, c, seed):
     import ot

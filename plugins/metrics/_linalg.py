@@ -25,13 +25,18 @@ def shared(emb: Embeddings, key: str, compute: Callable[[], Any]) -> Any:
     """``compute()`` once per Embeddings object and key: the work several metrics need (unit
     vectors, the image covariance and its eigendecomposition) is done once per signal run.
 
-    Held until ``emb`` is garbage-collected. Metrics must treat the results as read-only, and
-    callers must not modify an Embeddings' arrays in place between metric runs.
+    Held until ``emb`` is garbage-collected, and recomputed when one of its arrays is replaced
+    (``emb.image = ...``). Metrics must treat the results as read-only; arrays modified in place
+    between metric runs are not noticed.
     """
     store = _SHARED.get(id(emb))
     if store is None:
         store = _SHARED[id(emb)] = {}
         weakref.finalize(emb, _SHARED.pop, id(emb), None)
+    arrays = (id(emb.image), id(emb.text), id(emb.labels), id(emb.paired_text))
+    if store.get("_arrays") != arrays:
+        store.clear()
+        store["_arrays"] = arrays
     if key not in store:
         store[key] = compute()
     return store[key]

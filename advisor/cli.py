@@ -235,16 +235,6 @@ def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None) ->
         click.echo(line)
 
 
-def echo_prose(text: str, err: bool = False) -> None:
-    """A sentence or a long list, wrapped to the terminal width (continuation lines indented)."""
-    import textwrap
-
-    from .terminal import terminal_width
-
-    click.echo(textwrap.fill(text, terminal_width(), subsequent_indent="  ", break_long_words=False,
-                             break_on_hyphens=False), err=err)
-
-
 def _fmt(v: Any) -> str:
     if v is None:
         return ""
@@ -963,7 +953,7 @@ def recommend_command(model: str, pretrained: str | None, image_size: int | None
     src = "learned predictor" if rec.source == "predictor" else "IIMM heuristic (cold start)"
     sig = {"history": "signals from the history", "computed": "signals computed now and stored",
            "embeddings": "signals from the embeddings file (not stored)"}[rec.signals_source]
-    echo_prose(f"{rec.model} on {rec.dataset}, {rec.shots} shots, objective {rec.objective!r}; {sig}; ranking by the {src}.")
+    click.echo(f"{rec.model} on {rec.dataset}, {rec.shots} shots, objective {rec.objective!r}; {sig}; ranking by the {src}.")
     level = f"{rec.interval:.0%}"
     rows = []
     for a in rec.methods:
@@ -979,20 +969,20 @@ def recommend_command(model: str, pretrained: str | None, image_size: int | None
         })
     print_table(rows)
     if rec.out_of_support:
-        echo_prose("Outside the history (intervals widened): " + "; ".join(rec.out_of_support))
+        click.echo("Outside the history (intervals widened): " + "; ".join(rec.out_of_support))
     for a in rec.methods:
         if a.similar_runs:
-            echo_prose(f"Similar runs of {a.method}: {'; '.join(a.similar_runs[:6])}"
+            click.echo(f"Similar runs of {a.method}: {'; '.join(a.similar_runs[:6])}"
                        + (f" and {len(a.similar_runs) - 6} more" if len(a.similar_runs) > 6 else ""))
     s = rec.support
-    echo_prose(f"History: {s['runs']} runs over {s['datasets']} datasets; {s['same_model_family']} with this model "
+    click.echo(f"History: {s['runs']} runs over {s['datasets']} datasets; {s['same_model_family']} with this model "
                f"family, {s['same_dataset']} on this dataset, {s['shared_domain']} on this dataset or one sharing a domain.")
     for w in rec.warnings:
-        echo_prose(f"Warning: {w}", err=True)
+        click.echo(f"Warning: {w}", err=True)
     for n in rec.notes:
-        echo_prose(f"Note: {n}", err=True)
+        click.echo(f"Note: {n}", err=True)
     click.echo("")
-    echo_prose(rec.sentence)
+    click.echo(rec.sentence)
 
 
 @cli.command(name="report")

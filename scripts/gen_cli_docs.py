@@ -114,10 +114,12 @@ def render() -> str:
     parts.append("Every variable advisor reads (`advisor --help` lists them too):\n")
     parts.append("| variable | effect |\n|---|---|")
     parts.append("\n".join(f"| `{k}` | {_cell(v)} |" for k, v in ENVIRONMENT.items()) + "\n")
-    root = click.Context(cli, info_name="advisor")
+    # The root context carries the group's context_settings (``-h`` as well as ``--help``), as
+    # ``cli.make_context`` would; sub-command contexts inherit them.
+    root = click.Context(cli, info_name="advisor", **cli.context_settings)
     for path, cmd in _walk(cli, []):
         name = " ".join(["advisor", *path])
-        ctx = click.Context(cmd, info_name=path[-1] if path else "advisor", parent=root if path else None)
+        ctx = click.Context(cmd, info_name=path[-1], parent=root) if path else root
         parts.append(f"## {name}\n")
         usage = " ".join(cmd.collect_usage_pieces(ctx))
         parts.append(f"```\n{name} {usage}\n```\n")

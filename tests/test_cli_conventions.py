@@ -70,6 +70,13 @@ def test_image_caps_weights_and_device_have_one_name_and_one_default(command):
     assert device.default == "auto" and device.show_default and device.envvar == "ADVISOR_DEVICE"
 
 
+def test_sweep_device_has_the_same_default_and_leaves_auto_to_each_worker():
+    from advisor.cli import cli
+
+    device = _option(cli.commands["sweep"], "--device")
+    assert device.default == "auto" and device.show_default and device.envvar == "ADVISOR_DEVICE"
+
+
 def test_shots_default_is_one_shown_value_where_it_means_the_fine_tuning_run():
     from advisor.cli import DEFAULT_SHOTS
 
@@ -243,7 +250,7 @@ def test_no_command_echoes_a_warning_or_note_to_stdout():
     """A static check of every CLI module: click.echo of a Warning/Note/Skipped line has err=True."""
     for path in [REPO / "advisor" / "cli.py", *(REPO / "advisor").glob("*/cli.py")]:
         text = path.read_text(encoding="utf-8")
-        for m in re.finditer(r"(?:click\.echo|echo_prose)\(\s*f?[\"'](Warning|Note|Skipped)\b", text):
+        for m in re.finditer(r"click\.echo\(\s*f?[\"'](Warning|Note|Skipped)\b", text):
             call = text[m.start(): text.find("\n\n", m.start())]
             depth, end = 0, 0
             for i, ch in enumerate(call):

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..cli import db_option, emit_json, json_option, print_table
+from ..cli import db_option, device_option, emit_json, json_option, print_table
 
 
 def _minutes(value: str | None) -> int | None:
@@ -41,7 +41,8 @@ def _minutes(value: str | None) -> int | None:
 @click.option("--image-size", type=click.IntRange(min=1), default=None, help="Working resolution for every model.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="ID test images per run (default 500).")
 @click.option("--max-ood", type=click.IntRange(min=1), default=None, help="Images per OOD reference set (default 500).")
-@click.option("--device", default=None, envvar="ADVISOR_DEVICE", help="Device of every run (default: cuda when present).")
+@click.option("--device", default="auto", show_default=True, envvar="ADVISOR_DEVICE", show_envvar=True,
+              help="Device of every run (auto: each worker uses cuda when present).")
 @click.option("--no-adapters", is_flag=True, help="Do not save adapter files (the history keeps the measurements).")
 @click.option("--executor", default="local", show_default=True, help="Where jobs run: local, slurm, or a plugin's.")
 @click.option("--max-parallel", type=click.IntRange(min=1), default=1, show_default=True,
@@ -93,7 +94,7 @@ def sweep_group(ctx: click.Context, spec: str | None, models: tuple[str, ...], d
         run_opts["max_images"] = max_images
     if max_ood is not None:
         run_opts["max_ood"] = max_ood
-    if device:
+    if device and device != "auto":  # auto: resolved by each worker on its own machine
         from ..config import resolve_device
 
         run_opts["device"] = resolve_device(device)

@@ -1006,10 +1006,11 @@ def report_command(db: str | None, output: str, as_json: bool) -> None:
 
 
 def _register_sweep_commands() -> None:
-    from .sweep.cli import import_spool_command, sweep_group
+    from .sweep.cli import import_spool_command, refresh_signals_command, sweep_group
 
     cli.add_command(sweep_group)
     history_group.add_command(import_spool_command)
+    history_group.add_command(refresh_signals_command)
 
 
 _register_sweep_commands()

@@ -411,6 +411,30 @@ class History:
         with self._read() as s:
             return [flat_row(r) for r in s.scalars(self._run_query(model, dataset, method))]
 
+    def pairs(self) -> list[dict[str, Any]]:
+        """Every (model, dataset) pair that has runs: the stored descriptors and the run count."""
+        with self._read() as s:
+            rows = s.execute(select(Model, Dataset, func.count(Run.id)).join(Run, Run.model_id == Model.id)
+                             .join(Dataset, Run.dataset_id == Dataset.id).group_by(Model.id, Dataset.id)
+                             .order_by(Model.id, Dataset.id)).all()
+            return [{"model_desc": stored_model_desc(m), "dataset_desc": stored_dataset_desc(d), "runs": int(n)}
+                    for m, d, n in rows]
+
+    def use_signal_set(self, signal_set_id: int) -> int:
+        """Point every run of the signal set's (model, dataset) pair at it (after recomputing a
+        pair's signals with changed metric code); returns how many runs now point at it."""
+
+        def tx(s: Session) -> int:
+            ss = s.get(SignalSet, signal_set_id)
+            if ss is None:
+                raise HistoryError(f"no signal set {signal_set_id} in {self.display}")
+            runs = list(s.scalars(select(Run).where(Run.model_id == ss.model_id, Run.dataset_id == ss.dataset_id)))
+            for r in runs:
+                r.signal_set_id = ss.id
+            return len(runs)
+
+        return self._write(tx)
+
     def models(self) -> list[dict[str, Any]]:
         """Descriptor dicts of every model the history knows (with or without runs), so a
         recommendation for a known model needs no weights loaded."""

@@ -1,0 +1,75 @@
+"""Recompute a history's signal sets with the metrics as they are now.
+
+A long history build (``sweeps/registry.toml``) outlives metric fixes: the runs measured weeks
+ago still point at signal sets computed by older metric code. ``refresh_signals`` recomputes the
+signals of every (model, dataset) pair that has runs, with the same protocol as ``advisor run``
+(the pair's training split, seed 0), stores the new set and points the pair's runs at it, one
+transaction per pair. The measurements of the runs themselves are untouched.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+from .specs import DatasetSpec, ModelSpec
+
+
+def refresh_signals(db: str | None, *, device: str | None = None, dry_run: bool = False,
+                    only_stale: bool = True, echo: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """One entry per pair: model, dataset, runs, and what was done (``refreshed`` with the new
+    signal set id, ``current`` when its versions already match the registered metrics, or
+    ``would-refresh`` in a dry run)."""
+    from .history import open_history
+    from .plugins import get_metrics
+    from .signals import compute_signals
+
+    say = echo or (lambda m: print(m, file=sys.stderr, flush=True))
+    history = open_history(db)
+    if not dry_run:
+        history.check_writable()
+    current_versions = {name: str(getattr(m, "version", "")) for name, m in get_metrics().items()}
+    rows = history.training_rows()
+    versions_by_pair: dict[tuple[str, str], dict[str, str]] = {}
+    for r in rows:
+        key = (str(r.get("model")), str(r.get("dataset")))
+        versions_by_pair.setdefault(key, dict(r.get("signal_versions") or {}))
+    out = []
+    pairs = history.pairs()
+    for i, pair in enumerate(pairs, 1):
+        md, dd = pair["model_desc"], pair["dataset_desc"]
+        entry: dict[str, Any] = {"model": md["name"], "dataset": dd["name"], "runs": pair["runs"]}
+        stored = versions_by_pair.get((md["name"], dd["name"]), {})
+        stale = _stale_metrics(stored, current_versions)
+        if only_stale and not stale:
+            entry["status"] = "current"
+            out.append(entry)
+            continue
+        entry["stale_metrics"] = stale
+        if dry_run:
+            entry["status"] = "would-refresh"
+            out.append(entry)
+            continue
+        say(f"[{i}/{len(pairs)}] {md['name']} on {dd['name']}: recomputing ({', '.join(stale) or 'all'})")
+        spec = ModelSpec(md["name"], md.get("pretrained"), md.get("image_size"))
+        sig = compute_signals(spec, DatasetSpec(dd["name"]), seed=0, device=device, quiet=True)
+        ss_id = history.store_signal_set(md, dd, sig.meta.get("split_hash"), dict(sig.values), dict(sig.versions),
+                                         dict(sig.seconds))
+        entry["runs_repointed"] = history.use_signal_set(ss_id)
+        entry["signal_set_id"] = ss_id
+        entry["status"] = "refreshed"
+        out.append(entry)
+    history.close()
+    return out
+
+
+def _stale_metrics(stored: dict[str, str], current: dict[str, str]) -> list[str]:
+    """Metrics whose stored signals (``name`` or ``name_*``) carry another version than the
+    registered metric's. A metric with no stored signal is not stale (it may not apply to the
+    pair, e.g. MIR without layer states); ``--all`` recomputes those too."""
+    out = []
+    for metric, version in current.items():
+        mine = [v for sig, v in stored.items() if sig == metric or sig.startswith(metric + "_")]
+        if any(v != version for v in mine):
+            out.append(metric)
+    return sorted(out)

@@ -1,0 +1,50 @@
+"""``advisor history refresh-signals``: a pair whose signals came from older metric code gets
+a recomputed set, its runs point at it, and the run measurements stay as they were."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from advisor.history import open_history
+from advisor.runner import run_finetune
+from advisor.specs import DatasetSpec, ModelSpec
+
+
+@pytest.mark.slow
+def test_refresh_recomputes_stale_signal_sets_and_repoints_runs(tmp_path, cli):
+    db = str(tmp_path / "h.db")
+    run = run_finetune(ModelSpec("tiny-vit"), DatasetSpec("digits"), "tpc_cma", shots=2, seed=0,
+                       hparams={"epochs": 1}, ood=["faces"], max_test=40, max_ood=20, db=db, save_adapter=False,
+                       quiet=True)
+    con = sqlite3.connect(db)
+    (old_set,) = con.execute("SELECT signal_set_id FROM runs").fetchone()
+    before = con.execute("SELECT id_acc_before, id_acc_after, ood_after FROM runs").fetchone()
+    # As if the set had been measured by an older version of the IIMM metric.
+    con.execute("UPDATE signal_values SET version = 'old', value = value + 1 WHERE name = 'iimm'")
+    con.commit()
+    con.close()
+
+    dry = cli("history", "refresh-signals", "--db", db, "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    (entry,) = json.loads(dry.stdout)["pairs"]
+    assert entry["status"] == "would-refresh" and "iimm" in entry["stale_metrics"]
+
+    out = cli("history", "refresh-signals", "--db", db, "--json")
+    assert out.exit_code == 0, out.output
+    (entry,) = json.loads(out.stdout)["pairs"]
+    assert entry["status"] == "refreshed" and entry["runs_repointed"] == 1
+    con = sqlite3.connect(db)
+    (new_set,) = con.execute("SELECT signal_set_id FROM runs").fetchone()
+    assert new_set != old_set
+    version, value = con.execute("SELECT version, value FROM signal_values WHERE signal_set_id = ? AND name = 'iimm'",
+                                 (new_set,)).fetchone()
+    assert version != "old" and value == pytest.approx(run.signals["iimm"], abs=1e-9)
+    assert con.execute("SELECT id_acc_before, id_acc_after, ood_after FROM runs").fetchone() == before
+    con.close()
+    again = cli("history", "refresh-signals", "--db", db, "--json")
+    assert [p["status"] for p in json.loads(again.stdout)["pairs"]] == ["current"]
+    with open_history(db) as h:
+        assert h.count() == 1

@@ -353,3 +353,27 @@ def test_advisor_run_refuses_an_unreachable_history_before_training(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:") and "127.0.0.1" in lines[0]
     assert not spool.exists()  # refused before any training: nothing was measured, nothing spooled
+
+
+def test_workers_claim_their_own_pair_first_and_avoid_a_pair_another_worker_is_on(history_url):
+    """Claim order: stage, this worker's pair, pairs nobody runs, plan order (real database)."""
+    from advisor.history import open_history
+    from advisor.history.sweeps import claim, finish, register_sweep
+
+    jobs = []
+    for stage, pair, n in ((0, "a", 3), (0, "b", 2), (1, "a", 1)):
+        for i in range(n):
+            jobs.append((f"{stage}{pair}{i}", pair, stage, {"model": "m", "dataset": pair, "method": f"x{i}",
+                                                           "shots": 16, "seed": stage, "hparams": {}}))
+    with open_history(history_url) as h:
+        register_sweep(h, "sw-test", {"name": "t"}, "local", jobs, 60.0)
+        first = claim(h, "sw-test", "w1")
+        second = claim(h, "sw-test", "w2")
+        assert (first["pair"], second["pair"]) == ("a", "b")  # w2 avoids the pair w1 is loading
+        finish(h, first["id"], "w1", "r1")
+        third = claim(h, "sw-test", "w1", prefer_pair="a")
+        assert third["pair"] == "a" and third["stage"] == 0
+        fourth = claim(h, "sw-test", "w2", prefer_pair="b")
+        assert fourth["pair"] == "b" and fourth["stage"] == 0
+        rest = [claim(h, "sw-test", "w3") for _ in range(3)]
+        assert [(j["stage"], j["pair"]) for j in rest[:2]] == [(0, "a"), (1, "a")] and rest[2] is None

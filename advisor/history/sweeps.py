@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 from sqlalchemy import case, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from ..errors import HistoryError
 from .schema import Dataset, Model, Run, Sweep, SweepJob
@@ -123,15 +123,19 @@ def register_sweep(h: History, sweep_id: str, spec: Mapping[str, Any], executor:
 def claim(h: History, sweep_id: str, worker: str, prefer_pair: str | None = None,
           keys: Iterable[str] | None = None) -> dict[str, Any] | None:
     """Take the next queued job (one of ``keys`` if given): the earliest stage (sweep block)
-    first, within it the pair this worker has loaded, then plan order; mark it running with a
-    fresh heartbeat. None when nothing is left."""
+    first, within it the pair this worker has loaded, then a pair no other worker is running,
+    then plan order; mark it running with a fresh heartbeat. None when nothing is left."""
     key_list = list(keys) if keys is not None else None
 
     def tx(s: Session) -> dict[str, Any] | None:
         q = select(SweepJob).where(SweepJob.sweep_id == sweep_id, SweepJob.status == QUEUED)
         if key_list is not None:
             q = q.where(SweepJob.job_key.in_(key_list))
-        order = [SweepJob.stage, SweepJob.position]
+        # Within a stage: the pair this worker has loaded, then pairs no other worker is on
+        # (so two workers do not both pay for loading the same pair), then plan order.
+        other = aliased(SweepJob)
+        busy = select(other.pair).where(other.sweep_id == sweep_id, other.status == RUNNING)
+        order = [SweepJob.stage, case((SweepJob.pair.in_(busy), 1), else_=0), SweepJob.position]
         if prefer_pair:
             order.insert(1, case((SweepJob.pair == prefer_pair, 0), else_=1))
         q = q.order_by(*order).limit(1)

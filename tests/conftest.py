@@ -18,7 +18,8 @@ os.environ["ADVISOR_CACHE"] = str(_SESSION_DIR / "cache")
 os.environ["ADVISOR_BLOCK_PLUGINS"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-for _var in ("ADVISOR_DB", "ADVISOR_LOAD_PLUGINS", "ADVISOR_TRACE_PLUGINS", "ADVISOR_REGISTRY", "ADVISOR_DB_TIMEOUT"):
+for _var in ("ADVISOR_DB", "ADVISOR_LOAD_PLUGINS", "ADVISOR_TRACE_PLUGINS", "ADVISOR_REGISTRY", "ADVISOR_DB_TIMEOUT",
+             "ADVISOR_MLFLOW", "ADVISOR_MLFLOW_EXPERIMENT", "MLFLOW_TRACKING_URI"):  # no test logs to your MLflow
     os.environ.pop(_var, None)
 
 import pytest  # noqa: E402

@@ -330,8 +330,10 @@ def test_keys_mlflow_refuses_are_reported_not_logged() -> None:
 
 def test_real_advisor_run_with_mlflow_flag_round_trips(tracking_uri: str, tmp_path: Path, cli: Any,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("ADVISOR_MLFLOW", "ADVISOR_MLFLOW_EXPERIMENT"):  # the flag sets them; restored afterwards
-        monkeypatch.delenv(var, raising=False)
+    for var in ("ADVISOR_MLFLOW", "ADVISOR_MLFLOW_EXPERIMENT"):
+        # The flag sets them in this process: setenv (unlike delenv of an unset variable) makes
+        # monkeypatch restore them afterwards, so later tests do not log to MLflow.
+        monkeypatch.setenv(var, "")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     monkeypatch.chdir(tmp_path)
     MlflowClient(tracking_uri=tracking_uri).create_experiment("real-run", artifact_location=(tmp_path / "art").as_uri())
@@ -348,3 +350,9 @@ def test_real_advisor_run_with_mlflow_flag_round_trips(tracking_uri: str, tmp_pa
     target = tmp_path / "target.db"
     assert _import(cli, tracking_uri, "real-run", target).exit_code == 0
     assert _export(target) == _export(db)
+
+
+def test_mlflow_switch_does_not_outlive_the_test_that_set_it() -> None:
+    import os
+
+    assert os.environ.get("ADVISOR_MLFLOW", "") == "" and os.environ.get("ADVISOR_MLFLOW_EXPERIMENT", "") == ""

@@ -65,6 +65,9 @@ class AdvisorGroup(click.Group):
                 formatter.write_dl(list(ENVIRONMENT.items()))
 
     def invoke(self, ctx: click.Context) -> Any:
+        from .terminal import set_quiet
+
+        set_quiet(False)  # each invocation starts loud; --quiet / --json set it again
         try:
             return super().invoke(ctx)
         except AdvisorError as exc:

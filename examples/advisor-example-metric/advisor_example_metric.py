@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import advisor
+from advisor.hookspecs import hookimpl
 from advisor.specs import Embeddings, Metric
 
 __version__ = "0.1.0"
@@ -36,7 +36,7 @@ def centroid_margin(emb: Embeddings) -> float:
     return float(np.mean(own - sims.max(axis=1)))
 
 
-@advisor.hookimpl
+@hookimpl
 def register_metrics(register):
     register(
         Metric(

@@ -146,13 +146,14 @@ def _ood_references(source: str, names: Sequence[str] | None) -> dict[str, Datas
     (the offline built-in base sets whose source is not the task's: a task derived from MNIST
     is not measured "out of domain" on MNIST). Memoised per process, so a sweep worker loads
     each reference set once for all its runs."""
-    from .data import OFFLINE_DATASETS, load_dataset
+    from .data import load_dataset
+    from .plugins import list_datasets
 
     key = (source, tuple(names) if names is not None else None)
     if key in _ood_bundles:
         return _ood_bundles[key]
     out: dict[str, DatasetBundle] = {}
-    for name in (names if names is not None else OFFLINE_DATASETS):
+    for name in (names if names is not None else [src.name for src in list_datasets(ood_reference=True)]):
         try:
             bundle = load_dataset(DatasetSpec(name))
         except DatasetError as exc:
@@ -237,9 +238,13 @@ def run_finetune(
     np.random.seed(seed)
     t_prepare = time.perf_counter()
     base = load_model(model_spec, device)
-    id_set = load_eval_set(base, dataset_spec, max_test, bundle)
-    ood_sets = [load_eval_set(base, DatasetSpec(n), max_ood, b) for n, b in ood_bundles.items()]
-    train_pixels = preprocess_images(base, train)
+    from .terminal import phase
+
+    with phase(f"preparing test images ({dataset_spec.name} and {len(ood_bundles)} OOD sets)"):
+        id_set = load_eval_set(base, dataset_spec, max_test, bundle)
+        ood_sets = [load_eval_set(base, DatasetSpec(n), max_ood, b) for n, b in ood_bundles.items()]
+    with phase(f"preparing {len(train)} training images"):
+        train_pixels = preprocess_images(base, train)
     train_labels = torch.as_tensor(np.asarray(train.labels), dtype=torch.long)
 
     id_before, gap_before = measure_zero_shot(base, id_set, device)

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..cli import db_option, device_option, emit_json, json_option, print_table
+from ..cli_options import db_option, device_option, emit_json, json_option, print_table
 
 
 def _minutes(value: str | None) -> int | None:

@@ -21,7 +21,6 @@ import torch.nn as nn
 from advisor.errors import ModelLoadError
 
 from . import online
-
 from .families import OPEN_CLIP as FAMILY
 
 from .common import (
@@ -297,6 +296,7 @@ class OpenClipModel(nn.Module):
             "params": count_params(self.clip),
             "embed_dim": self.embed_dim,
             "token_dim": self.token_dim,
+            "random_weights": str(self.weights_id).startswith("random-seed"),  # advisor.weights
         }
 
     def identity(self) -> str:

@@ -159,7 +159,9 @@ def execute_sweep(plan: SweepPlan, history: Any, *, executor: str, max_parallel:
     handles: list[Any] = []
     last_line = time.perf_counter()
     try:
-        for round_no in range(retries + 1):
+        started = time.time()
+        round_no = 0
+        while round_no <= retries:
             queued = _queued_keys(history, plan.sweep_id, keys, QUEUED)
             if not queued:
                 break
@@ -195,9 +197,16 @@ def execute_sweep(plan: SweepPlan, history: Any, *, executor: str, max_parallel:
                         break
                     # A job still "running": another live sweep process, or a worker that died
                     # moments ago whose heartbeat is not stale yet. Wait for it either way.
-            failed = [j["job_key"] for j in sweep_status(history, plan.sweep_id, stale)["failed"]]
+            failed = sweep_status(history, plan.sweep_id, stale)["failed"]
+            # A job another sweep process was running when this one started, whose worker has
+            # died since (a killed earlier sweep): it was never tried here, so run it now.
+            orphans = [j["job_key"] for j in failed if (j["started_at"] or started) < started]
+            if orphans:
+                requeue_failed_keys(history, plan.sweep_id, orphans)
+                continue
             if round_no < retries and failed:
-                requeue_failed_keys(history, plan.sweep_id, failed)
+                requeue_failed_keys(history, plan.sweep_id, [j["job_key"] for j in failed])
+            round_no += 1
     except KeyboardInterrupt:
         for h in handles:
             try:

@@ -653,13 +653,15 @@ def predictor_show(db: str | None, as_json: bool) -> None:
     from .predictor import FittedPredictor, training_hash
 
     history = open_history(db)
-    stored = history.load_predictor("default")
+    from .predictor import DEFAULT_PREDICTOR
+
+    stored = history.load_predictor(DEFAULT_PREDICTOR)
     if stored is None:
         raise PredictorError("no predictor stored in this history; run `advisor predictor train`")
     est = FittedPredictor.from_stored(stored)
     rows = history.training_rows()
     info = {
-        "name": "default",
+        "name": DEFAULT_PREDICTOR,
         "created_at": stored.get("created_at"),
         "n_runs": est.n_runs,
         "datasets": est.datasets,

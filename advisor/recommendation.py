@@ -35,7 +35,7 @@ from .specs import DatasetSpec, ModelSpec
 __all__ = ["OBJECTIVES", "MethodAdvice", "Recommendation", "RecommendError", "choose", "heuristic_ranking",
            "recommend", "registered_methods", "similar_runs", "support_for", "winner_sentence"]
 
-PREDICTOR_NAME = "default"
+from .predictor import DEFAULT_PREDICTOR as PREDICTOR_NAME  # noqa: E402
 #: How many contributing features to show per method.
 TOP_CONTRIBUTIONS = 3
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import AdvisorError, PredictorError
+from .predictor import DEFAULT_PREDICTOR
 
 #: Colours for datasets (in name order) and for methods whose tuner registers none (a stable hash).
 PALETTE = ("#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#1f77b4", "#2ca02c", "#d62728", "#9467bd",
@@ -330,7 +331,7 @@ def write_report(db: str | None, output: str | Path) -> Path:
     if not path.parent.exists():
         raise ReportError(f"directory {path.parent} does not exist")
     history = open_history(db)
-    text = build_report(history.training_rows(), history.load_predictor("default"))
+    text = build_report(history.training_rows(), history.load_predictor(DEFAULT_PREDICTOR))
     try:
         path.write_text(text, encoding="utf-8")
     except OSError as exc:

@@ -23,6 +23,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+#: The name the predictor is stored under in a history (``predictor train`` writes it;
+#: ``recommend``, ``report`` and ``predictor show`` read it). Here, not in a submodule, so
+#: reading it imports nothing heavy.
+DEFAULT_PREDICTOR = "default"
+
 _WHERE = {
     "rows": ("HOLDOUT_KEYS", "TARGETS", "as_dict", "as_float", "cost_offset", "device_kind", "headroom_share",
              "row_dataset", "row_family", "row_method", "row_model", "row_shots", "row_signals", "row_source",

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import PredictorError
 from .evaluation import clean_json, evaluate_lodo
+from . import DEFAULT_PREDICTOR
 from .rows import row_dataset, row_targets
 
 #: Below this much history the predictor is not trained; recommend falls back to the IIMM heuristic.
@@ -30,7 +31,7 @@ def history_ready(rows: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
 def train_predictor(
     history: Any,
     *,
-    name: str = "default",
+    name: str = DEFAULT_PREDICTOR,
     evaluate: bool = True,
     estimator: Any = None,
 ) -> dict[str, Any]:

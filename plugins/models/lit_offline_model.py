@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from advisor.errors import ModelLoadError
 
-from . import lit_offline as _plugin
+from . import lit_variants as _plugin
 from .common import Tokens, as_tokens, count_params, mean_pool_masked, pil_to_uint8, record_outputs, tensor_hash, uint8_batch_to_pixels
 
 HERE = Path(__file__).resolve().parent

@@ -226,7 +226,7 @@ def history_import_mlflow(experiment: str, tracking_uri: str | None, maps: tuple
     """Import the finished runs of an MLflow experiment as history rows: all new rows in one
     transaction; runs already in the history are not added again; runs missing a required
     field are listed with the reason and skipped."""
-    from .history.mlflow_import import import_mlflow
+    from .mlflow_import import import_mlflow
 
     plan = import_mlflow(db, experiment, tracking_uri=tracking_uri, maps=maps, dry_run=dry_run,
                          compute=compute_signals)

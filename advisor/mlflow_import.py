@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdvisorError, InputFileError
-from . import io as hio
-from .keys import config_hash, dataset_desc_of, dataset_key, default_run_id, model_desc_of, model_key
-from .mlflow_fields import MappedRow, RowProblem, Rule, from_mlflow, parse_rules, sources_of
+from .errors import AdvisorError, InputFileError
+from .history import io as hio
+from .history.keys import config_hash, dataset_desc_of, dataset_key, default_run_id, model_desc_of, model_key
+from .history.mlflow_fields import MappedRow, RowProblem, Rule, from_mlflow, parse_rules, sources_of
 
 #: search_runs page size (MLflow's own maximum per page is larger; this keeps pages small).
 PAGE_SIZE = 500
@@ -226,8 +226,8 @@ def attach_signals(plan: ImportPlan, history: Any, device: str | None = None) ->
     New rows get them as their signal set; for pairs whose runs are all in the history already,
     returns (model_desc, dataset_desc, split_hash, SignalSet) to store after the import.
     A pair whose model or data cannot be loaded keeps its rows without signals (noted)."""
-    from ..signals import compute_signals, describe_pair
-    from ..specs import DatasetSpec, ModelSpec
+    from .signals import compute_signals, describe_pair
+    from .specs import DatasetSpec, ModelSpec
 
     pairs: dict[tuple[str, str], list[Planned]] = {}
     for p in plan.new + plan.present:
@@ -297,7 +297,7 @@ def import_mlflow(db: str | None, experiment: str, *, tracking_uri: str | None =
                   maps: tuple[str, ...] | list[str] = (), dry_run: bool = False,
                   compute: bool = False) -> ImportPlan:
     """Read, map, validate; unless ``dry_run``, add every new row in one transaction."""
-    from . import open_history
+    from .history import open_history
 
     rules = parse_rules(maps)  # a bad --map is refused before MLflow is contacted
     found, uri = read_finished_runs(experiment, tracking_uri)

@@ -71,13 +71,15 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def register_sweep(h: History, sweep_id: str, spec: Mapping[str, Any], executor: str,
-                   jobs: Sequence[tuple[str, str, int, Mapping[str, Any]]], stale_after_s: float) -> dict[str, int]:
+                   jobs: Sequence[tuple[str, str, int, Mapping[str, Any]]], stale_after_s: float,
+                   recorded: Mapping[int, str] | None = None) -> dict[str, int]:
     """Create or resume a sweep: insert missing jobs (key, pair, config) as queued; mark jobs
     whose run is already in the history as done (skipped if the sweep never ran them); turn
     stale running jobs into failed; re-queue failed ones (a new start re-submits failures).
-    Returns counts: total, to_run, recorded (already in the history), running_elsewhere."""
-    configs = [dict(c) for _, _, _, c in jobs]
-    recorded = recorded_runs(h, configs)
+    Returns counts: total, to_run, recorded (already in the history), running_elsewhere.
+    ``recorded`` is ``recorded_runs`` of the jobs' configs, when the caller has it already."""
+    if recorded is None:
+        recorded = recorded_runs(h, [dict(c) for _, _, _, c in jobs])
     now = time.time()
 
     def tx(s: Session) -> dict[str, int]:

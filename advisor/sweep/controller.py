@@ -111,25 +111,18 @@ def plan_sweep(grid: SweepGrid, db: str | None, *, write: bool, stale_after_s: f
         raise SweepError("the sweep grid has no runs")
     validate_grid(jobs)
     history = open_history(db)
-    if write and hasattr(history, "check_writable"):
+    if write:
         history.check_writable()
     sweep_id = grid.sweep_id
+    found = recorded_runs(history, [j.to_dict() for j in jobs])  # once: registering and the estimate share it
     if write:
         staged = [(j.key, j.pair, stage, j.to_dict()) for stage, j in grid.staged_jobs()]
-        counts = register_sweep(history, sweep_id, grid.to_dict(), executor, staged, stale_after_s)
+        counts = register_sweep(history, sweep_id, grid.to_dict(), executor, staged, stale_after_s, recorded=found)
         recorded, to_run, elsewhere = counts["recorded"], counts["to_run"], counts["running_elsewhere"]
     else:
-        found = recorded_runs(history, [j.to_dict() for j in jobs])
         recorded, to_run, elsewhere = len(found), len(jobs) - len(found), 0
-    est, basis = _estimate(history, _unrecorded(history, jobs) if recorded else jobs)
+    est, basis = _estimate(history, [j for i, j in enumerate(jobs) if i not in found])
     return SweepPlan(grid, sweep_id, jobs, recorded, to_run, est, basis, history.display, elsewhere), history
-
-
-def _unrecorded(history: Any, jobs: list[JobConfig]) -> list[JobConfig]:
-    from ..history.sweeps import recorded_runs
-
-    found = recorded_runs(history, [j.to_dict() for j in jobs])
-    return [j for i, j in enumerate(jobs) if i not in found]
 
 
 def execute_sweep(plan: SweepPlan, history: Any, *, executor: str, max_parallel: int, retries: int,

@@ -30,17 +30,21 @@ def refresh_signals(db: str | None, *, device: str | None = None, dry_run: bool 
         history.check_writable()
     current_versions = {name: str(getattr(m, "version", "")) for name, m in get_metrics().items()}
     rows = history.training_rows()
-    versions_by_pair: dict[tuple[str, str], dict[str, str]] = {}
+    # Every run's versions, not the first run's: a pair whose runs were recorded by two code
+    # versions (a sweep re-pinned midway) points at two signal sets, and is stale if either is.
+    versions_by_pair: dict[tuple[str, str], list[dict[str, str]]] = {}
     for r in rows:
         key = (str(r.get("model")), str(r.get("dataset")))
-        versions_by_pair.setdefault(key, dict(r.get("signal_versions") or {}))
+        versions = dict(r.get("signal_versions") or {})
+        if versions not in versions_by_pair.setdefault(key, []):
+            versions_by_pair[key].append(versions)
     out = []
     pairs = history.pairs()
     for i, pair in enumerate(pairs, 1):
         md, dd = pair["model_desc"], pair["dataset_desc"]
         entry: dict[str, Any] = {"model": md["name"], "dataset": dd["name"], "runs": pair["runs"]}
-        stored = versions_by_pair.get((md["name"], dd["name"]), {})
-        stale = _stale_metrics(stored, current_versions)
+        stale = sorted({m for stored in versions_by_pair.get((md["name"], dd["name"]), [])
+                        for m in _stale_metrics(stored, current_versions)})
         if only_stale and not stale:
             entry["status"] = "current"
             out.append(entry)

@@ -48,3 +48,34 @@ def test_refresh_recomputes_stale_signal_sets_and_repoints_runs(tmp_path, cli):
     assert [p["status"] for p in json.loads(again.stdout)["pairs"]] == ["current"]
     with open_history(db) as h:
         assert h.count() == 1
+
+
+@pytest.mark.slow
+def test_a_pair_whose_later_runs_point_at_an_older_set_is_stale(tmp_path, cli):
+    """A sweep re-pinned to newer code midway leaves a pair's runs on two signal sets; the pair
+    is refreshed when any of them is out of date, not only when its first run's is."""
+    db = str(tmp_path / "h.db")
+    for seed in (0, 1):
+        run_finetune(ModelSpec("tiny-vit"), DatasetSpec("digits"), "coop", shots=2, seed=seed,
+                     hparams={"epochs": 1}, ood=["faces"], max_test=40, max_ood=20, db=db, save_adapter=False,
+                     quiet=True)
+    with open_history(db) as h:
+        (pair,) = h.pairs()
+        (row, _) = h.training_rows()
+        old_versions = dict(row["signal_versions"], iimm="old")
+        old_values = dict(row["signals"], iimm=row["signals"]["iimm"] + 1)
+        old_set = h.store_signal_set(pair["model_desc"], pair["dataset_desc"], None, old_values, old_versions)
+    con = sqlite3.connect(db)
+    first, second = [r[0] for r in con.execute("SELECT id FROM runs ORDER BY id")]
+    con.execute("UPDATE runs SET signal_set_id = ? WHERE id = ?", (old_set, second))
+    con.commit()
+    con.close()
+
+    out = cli("history", "refresh-signals", "--db", db, "--json")
+    assert out.exit_code == 0, out.output
+    (entry,) = json.loads(out.stdout)["pairs"]
+    assert entry["status"] == "refreshed" and entry["stale_metrics"] == ["iimm"] and entry["runs_repointed"] == 2
+    con = sqlite3.connect(db)
+    sets = {r[0] for r in con.execute("SELECT signal_set_id FROM runs")}
+    con.close()
+    assert len(sets) == 1 and old_set not in sets

@@ -5,6 +5,12 @@ engine here is the only place that calls ``Metric.compute``: it skips metrics wh
 the embeddings cannot meet, checks that every value is a finite real number, times each metric,
 and turns an exception or a bad value into an entry in ``SignalSet.errors`` under the metric's
 name, so one broken (third-party) metric never costs the others.
+
+Where the signals are computed (``signal_device``): when the model ran on a GPU (or the caller
+asks for ``cuda``) and CUDA is available here, the embeddings are copied to that device once as
+torch tensors and every metric registered with ``array_api=True`` (all built-ins) computes there
+in torch, float64 as in numpy; otherwise everything runs in numpy on the CPU, exactly as before.
+Metrics without ``array_api`` always receive numpy arrays.
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ def _as_float(value: Any) -> float:
     """A finite real number as a Python float, else ValueError (bools and complex are refused)."""
     if isinstance(value, (bool, np.bool_)) or isinstance(value, (complex, np.complexfloating)):
         raise ValueError(f"returned {type(value).__name__} {value!r}, not a real number")
-    if isinstance(value, np.ndarray) and value.shape == ():
+    if (isinstance(value, np.ndarray) or _is_torch(value)) and tuple(value.shape) == ():
         value = value.item()
         return _as_float(value)
     if not isinstance(value, numbers.Real):
@@ -118,9 +124,64 @@ def _thread_limit(threads: int | None) -> Any:
     return threadpool_limits(limits=threads, user_api="blas")
 
 
-def run_metrics(emb: Embeddings, names: list[str] | None = None) -> SignalSet:
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def signal_device(emb: Embeddings, device: str | None = None) -> str | None:
+    """The torch device to compute the signals on, or None for numpy on the CPU.
+
+    - ``emb`` already holds torch tensors: their device (the caller chose it);
+    - else ``device`` when given, otherwise the device the embeddings were computed on
+      (``emb.meta["device"]``): a ``cuda`` device is used when CUDA is available here (a cache
+      written on a GPU machine and read on a CPU-only one falls back to numpy);
+    - anything else (``cpu``, ``mps``, unknown): None, numpy.
+
+    torch is imported only when a CUDA device is asked for.
+    """
+    if _is_torch(emb.image):
+        return str(emb.image.device)
+    wanted = device if device is not None else emb.meta.get("device")
+    if not isinstance(wanted, str) or not wanted.startswith("cuda"):
+        return None
+    import torch
+
+    return wanted if torch.cuda.is_available() else None
+
+
+def _convert(emb: Embeddings, convert: Any) -> Embeddings:
+    layers = (lambda xs: None if xs is None else [convert(x) for x in xs])
+    return Embeddings(image=convert(emb.image), text=convert(emb.text), labels=convert(emb.labels),
+                      class_names=list(emb.class_names), image_layers=layers(emb.image_layers),
+                      text_layers=layers(emb.text_layers),
+                      paired_text=None if emb.paired_text is None else convert(emb.paired_text),
+                      meta=emb.meta, text_layer_rows=emb.text_layer_rows)
+
+
+def embeddings_on(emb: Embeddings, device: str) -> Embeddings:
+    """A copy of ``emb`` with every array a torch tensor on ``device`` (dtypes kept; labels
+    int64): what ``run_metrics`` hands the ``array_api`` metrics when computing on a GPU."""
+    import torch
+
+    def convert(x: Any) -> Any:
+        if _is_torch(x):
+            return x.to(device)
+        x = np.asarray(x)
+        return torch.as_tensor(x.astype(np.int64) if x.dtype.kind in "iub" else x, device=device)
+
+    return _convert(emb, convert)
+
+
+def embeddings_in_numpy(emb: Embeddings) -> Embeddings:
+    """``emb`` with numpy arrays (tensors copied to the host), for metrics without ``array_api``."""
+    return _convert(emb, lambda x: x.detach().cpu().numpy() if _is_torch(x) else x)
+
+
+def run_metrics(emb: Embeddings, names: list[str] | None = None, device: str | None = None) -> SignalSet:
     """Compute the named metrics (default: every registered one) on ``emb``.
 
+    ``device``: where to compute (``signal_device``; default: where the embeddings were made,
+    CUDA when available, else numpy). ``meta["signal_device"]`` records the choice.
     Unknown names raise UnknownNameError; everything a metric does wrong lands in ``errors``.
     """
     from .plugins import get_metric, get_metrics, provider_of
@@ -136,16 +197,29 @@ def run_metrics(emb: Embeddings, names: list[str] | None = None) -> SignalSet:
     available = emb.available
     out = SignalSet(meta=dict(emb.meta))
     out.meta.setdefault("n_images", int(len(emb.labels)))
-    out.meta.setdefault("n_classes", int(np.asarray(emb.text).shape[0]))
+    out.meta.setdefault("n_classes", int(len(emb.text)))
+    dev = signal_device(emb, device)
+    out.meta["signal_device"] = dev or "numpy"
+    if dev is None:
+        views = {False: emb}
+    else:
+        on_dev = emb if _is_torch(emb.image) else embeddings_on(emb, dev)
+        views = {True: on_dev}
+        if not all(getattr(m, "array_api", False) for m in metrics.values()):
+            views[False] = emb if not _is_torch(emb.image) else embeddings_in_numpy(emb)
     threads = blas_threads()
     out.meta["blas_threads"] = threads or "default"
     with _thread_limit(threads):
-        _run_each(emb, metrics, available, out)
+        _run_each(views, metrics, available, out)
     return out
 
 
-def _run_each(emb: Embeddings, metrics: Mapping[str, Metric], available: frozenset[str], out: SignalSet) -> None:
+def _run_each(views: Mapping[bool, Embeddings], metrics: Mapping[str, Metric], available: frozenset[str],
+              out: SignalSet) -> None:
+    """``views[True]``: the embeddings as torch tensors (for ``array_api`` metrics), when the
+    signals run in torch; ``views[False]``: the numpy embeddings."""
     for name, metric in metrics.items():
+        emb = views[True] if True in views and getattr(metric, "array_api", False) else views[False]
         needs = frozenset(getattr(metric, "needs", frozenset()))
         missing = needs - available
         if missing:
@@ -205,7 +279,7 @@ def compute_signals(
     emb = embed(model_spec, dataset_spec, split="train", shots=shots, seed=seed, max_images=max_images,
                 device=device, use_cache=use_cache, with_layers=with_layers, quiet=quiet)
     with phase(f"computing signals on {len(emb.labels)} images"):
-        return run_metrics(emb, metrics)
+        return run_metrics(emb, metrics, device=device)
 
 
 def describe_pair(model_spec: ModelSpec, dataset_spec: DatasetSpec, meta: Mapping[str, Any],

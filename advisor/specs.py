@@ -305,6 +305,9 @@ class Metric:
     whose needs are not met are skipped. Bump ``version`` when the definition changes: signal
     values are stored with it. ``reconstructed`` marks a metric (or some of its values) that is
     this project's reconstruction of a paper's unpublished formula (``advisor plugins`` says so).
+    ``array_api=True`` declares that ``compute`` also accepts Embeddings whose arrays are torch
+    tensors (on any device, e.g. CUDA) and computes on them there; a metric without it always
+    receives numpy arrays (``advisor.signals`` converts).
     """
 
     name: str
@@ -314,6 +317,7 @@ class Metric:
     description: str = ""
     higher_is: str = ""  # free text: what a higher value means
     reconstructed: bool = False
+    array_api: bool = False
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,9 +15,16 @@ captions are small enough to solve exactly here:
   Tested equal to POT's network simplex (``ot.emd2``).
 - ``sliced_w2``: the mean over random unit directions of the squared 1-D W2 distance, each 1-D
   distance exact from the two quantile functions (uniform points against weighted atoms).
+
+Device: ``exact_ot_to_atoms`` is sequential (one source at a time, a Dijkstra per displaced
+source) and stays in numpy on the CPU, also when the embeddings are on a GPU (callers copy the
+small cost matrix to the host). ``sliced_w2`` is dense and runs where its inputs are (numpy, or
+torch on their device); its directions are drawn with numpy's seeded generator on both paths.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -93,26 +100,31 @@ def _augment(s: int, cost: np.ndarray, v: np.ndarray, assign: np.ndarray, load: 
     assign[s] = k
 
 
-def sliced_w2(x: np.ndarray, atoms: np.ndarray, counts: np.ndarray, n_projections: int, seed: int) -> float:
+def sliced_w2(x: Any, atoms: Any, counts: Any, n_projections: int, seed: int) -> float:
     """Mean over ``n_projections`` random unit directions (fixed ``seed``) of the squared 1-D W2
     distance between the N points ``x`` (mass 1/N each) and ``atoms`` (M,d) of integer
     multiplicities ``counts`` (summing to N). Integer multiplicities make the two quantile
     functions step at the same points i/N, so each 1-D distance is the mean squared difference
     of the sorted projections of ``x`` and of the atoms repeated ``counts`` times: exact."""
+    from array_api_compat import array_namespace, device
+
+    xp = array_namespace(x, atoms)
+    dev = device(x)
     n, d = x.shape
-    counts = np.asarray(counts, dtype=np.int64)
-    if counts.sum() != n:
+    counts = xp.asarray(counts, dtype=xp.int64, device=dev)
+    if int(xp.sum(counts)) != n:
         raise ValueError("atom multiplicities must sum to the number of points")
     rng = np.random.default_rng(seed)
     dirs = rng.standard_normal((d, n_projections))
     dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
-    px = np.sort(x @ dirs, axis=0)  # (N, K)
+    dirs = xp.asarray(dirs, dtype=x.dtype, device=dev)
+    px = xp.sort(x @ dirs, axis=0)  # (N, K)
     pa = atoms @ dirs  # (M, K)
-    order = np.argsort(pa, axis=0, kind="stable")  # (M, K)
-    ends = np.cumsum(counts[order], axis=0)  # (M, K): cumulative multiplicity in sorted order
+    order = xp.argsort(pa.T, axis=1, stable=True)  # (K, M)
+    ends = xp.cumulative_sum(counts[order], axis=1)  # (K, M): cumulative multiplicity in sorted order
     total = 0.0
-    ranks = np.arange(n)
+    ranks = xp.arange(n, dtype=ends.dtype, device=dev)
     for k in range(n_projections):
-        which = order[np.searchsorted(ends[:, k], ranks, side="right"), k]  # atom of the i-th quantile step
-        total += float(((px[:, k] - pa[which, k]) ** 2).mean())
+        which = order[k, xp.searchsorted(ends[k], ranks, side="right")]  # atom of the i-th quantile step
+        total += float(xp.mean((px[:, k] - pa[which, k]) ** 2))
     return total / n_projections

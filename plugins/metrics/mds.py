@@ -19,49 +19,52 @@ image-dominant, ``MDS_d < mu - sigma`` text-dominant, the rest cross-modal. Sign
 fractions and the mean ``|MDS_d - 0.5|`` (how lopsided the dimensions are on average).
 
 MDS is tied to the coordinate axes: unlike IIMM and the gaps it is **not** invariant to a
-rotation of the embedding space. It is invariant to sample order.
+rotation of the embedding space. It is invariant to sample order. numpy arrays are computed in numpy, torch tensors in torch on
+their device (``_linalg``).
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
 
 from advisor.hookspecs import hookimpl
 from advisor.specs import Embeddings, Metric
 
-from ._linalg import l2_normalize, labels_of, unit_images, unit_texts
+from ._linalg import l2_normalize, labels_of, namespace, unit_images, unit_texts
 
 EPS = 1e-8
 
 
-def mds_scores(emb: Embeddings, block: int = 8192) -> np.ndarray:
+def mds_scores(emb: Embeddings, block: int = 8192) -> Any:
     """(d,) per-dimension dominance scores. Row blocks are paired one at a time, so 50k x 512
     inputs never materialise several (N,d) float64 temporaries beyond the shared unit vectors."""
-    n, d = np.asarray(emb.image).shape
-    total = np.zeros(d)
+    n, d = emb.image.shape
     text = unit_texts(emb) if emb.paired_text is None else None
     labels = labels_of(emb)
     images = unit_images(emb)
+    xp = namespace(images)
+    total = xp.zeros_like(images[0])
     for start in range(0, n, block):
         rows = slice(start, min(start + block, n))
         v = images[rows]
         t = text[labels[rows]] if text is not None else l2_normalize(emb.paired_text[rows])
-        av, at = np.abs(v), np.abs(t)
-        total += (av / (av + at + EPS)).sum(axis=0)
+        av, at = xp.abs(v), xp.abs(t)
+        total = total + xp.sum(av / (av + at + EPS), axis=0)
     return total / n
 
 
 def mds(emb: Embeddings) -> dict[str, float]:
     scores = mds_scores(emb)
-    mu, sigma = scores.mean(), scores.std()
-    d = len(scores)
-    img = int((scores > mu + sigma).sum())
-    txt = int((scores < mu - sigma).sum())
+    xp = namespace(scores)
+    mu, sigma = xp.mean(scores), xp.std(scores)
+    d = scores.shape[0]
+    img = int(xp.sum(xp.astype(scores > mu + sigma, xp.int64)))
+    txt = int(xp.sum(xp.astype(scores < mu - sigma, xp.int64)))
     return {
         "mds_img_frac": img / d,
         "mds_text_frac": txt / d,
         "mds_cross_frac": (d - img - txt) / d,
-        "mds_mean_dev": float(np.abs(scores - 0.5).mean()),
+        "mds_mean_dev": float(xp.mean(xp.abs(scores - 0.5))),
     }
 
 
@@ -72,6 +75,7 @@ def register_metrics(register):
         compute=mds,
         needs=frozenset({"image", "text", "labels"}),
         version="1",
+        array_api=True,
         description="Modality Dominance Score on raw embedding dimensions (|a| activations, "
                     "mu +/- sigma thresholds): fractions of image-, text- and cross-dominant "
                     "dimensions and mean |MDS-0.5| (our reconstruction)",

@@ -38,84 +38,98 @@ Our choices (the adaptation):
   shrinkage needed; the official Newton-Schulz / ``sqrtm`` paths can give NaN or complex there).
 - **Identical modalities.** FD = 0 makes log10 undefined; the metric then raises and the engine
   reports it as an error rather than storing -inf.
+
+numpy arrays are computed in numpy, torch tensors in torch on their device (``_linalg``): the
+scaling, outlier replacement, covariances and each layer's Fréchet distance.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import math
+from typing import Any
 
 from advisor.hookspecs import hookimpl
 from advisor.specs import Embeddings, Metric
 
-from ._linalg import frechet_distance, frechet_from_stats, labels_of, mean_cov, weighted_mean_cov
+from ._linalg import (bincount, device, float64, frechet_distance, frechet_from_stats, kth_smallest, labels_of, mean_cov,
+                      namespace, weighted_mean_cov)
 
 
-def lower_median(x: np.ndarray, axis: int | None = None) -> np.ndarray:
+def lower_median(x: Any, axis: int | None = None) -> Any:
     """``torch.median`` semantics: the lower of the two middle values for an even count."""
     if axis is None:
-        x, axis = np.ravel(x), 0
+        x, axis = namespace(x).reshape(x, (-1,)), 0
     k = (x.shape[axis] - 1) // 2
-    return np.take(np.partition(x, k, axis=axis), k, axis=axis)
+    return kth_smallest(x, k, axis=axis)
 
 
-def replace_outliers_with_median(x: np.ndarray) -> np.ndarray:
+def _replace_rows(x: Any, outliers: Any, median: Any) -> Any:
+    xp = namespace(x)
+    return xp.where(outliers[:, None], median[None, :], x)
+
+
+def replace_outliers_with_median(x: Any) -> Any:
     """Rows with ``|norm - median(norms)| > 3 std(norms)`` become the coordinate-wise median."""
-    x = np.array(x, dtype=np.float64, copy=True)
+    x = float64(x)
+    xp = namespace(x)
     if x.shape[0] < 2:
         return x
-    norms = np.linalg.norm(x, axis=1)
-    med = lower_median(norms)
+    norms = xp.linalg.vector_norm(x, axis=1)
+    med = float(lower_median(norms))
     # Ours: deviations within float rounding of the median norm are never outliers. Without this
     # floor, already-normalised inputs (all norms 1 up to ~1e-7) would have rows "replaced" at
     # random, because 3 std of pure rounding noise is itself rounding noise.
-    outliers = np.abs(norms - med) > max(3 * norms.std(ddof=1), 1e-6 * abs(med))
-    if outliers.any():
-        x[outliers] = lower_median(x, axis=0)
+    outliers = xp.abs(norms - med) > max(3 * float(xp.std(norms, correction=1)), 1e-6 * abs(med))
+    if bool(xp.any(outliers)):
+        x = _replace_rows(x, outliers, lower_median(x, axis=0))
     return x
 
 
-def weighted_lower_median(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def weighted_lower_median(values: Any, counts: Any) -> Any:
     """``lower_median`` (axis 0) of ``values`` (M,) or (M,w) with row m repeated ``counts[m]``
     times, without repeating anything."""
-    values = np.asarray(values, dtype=np.float64)
+    values = float64(values)
+    xp = namespace(values)
     flat = values.ndim == 1
     v = values[:, None] if flat else values
-    k = (int(counts.sum()) - 1) // 2  # index of the lower middle value among sum(counts)
-    order = np.argsort(v, axis=0, kind="stable")
-    ends = np.cumsum(counts[order], axis=0)  # (M, w)
-    pick = (ends <= k).sum(axis=0)  # (w,) first sorted position whose cumulative count exceeds k
-    cols = np.arange(v.shape[1])
+    k = (int(xp.sum(counts)) - 1) // 2  # index of the lower middle value among sum(counts)
+    order = xp.argsort(v, axis=0, stable=True)
+    ends = xp.cumulative_sum(counts[order], axis=0)  # (M, w)
+    pick = xp.sum(xp.astype(ends <= k, xp.int64), axis=0)  # (w,) first sorted position whose cumulative count exceeds k
+    cols = xp.arange(v.shape[1], device=device(pick))
     out = v[order[pick, cols], cols]
     return out[0] if flat else out
 
 
-def replace_outliers_counted(x: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def replace_outliers_counted(x: Any, counts: Any) -> Any:
     """``replace_outliers_with_median`` of the rows of ``x`` repeated ``counts`` times, on the
     distinct rows only (the paired class texts of a classification dataset)."""
-    x = np.array(x, dtype=np.float64, copy=True)
-    w = np.asarray(counts, dtype=np.float64)
-    n = w.sum()
+    x = float64(x)
+    xp = namespace(x)
+    w = float64(counts)
+    n = float(xp.sum(w))
     if n < 2:
         return x
-    norms = np.linalg.norm(x, axis=1)
-    med = weighted_lower_median(norms, counts)
-    mean = (w * norms).sum() / n
-    std = np.sqrt((w * (norms - mean) ** 2).sum() / (n - 1))
-    outliers = np.abs(norms - med) > max(3 * std, 1e-6 * abs(med))
-    if outliers.any():
-        x[outliers] = weighted_lower_median(x, counts)
+    norms = xp.linalg.vector_norm(x, axis=1)
+    med = float(weighted_lower_median(norms, counts))
+    mean = xp.sum(w * norms) / n
+    std = float(xp.sqrt(xp.sum(w * (norms - mean) ** 2) / (n - 1)))
+    outliers = xp.abs(norms - med) > max(3 * std, 1e-6 * abs(med))
+    if bool(xp.any(outliers)):
+        x = _replace_rows(x, outliers, weighted_lower_median(x, counts))
     return x
 
 
-def layer_fd(vision: np.ndarray, text: np.ndarray, text_counts: np.ndarray | None = None) -> float:
+def layer_fd(vision: Any, text: Any, text_counts: Any = None) -> float:
     """One layer of MIR: text-centric scaling, outlier replacement, Fréchet distance.
 
     ``text_counts``: ``text`` holds distinct rows, row m standing for ``text_counts[m]`` rows
     (the same value as passing the repeated rows, in O(C d^2) instead of O(N d^2))."""
-    vision = np.asarray(vision, dtype=np.float64)
-    text = np.asarray(text, dtype=np.float64)
-    norms = np.linalg.norm(text, axis=1)
-    mean_norm = norms.mean() if text_counts is None else (text_counts * norms).sum() / text_counts.sum()
+    vision = float64(vision)
+    text = float64(text)
+    xp = namespace(vision, text)
+    norms = xp.linalg.vector_norm(text, axis=1)
+    mean_norm = float(xp.mean(norms) if text_counts is None else xp.sum(text_counts * norms) / xp.sum(text_counts))
     if not mean_norm > 0:
         raise ValueError("text features have zero norm")
     s = 1.0 / mean_norm
@@ -128,28 +142,29 @@ def layer_fd(vision: np.ndarray, text: np.ndarray, text_counts: np.ndarray | Non
     return frechet_from_stats(mu_v, cov_v, mu_t, cov_t, mean_term=True)
 
 
-def aligned_layers(emb: Embeddings) -> list[tuple[np.ndarray, np.ndarray]]:
+def aligned_layers(emb: Embeddings) -> list[tuple[Any, Any]]:
     """(image, text) layer pairs usable for per-layer MIR, or [] when the towers do not align."""
     il, tl = emb.image_layers, emb.text_layers
     if not il or not tl or len(il) != len(tl):
         return []
-    if any(np.asarray(a).shape[1] != np.asarray(b).shape[1] for a, b in zip(il, tl)):
+    if any(a.shape[1] != b.shape[1] for a, b in zip(il, tl)):
         return []
     rows = getattr(emb, "text_layer_rows", "unpaired")
     y = labels_of(emb)
-    c = np.asarray(emb.text).shape[0]
+    c = emb.text.shape[0]
     pairs = []
     for a, b in zip(il, tl):
-        b = np.asarray(b, dtype=np.float64)
+        b = float64(b)
         if rows == "prompts":  # templates outer: (T*C, w) -> mean over templates per class
             if b.shape[0] % c:
                 raise ValueError(f"{b.shape[0]} prompt rows are not a whole number of templates x {c} classes")
-            b = b.reshape(b.shape[0] // c, c, -1).mean(axis=0)
+            xp = namespace(b)
+            b = xp.mean(xp.reshape(b, (b.shape[0] // c, c, b.shape[1])), axis=0)
         if rows in ("prompts", "classes"):
             if b.shape[0] != c:
                 raise ValueError(f"text layer has {b.shape[0]} rows, not one per class ({c})")
             b = b[y]  # one row per class -> the text paired with each image
-        pairs.append((np.asarray(a), b))
+        pairs.append((a, b))
     return pairs
 
 
@@ -157,14 +172,14 @@ def mir(emb: Embeddings) -> dict[str, float]:
     if emb.paired_text is not None:
         final = layer_fd(emb.image, emb.paired_text)
     else:  # the paired text of image i is its class text: C distinct rows with label counts
-        counts = np.bincount(labels_of(emb), minlength=np.asarray(emb.text).shape[0])
+        counts = bincount(labels_of(emb), minlength=emb.text.shape[0])
         keep = counts > 0
-        final = layer_fd(emb.image, np.asarray(emb.text)[keep], counts[keep])
+        final = layer_fd(emb.image, emb.text[keep], counts[keep])
     pairs = aligned_layers(emb)
     total = sum(layer_fd(a, b) for a, b in pairs) if pairs else final
     if final <= 0 or total <= 0:
         raise ValueError("Fréchet distance is zero: MIR (a log10) is undefined for identical modalities")
-    return {"mir": float(np.log10(total)), "mir_final": float(np.log10(final))}
+    return {"mir": math.log10(total), "mir_final": math.log10(final)}
 
 
 @hookimpl
@@ -174,6 +189,7 @@ def register_metrics(register):
         compute=mir,
         needs=frozenset({"image", "text", "labels"}),
         version="2",
+        array_api=True,
         description="Modality Integration Rate adapted to dual encoders: log10 of summed per-layer "
                     "Fréchet distances (aligned tower layers, else final embeddings)",
         higher_is="worse integration of the two modalities (lower is better)",

@@ -45,16 +45,24 @@ distribution gap); LogME's ``F^T F`` is ``(n-1) cov + n mu mu^T`` of the same st
 
 Classes absent from the labels are ignored by all scores (LogME and TransRate in their official
 code loop over ``range(max(y)+1)``; that differs only when a class index has no sample).
+
+numpy arrays are computed in numpy, torch tensors in torch on their device (``_linalg``): every
+covariance, eigendecomposition, log-determinant and kNN similarity block. kNN draws its query
+sample with numpy's seeded generator on both paths and scores in float32 on both.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import numpy as np
 
 from advisor.hookspecs import hookimpl
 from advisor.specs import Embeddings, Metric
 
-from ._linalg import ImageStats, class_sums, image_stats, labels_of, unit_images
+from ._linalg import (ImageStats, as_array, bincount, class_sums, device, float64, image_stats, labels_of, namespace,
+                      top_k, unit_images)
 
 KNN_MAX_QUERIES = 1000
 GBC_PCA_COMPONENTS = 64
@@ -63,174 +71,187 @@ KNN_BLOCK = 256
 SEED = 0
 
 
-def _features(emb: Embeddings) -> tuple[np.ndarray, np.ndarray]:
+def _features(emb: Embeddings) -> tuple[Any, Any]:
     return unit_images(emb), labels_of(emb)
 
 
-def _class_index(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _class_index(y: Any) -> tuple[Any, Any, Any]:
     """Present classes, each sample's index among them, and their counts."""
-    classes, inv = np.unique(y, return_inverse=True)
-    return classes, inv, np.bincount(inv)
+    xp = namespace(y)
+    classes, inv = xp.unique_inverse(y)
+    return classes, inv, bincount(inv)
 
 
-def _class_sums(f: np.ndarray, inv: np.ndarray, n_classes: int) -> np.ndarray:
+def _class_sums(f: Any, inv: Any, n_classes: int) -> Any:
     return class_sums(f, inv, n_classes)
 
 
 # ---------------------------------------------------------------------------------- H-score
 
 
-def h_score(f: np.ndarray, y: np.ndarray, stats: ImageStats | None = None) -> float:
-    n = len(f)
+def h_score(f: Any, y: Any, stats: ImageStats | None = None) -> float:
+    xp = namespace(f)
+    n = f.shape[0]
     _, inv, counts = _class_index(y)
     st = stats or ImageStats(f)
     mu = st.mean
-    means = _class_sums(f, inv, len(counts)) / counts[:, None]
-    mc = (means - mu) * np.sqrt(counts)[:, None]
+    counts = float64(counts)
+    means = _class_sums(f, inv, counts.shape[0]) / counts[:, None]
+    mc = (means - mu) * xp.sqrt(counts)[:, None]
     # tr(pinv(cov_f) cov_g) with pinv from one eigendecomposition (numpy's cut: |w| > 1e-15 max|w|)
     # and cov_g = mc^T mc / (n-1): sum_i (1/w_i) ||(V^T mc^T)_i||^2 / (n-1).
     w, v = st.eigvals, st.eigvecs
-    keep = np.abs(w) > 1e-15 * np.abs(w).max()
+    keep = xp.abs(w) > 1e-15 * xp.max(xp.abs(w))
     proj = v[:, keep].T @ mc.T
-    return float(((proj ** 2).sum(axis=1) / w[keep]).sum() / (n - 1))
+    return float(xp.sum(xp.sum(proj ** 2, axis=1) / w[keep]) / (n - 1))
 
 
 # ---------------------------------------------------------------------------------- LogME
 
 
-def logme(f: np.ndarray, y: np.ndarray, max_iter: int = 11, tol: float = 1e-3, eps: float = 1e-5,
+def logme(f: Any, y: Any, max_iter: int = 11, tol: float = 1e-3, eps: float = 1e-5,
           stats: ImageStats | None = None) -> float:
     """Mean over classes of the per-sample log maximum evidence of a Bayesian linear model
     predicting the class indicator from the features."""
-    f = np.asarray(f, dtype=np.float64)
+    f = float64(f)
+    xp = namespace(f)
+    dev = device(f)
     n, d = f.shape
     _, inv, counts = _class_index(y)
-    c = len(counts)
+    c = counts.shape[0]
+    counts = float64(counts)
+    eps64 = xp.finfo(xp.float64).eps
     if n > d:
         # F^T F from the shared statistics: (n-1) cov + n mu mu^T (no second pass over F).
-        gram = f.T @ f if stats is None else (n - 1) * stats.cov + n * np.outer(stats.mean, stats.mean)
-        sig, v = np.linalg.eigh((gram + gram.T) / 2)
-        keep = sig > max(sig.max(), 0.0) * d * np.finfo(np.float64).eps
+        gram = f.T @ f if stats is None else (n - 1) * stats.cov + n * (stats.mean[:, None] * stats.mean[None, :])
+        sig, v = xp.linalg.eigh((gram + gram.T) / 2)
+        keep = sig > max(float(xp.max(sig)), 0.0) * d * eps64
         sig, v = sig[keep], v[:, keep]
         # x = u^T y with u = F V / sqrt(sigma); F^T y_c is the class sum.
-        x = (v.T @ _class_sums(f, inv, c).T) / np.sqrt(sig)[:, None]
+        x = (v.T @ _class_sums(f, inv, c).T) / xp.sqrt(sig)[:, None]
     else:
-        sig, u = np.linalg.eigh(f @ f.T)
-        keep = sig > max(sig.max(), 0.0) * n * np.finfo(np.float64).eps
+        sig, u = xp.linalg.eigh(f @ f.T)
+        keep = sig > max(float(xp.max(sig)), 0.0) * n * eps64
         sig, u = sig[keep], u[:, keep]
-        onehot = np.zeros((n, c))
-        onehot[np.arange(n), inv] = 1.0
+        onehot = xp.astype(inv[:, None] == xp.arange(c, dtype=inv.dtype, device=dev)[None, :], xp.float64)
         x = u.T @ onehot
-    k = len(sig)
+    k = sig.shape[0]
     sigma = sig[:, None]  # (k, 1)
     x2 = x ** 2  # (k, C)
-    res_x2 = np.maximum(counts - x2.sum(axis=0), 0.0)  # ||y||^2 - ||x||^2, y is 0/1
+    res_x2 = xp.clip(counts - xp.sum(x2, axis=0), min=0.0)  # ||y||^2 - ||x||^2, y is 0/1
 
-    alpha = np.ones(c)
-    beta = np.ones(c)
-    m2 = np.zeros(c)
-    res2 = np.zeros(c)
-    active = np.ones(c, dtype=bool)
+    alpha = xp.ones(c, dtype=xp.float64, device=dev)
+    beta = xp.ones(c, dtype=xp.float64, device=dev)
+    m2 = xp.zeros(c, dtype=xp.float64, device=dev)
+    res2 = xp.zeros(c, dtype=xp.float64, device=dev)
+    active = xp.ones(c, dtype=xp.bool, device=dev)
     for _ in range(max_iter):
-        a = np.flatnonzero(active)
+        a = xp.nonzero(active)[0]
         t = alpha[a] / beta[a]
-        gamma = (sigma / (sigma + t)).sum(axis=0)
-        m2[a] = (sigma * x2[:, a] / (t + sigma) ** 2).sum(axis=0)
-        res2[a] = (x2[:, a] / (1 + sigma / t) ** 2).sum(axis=0) + res_x2[a]
+        gamma = xp.sum(sigma / (sigma + t), axis=0)
+        m2[a] = xp.sum(sigma * x2[:, a] / (t + sigma) ** 2, axis=0)
+        res2[a] = xp.sum(x2[:, a] / (1 + sigma / t) ** 2, axis=0) + res_x2[a]
         alpha[a] = gamma / (m2[a] + eps)
         beta[a] = (n - gamma) / (res2[a] + eps)
         t_new = alpha[a] / beta[a]
-        active[a[np.abs(t_new - t) / t <= tol]] = False
-        if not active.any():
+        active[a[xp.abs(t_new - t) / t <= tol]] = False
+        if not bool(xp.any(active)):
             break
     evidence = (
-        d / 2.0 * np.log(alpha)
-        + n / 2.0 * np.log(beta)
-        - 0.5 * np.log(alpha[None, :] + beta[None, :] * sigma).sum(axis=0)
-        - 0.5 * (d - k) * np.log(alpha)
+        d / 2.0 * xp.log(alpha)
+        + n / 2.0 * xp.log(beta)
+        - 0.5 * xp.sum(xp.log(alpha[None, :] + beta[None, :] * sigma), axis=0)
+        - 0.5 * (d - k) * xp.log(alpha)
         - beta / 2.0 * res2
         - alpha / 2.0 * m2
-        - n / 2.0 * np.log(2 * np.pi)
+        - n / 2.0 * math.log(2 * math.pi)
     ) / n
-    return float(evidence.mean())
+    return float(xp.mean(evidence))
 
 
 # ---------------------------------------------------------------------------------- GBC
 
 
-def gbc(f: np.ndarray, y: np.ndarray, stats: ImageStats | None = None,
+def gbc(f: Any, y: Any, stats: ImageStats | None = None,
         n_components: int = GBC_PCA_COMPONENTS) -> tuple[float, float]:
     """(GBC, log10(-GBC)) with PCA to ``n_components`` and spherical Gaussians (official code)."""
+    xp = namespace(f)
     st = stats or ImageStats(f)
     k = min(n_components, f.shape[0], f.shape[1])
-    z = (f - st.mean) @ st.eigvecs[:, ::-1][:, :k]  # PCA scores on the top-k principal directions
+    z = (f - st.mean) @ xp.flip(st.eigvecs, axis=1)[:, :k]  # PCA scores on the top-k principal directions
     _, inv, counts = _class_index(y)
-    c = len(counts)
+    c = counts.shape[0]
+    counts = float64(counts)
     mu = _class_sums(z, inv, c) / counts[:, None]
     sq = _class_sums(z * z, inv, c) / counts[:, None]
-    var = np.maximum(sq - mu ** 2, GBC_VARIANCE_FLOOR).mean(axis=1)  # (C,) spherical: mean variance
-    d2 = ((mu[:, None, :] - mu[None, :, :]) ** 2).sum(axis=2)  # (C, C) squared mean distances
+    var = xp.mean(xp.clip(sq - mu ** 2, min=GBC_VARIANCE_FLOOR), axis=1)  # (C,) spherical: mean variance
+    d2 = xp.sum((mu[:, None, :] - mu[None, :, :]) ** 2, axis=2)  # (C, C) squared mean distances
     avg = (var[:, None] + var[None, :]) / 2
-    bd = d2 / (8 * avg) + 0.5 * (np.log(avg) - 0.5 * np.log(var)[:, None] - 0.5 * np.log(var)[None, :])
-    neg = -bd[~np.eye(c, dtype=bool)]  # ordered pairs c1 != c2
-    top = neg.max()
-    log_sum = top + np.log(np.exp(neg - top).sum())
-    return float(-np.exp(neg).sum()), float(log_sum / np.log(10))
+    bd = d2 / (8 * avg) + 0.5 * (xp.log(avg) - 0.5 * xp.log(var)[:, None] - 0.5 * xp.log(var)[None, :])
+    ar = xp.arange(c, device=device(bd))
+    neg = -bd[ar[:, None] != ar[None, :]]  # ordered pairs c1 != c2
+    top = xp.max(neg)
+    log_sum = top + xp.log(xp.sum(xp.exp(neg - top)))
+    return float(-xp.sum(xp.exp(neg))), float(log_sum) / math.log(10)
 
 
 # ---------------------------------------------------------------------------------- TransRate
 
 
-def coding_rate(z: np.ndarray, eps: float = 1e-4) -> float:
+def coding_rate(z: Any, eps: float = 1e-4) -> float:
     n, d = z.shape
     if n == 0:
         return 0.0
+    xp = namespace(z)
     gram = z.T @ z if d <= n else z @ z.T  # det(I_d + a Z^T Z) = det(I_n + a Z Z^T)
-    _, logdet = np.linalg.slogdet(np.eye(gram.shape[0]) + gram / (n * eps))
+    _, logdet = xp.linalg.slogdet(xp.eye(gram.shape[0], dtype=gram.dtype, device=device(gram)) + gram / (n * eps))
     return 0.5 * float(logdet)
 
 
-def transrate(f: np.ndarray, y: np.ndarray, eps: float = 1e-4, stats: ImageStats | None = None) -> float:
+def transrate(f: Any, y: Any, eps: float = 1e-4, stats: ImageStats | None = None) -> float:
+    xp = namespace(f)
     n, d = f.shape
     st = stats or ImageStats(f)
     z = f - st.mean
-    classes = np.unique(y)
+    classes = xp.unique_values(y)
     rzy = sum(coding_rate(z[y == k], eps) for k in classes)
     if n >= d:  # Z^T Z = (n-1) cov: the total coding rate from the shared eigenvalues
-        lam = np.clip((n - 1) * st.eigvals, 0.0, None)
-        total = 0.5 * float(np.log1p(lam / (n * eps)).sum())
+        lam = xp.clip((n - 1) * st.eigvals, min=0.0)
+        total = 0.5 * float(xp.sum(xp.log1p(lam / (n * eps))))
     else:
         total = coding_rate(z, eps)
-    return total - rzy / len(classes)
+    return total - rzy / classes.shape[0]
 
 
 # ---------------------------------------------------------------------------------- kNN
 
 
-def knn_loo(f: np.ndarray, y: np.ndarray, ks: tuple[int, ...] = (1, 5),
+def knn_loo(f: Any, y: Any, ks: tuple[int, ...] = (1, 5),
             max_queries: int = KNN_MAX_QUERIES, seed: int = SEED) -> dict[int, float]:
-    n = len(f)
+    xp = namespace(f)
+    n = f.shape[0]
     kmax = min(max(ks), n - 1)
     if kmax < 1:
         raise ValueError("leave-one-out kNN needs at least 2 images")
     queries = np.arange(n) if n <= max_queries else np.sort(
         np.random.default_rng(seed).choice(n, size=max_queries, replace=False))
-    base = f.astype(np.float32)
+    queries = as_array(queries, y)
+    base = xp.astype(f, xp.float32)
     hits = {k: 0 for k in ks}
-    for start in range(0, len(queries), KNN_BLOCK):
+    for start in range(0, queries.shape[0], KNN_BLOCK):
         q = queries[start:start + KNN_BLOCK]
+        rows = xp.arange(q.shape[0], device=device(q))
         sims = base[q] @ base.T  # (b, N)
-        sims[np.arange(len(q)), q] = -np.inf  # leave the query itself out
-        top = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax]  # kmax <= n-1: self (-inf) never chosen
-        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
-        neigh = y[np.take_along_axis(top, order, axis=1)]  # (b, kmax) labels, nearest first
+        sims[rows, q] = -math.inf  # leave the query itself out
+        neigh = y[top_k(sims, kmax)]  # (b, kmax) labels, nearest first; kmax <= n-1: self (-inf) never chosen
         for k in ks:
             kk = min(k, kmax)
             lab = neigh[:, :kk]
-            votes = (lab[:, :, None] == lab[:, None, :]).sum(axis=2)  # votes for each neighbour's class
-            winner = lab[np.arange(len(q)), np.argmax(votes == votes.max(axis=1, keepdims=True), axis=1)]
-            hits[k] += int((winner == y[q]).sum())
-    return {k: hits[k] / len(queries) for k in ks}
+            votes = xp.sum(xp.astype(lab[:, :, None] == lab[:, None, :], xp.int64), axis=2)  # votes for each neighbour's class
+            top = xp.astype(votes == xp.max(votes, axis=1, keepdims=True), xp.int8)
+            winner = lab[rows, xp.argmax(top, axis=1)]
+            hits[k] += int(xp.sum(xp.astype(winner == y[q], xp.int64)))
+    return {k: hits[k] / queries.shape[0] for k in ks}
 
 
 # ---------------------------------------------------------------------------------- metrics
@@ -263,19 +284,19 @@ NEEDS = frozenset({"image", "labels"})
 
 @hookimpl
 def register_metrics(register):
-    register(Metric(name="h_score", compute=_h_score, needs=NEEDS, version="1",
+    register(Metric(name="h_score", compute=_h_score, needs=NEEDS, version="1", array_api=True,
                     description="H-score (Bao et al. 2019) on normalised image features, as the IIMM repo",
                     higher_is="more transferable features"))
-    register(Metric(name="logme", compute=_logme, needs=NEEDS, version="1",
+    register(Metric(name="logme", compute=_logme, needs=NEEDS, version="1", array_api=True,
                     description="LogME (You et al. 2021): log maximum evidence, official fixed-point iteration",
                     higher_is="more transferable features"))
-    register(Metric(name="gbc", compute=_gbc, needs=NEEDS, version="2",
+    register(Metric(name="gbc", compute=_gbc, needs=NEEDS, version="2", array_api=True,
                     description="GBC (Pándy et al. 2022) as its official code: PCA to 64 components, spherical "
                                 "Gaussians, variance floor 1e-4; also log10(-GBC) computed in log space",
                     higher_is="gbc: classes better separated (closer to 0); gbc_log10: classes overlap more"))
-    register(Metric(name="transrate", compute=_transrate, needs=NEEDS, version="1",
+    register(Metric(name="transrate", compute=_transrate, needs=NEEDS, version="1", array_api=True,
                     description="TransRate (Huang et al. 2022): coding-rate gain, eps 1e-4, centred, as the IIMM repo",
                     higher_is="more transferable features"))
-    register(Metric(name="knn_loo", compute=_knn, needs=NEEDS, version="2",
+    register(Metric(name="knn_loo", compute=_knn, needs=NEEDS, version="2", array_api=True,
                     description="Leave-one-out kNN accuracy (cosine, k=1 and k=5; <= 1000 fixed-seed queries)",
                     higher_is="classes already separable by neighbours"))

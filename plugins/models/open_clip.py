@@ -2,7 +2,7 @@
 and the tiny random configs ``tiny-vit`` / ``tiny-rn`` used by tests.
 
 This module stays import-light (no torch, no open_clip) because every plugin is imported when
-the CLI starts; the model itself lives in ``open_clip_model.py`` and is imported on load.
+the CLI starts; the model lives in ``open_clip_model.py``, its loading in ``open_clip_loading.py``, both imported on load.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def matches(name: str) -> bool:
 
 
 def load(spec: ModelSpec, device: str) -> object:
-    from .open_clip_model import load_open_clip
+    from .open_clip_loading import load_open_clip
 
     return load_open_clip(spec.name, spec.pretrained, spec.image_size, spec.cache_dir, device)
 
@@ -49,7 +49,7 @@ def load(spec: ModelSpec, device: str) -> object:
 def fingerprint(spec: ModelSpec) -> str:
     """Identifies the weights without building the model (cache keys): weight-file hashes,
     or the init seed and library versions for random models."""
-    from .open_clip_model import weights_fingerprint
+    from .open_clip_loading import weights_fingerprint
 
     return weights_fingerprint(spec.name, spec.pretrained, spec.image_size, spec.cache_dir)
 

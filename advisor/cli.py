@@ -409,7 +409,7 @@ def signals_command(ctx: click.Context, model: str, pretrained: str | None, imag
     advisor signals --from-embeddings features.npz --json
     """
     from .embeddings_file import read as read_embeddings
-    from .signals import run_metrics, signal_context
+    from .signals import run_metrics
     from .terminal import set_quiet
 
     set_quiet(quiet)
@@ -425,14 +425,17 @@ def signals_command(ctx: click.Context, model: str, pretrained: str | None, imag
         info: dict[str, Any] = {"model": None, "dataset": None, "split_hash": None, "source": from_embeddings,
                                 "stored": None}
     else:
+        from .pair import prepare_pair
         from .specs import ModelSpec
-        from .weights import check_weights
 
-        check_weights(ModelSpec(model, pretrained, image_size, weights_dir), allow_random_weights)
-        info = signal_context(ModelSpec(model, pretrained, image_size, weights_dir), dataset,
-                              shots=shots, seed=seed, max_images=max_images, device=device,
-                              use_cache=not no_cache, quiet=quiet, metrics=names, db=db)
-        sig = info.pop("signal_set")
+        spec = ModelSpec(model, pretrained, image_size, weights_dir)
+        pair = prepare_pair(spec, dataset, db=db, store=True, shots=shots, seed=seed, max_images=max_images,
+                            device=device, use_cache=not no_cache, quiet=quiet, metrics=names,
+                            allow_random_weights=allow_random_weights)
+        sig = pair.signal_set
+        info = {"model": spec.name, "dataset": dataset.name, "split_hash": pair.split_hash,
+                "n_images": sig.meta.get("n_images"), **(pair.keys if pair.stored is not None else {}),
+                "stored": pair.stored}
 
     if as_json:
         emit_json({**sig.to_json(), **info})

@@ -411,6 +411,50 @@ def dataset_descriptors(bundle: DatasetBundle) -> dict[str, Any]:
     }
 
 
+#: Bump when ``dataset_descriptors`` changes what it returns: part of every memo key.
+DESCRIPTORS_VERSION = "1"
+
+
+def describe_dataset(spec: DatasetSpec | str) -> dict[str, Any]:
+    """``dataset_descriptors(load_dataset(spec))``, without loading the data when it can be had
+    cheaply: a source whose registration offers ``identity(spec)`` (a string that changes
+    whenever the loaded bundle would: its files' paths, sizes and modification times, its
+    layout, the options) has its descriptors memoised in the user cache
+    (``cache_dir()/datasets/descriptors-<key>.json``), keyed by that identity. A source without
+    one, or an identity of None, is loaded and described every time. The memo is a cache: an
+    unreadable or unwritable one only costs the load."""
+    from .config import cache_dir
+    from .plugins import get_dataset_source
+    from .specs import stable_hash
+
+    if isinstance(spec, str):
+        spec = DatasetSpec(name=spec)
+    source = get_dataset_source(spec.name)
+    identify = getattr(source, "identity", None)
+    identity = identify(spec) if callable(identify) else None
+    if identity is None:
+        return dataset_descriptors(load_dataset(spec))
+    key = stable_hash({"version": DESCRIPTORS_VERSION, "source": source.name, "name": spec.name,
+                       "options": [list(kv) for kv in spec.options], "identity": identity}, n=24)
+    memo = cache_dir() / "datasets" / f"descriptors-{key}.json"
+    try:
+        stored = json.loads(memo.read_text(encoding="utf-8"))
+        if isinstance(stored, dict) and isinstance(stored.get("descriptors"), dict):
+            return stored["descriptors"]
+    except (OSError, ValueError):
+        pass  # absent or damaged: described below and written again
+    desc = dataset_descriptors(load_dataset(spec))
+    try:
+        from .atomic import atomic_write
+
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(memo, lambda f: json.dump({"identity": identity, "descriptors": desc}, f, sort_keys=True),
+                     fsync=False)
+    except (OSError, TypeError, ValueError):
+        pass  # a read-only or full cache: the next call loads the data again
+    return desc
+
+
 def shots_shortfall(desc: Mapping[str, Any], shots: int | None) -> str | None:
     """A warning when ``shots`` exceeds the training images of the dataset's smallest class
     (``advisor run`` would refuse such a run), else None."""

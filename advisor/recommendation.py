@@ -1,7 +1,7 @@
 """``advisor recommend``: rank the fine-tuning methods for one (model, dataset) pair, explained.
 
-1. The pair's signals come from the history when it has them (``latest_signals``); otherwise
-   they are computed once (``compute_signals``, same protocol as ``advisor run``) and stored, or
+1. The pair is prepared by ``advisor.pair``: its signals come from the history when it has
+   them; otherwise they are computed once (same protocol as ``advisor run``) and stored, or
    read from a user's own embeddings file (``embeddings=FILE.npz``). A model that would run with
    random weights is refused unless allowed (``advisor.weights``).
 2. The predictor stored in the history (``default``) predicts, per registered method, the
@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -30,6 +29,7 @@ import numpy as np
 from .decision import OBJECTIVES, MethodAdvice, cheapest, choose, objective_noise, ties, winner_sentence
 from .errors import AdvisorError, PredictorError
 from .heuristic import choose_heuristic, heuristic_ranking
+from .pair import pair_from_embeddings, prepare_pair
 from .specs import DatasetSpec, ModelSpec
 
 __all__ = ["OBJECTIVES", "MethodAdvice", "Recommendation", "RecommendError", "choose", "heuristic_ranking",
@@ -106,129 +106,6 @@ def registered_methods(predictor_methods: Sequence[str] = ()) -> tuple[list[str]
     names = sorted(tuners, key=lambda n: (getattr(tuners[n], "order", 100), n))
     names += sorted(m for m in predictor_methods if m not in tuners) if not names else []
     return names, {n: str(getattr(tuners[n], "family", "other")) for n in tuners}
-
-
-# ------------------------------------------------------------------------------------------
-# The pair: descriptors and signals
-# ------------------------------------------------------------------------------------------
-
-
-def _model_key(desc: Mapping[str, Any]) -> str:
-    from .history import model_key
-
-    return model_key(dict(desc))
-
-
-def _dataset_key(desc: Mapping[str, Any]) -> str:
-    from .history import dataset_key
-
-    return dataset_key(dict(desc))
-
-
-def _known_model_desc(spec: ModelSpec, rows: Sequence[Mapping[str, Any]], history: Any = None) -> dict[str, Any] | None:
-    """The model's descriptors from the history, when exactly one recorded model matches the
-    spec (name, pretrained and, if given, image size): this avoids loading the weights. Models
-    come from the runs, and from ``history.models()`` when the history offers it (models whose
-    signals were measured without any run). Without ``--image-size``, a model recorded at
-    exactly one resolution is taken at that resolution."""
-    descs = [dict(r.get("model_desc") or {}, name=(r.get("model_desc") or {}).get("name") or r.get("model"))
-             for r in rows]
-    lister = getattr(history, "models", None)
-    if callable(lister):
-        descs += [dict(d) for d in lister()]
-    found: dict[Any, dict[str, Any]] = {}
-    for d in descs:
-        if d.get("name") != spec.name:
-            continue
-        if (d.get("pretrained") or None) != (spec.pretrained or None):
-            continue
-        if spec.image_size is not None and d.get("image_size") != spec.image_size:
-            continue
-        found[d.get("image_size")] = d
-    return next(iter(found.values())) if len(found) == 1 else None
-
-
-def pair_signals(
-    history: Any,
-    model_spec: ModelSpec,
-    dataset_spec: DatasetSpec,
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    device: str | None = None,
-    max_images: int | None = None,
-    quiet: bool = False,
-    allow_random_weights: bool = False,
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, float], str]:
-    """(model_desc, dataset_desc, signals, "history"|"computed") for the pair.
-
-    Random weights are refused first (unless allowed), then the dataset is loaded (its
-    fingerprint decides whether stored signals still apply). When the history already
-    describes the model and holds signals for the pair, nothing else runs; otherwise the
-    signals are computed with ``advisor run``'s protocol (training split, seed 0, embeddings
-    cached on disk) and stored (marked ``random_weights`` when they are), unless the history
-    turns out to have them under the model's real key, which then win.
-    """
-    from .data import dataset_descriptors, load_dataset
-    from .plugins import get_model_source
-    from .weights import check_weights, mark
-
-    get_model_source(model_spec.name)  # unknown model: one line, before any work
-    model_desc = _known_model_desc(model_spec, rows, history)
-    random = check_weights(model_spec, allow_random_weights, model_desc)
-    bundle = load_dataset(dataset_spec)
-    dataset_desc = dataset_descriptors(bundle)
-    if model_desc is not None:
-        stored = history.latest_signals(_model_key(model_desc), _dataset_key(dataset_desc))
-        if stored:
-            return mark(model_desc, random), dataset_desc, dict(stored), "history"
-
-    from .config import resolve_device
-    from .signals import compute_signals, describe_pair
-
-    device = resolve_device(device)
-    kwargs: dict[str, Any] = {"seed": 0, "device": device, "quiet": quiet}
-    if max_images is not None:
-        kwargs["max_images"] = max_images
-    sig = compute_signals(model_spec, dataset_spec, **kwargs)
-    model_desc, _ = describe_pair(model_spec, dataset_spec, sig.meta, device)
-    model_desc = mark(model_desc, random)
-    stored = history.latest_signals(_model_key(model_desc), _dataset_key(dataset_desc))
-    if stored:
-        return model_desc, dataset_desc, dict(stored), "history"
-    values = {k: float(v) for k, v in sig.values.items()}
-    if not values:
-        errors = "; ".join(f"{k}: {v}" for k, v in (sig.errors or {}).items())
-        raise PredictorError(f"no signal could be computed for the pair ({errors or 'no metric applies'})")
-    history.store_signal_set(model_desc, dataset_desc, str(sig.meta.get("split_hash") or ""), values,
-                             dict(sig.versions), dict(sig.seconds))
-    return model_desc, dataset_desc, values, "computed"
-
-
-def embeddings_pair(
-    path: str, model_name: str | None, dataset_name: str | None, rows: Sequence[Mapping[str, Any]], history: Any,
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
-    """(model_desc, dataset_desc, signals) from a user's own embeddings file: every registered
-    metric runs on it; descriptors come from the file's ``meta_json`` (``model_desc``,
-    ``dataset_desc``, as ``advisor`` writes them), else from the history's record of
-    ``model_name``, else from the names given and the file's shapes. Nothing is stored."""
-    from .embeddings_file import read as read_embeddings
-    from .signals import run_metrics
-
-    emb = read_embeddings(path)
-    meta = emb.meta or {}
-    model_desc = dict(meta["model_desc"]) if isinstance(meta.get("model_desc"), Mapping) else None
-    if model_desc is None and model_name:
-        model_desc = _known_model_desc(ModelSpec(model_name), rows, history) or {"name": model_name}
-    model_desc = model_desc or {"name": "embeddings"}
-    model_desc.setdefault("embed_dim", int(emb.image.shape[1]))
-    dataset_desc = dict(meta["dataset_desc"]) if isinstance(meta.get("dataset_desc"), Mapping) else {
-        "name": dataset_name or Path(path).stem, "n_classes": int(emb.text.shape[0]), "n_train": int(emb.image.shape[0])}
-    sig = run_metrics(emb, None)
-    values = {k: float(v) for k, v in sig.values.items()}
-    if not values:
-        errors = "; ".join(f"{k}: {v}" for k, v in (sig.errors or {}).items())
-        raise PredictorError(f"no signal could be computed from {path} ({errors or 'no metric applies'})")
-    return model_desc, dataset_desc, values
 
 
 # ------------------------------------------------------------------------------------------
@@ -359,17 +236,21 @@ def recommend(
     rows = history.training_rows()
     if embeddings is not None:
         dname = dataset_spec.name if isinstance(dataset_spec, DatasetSpec) else dataset_spec
-        model_desc, dataset_desc, signals = embeddings_pair(embeddings, mspec.name if model_spec else None,
-                                                            dname, rows, history)
-        signals_source, random = "embeddings", bool(model_desc.get("random_weights"))
+        pair = pair_from_embeddings(embeddings, mspec.name if model_spec else None, dname, rows, history)
+        what = f"from {embeddings}"
     else:
         if dataset_spec is None:
             raise RecommendError("give a dataset (or embeddings=FILE.npz)")
         dspec = dataset_spec if isinstance(dataset_spec, DatasetSpec) else DatasetSpec(str(dataset_spec))
-        model_desc, dataset_desc, signals, signals_source = pair_signals(
-            history, mspec, dspec, rows, device=device, max_images=max_images, quiet=quiet,
-            allow_random_weights=allow_random_weights)
-        random = bool(model_desc.get("random_weights"))
+        # Signals use seed 0 and the default sample, as the history's runs do, so they compare.
+        pair = prepare_pair(mspec, dspec, history=history, rows=rows, lookup=True, store=True, device=device,
+                            max_images=max_images, quiet=quiet, allow_random_weights=allow_random_weights)
+        what = "for the pair"
+    if not pair.signals:
+        errors = "; ".join(f"{k}: {v}" for k, v in (getattr(pair.signal_set, "errors", None) or {}).items())
+        raise PredictorError(f"no signal could be computed {what} ({errors or 'no metric applies'})")
+    model_desc, dataset_desc, signals, signals_source = pair.model_desc, pair.dataset_desc, pair.signals, pair.source
+    random = bool(model_desc.get("random_weights"))
     summary, warnings = support_for(model_desc, dataset_desc, rows)
     shortfall = shots_shortfall(dataset_desc, shots)  # more shots than the smallest class has
     if shortfall:

@@ -72,7 +72,7 @@ _eval_sets: dict[tuple[str, str, int], EvalSet] = {}
 _zero_shot: dict[tuple[str, str, int], tuple[float, float]] = {}
 _base_features: dict[tuple[str, str, int], Any] = {}
 _ood_bundles: dict[tuple[str, tuple[str, ...] | None], dict[str, DatasetBundle]] = {}
-_signals: dict[tuple[Any, ...], tuple[dict[str, float], dict[str, str]]] = {}
+_pairs: dict[tuple[Any, ...], Any] = {}  # (model spec, dataset spec, device) -> PreparedPair with signals
 
 
 def load_eval_set(model: Any, spec: DatasetSpec, max_images: int, bundle: DatasetBundle | None = None) -> EvalSet:
@@ -210,7 +210,7 @@ def run_finetune(
     import torch
 
     from .config import resolve_device
-    from .data import dataset_descriptors, few_shot, get_split, load_dataset
+    from .data import few_shot, get_split, load_dataset
     from .embed import load_model
     from .plugins import get_tuner
     from .provenance import provenance
@@ -250,16 +250,17 @@ def run_finetune(
     id_before, gap_before = measure_zero_shot(base, id_set, device)
     ood_before = {ev.name: measure_zero_shot(base, ev, device)[0] for ev in ood_sets}
 
-    signal_values: dict[str, float] = {}
-    signal_versions: dict[str, str] = {}
-    if signals:
-        from .signals import compute_signals
+    from .pair import prepare_pair
 
-        skey = (model_spec, dataset_spec, device)
-        if skey not in _signals:  # once per (model, dataset) pair in a process: a sweep reuses it
-            sig = compute_signals(model_spec, dataset_spec, seed=0, device=device, quiet=quiet)
-            _signals[skey] = (dict(sig.values), dict(sig.versions))
-        signal_values, signal_versions = dict(_signals[skey][0]), dict(_signals[skey][1])
+    # The pair's descriptors, and its signals measured once per (model, dataset) pair in a
+    # process (a sweep reuses them); a run records what it measured, random weights included.
+    pkey = (model_spec, dataset_spec, device)
+    pair = _pairs.get(pkey) if signals else None
+    if pair is None:
+        pair = prepare_pair(model_spec, dataset_spec, measure=signals, check_random=False, device=device,
+                            quiet=quiet, model=base, bundle=bundle)
+        if signals:
+            _pairs[pkey] = pair
     prepare_s = time.perf_counter() - t_prepare
 
     model = copy.deepcopy(base)  # the tuner mutates weights; the memoised base must stay pristine
@@ -314,8 +315,6 @@ def run_finetune(
             adapter_file = folder / adapter_path
             save_file(state, str(adapter_file), metadata={"method": method, "model": model_spec.name, "dataset": dataset_spec.name})
 
-    desc = dict(base.describe())
-    desc.update(name=model_spec.name, pretrained=model_spec.pretrained, image_size=base.image_size)
     run = RunResult(
         model=model_spec.name, pretrained=model_spec.pretrained, dataset=dataset_spec.name, method=method,
         shots=shots, seed=seed, hparams=dict(result.hparams), split_hash=train.split_hash(),
@@ -326,8 +325,8 @@ def run_finetune(
         provenance={**provenance(device, seed), **(provenance_extra or {}), "measurement": measurement,
                     "timing": {"prepare_s": round(prepare_s, 3), "train_s": round(wall, 3),
                                "evaluate_s": round(evaluate_s, 3)}},
-        signals=signal_values, signal_versions=signal_versions,
-        model_desc=desc, dataset_desc=dataset_descriptors(bundle), losses=[float(x) for x in result.losses],
+        signals=dict(pair.signals), signal_versions=dict(pair.versions),
+        model_desc=dict(pair.model_desc), dataset_desc=dict(pair.dataset_desc), losses=[float(x) for x in result.losses],
         adapter_path=adapter_path, run_id=run_id,
     )
     if record:

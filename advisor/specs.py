@@ -172,6 +172,10 @@ class DatasetSource:
     the user's own files): no network is needed. ``origin`` says where the data comes from (a
     package, a paper, "your files"), for ``advisor plugins`` and the docs. ``ood_reference``
     offers a named offline source as a default out-of-domain set of ``advisor run``.
+    ``identity(spec)``, when given, is a cheap string that changes whenever ``load(spec)`` would
+    return other data or descriptors (the source files' paths, sizes and modification times, a
+    layout version, the files the options name), or None when it cannot tell: with it, advisor
+    memoises the dataset's descriptors instead of loading the data (``advisor.data.describe_dataset``).
     """
 
     name: str
@@ -182,6 +186,7 @@ class DatasetSource:
     needs: str = ""  # human hint: what must be installed ("apt-get install dataset-fashion-mnist")
     origin: str = ""
     ood_reference: bool = False
+    identity: Callable[[DatasetSpec], str | None] | None = None
 
 
 # --------------------------------------------------------------------------------------------

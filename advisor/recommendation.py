@@ -219,7 +219,7 @@ def recommend(
     history's runs do, so they are comparable.
     """
     from .data import shots_shortfall
-    from .history import open_history
+    from .history import open_reader
     from .predictor import FittedPredictor, history_ready, seed_noise, train_predictor, training_hash
 
     if objective not in OBJECTIVES:
@@ -232,7 +232,7 @@ def recommend(
         raise RecommendError(f"--shots must be at least 1 (got {shots})")
     mspec = model_spec if isinstance(model_spec, ModelSpec) else ModelSpec(str(model_spec))
 
-    history = open_history(db)
+    history = open_reader(db)  # plain sqlite3 for the reads of a cached pair; writes go to the full History
     rows = history.training_rows()
     if embeddings is not None:
         dname = dataset_spec.name if isinstance(dataset_spec, DatasetSpec) else dataset_spec

@@ -10,12 +10,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from typing import TYPE_CHECKING
 
 from .. import config
 from ..errors import HistoryError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+# SQLAlchemy is imported where a URL is parsed, not here: the read path of a SQLite history
+# (``reader``) finds its file without it.
 
 DEFAULT_NAME = "registry.db"
 
@@ -35,6 +39,9 @@ def resolve_url(db: str | os.PathLike[str] | None) -> str:
         return sqlite_url(default_path())
     text = str(db)
     if "://" in text:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
         try:
             make_url(text)
         except ArgumentError:
@@ -55,6 +62,8 @@ def sqlite_file(url: URL) -> Path | None:
 
 def location(db: str | os.PathLike[str] | None) -> str:
     """Where ``db`` points, for people: a file path for SQLite, else the URL without password."""
+    from sqlalchemy.engine import make_url
+
     url = make_url(resolve_url(db))
     path = sqlite_file(url) if url.get_backend_name() == "sqlite" else None
     return str(path) if path else url.render_as_string(hide_password=True)

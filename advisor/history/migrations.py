@@ -4,8 +4,9 @@ Each migration is a function ``mNNN_description(conn)`` appended to ``MIGRATIONS
 recorded in ``schema_migrations`` together with its position (the schema version), so running
 ``migrate`` twice is a no-op. Migrations describe the tables *as they were at that version*
 (frozen SQLAlchemy Core, never the ORM classes, which only describe the latest state), so an
-old database upgrades step by step. To change the schema: edit ``schema.py`` and append a new
-migration; ``tests/test_history_schema.py`` fails until the two agree.
+old database upgrades step by step. To change the schema: edit ``schema.py``, append a new
+migration and raise ``version.SCHEMA_VERSION``; ``tests/test_history_schema.py`` fails until
+the schema and the migrations agree.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sqlalchemy import (
 )
 
 from ..errors import HistoryError
+from .version import SCHEMA_VERSION
 
 Migration = Callable[[Connection], None]
 MIGRATIONS: list[Migration] = []
@@ -205,7 +207,9 @@ def m003_sweeps(conn: Connection) -> None:
     md.create_all(conn)
 
 
-SCHEMA_VERSION = len(MIGRATIONS)
+if len(MIGRATIONS) != SCHEMA_VERSION:  # a migration was appended: raise version.SCHEMA_VERSION with it
+    raise ImportError(f"advisor.history.version.SCHEMA_VERSION is {SCHEMA_VERSION} but there are "
+                      f"{len(MIGRATIONS)} migrations")
 
 
 def _now() -> str:

@@ -13,10 +13,12 @@ import os
 import re
 from dataclasses import dataclass
 from dataclasses import fields as dc_fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..specs import RunResult
-from .schema import Dataset, Model, Run
+
+if TYPE_CHECKING:  # the shapes below read stored rows by attribute: ORM objects or plain ones
+    from .schema import Dataset, Model, Run
 
 INT32_MAX = 2**31 - 1  # INTEGER columns: 32-bit on PostgreSQL, so the limit on every backend
 INT64_MAX = 2**63 - 1  # BIGINT columns (parameter counts)

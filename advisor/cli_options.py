@@ -15,11 +15,13 @@ from typing import Any
 
 import click
 
+from .data import DEFAULT_OFFLINE_DATASET
 from .errors import AdvisorError
 
-#: The offline defaults: a real dual encoder and real data that install with pip alone.
+#: The offline defaults: a real dual encoder and real data that install with pip alone (the
+#: dataset's reasons are at ``advisor.data.DEFAULT_OFFLINE_DATASET``).
 DEFAULT_MODEL = "lit-offline"
-DEFAULT_DATASET = "mnist-5k"
+DEFAULT_DATASET = DEFAULT_OFFLINE_DATASET
 
 #: Every environment variable the tool reads, with what it does: shown by `advisor --help` and
 #: in docs/cli.md (tests/test_cli_conventions.py greps the code for environment reads against it).

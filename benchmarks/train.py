@@ -7,8 +7,9 @@ Rows (images/s = training images x epochs / wall time of ``tuner.train``):
   (what one embedding pass costs), timed right before every training run and once at the end
   (the median is shown; ``x fwd`` compares each method with the forward pass timed next to it,
   because the machine may be shared);
-- one row per tuner, with its defaults except ``epochs`` (fixed per row, so runs stay short) and,
-  for the frozen-image-tower methods, no cached features: their wall time includes the one
+- one row per registered tuner (``advisor.plugins.list_tuners()``, in their declared order), with
+  its defaults except ``epochs`` (fixed per tuner family, so runs stay short: ``EPOCHS_BY_FAMILY``)
+  and, for the frozen-image-tower methods, no cached features: their wall time includes the one
   up-front image pass they make.
 
 Also reported per row: trainable parameters, first and last epoch loss, and training accuracy
@@ -38,8 +39,10 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Epochs per method for the benchmark (the defaults would be 10-200).
-EPOCHS = {"full": 2, "lora": 2, "coop": 5, "contcoop": 5, "tpc_cma": 20}
+#: Epochs per tuner family (``Tuner.family``, a ``advisor.specs.TUNER_FAMILIES`` key) for the
+#: benchmark: the defaults would be 10-200. Cheap output maps train longer; other families 2.
+EPOCHS_BY_FAMILY = {"full": 2, "low-rank": 2, "prompt": 5, "output-map": 20}
+DEFAULT_EPOCHS = 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default="mnist-5k")
     ap.add_argument("--shots", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--methods", default=",".join(EPOCHS))
+    ap.add_argument("--methods", default=None, help="comma-separated tuners (default: every registered one)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's). 1 is steadier on a shared machine.")
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from advisor import tuning as T
     from advisor.data import few_shot, get_split, load_dataset
     from advisor.embed import load_model
-    from advisor.plugins import get_tuner
+    from advisor.plugins import get_tuner, list_tuners
     from advisor.runner import preprocess_images
     from advisor.specs import ModelSpec, TrainContext
 
@@ -84,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     acc0 = T.evaluate(T.ZeroShotAdapted(base), pixels, labels, bundle.class_names, template)
     rows = []
     forward_rates = []
-    for method in [m for m in args.methods.split(",") if m]:
+    methods = [m for m in args.methods.split(",") if m] if args.methods else [t.name for t in list_tuners()]
+    for method in methods:
         tuner = get_tuner(method)
-        epochs = EPOCHS.get(method, 2)
+        epochs = EPOCHS_BY_FAMILY.get(tuner.family, DEFAULT_EPOCHS)
         fwd = forward_rate()
         forward_rates.append(fwd)
         model = copy.deepcopy(base)

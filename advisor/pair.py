@@ -84,15 +84,6 @@ def loaded_model_desc(spec: ModelSpec, model: Any) -> dict[str, Any]:
     return desc
 
 
-def measured_descs(model_spec: ModelSpec, dataset_spec: DatasetSpec, meta: Mapping[str, Any],
-                   device: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The model and dataset descriptors of a measured pair, from the embeddings' metadata when
-    it carries them (so a cache hit loads no model), keyed as ``advisor run`` keys them."""
-    from .signals import describe_pair
-
-    return describe_pair(model_spec, dataset_spec, meta, device)
-
-
 # ------------------------------------------------------------------------------------------
 # prepare_pair
 # ------------------------------------------------------------------------------------------
@@ -163,7 +154,7 @@ def prepare_pair(
         return pair
 
     from .config import resolve_device
-    from .signals import compute_signals
+    from .signals import compute_signals, describe_pair  # describe_pair: from the embeddings' metadata
 
     device = resolve_device(device)
     kwargs: dict[str, Any] = {"shots": shots, "seed": seed, "device": device, "quiet": quiet, "use_cache": use_cache,
@@ -171,7 +162,7 @@ def prepare_pair(
     if max_images is not None:
         kwargs["max_images"] = max_images
     sig = compute_signals(model_spec, dataset_spec, **kwargs)
-    md, dd = measured_descs(model_spec, dataset_spec, sig.meta, device) if model is None else (known, None)
+    md, dd = describe_pair(model_spec, dataset_spec, sig.meta, device) if model is None else (known, None)
     pair.model_desc = mark(md, random)
     pair.dataset_desc = dataset_desc or (dd if dd is not None else dataset_descriptors(bundle))
     pair.signal_set, pair.split_hash = sig, str(sig.meta.get("split_hash") or "")

@@ -303,30 +303,3 @@ def describe_pair(model_spec: ModelSpec, dataset_spec: DatasetSpec, meta: Mappin
 
         dataset_desc = dataset_descriptors(load_dataset(dataset_spec))
     return model_desc, dict(dataset_desc)
-
-
-def signal_context(model_spec: ModelSpec, dataset_spec: DatasetSpec, *, shots: int | None = None, seed: int = 0,
-                   max_images: int | None = None, device: str | None = None, use_cache: bool = True,
-                   quiet: bool = False, metrics: list[str] | None = None, db: str | None = None,
-                   store: bool = True) -> dict[str, Any]:
-    """``advisor signals`` for a model and dataset: compute, then store the successful signals
-    as one signal set in the history. Returns the SignalSet (``signal_set``) and what was stored."""
-    from .config import resolve_device
-
-    device = resolve_device(device)
-    sig = compute_signals(model_spec, dataset_spec, shots=shots, seed=seed, max_images=max_images, device=device,
-                          quiet=quiet, use_cache=use_cache, metrics=metrics)
-    model_desc, dataset_desc = describe_pair(model_spec, dataset_spec, sig.meta, device)
-    split_hash = str(sig.meta.get("split_hash") or "")
-    stored = None
-    if store and sig.values:
-        from .history import dataset_key, model_key, open_history
-
-        history = open_history(db)
-        stored = history.store_signal_set(model_desc, dataset_desc, split_hash, dict(sig.values),
-                                          dict(sig.versions), dict(sig.seconds))
-        keys = {"model_key": model_key(model_desc), "dataset_key": dataset_key(dataset_desc)}
-    else:
-        keys = {}
-    return {"signal_set": sig, "model": model_spec.name, "dataset": dataset_spec.name, "split_hash": split_hash,
-            "n_images": sig.meta.get("n_images"), **keys, "stored": stored}

@@ -11,10 +11,10 @@ values on singular inputs. For positive semi-definite A, B the two agree:
 Every routine here is written once against an array namespace (``xp``, from
 ``array_api_compat``): numpy arrays are computed in numpy, torch tensors in torch on their own
 device (CUDA when the embeddings are there, ``advisor.signals.signal_device``), in float64 either
-way. The few operations the array API lacks (class sums, partial sorts, bincount) dispatch on the
-array type in ``class_sums``, ``bincount``, ``top_k`` and ``kth_smallest``. Random draws are made
-with numpy's seeded generator on both paths and then indexed into the array, so a torch run uses
-the same samples as a numpy run.
+way. The few operations the array API lacks (class sums, partial sorts, bincount, einsum) dispatch
+on the array type in ``class_sums``, ``bincount``, ``top_k``, ``kth_smallest`` and ``einsum``.
+Random draws are made with numpy's seeded generator on both paths and then indexed into the
+array, so a torch run uses the same samples as a numpy run.
 """
 
 from __future__ import annotations
@@ -46,6 +46,15 @@ def as_array(values: Any, like: Any, dtype: Any = None) -> Any:
     """``values`` (numpy, e.g. seeded random indices) as an array of ``like``'s kind and device."""
     xp = namespace(like)
     return xp.asarray(np.asarray(values), dtype=dtype, device=device(like))
+
+
+def einsum(subscripts: str, *operands: Any) -> Any:
+    """``np.einsum`` or ``torch.einsum`` (the array API has none; it saves an (N, d) temporary)."""
+    if is_torch_array(operands[0]):
+        import torch
+
+        return torch.einsum(subscripts, *operands)
+    return np.einsum(subscripts, *operands)
 
 
 def bincount(y: Any, minlength: int = 0) -> Any:
@@ -95,6 +104,9 @@ def shared(emb: Embeddings, key: str, compute: Callable[[], Any]) -> Any:
 
 
 def float64(x: Any) -> Any:
+    """``x`` as float64 in its own namespace (numpy for lists and other array-likes)."""
+    if not (is_torch_array(x) or isinstance(x, np.ndarray)):
+        x = np.asarray(x)
     xp = namespace(x)
     return xp.asarray(x, dtype=xp.float64)
 

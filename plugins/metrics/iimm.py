@@ -22,7 +22,7 @@ from typing import Any
 from advisor.hookspecs import hookimpl
 from advisor.specs import Embeddings, Metric
 
-from ._linalg import labels_of, namespace, unit_images, unit_texts
+from ._linalg import einsum, labels_of, namespace, unit_images, unit_texts
 
 
 def intra_modal(x: Any) -> float:
@@ -32,7 +32,7 @@ def intra_modal(x: Any) -> float:
     if n < 2:
         raise ValueError("the intra-modal term needs at least 2 images")
     s = xp.sum(x, axis=0)
-    return float((s @ s - xp.sum(x * x)) / (n * (n - 1)))
+    return float((s @ s - einsum("ij,ij->", x, x)) / (n * (n - 1)))
 
 
 def iimm(emb: Embeddings) -> dict[str, float]:
@@ -43,7 +43,7 @@ def iimm(emb: Embeddings) -> dict[str, float]:
     c = t.shape[0]
     if c < 2:
         raise ValueError("IIMM needs at least 2 classes")
-    correct = xp.sum(x * t[y], axis=1)  # cos(x_i, t_{y_i})
+    correct = einsum("ij,ij->i", x, t[y])  # cos(x_i, t_{y_i})
     wrong_mean = (x @ xp.sum(t, axis=0) - correct) / (c - 1)
     inter = float(xp.mean(wrong_mean))
     intra = intra_modal(x)

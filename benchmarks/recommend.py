@@ -9,8 +9,9 @@ makes sure of both (it may compute signals or train the predictor; it is not tim
 in a fresh Python process:
 
 - ``first call in a fresh process``: ``recommend()`` timed in-process around the call, so the
-  lazy imports it triggers (SQLAlchemy, the plugin modules and whatever they import) are billed
-  but the interpreter start is not; then split into loading the plugins and the call after it;
+  lazy imports it triggers (the plugin modules and whatever they import; SQLAlchemy only when
+  the history needs more than the sqlite3 read path) are billed but the interpreter start is
+  not; then split into loading the plugins and the call after it;
 - ``repeat call, same process``: a second ``recommend()`` right after the first (everything
   imported, plugins loaded);
 - ``advisor recommend`` as a subprocess: the whole command's wall time, and the same minus the
@@ -109,8 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--bytecode", action="store_true",
+                    help="time the fresh processes with their bytecode cached (.pyc, in a private pycache "
+                         "folder), as an installed package has, even where PYTHONDONTWRITEBYTECODE is set")
     args = ap.parse_args(argv)
     env = dict(os.environ)
+    if args.bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / "advisor-bench-pycache")
+    writes_bytecode = "PYTHONDONTWRITEBYTECODE" not in env or not env["PYTHONDONTWRITEBYTECODE"]
 
     from advisor.recommendation import recommend
 
@@ -124,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         arg = json.dumps({"model": args.model, "dataset": args.dataset, "db": args.db, "split": split})
         return json.loads(_run([sys.executable, "-c", _PROBE, arg], env)[1].strip().splitlines()[-1])
 
+    if args.bytecode:  # one untimed round writes the bytecode the timed ones read
+        probe(False)
     probes = [probe(False) for _ in range(args.repeats)]
     split = [probe(True) for _ in range(args.repeats)]
     emb_file = _embeddings_file(args.model, args.dataset)
@@ -134,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--db", args.db]
     sig_cmd = base + ["signals", "--from-embeddings", emb_file, "--json"]
     bare, cli, sig, loads = [], [], [], []
+    if args.bytecode:
+        _run(cmd, env), _run(sig_cmd, env)
     for _ in range(args.repeats):  # interleaved: the three see the same load
         loads.append(round(os.getloadavg()[0], 2))
         bare.append(_run([sys.executable, "-c", "pass"], env)[0])
@@ -162,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in rows:
         print(f"{name.ljust(width)}  {v:7.3f}")
     print(f"load average (1 min) at each round: {loads} on {os.cpu_count()} CPUs")
+    bytecode = "cached (.pyc)" if writes_bytecode else \
+        "not written (PYTHONDONTWRITEBYTECODE set: every process compiles advisor's own modules; see --bytecode)"
+    print(f"bytecode: {bytecode}")
     print(f"modules loaded by recommend(): {', '.join(probes[0]['modules'])}")
     for name, top in imports.items():
         print(f"slowest imports of {name} (cumulative ms, python -X importtime): "
@@ -186,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "source": probes[0]["source"],
         "modules_loaded": probes[0]["modules"],
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-                    "load_average": os.getloadavg()},
+                    "load_average": os.getloadavg(), "bytecode_cached": writes_bytecode},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -196,8 +196,8 @@ def run_metrics(emb: Embeddings, names: list[str] | None = None, device: str | N
         metrics = {n: registered[n] for n in order}
     available = emb.available
     out = SignalSet(meta=dict(emb.meta))
-    out.meta.setdefault("n_images", int(len(emb.labels)))
-    out.meta.setdefault("n_classes", int(len(emb.text)))
+    out.meta.setdefault("n_images", len(emb.labels))
+    out.meta.setdefault("n_classes", len(emb.text))
     dev = signal_device(emb, device)
     out.meta["signal_device"] = dev or "numpy"
     if dev is None:

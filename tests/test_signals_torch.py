@@ -15,13 +15,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 import torch
+from test_signals import BUILTIN_SIGNALS
 
 import advisor
 from advisor import plugins
 from advisor.signals import embeddings_on, run_metrics, signal_device
 from advisor.specs import Embeddings, Metric
-
-from test_signals import BUILTIN_SIGNALS
 
 
 @pytest.fixture(autouse=True)
@@ -54,10 +53,10 @@ def synthetic(n, d, c, seed, layers=False, paired=False, dtype=np.float32):
 #: Per-layer MIR with prompt rows; N < d (LogME's and TransRate's other branch); N above the OT
 #: (2000) and kNN (1000) sample caps; captions (paired_text).
 CASES = {
-    "layers": dict(n=600, d=32, c=6, seed=1, layers=True),
-    "few_samples": dict(n=40, d=64, c=4, seed=2),
-    "subsampled": dict(n=2500, d=16, c=5, seed=3),
-    "captions": dict(n=16, d=8, c=3, seed=4, paired=True),
+    "layers": {"n": 600, "d": 32, "c": 6, "seed": 1, "layers": True},
+    "few_samples": {"n": 40, "d": 64, "c": 4, "seed": 2},
+    "subsampled": {"n": 2500, "d": 16, "c": 5, "seed": 3},
+    "captions": {"n": 16, "d": 8, "c": 3, "seed": 4, "paired": True},
 }
 
 #: ``run_metrics`` on ``synthetic(**CASES[case])`` (float32) computed by the numpy code of commit

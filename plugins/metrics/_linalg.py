@@ -23,7 +23,7 @@ import weakref
 from typing import Any, Callable
 
 import numpy as np
-from array_api_compat import array_namespace, device, is_torch_array, to_device
+from array_api_compat import array_namespace, device, is_torch_array
 
 from advisor.specs import Embeddings
 

@@ -38,7 +38,7 @@ EPS = 1e-8
 def mds_scores(emb: Embeddings, block: int = 8192) -> Any:
     """(d,) per-dimension dominance scores. Row blocks are paired one at a time, so 50k x 512
     inputs never materialise several (N,d) float64 temporaries beyond the shared unit vectors."""
-    n, d = emb.image.shape
+    n = emb.image.shape[0]
     text = unit_texts(emb) if emb.paired_text is None else None
     labels = labels_of(emb)
     images = unit_images(emb)

@@ -51,8 +51,8 @@ from typing import Any
 from advisor.hookspecs import hookimpl
 from advisor.specs import Embeddings, Metric
 
-from ._linalg import (bincount, device, float64, frechet_distance, frechet_from_stats, kth_smallest, labels_of, mean_cov,
-                      namespace, weighted_mean_cov)
+from ._linalg import (bincount, device, float64, frechet_distance, frechet_from_stats, kth_smallest, labels_of,
+                      mean_cov, namespace, weighted_mean_cov)
 
 
 def lower_median(x: Any, axis: int | None = None) -> Any:

@@ -129,3 +129,37 @@ def test_signal_differences_are_realigned_by_name():
     expected = dict(rows[0], signals={"iimm": rows[0]["signals"]["iimm"]})  # the same case without extras
     np.testing.assert_array_equal(back.predict(X), est.predict(est.rows_matrix([expected])))
 
+
+
+# ------------------------------------------------------------------------------- training speed-ups
+
+
+def test_n_jobs_does_not_change_the_fitted_predictor():
+    rows = synthetic_rows(n_datasets=4, shots=(4, 16))
+    docs = []
+    for n_jobs in (1, 2, -1):
+        doc = json.loads(AdvisorPredictor(**SMALL, n_jobs=n_jobs).fit_rows(rows).to_json())
+        assert doc["params"].pop("n_jobs") == n_jobs
+        docs.append(doc)
+    assert docs[0] == docs[1] == docs[2]  # every tree, calibration score and support, bit for bit
+
+
+def test_a_bag_is_lightgbm_on_the_drawn_rows_alone_weighted_by_their_draws():
+    """Independent reference: LightGBM fitted on just the rows the bootstrap drew (its own
+    Dataset, no rows of weight 0), each weighted by how often it was drawn."""
+    import lightgbm as lgb
+
+    rng = np.random.RandomState(1)
+    X = rng.normal(size=(50, 3))  # < 63 distinct values per feature: one bin per value either way
+    y = X[:, 0] - 0.5 * X[:, 1] + rng.normal(0, 0.1, 50)
+    idx = np.arange(0, 50, 1)
+    est = AdvisorPredictor(n_estimators=15, n_bags=4)
+    take, weight = est._draw(idx, 0, 2, est.n_bags)
+    assert weight.sum() == len(idx) and (weight >= 1).all() and len(take) < len(idx)
+    assert np.array_equal(take, np.unique(take)) and np.isin(take, idx).all()
+    bag = est._booster(est._binned(X, []), y, take, weight, 2, None)
+    assert bag.dump_model()["tree_info"][0]["tree_structure"]["internal_count"] == len(take)  # undrawn rows absent
+    alone = lgb.Dataset(X[take], label=y[take], weight=weight,
+                        params={"min_data_in_bin": 1, "feature_pre_filter": False, "max_bin": 63, "verbosity": -1})
+    ref = lgb.train(est._lgb_params(est.random_state + 2), alone, num_boost_round=15)
+    np.testing.assert_allclose(bag.predict(X[take]), ref.predict(X[take]), rtol=0, atol=1e-12)

@@ -70,3 +70,54 @@ def test_targets_matrix_shape():
     rows = synthetic_rows(n_datasets=2, shots=(16,))
     assert targets_matrix(rows).shape == (len(rows), 3)
 
+
+
+def test_row_signals_keeps_finite_numbers_whatever_their_type():
+    from advisor.predictor.rows import row_signals
+
+    floats = {"a": 1.5, "b": float("inf"), "c": float("nan"), "d": -0.0}
+    assert row_signals({"signals": floats}) == {"a": 1.5, "d": 0.0}
+    mixed = {"a": 1.5, "i": 2, "s": "3.25", "bad": "x", "np": np.float64(0.5), "none": None, "ninf": np.float64("-inf")}
+    got = row_signals({"signals": mixed})
+    assert got == {"a": 1.5, "i": 2.0, "s": 3.25, "np": 0.5} and all(type(v) is float for v in got.values())
+    assert list(got) == ["a", "i", "s", "np"]  # the row's order
+    assert row_signals({"signals": '{"a": 1.0, "b": "2"}'}) == {"a": 1.0, "b": 2.0}  # JSON text as stored
+    assert row_signals({"signals": None}) == {} and row_signals({}) == {}
+
+
+def test_ood_change_is_the_mean_over_reference_sets_as_numpy_computes_it():
+    rng = np.random.RandomState(3)
+    for n in (1, 2, 7, 8, 9, 25):  # numpy sums pairwise from 8 values on
+        before = {f"r{k}": float(v) for k, v in enumerate(rng.uniform(0, 1, n))}
+        after = {k: float(v + rng.normal(0, 0.1)) for k, v in before.items()}
+        want = float(np.mean([after[k] - before[k] for k in before]))
+        assert row_targets({"ood_before": before, "ood_after": after})["ood_change"] == want
+
+
+def test_training_hash_of_the_shipped_history_matches_its_stored_predictor(tmp_path):
+    """The stored hash was computed by an earlier version of ``training_hash``: a faster one must
+    give the same value, or every `advisor recommend` on the shipped history would retrain."""
+    import shutil
+    from pathlib import Path
+
+    from advisor.history import open_history
+
+    copy = tmp_path / "registry.db"
+    shutil.copy(Path(__file__).resolve().parent.parent / "registry.db", copy)
+    h = open_history(str(copy))
+    stored = h.load_predictor("default")
+    assert stored is not None
+    assert training_hash(h.training_rows()) == stored["training_hash"]
+
+
+def test_training_hash_order_free_with_run_ids_that_prefix_quote_or_repeat():
+    rows = synthetic_rows(n_datasets=2, shots=(16,))[:6]
+    ids = ["a", "ab", 'a"b', "a\\", "", ""]  # prefixes, a quote, a backslash, a repeated (empty) id
+    rows = [dict(r, run_id=i) for r, i in zip(rows, ids)]
+    h = training_hash(rows)
+    rng = np.random.RandomState(0)
+    for _ in range(5):
+        assert training_hash([rows[i] for i in rng.permutation(len(rows))]) == h
+    unique = [dict(r, run_id=f"run-{k}") for k, r in enumerate(rows)]
+    hu = training_hash(unique)
+    assert all(training_hash([unique[i] for i in rng.permutation(len(unique))]) == hu for _ in range(5))

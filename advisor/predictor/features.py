@@ -92,22 +92,22 @@ class FeatureSchema:
         """Rows (history rows or recommendation cases of the same shape) -> (n, n_features)."""
         X = np.full((len(rows), len(self.names)), np.nan, dtype=float)
         n_core = len(CORE_FEATURES)
+        off = n_core + len(self.domains)
+        code = {c: {v: float(i) for i, v in enumerate(self.categories.get(c, []))} for c in CATEGORICAL}
+        nan = np.nan
         for i, r in enumerate(rows):
             core = core_values(r)
-            for j, c in enumerate(CORE_FEATURES):
+            values = []
+            for c in CORE_FEATURES:
                 v = core.get(c)
-                if c in CATEGORICAL:
-                    cats = self.categories.get(c, [])
-                    X[i, j] = cats.index(str(v)) if v is not None and str(v) in cats else np.nan
-                else:
-                    X[i, j] = as_float(v)
-            tags = {str(t) for t in (as_dict(r.get("dataset_desc")).get("domain") or [])}
-            for j, d in enumerate(self.domains):
-                X[i, n_core + j] = 1.0 if d in tags else 0.0
-            sig = row_signals(r)
-            off = n_core + len(self.domains)
-            for j, s in enumerate(self.signals):
-                X[i, off + j] = sig.get(s, np.nan)
+                values.append((nan if v is None else code[c].get(str(v), nan)) if c in code else as_float(v))
+            X[i, :n_core] = values
+            if self.domains:
+                tags = {str(t) for t in (as_dict(r.get("dataset_desc")).get("domain") or [])}
+                X[i, n_core:off] = [1.0 if d in tags else 0.0 for d in self.domains]
+            if self.signals:
+                sig = row_signals(r)
+                X[i, off:] = [sig.get(s, nan) for s in self.signals]
         return X
 
     def to_dict(self) -> dict[str, Any]:

@@ -24,6 +24,8 @@ TARGETS: tuple[str, ...] = ("id_gain", "ood_change", "cost")
 
 def as_dict(v: Any) -> dict:
     """Rows may carry JSON columns already decoded or still as text."""
+    if type(v) is dict:  # the common case, before the (slow) abstract Mapping check
+        return dict(v)
     if v is None:
         return {}
     if isinstance(v, str):
@@ -35,6 +37,8 @@ def as_dict(v: Any) -> dict:
 
 
 def as_float(v: Any) -> float:
+    if type(v) is float:
+        return v if v - v == 0.0 else math.nan  # inf - inf and nan - nan are nan
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -69,15 +73,25 @@ def row_shots(row: Mapping[str, Any]) -> int | None:
 def row_targets(row: Mapping[str, Any]) -> dict[str, float]:
     """The three measured targets of one run (NaN when the run lacks what a target needs)."""
     before, after = as_float(row.get("id_acc_before")), as_float(row.get("id_acc_after"))
-    ob, oa = as_dict(row.get("ood_before")), as_dict(row.get("ood_after"))
+    ob, oa = row.get("ood_before"), row.get("ood_after")  # read only: decoded dicts are not copied
+    ob = ob if type(ob) is dict else as_dict(ob)
+    oa = oa if type(oa) is dict else as_dict(oa)
     diffs = [as_float(oa[k]) - as_float(ob[k]) for k in ob if k in oa]
     diffs = [d for d in diffs if math.isfinite(d)]
     wall = as_float(row.get("wall_time_s"))
     return {
         "id_gain": after - before,
-        "ood_change": float(np.mean(diffs)) if diffs else math.nan,
+        "ood_change": _mean(diffs),
         "cost": math.log(wall) if wall > 0 else math.nan,
     }
+
+
+def _mean(v: list[float]) -> float:
+    """``float(np.mean(v))`` (NaN when empty) without numpy's per-call overhead: below eight
+    values numpy sums left to right, as ``sum`` does; longer lists go to numpy (pairwise)."""
+    if not v:
+        return math.nan
+    return sum(v) / len(v) if len(v) < 8 else float(np.mean(v))
 
 
 def targets_matrix(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -102,13 +116,29 @@ def training_hash(rows: Sequence[Mapping[str, Any]]) -> str:
                 {k: round(v, 9) for k, v in sorted(row_signals(r).items())},
             ]
         )
-    items.sort(key=lambda x: json.dumps(x, default=str))
+    # Sorted by each item's JSON text. Items open with the run id (a string), and one JSON
+    # string is never a prefix of another, so with unique run ids the run id's JSON alone gives
+    # the same order without encoding every item.
+    first = [json.dumps(it[0]) for it in items]
+    if len(set(first)) == len(first):
+        order = sorted(range(len(items)), key=first.__getitem__)
+        items = [items[i] for i in order]
+    else:
+        items.sort(key=lambda x: json.dumps(x, default=str))
     return stable_hash(items)
 
 
 def row_signals(row: Mapping[str, Any]) -> dict[str, float]:
+    """The run's finite signal values by name (strings and numbers are converted)."""
+    sig = row.get("signals")
+    if type(sig) is not dict:
+        sig = as_dict(sig)
+    # the common case, every value a float: one comprehension (v - v is 0.0 only when finite)
+    out = {k: v for k, v in sig.items() if type(v) is float and type(k) is str and v - v == 0.0}
+    if len(out) == len(sig) or all(type(v) is float and type(k) is str for k, v in sig.items()):
+        return out
     out = {}
-    for k, v in as_dict(row.get("signals")).items():
+    for k, v in sig.items():
         f = as_float(v)
         if not math.isnan(f):
             out[str(k)] = f

@@ -1,0 +1,197 @@
+"""The ``advisor history`` group: add, list, show, export, import-mlflow, path (the sweep commands
+``import-spool`` and ``refresh-signals`` join it in ``advisor.cli``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..cli_options import (
+    _fmt,
+    db_option,
+    emit_json,
+    json_option,
+    print_table,
+)
+from ..errors import AdvisorError
+
+
+@click.group(name="history")
+def history_group() -> None:
+    """The run history: every recorded fine-tuning run, in a SQL database.
+
+    \b
+    advisor history add runs.csv          # CSV, JSON array or JSON lines; all rows or none
+    advisor history list --method lora
+    advisor history export --format jsonl -o runs.jsonl
+    """
+
+
+@history_group.command(name="add")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "jsonl"]), default=None,
+              help="File format (default: from the extension, else from the content).")
+@db_option
+@json_option
+def history_add(file: str, fmt: str | None, db: str | None, as_json: bool) -> None:
+    """Add runs from FILE (columns: docs/history.md). Every row is validated first; any
+    problem adds nothing."""
+    from ..history import open_history
+    from ..history.io import parse_file
+
+    records = parse_file(file, fmt)
+    with open_history(db) as h:
+        n = h.add_records(records)
+        if as_json:
+            emit_json({"added": n, "history": h.display})
+            return
+        click.echo(f"Added {n} run{'' if n == 1 else 's'} to {h.display}")
+
+
+@history_group.command(name="list")
+@click.option("--model", default=None, help="Only runs of this model name.")
+@click.option("--dataset", default=None, help="Only runs on this dataset name.")
+@click.option("--method", default=None, help="Only runs of this method.")
+@json_option
+@db_option
+def history_list(model: str | None, dataset: str | None, method: str | None, as_json: bool, db: str | None) -> None:
+    """List recorded runs, oldest first."""
+    from ..history import open_history
+    from ..history.signal_coverage import pairs_without_signals
+
+    with open_history(db) as h:
+        runs = h.runs(model=model, dataset=dataset, method=method)
+        unsignalled = [] if as_json else pairs_without_signals(h, runs)
+    if as_json:
+        emit_json(runs)
+        return
+    rows = [
+        {
+            "run_id": r["run_id"], "recorded": (r["recorded_at"] or "")[:10], "model": r["model"],
+            "dataset": r["dataset"], "method": r["method"], "shots": r["shots"], "seed": r["seed"],
+            "acc_before": r["id_acc_before"], "acc_after": r["id_acc_after"],
+            "gain": r["id_acc_after"] - r["id_acc_before"],
+        }
+        for r in runs
+    ]
+    print_table(rows)
+    for p in unsignalled:  # e.g. imported runs: the predictor needs the pair's signals
+        pretrained = f" --pretrained {p['pretrained']}" if p["pretrained"] else ""
+        how = (f"advisor signals --model {p['model']}{pretrained} --dataset {p['dataset']}" if p["full_key"] else
+               "its runs lack model.image_size or dataset.fingerprint, the key `advisor signals` stores "
+               "under (history import-mlflow --compute-signals attaches signals to such runs)")
+        click.echo(f"Note: {p['model']} on {p['dataset']} ({p['runs']} run{'' if p['runs'] == 1 else 's'}) "
+                   f"has no signals yet: {how}", err=True)
+
+
+@history_group.command(name="show")
+@click.argument("run_id")
+@json_option
+@db_option
+def history_show(run_id: str, as_json: bool, db: str | None) -> None:
+    """Show every field of one run (RUN_ID or an unambiguous prefix)."""
+    from ..history import open_history
+    from ..terminal import wrap_pair
+
+    with open_history(db) as h:
+        row = h.get_run(run_id)
+    if as_json:
+        emit_json(row)
+        return
+    width = max(len(k) for k in row)
+    for k, v in row.items():
+        if v is None or v == {} or v == []:
+            continue
+        text = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else _fmt(v) if not isinstance(v, float) else repr(v)
+        for line in wrap_pair(k, text, width):  # long values wrap under themselves
+            click.echo(line)
+
+
+@history_group.command(name="export")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
+              help="Output format (default: from the -o extension, else csv).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to this file instead of standard output.")
+@db_option
+@json_option
+def history_export(fmt: str | None, output: str | None, db: str | None, as_json: bool) -> None:
+    """Export every run as CSV or JSON lines; `history add` reads it back exactly. With -o,
+    ``--json`` prints what was written ({"exported", "path", "format"})."""
+    from ..history import open_history
+
+    if as_json and output is None:
+        raise click.UsageError("--json describes the file written with -o; without -o the export itself "
+                               "is on standard output (--format jsonl for JSON lines)")
+    if fmt is None:
+        fmt = "jsonl" if output and output.lower().endswith((".jsonl", ".ndjson")) else "csv"
+    with open_history(db) as h:
+        if output is None:
+            h.export(fmt, sys.stdout)
+            return
+        try:
+            with open(output, "w", encoding="utf-8", newline="") as out:
+                n = h.export(fmt, out)
+        except OSError as exc:
+            raise AdvisorError(f"cannot write {output}: {exc.strerror or exc}") from None
+    if as_json:
+        emit_json({"exported": n, "path": output, "format": fmt})
+        return
+    click.echo(f"Exported {n} run{'' if n == 1 else 's'} to {output}", err=True)
+
+
+@history_group.command(name="import-mlflow")
+@click.option("--experiment", required=True, metavar="NAME", help="MLflow experiment whose finished runs to import.")
+@click.option("--tracking-uri", default=None, metavar="URI",
+              help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default).")
+@click.option("--map", "maps", multiple=True, metavar="KEY=FIELD",
+              help="Read history FIELD from MLflow KEY, e.g. params.base_model=model, metrics.val_acc=id_acc_after, "
+                   "params.*=hparams.* (repeatable; defaults: docs/history.md).")
+@click.option("--dry-run", is_flag=True, help="Show what would be imported; write nothing.")
+@click.option("--compute-signals", is_flag=True,
+              help="Compute the signals of imported (model, dataset) pairs when the model and data load here.")
+@json_option
+@db_option
+def history_import_mlflow(experiment: str, tracking_uri: str | None, maps: tuple[str, ...], dry_run: bool,
+                          compute_signals: bool, as_json: bool, db: str | None) -> None:
+    """Import the finished runs of an MLflow experiment as history rows: all new rows in one
+    transaction; runs already in the history are not added again; runs missing a required
+    field are listed with the reason and skipped."""
+    from ..mlflow_import import import_mlflow
+
+    plan = import_mlflow(db, experiment, tracking_uri=tracking_uri, maps=maps, dry_run=dry_run,
+                         compute=compute_signals)
+    if as_json:
+        emit_json(plan.to_json(dry_run))
+        return
+    info = plan.to_json(dry_run)
+    print_table([{**r, "mlflow_run": r["mlflow_run_id"][:12], "acc_before": r["id_acc_before"],
+                  "acc_after": r["id_acc_after"]} for r in info["new"]],
+                ["mlflow_run", "run_id", "model", "dataset", "method", "shots", "seed", "acc_before", "acc_after",
+                 "signals"])
+    for s in info["skipped"]:
+        click.echo(f"Skipped MLflow run {s['mlflow_run_id']}{' (' + s['name'] + ')' if s['name'] else ''}: {s['reason']}",
+                   err=True)
+    for p in info["signals"]:
+        click.echo(f"Signals for {p['model']} on {p['dataset']}: {p['status']}")
+    n_new, n_present = len(info["new"]), len(info["already_present"])
+    tail = f"; {n_present} already in the history" if n_present else ""
+    if dry_run:
+        click.echo(f"Dry run: would import {n_new} run{'' if n_new == 1 else 's'}{tail}; nothing written.")
+    else:
+        click.echo(f"Imported {plan.added} run{'' if plan.added == 1 else 's'} from experiment {experiment!r} "
+                   f"into {plan.history}{tail}.")
+
+
+@history_group.command(name="path")
+@db_option
+@json_option
+def history_path(db: str | None, as_json: bool) -> None:
+    """Print where the history database is (a file path, or a URL without its password)."""
+    from ..history.store import location
+
+    if as_json:
+        emit_json({"path": location(db)})
+        return
+    click.echo(location(db))

@@ -1,0 +1,142 @@
+"""The ``advisor predictor`` group: train, evaluate, show."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..cli_options import (
+    db_option,
+    emit_json,
+    json_option,
+    print_table,
+)
+
+
+@click.group(name="predictor")
+def predictor_group() -> None:
+    """Train, evaluate and inspect the learned predictor (LightGBM over the run history)."""
+
+
+def _print_lodo(scores: dict[str, Any]) -> None:
+    """The per-target table, the calibration and the recommender table of a held-out evaluation."""
+    holdout = scores.get("holdout") or "dataset"
+    targets = scores.get("targets") or {}
+    noise = scores.get("seed_noise") or {}
+    if targets:
+        click.echo(f"Leave-one-{holdout}-out, per target (predicted vs measured over held-out runs):")
+        rows = []
+        for t, v in targets.items():
+            floor = (noise.get(t) or {}).get("mad")
+            rows.append({"target": t, "spearman": v.get("spearman"), "mae": v.get("mae"),
+                         "seed-noise MAE": floor if floor is not None else "n/a",
+                         f"coverage @{v.get('interval', 0.8):.0%}": v.get("coverage"),
+                         "median width": v.get("median_width"), "n": v.get("n")})
+        print_table(rows)
+        if noise and not noise.get("configurations"):
+            click.echo("Seed noise: n/a (no configuration in the history was run with more than one seed).")
+    calibration = scores.get("calibration") or {}
+    if calibration:
+        click.echo("")
+        click.echo("Interval calibration (empirical coverage of held-out runs at each nominal level):")
+        levels = [c["level"] for c in next(iter(calibration.values()))]
+        print_table([{"target": t, **{f"{lv:.0%}": c["coverage"] for lv, c in zip(levels, cs)}}
+                     for t, cs in calibration.items()])
+    baselines = scores.get("baselines") or []
+    if baselines:
+        click.echo("")
+        click.echo("Predictor and baselines on the same folds: Spearman (rho) and MAE over held-out runs:")
+        short = {"id_gain": "gain", "ood_change": "ood", "cost": "cost"}
+        print_table([{"name": b["name"], **{f"{short[t]} {k}": b.get(f"{t}_{m}") for t in short
+                                            for k, m in (("rho", "spearman"), ("MAE", "mae"))}} for b in baselines])
+        click.echo("")
+        click.echo("Choosing per held-out (model, dataset, shots) group (regret in accuracy units, 0.01 = 1 point):")
+        print_table([{"name": b["name"], "top-1 gain": b.get("top1_gain"), "regret gain": b.get("regret_gain"),
+                      "top-1 balanced": b.get("top1_balanced"), "regret balanced": b.get("regret_balanced"),
+                      "groups": b.get("groups_gain")} for b in baselines])
+
+
+@predictor_group.command(name="train")
+@db_option
+@json_option
+def predictor_train(db: str | None, as_json: bool) -> None:
+    """Fit the predictor on every run in the history, score it leave-one-dataset-out, store it."""
+    from ..history import open_history
+    from ..predictor import train_predictor
+
+    info = train_predictor(open_history(db))
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(
+        f"Trained predictor {info['name']!r} on {info['n_runs']} runs over {len(info['datasets'])} datasets "
+        f"({info['n_features']} features; signals: {', '.join(info['signals']) or 'none'})."
+    )
+    click.echo(f"Shots monotone for: {', '.join(info['scores'].get('monotone_shots') or []) or 'no target'}.")
+    click.echo("")
+    _print_lodo(info["scores"])
+
+
+@predictor_group.command(name="evaluate")
+@click.option("--holdout", type=click.Choice(["dataset", "source", "tower"]), default="dataset", show_default=True,
+              help="What one fold leaves out: a dataset, the source of its images (else the dataset name), or the "
+                   "model's image tower (else its family).")
+@db_option
+@json_option
+def predictor_evaluate(holdout: str, db: str | None, as_json: bool) -> None:
+    """Held-out scores of the predictor and of the baselines (best single method, zero-shot-only,
+    IIMM-only linear fit, kNN on signals, random) in one loop: Spearman, MAE, interval coverage,
+    top-1 and regret, beside the history's seed noise."""
+    from ..history import open_history
+    from ..predictor import evaluate
+
+    ev = evaluate(open_history(db).training_rows(), holdout=holdout)
+    if as_json:
+        emit_json(ev)
+        return
+    click.echo(f"{ev['n_runs']} runs; {ev['n_held_out']} {holdout}s held out one at a time.")
+    click.echo("")
+    _print_lodo(ev)
+
+
+@predictor_group.command(name="show")
+@db_option
+@json_option
+def predictor_show(db: str | None, as_json: bool) -> None:
+    """The stored predictor: when it was trained, on what, its features and its scores."""
+    from ..errors import PredictorError
+    from ..history import open_history
+    from ..predictor import FittedPredictor, training_hash
+
+    history = open_history(db)
+    from ..predictor import DEFAULT_PREDICTOR
+
+    stored = history.load_predictor(DEFAULT_PREDICTOR)
+    if stored is None:
+        raise PredictorError("no predictor stored in this history; run `advisor predictor train`")
+    est = FittedPredictor.from_stored(stored)
+    rows = history.training_rows()
+    info = {
+        "name": DEFAULT_PREDICTOR,
+        "created_at": stored.get("created_at"),
+        "n_runs": est.n_runs,
+        "datasets": est.datasets,
+        "training_hash": stored.get("training_hash"),
+        "up_to_date": training_hash(rows) == est.training_hash,
+        "features": list(stored.get("features") or []),
+        "params": est.params,
+        "spaces": est.spaces,
+        "support": est.support.to_dict() if est.support else None,
+        "scores": stored.get("scores") or {},
+    }
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"Predictor {info['name']!r}, trained {info['created_at']} on {info['n_runs']} runs "
+               f"({', '.join(info['datasets'])}); training hash {info['training_hash']}.")
+    click.echo("Up to date with the history." if info["up_to_date"]
+               else f"The history changed since ({len(rows)} runs now): run `advisor predictor train`.")
+    click.echo(f"Features ({len(info['features'])}): {', '.join(info['features'])}")
+    click.echo("")
+    _print_lodo(info["scores"])

@@ -1,0 +1,112 @@
+"""``advisor recommend``: the ranked, explained methods for a pair."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..cli_options import (
+    dataset_source_options,
+    db_option,
+    emit_json,
+    json_option,
+    model_options,
+    print_table,
+    shots_option,
+)
+
+
+def _interval(v: Any, lo: Any, hi: Any, fmt: str = "{:+.3f}") -> str:
+    if v is None:
+        return ""
+    s = fmt.format(v)
+    return s if lo is None or hi is None else f"{s} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+def _contributions(a: Any) -> str:
+    """``base +0.100 + method=lora +0.030 ... + 40 others -0.002`` (adds up to the ID gain)."""
+    if a.contribution_base is None:
+        return ""
+    parts = [f"base {a.contribution_base:+.3f}"] + [f"{f} {v:+.3f}" for f, v in a.contributions]
+    if a.contribution_other is not None:
+        parts.append(f"others {a.contribution_other:+.3f}")
+    return " ".join(parts[:1] + [f"+ {p}" for p in parts[1:]])
+
+
+@click.command(name="recommend")
+@model_options
+@dataset_source_options
+@shots_option
+@click.option("--max-images", type=click.IntRange(min=1), default=None,
+              help="Cap on images embedded when the pair's signals must be computed (default 2000, seed 0).")
+@click.option("--objective", type=click.Choice(["gain", "balanced", "retain"]), default="balanced", show_default=True,
+              help="gain: largest in-domain gain; balanced: gain + OOD change; retain: least forgetting among gainers.")
+@click.option("--max-forgetting", type=float, default=None, metavar="X",
+              help="Drop methods whose predicted mean OOD accuracy drop exceeds X (accuracy units: 0.02 = 2 points).")
+@click.option("--budget", type=float, default=None, metavar="SECONDS", help="Drop methods predicted to train longer than this.")
+@click.option("--device", default="auto", show_default=True, envvar="ADVISOR_DEVICE", show_envvar=True,
+              help="cpu, cuda, cuda:1 ... (auto: cuda when present; cost is predicted for the device the "
+                   "history's runs used most, or for this one when given).")
+@click.option("--from-embeddings", "from_embeddings", default=None, metavar="FILE.npz",
+              type=click.Path(dir_okay=False),
+              help="Your own embeddings (image (N,d), text (C,d), labels (N,)): signals from the file; descriptors from "
+                   "its meta_json, else from --model / --dataset names. No model or dataset is loaded.")
+@click.option("--allow-random-weights", is_flag=True,
+              help="Go on with a model whose weights are randomly initialised (refused otherwise).")
+@db_option
+@json_option
+def recommend_command(model: str, pretrained: str | None, image_size: int | None, weights_dir: str | None,
+                      dataset: Any, shots: int, max_images: int | None, objective: str,
+                      max_forgetting: float | None, budget: float | None, device: str,
+                      from_embeddings: str | None, allow_random_weights: bool, db: str | None, as_json: bool) -> None:
+    """Rank the fine-tuning methods for a model and dataset, with predicted gain, forgetting,
+    cost, their uncertainty and the signals behind them (signals use seed 0, as the history's)."""
+    from ..recommendation import recommend
+    from ..specs import ModelSpec
+    from ..terminal import set_quiet
+
+    set_quiet(as_json)
+
+    rec = recommend(
+        ModelSpec(model, pretrained, image_size, weights_dir), dataset, db=db, objective=objective,
+        max_forgetting=max_forgetting, budget=budget, shots=shots,
+        device=None if device == "auto" else device, max_images=max_images, quiet=as_json, embeddings=from_embeddings,
+        allow_random_weights=allow_random_weights,
+    )
+    if as_json:
+        emit_json(rec.to_dict())
+        return
+    src = "learned predictor" if rec.source == "predictor" else "IIMM heuristic (cold start)"
+    sig = {"history": "signals from the history", "computed": "signals computed now and stored",
+           "embeddings": "signals from the embeddings file (not stored)"}[rec.signals_source]
+    click.echo(f"{rec.model} on {rec.dataset}, {rec.shots} shots, objective {rec.objective!r}; {sig}; ranking by the {src}.")
+    level = f"{rec.interval:.0%}"
+    rows = []
+    for a in rec.methods:
+        rows.append({
+            "rank": a.rank,
+            "method": a.method,
+            f"ID gain [{level}]": _interval(a.id_gain, a.id_gain_lo, a.id_gain_hi),
+            f"OOD change [{level}]": _interval(a.ood_change, a.ood_change_lo, a.ood_change_hi),
+            "cost s" + (" (extrapolated)" if a.cost_extrapolated else ""): _interval(a.cost_s, a.cost_s_lo, a.cost_s_hi, "{:.0f}"),
+            "ID gain = base + contributions": _contributions(a),
+            "similar runs": a.support_runs,
+            "note": a.excluded or "",
+        })
+    print_table(rows)
+    if rec.out_of_support:
+        click.echo("Outside the history (intervals widened): " + "; ".join(rec.out_of_support))
+    for a in rec.methods:
+        if a.similar_runs:
+            click.echo(f"Similar runs of {a.method}: {'; '.join(a.similar_runs[:6])}"
+                       + (f" and {len(a.similar_runs) - 6} more" if len(a.similar_runs) > 6 else ""))
+    s = rec.support
+    click.echo(f"History: {s['runs']} runs over {s['datasets']} datasets; {s['same_model_family']} with this model "
+               f"family, {s['same_dataset']} on this dataset, {s['shared_domain']} on this dataset or one sharing a domain.")
+    for w in rec.warnings:
+        click.echo(f"Warning: {w}", err=True)
+    for n in rec.notes:
+        click.echo(f"Note: {n}", err=True)
+    click.echo("")
+    click.echo(rec.sentence)

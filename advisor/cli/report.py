@@ -1,0 +1,28 @@
+"""``advisor report``: the HTML report of the history and the predictor."""
+
+from __future__ import annotations
+
+import click
+
+from ..cli_options import (
+    db_option,
+    emit_json,
+    json_option,
+)
+
+
+@click.command(name="report")
+@db_option
+@click.option("-o", "--output", "output", default="report.html", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the HTML report.")
+@json_option
+def report_command(db: str | None, output: str, as_json: bool) -> None:
+    """An HTML report: calibration, held-out predicted vs measured per target, gain vs cost per
+    pair with intervals, every signal against measured gain, and the baseline table (PNG plots)."""
+    from ..report import write_report
+
+    path = write_report(db, output)
+    if as_json:
+        emit_json({"path": str(path)})
+        return
+    click.echo(f"Wrote {path}")

@@ -112,7 +112,9 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
     def _draw(self, idx: np.ndarray, t: int, b: int, n_bags: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Bag ``b`` of ``n_bags`` over rows ``idx`` (sorted) for target ``t``: the rows of a
         bootstrap resample drawn at least once and how often each was drawn (the weights);
-        with one bag every row once."""
+        with one bag every row once. Rows come back sorted (a LightGBM subset keeps index
+        order, and the labels and weights must follow it)."""
+        idx = np.sort(idx)
         if n_bags <= 1:
             return idx, None
         rng = np.random.RandomState(self.random_state * 1000 + t * 100 + b)
@@ -126,7 +128,7 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
         weighted by ``weight``: rows a bag never drew cost nothing."""
         import lightgbm as lgb
 
-        sub = ds.subset(take).construct()  # a subset keeps index order: ``take`` is sorted
+        sub = ds.subset(take).construct()  # ``take`` sorted (``_draw``): the subset's row order
         sub.set_label(y[take])
         sub.set_weight(weight)
         params = self._lgb_params(self.random_state + b)
@@ -136,6 +138,8 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
         return lgb.train(params, sub, num_boost_round=self.n_estimators, keep_training_booster=True)
 
     def _workers(self, n_jobs: int) -> int:
+        """Threads for ``n_jobs`` boosters: ``n_jobs`` (the hyper-parameter) of them, -1 one per
+        CPU this process may use, -2 one fewer, ...; None or 0 one."""
         if self.n_jobs is None or self.n_jobs == 0:
             return 1
         if self.n_jobs < 0:

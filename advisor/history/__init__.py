@@ -29,8 +29,11 @@ _LAZY = {
     "MIGRATIONS": "migrations", "compact": "registry", "create_registry": "registry", "open_reader": "reader",
 }
 
-__all__ = sorted([*_LAZY, "SCHEMA_VERSION", "config_hash", "dataset_key", "default_path", "default_run_id",
-                  "ensure_default_db", "location", "model_key", "resolve_url"])
+__all__ = [
+    "History", "ImportRecord", "MIGRATIONS", "SCHEMA_VERSION", "compact", "config_hash", "create_registry",
+    "dataset_key", "default_path", "default_run_id", "ensure_default_db", "location", "model_key", "open_history",
+    "open_reader", "record_run", "resolve_url",
+]
 
 
 def __getattr__(name: str) -> Any:

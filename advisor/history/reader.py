@@ -21,9 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from .location import default_path, ensure_default_db
-from .rows import MODEL_FIELDS, run_fields
-from .rows import dataset_desc as stored_dataset_desc
-from .rows import model_desc as stored_model_desc
+from .rows import MODEL_FIELDS, training_row
 from .version import SCHEMA_VERSION
 
 #: Columns the schema declares JSON (stored as JSON text) or Boolean (0/1), per table: what
@@ -161,17 +159,7 @@ class Reader:
         for r in runs:
             r.model, r.dataset = models[r.model_id], datasets[r.dataset_id]
             mine = own.get(r.signal_set_id, {}) if r.signal_set_id is not None else {}
-            merged = {**latest.get((r.model_id, r.dataset_id), {}), **mine}
-            row = run_fields(r)
-            row.update(
-                run_id=r.run_id,
-                recorded_at=r.created_at,
-                signals={k: v[0] for k, v in sorted(merged.items())},
-                signal_versions={k: v[1] for k, v in sorted(merged.items()) if v[1] is not None},
-                model_desc=stored_model_desc(r.model),
-                dataset_desc=stored_dataset_desc(r.dataset),
-            )
-            out.append(row)
+            out.append(training_row(r, {**latest.get((r.model_id, r.dataset_id), {}), **mine}))
         return out
 
     def models(self) -> list[dict[str, Any]]:

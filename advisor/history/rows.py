@@ -194,3 +194,18 @@ def flat_row(r: Run) -> dict[str, Any]:
     for v in values:
         flat[f"{SIGNAL_PREFIX}{v.name}"] = v.value
     return flat
+
+
+def training_row(r: Run, signals: dict[str, tuple[float, str | None]]) -> dict[str, Any]:
+    """One row of ``History.training_rows``: the run's fields, id and time, ``signals`` (name ->
+    (value, version), already merged) and the stored descriptors."""
+    row = run_fields(r)
+    row.update(
+        run_id=r.run_id,
+        recorded_at=r.created_at,
+        signals={k: v[0] for k, v in sorted(signals.items())},
+        signal_versions={k: v[1] for k, v in sorted(signals.items()) if v[1] is not None},
+        model_desc=model_desc(r.model),
+        dataset_desc=dataset_desc(r.dataset),
+    )
+    return row

@@ -46,7 +46,7 @@ from .location import (  # noqa: F401  (re-exported likewise)
     sqlite_url,
 )
 from .migrations import SCHEMA_VERSION, applied_migrations, check_version, migrate, pending  # noqa: F401
-from .rows import DATASET_FIELDS, MODEL_FIELDS, ImportRecord, flat_row, jsonable, run_fields
+from .rows import DATASET_FIELDS, MODEL_FIELDS, ImportRecord, flat_row, jsonable, training_row
 from .rows import dataset_desc as stored_dataset_desc
 from .rows import model_desc as stored_model_desc
 from .schema import Dataset, Model, Predictor, Run, SignalSet, SignalValue
@@ -488,17 +488,7 @@ class History:
             out = []
             for r in runs:
                 own = {v.name: (v.value, v.version) for v in (r.signal_set.values if r.signal_set else [])}
-                merged = {**latest.get((r.model_id, r.dataset_id), {}), **own}
-                row = run_fields(r)
-                row.update(
-                    run_id=r.run_id,
-                    recorded_at=r.created_at,
-                    signals={k: v[0] for k, v in sorted(merged.items())},
-                    signal_versions={k: v[1] for k, v in sorted(merged.items()) if v[1] is not None},
-                    model_desc=stored_model_desc(r.model),
-                    dataset_desc=stored_dataset_desc(r.dataset),
-                )
-                out.append(row)
+                out.append(training_row(r, {**latest.get((r.model_id, r.dataset_id), {}), **own}))
             return out
 
     # -- predictors ------------------------------------------------------------------------

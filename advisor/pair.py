@@ -162,9 +162,10 @@ def prepare_pair(
     if max_images is not None:
         kwargs["max_images"] = max_images
     sig = compute_signals(model_spec, dataset_spec, **kwargs)
-    md, dd = describe_pair(model_spec, dataset_spec, sig.meta, device) if model is None else (known, None)
-    pair.model_desc = mark(md, random)
-    pair.dataset_desc = dataset_desc or (dd if dd is not None else dataset_descriptors(bundle))
+    if model is None or dataset_desc is None:
+        measured_model, measured_dataset = describe_pair(model_spec, dataset_spec, sig.meta, device)
+    pair.model_desc = mark(known if model is not None else measured_model, random)
+    pair.dataset_desc = dataset_desc if dataset_desc is not None else measured_dataset
     pair.signal_set, pair.split_hash = sig, str(sig.meta.get("split_hash") or "")
     if lookup and from_history():
         return pair

@@ -344,11 +344,12 @@ def class_text_features(
 
 
 def select_images(dataset_spec: DatasetSpec | str, *, split: str = "train", shots: int | None = None, seed: int = 0,
-                  max_images: int | None = None) -> tuple[Any, ImageSet]:
-    """Load a dataset and pick the images ``embed`` would use: split, few-shot, sample."""
+                  max_images: int | None = None, bundle: Any = None) -> tuple[Any, ImageSet]:
+    """Load a dataset (unless its loaded ``bundle`` is given) and pick the images ``embed``
+    would use: split, few-shot, sample."""
     from .data import few_shot, get_split, load_dataset, sample
 
-    bundle = load_dataset(dataset_spec)
+    bundle = bundle if bundle is not None else load_dataset(dataset_spec)
     images = get_split(bundle, split)
     if shots is not None:
         images = few_shot(images, shots, seed, class_names=bundle.class_names)
@@ -390,8 +391,10 @@ def embed(
     use_cache: bool = True,
     with_layers: bool = False,
     quiet: bool = False,
+    bundle: Any = None,
 ) -> Embeddings:
     """Embed one split of a dataset with one model; served from the disk cache when possible.
+    ``bundle``: the dataset already loaded from ``dataset_spec`` (not loaded a second time).
 
     ``meta`` records: model (name), model_identity, model_desc, dataset, dataset_fingerprint,
     dataset_desc, split, split_hash, shots, seed, n, d, image_size, transform, precision,
@@ -406,7 +409,8 @@ def embed(
         dataset_spec = DatasetSpec(name=dataset_spec)
     device = resolve_device(device)
     with phase(f"loading {dataset_spec.name} and looking up {model_spec.name}'s weights"):
-        bundle, images = select_images(dataset_spec, split=split, shots=shots, seed=seed, max_images=max_images)
+        bundle, images = select_images(dataset_spec, split=split, shots=shots, seed=seed, max_images=max_images,
+                                       bundle=bundle)
         key, parts = cache_key(model_spec, bundle, images, split=split, device=device, with_layers=with_layers)
     if use_cache:
         hit = cache.load(key)

@@ -161,7 +161,7 @@ def prepare_pair(
                               "metrics": metrics}
     if max_images is not None:
         kwargs["max_images"] = max_images
-    sig = compute_signals(model_spec, dataset_spec, **kwargs)
+    sig = compute_signals(model_spec, dataset_spec, bundle=bundle, **kwargs)  # a loaded dataset is not loaded again
     if model is None or dataset_desc is None:
         measured_model, measured_dataset = describe_pair(model_spec, dataset_spec, sig.meta, device)
     pair.model_desc = mark(known if model is not None else measured_model, random)

@@ -262,8 +262,10 @@ def compute_signals(
     quiet: bool = False,
     use_cache: bool = True,
     metrics: list[str] | None = None,
+    bundle: Any = None,
 ) -> SignalSet:
-    """Embed the pair's training split once (cached) and run every metric on it.
+    """Embed the pair's training split once (cached) and run every metric on it (``bundle``:
+    the dataset already loaded from ``dataset_spec``, so it is not loaded again).
 
     The returned SignalSet's ``meta`` holds the embeddings' metadata (``split_hash``, model
     identity, dataset fingerprint, cache hit, embedding seconds).
@@ -277,7 +279,7 @@ def compute_signals(
     if isinstance(dataset_spec, str):
         dataset_spec = DatasetSpec(name=dataset_spec)
     emb = embed(model_spec, dataset_spec, split="train", shots=shots, seed=seed, max_images=max_images,
-                device=device, use_cache=use_cache, with_layers=with_layers, quiet=quiet)
+                device=device, use_cache=use_cache, with_layers=with_layers, quiet=quiet, bundle=bundle)
     with phase(f"computing signals on {len(emb.labels)} images"):
         return run_metrics(emb, metrics, device=device)
 

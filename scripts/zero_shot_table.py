@@ -77,14 +77,15 @@ def cached_by_id(fcache: Path, tower: str, task: str, bundle, test, size: int) -
 
 def main(argv: list[str] | None = None) -> int:
     from advisor.config import cache_dir
-    from advisor.data import OFFLINE_DATASETS, get_split, load_dataset, sample
+    from advisor.data import get_split, load_dataset, sample
+    from advisor_plugins.datasets.offline import SOURCES as OFFLINE_SOURCES
     from advisor.embed import class_text_features
     from advisor_plugins.datasets.derived import TASKS
     from advisor_plugins.models.lit_offline_model import TOWERS, VARIANTS, LitOfflineModel, load_towers, read_head
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--towers", nargs="*", default=list(TOWERS), choices=list(TOWERS))
-    ap.add_argument("--tasks", nargs="*", default=list(OFFLINE_DATASETS) + list(TASKS))
+    ap.add_argument("--tasks", nargs="*", default=list(OFFLINE_SOURCES) + list(TASKS))
     ap.add_argument("--max-test", type=int, default=500)
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--json", default=None, help="also write the results here")

@@ -64,7 +64,13 @@ def test_run_reports_model_load_evaluation_and_training(cli, tmp_path):
     """ADVISOR_PROGRESS=1 stands in for a terminal (CliRunner's stderr is not one)."""
     args = ["run", "--method", "coop", "--model", "tiny-vit", "--dataset", "digits", "--shots", "1", "--epochs", "1",
             "--max-images", "20", "--ood", "digits", "--device", "cpu", "--no-record", "--db", str(tmp_path / "h.db")]
-    result = cli(*args, env={"ADVISOR_PROGRESS": "1"})
+    # A cold start: its own cache (else an earlier test's signals for this pair are reused) and
+    # no model memoised in this process by an earlier test (else nothing is "loading").
+    from advisor.embed import clear_model_memo
+
+    clear_model_memo()
+    env = {"ADVISOR_PROGRESS": "1", "ADVISOR_CACHE": str(tmp_path / "cache")}
+    result = cli(*args, env=env)
     assert result.exit_code == 0, result.stderr
     err = result.stderr
     assert "advisor: loading model tiny-vit ..." in err
@@ -72,5 +78,5 @@ def test_run_reports_model_load_evaluation_and_training(cli, tmp_path):
     assert "training" in err  # the step bar
     assert "advisor: computing signals" in err
     assert "advisor:" not in result.stdout
-    quiet = cli(*args, "--quiet", env={"ADVISOR_PROGRESS": "1"})
+    quiet = cli(*args, "--quiet", env=env)
     assert quiet.exit_code == 0 and "advisor:" not in quiet.stderr

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from advisor import data
+from advisor_plugins.datasets.offline import SOURCES as OFFLINE_SOURCES
 from advisor.data import (
-    OFFLINE_DATASETS,
     DEFAULT_OFFLINE_DATASET,
     class_counts,
     dataset_descriptors,
@@ -36,7 +36,7 @@ def _isolated_home(tmp_path, monkeypatch):
 def _names():
     return [pytest.param(n, marks=pytest.mark.skipif(n == "fashion-mnist" and not HAVE_FASHION,
                                                      reason="apt-get install dataset-fashion-mnist"))
-            for n in OFFLINE_DATASETS]
+            for n in OFFLINE_SOURCES]
 
 
 def _raw_total(name: str) -> ImageSet:

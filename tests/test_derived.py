@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from advisor.data import OFFLINE_DATASETS, dataset_descriptors, load_dataset
+from advisor.data import dataset_descriptors, load_dataset
 from advisor.errors import DatasetError
 from advisor.plugins import get_dataset_source
 from advisor.specs import DatasetSpec
@@ -48,7 +48,7 @@ def test_derived_task_is_registered_disjoint_from_reserve_and_names_its_source(n
 
 
 def test_every_offline_dataset_records_its_source() -> None:
-    for name in [n for n in OFFLINE_DATASETS if HAVE_FASHION or n != "fashion-mnist"]:
+    for name in [n for n in offline.SOURCES if HAVE_FASHION or n != "fashion-mnist"]:
         assert dataset_descriptors(load_dataset(name))["source"] == name
 
 

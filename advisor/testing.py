@@ -12,10 +12,28 @@ nothing.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
+
+
+@contextlib.contextmanager
+def registered_plugin(plugin: Any, name: str) -> Iterator[Any]:
+    """Register an in-process plugin object for the ``with`` block (or a fixture's ``yield``);
+    unregister it and forget its load errors after, so no other test sees it."""
+    from advisor import plugins
+
+    pm = plugins.load_plugins()
+    pm.register(plugin, name=name)
+    plugins.reset_cache()
+    try:
+        yield plugin
+    finally:
+        pm.unregister(name=name)
+        plugins.load_errors.pop(name, None)
+        plugins.reset_cache()
 
 
 @pytest.fixture

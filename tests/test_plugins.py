@@ -3,7 +3,6 @@ and broken plugins reported by name instead of taking the tool down."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 
@@ -12,6 +11,7 @@ from click.testing import CliRunner
 
 import advisor
 from advisor import plugins
+from advisor.testing import registered_plugin
 from advisor.specs import Metric, Tuner
 
 #: Tables wrap to the terminal width; a wide one keeps each plugin on one line.
@@ -37,16 +37,8 @@ class _BrokenPlugin:
 
 
 def _registered(plugin, name):
-    """Register an in-process plugin for one test; unregister it (and forget its errors) after."""
-    pm = plugins.load_plugins()
-    pm.register(plugin, name=name)
-    plugins.reset_cache()
-    try:
+    with registered_plugin(plugin, name):
         yield
-    finally:
-        pm.unregister(name=name)
-        plugins.load_errors.pop(name, None)
-        plugins.reset_cache()
 
 
 @pytest.fixture
@@ -389,7 +381,7 @@ class _WrongKindPlugin:
 
 
 def test_registering_the_wrong_kind_skips_the_whole_plugin_with_one_line(capsys):
-    with contextlib.contextmanager(_registered)(_WrongKindPlugin(), "wrong-kind"):
+    with registered_plugin(_WrongKindPlugin(), "wrong-kind"):
         tuners = plugins.get_tuners()
         assert "not_a_tuner" not in tuners and "fine_tuner" not in tuners  # nothing half-registered
         assert plugins.load_errors["wrong-kind"] == (
@@ -405,7 +397,7 @@ class _OddNamePlugin:
 
 
 def test_tuner_names_must_be_plain_lowercase():
-    with contextlib.contextmanager(_registered)(_OddNamePlugin(), "odd-name"):
+    with registered_plugin(_OddNamePlugin(), "odd-name"):
         assert "My $\\alpha$ Tuner" not in plugins.get_tuners()
         assert plugins.load_errors["odd-name"] == (
             "ValueError: tuner name 'My $\\\\alpha$ Tuner' must be lowercase letters, digits, '_' or '-'")

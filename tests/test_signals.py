@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 import advisor
 from advisor import plugins
+from advisor.testing import registered_plugin
 from advisor.errors import InputFileError, UnknownNameError
 from advisor.embeddings_file import read as load_embeddings_npz
 from advisor.embeddings_file import write as write_embeddings
@@ -68,15 +69,8 @@ class ThirdParty:
 
 @pytest.fixture
 def third_party():
-    pm = plugins.load_plugins()
-    obj = ThirdParty()
-    pm.register(obj, name="third-party-test")
-    plugins.reset_cache()
-    try:
+    with registered_plugin(ThirdParty(), "third-party-test") as obj:
         yield obj
-    finally:
-        pm.unregister(obj)
-        plugins.reset_cache()
 
 
 # ---------------------------------------------------------------------------------- engine

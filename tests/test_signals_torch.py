@@ -19,6 +19,7 @@ from test_signals import BUILTIN_SIGNALS
 
 import advisor
 from advisor import plugins
+from advisor.testing import registered_plugin
 from advisor.signals import embeddings_on, run_metrics, signal_device
 from advisor.specs import Embeddings, Metric
 
@@ -253,15 +254,8 @@ class _Recorder:
 
 @pytest.fixture
 def recorder():
-    pm = plugins.load_plugins()
-    obj = _Recorder()
-    pm.register(obj, name="recorder-test")
-    plugins.reset_cache()
-    try:
+    with registered_plugin(_Recorder(), "recorder-test") as obj:
         yield obj
-    finally:
-        pm.unregister(obj)
-        plugins.reset_cache()
 
 
 def test_metrics_without_array_api_get_numpy_when_the_run_is_in_torch(recorder):

@@ -2,7 +2,7 @@
 per-layer recording through forward hooks, and hashing of weights.
 
 Kept in one place so open_clip and lit-offline models behave the same way where the
-``VisionLanguageModel`` protocol (advisor/specs.py) leaves room: what ``tokenize`` returns, how
+``VisionLanguageModel`` protocol (advisor/specs/models.py) leaves room: what ``tokenize`` returns, how
 a uint8 batch becomes pixels, how per-layer states are pooled.
 """
 

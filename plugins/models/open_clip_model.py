@@ -1,4 +1,4 @@
-"""The open_clip model behind the ``VisionLanguageModel`` protocol (advisor/specs.py).
+"""The open_clip model behind the ``VisionLanguageModel`` protocol (advisor/specs/models.py).
 
 Torch-heavy half of the open_clip plugin (the registration in ``open_clip.py`` stays light so
 ``advisor --help`` does not import torch); how a name becomes one of these (architectures and

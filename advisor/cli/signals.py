@@ -58,7 +58,8 @@ def signals_command(ctx: click.Context, model: str, pretrained: str | None, imag
                     if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
         if explicit:
             raise click.UsageError(f"--from-embeddings cannot be combined with {', '.join(explicit)}")
-        sig = run_metrics(read_embeddings(from_embeddings), names)
+        # --device auto: where the file says the embeddings were made (CUDA when present here).
+        sig = run_metrics(read_embeddings(from_embeddings), names, device=None if device == "auto" else device)
         info: dict[str, Any] = {"model": None, "dataset": None, "split_hash": None, "source": from_embeddings,
                                 "stored": None}
     else:

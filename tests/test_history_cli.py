@@ -370,3 +370,32 @@ def test_real_process_reports_one_line(tmp_path):
     assert p.returncode == 1
     assert p.stderr.strip().splitlines() == [f"Error: {bad} is not a valid SQLite database (file is not a database)"]
     assert p.stdout == ""
+
+
+def test_skip_existing_merges_another_history_export(cli, runs_csv, tmp_path, history_url):
+    """--skip-existing adds what is new and leaves out what is already there (the same run by
+    id, or another id for the same configuration and seed), in one transaction; without it
+    the same file is refused whole."""
+    cli("history", "add", str(runs_csv), "--db", history_url)
+    rows = [list(r) for r in ROWS]  # r1, r2, r3: the very runs already recorded
+    again = list(ROWS[0])
+    again[0] = "other-id"  # r1's configuration and seed under another id
+    fresh = list(ROWS[1])
+    fresh[0], fresh[HEADER.index("seed")] = "n9", "99"  # a new configuration
+    path = write_csv(tmp_path / "merge.csv", HEADER, rows + [fresh])
+    assert_one_line_error(cli("history", "add", str(path), "--db", history_url), "row 1: run_id 'r1' is already in the database")
+    assert count_rows(history_url, "runs") == 3
+    out = cli("history", "add", str(path), "--skip-existing", "--db", history_url, "--json")
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["added"] == 1 and json.loads(out.stdout)["skipped"] == 3
+    assert count_rows(history_url, "runs") == 4
+    path = write_csv(tmp_path / "other-id.csv", HEADER, [again])
+    out = cli("history", "add", str(path), "--skip-existing", "--db", history_url)
+    assert out.exit_code == 0 and "Added 0 runs" in out.stdout and "1 already there, skipped" in out.stdout
+    assert count_rows(history_url, "runs") == 4
+    clash = list(ROWS[2])
+    clash[HEADER.index("seed")] = "77"  # a new configuration under an id already taken: still an error
+    path = write_csv(tmp_path / "clash.csv", HEADER, [clash])
+    assert_one_line_error(cli("history", "add", str(path), "--skip-existing", "--db", history_url),
+                          "row 1: run_id 'r3' is already in the database")
+    assert count_rows(history_url, "runs") == 4

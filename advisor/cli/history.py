@@ -33,9 +33,12 @@ def history_group() -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "jsonl"]), default=None,
               help="File format (default: from the extension, else from the content).")
+@click.option("--skip-existing", is_flag=True,
+              help="Leave out runs whose configuration and seed are already in the history (merging another "
+                   "history's export) instead of refusing the file.")
 @db_option
 @json_option
-def history_add(file: str, fmt: str | None, db: str | None, as_json: bool) -> None:
+def history_add(file: str, fmt: str | None, skip_existing: bool, db: str | None, as_json: bool) -> None:
     """Add runs from FILE (columns: docs/history.md). Every row is validated first; any
     problem adds nothing."""
     from ..history import open_history
@@ -43,11 +46,13 @@ def history_add(file: str, fmt: str | None, db: str | None, as_json: bool) -> No
 
     records = parse_file(file, fmt)
     with open_history(db) as h:
-        n = h.add_records(records)
+        n = h.add_records(records, skip_existing=skip_existing)
+        skipped = len(records) - n
         if as_json:
-            emit_json({"added": n, "history": h.display})
+            emit_json({"added": n, "skipped": skipped, "history": h.display})
             return
-        click.echo(f"Added {n} run{'' if n == 1 else 's'} to {h.display}")
+        tail = f" ({skipped} already there, skipped)" if skip_existing else ""
+        click.echo(f"Added {n} run{'' if n == 1 else 's'} to {h.display}{tail}")
 
 
 @history_group.command(name="list")

@@ -363,24 +363,34 @@ class History:
             _call_run_hooks(run, run_id, self.url)
         return run_id
 
-    def add_records(self, records: Sequence[ImportRecord]) -> int:
-        """Insert validated import rows, all or nothing; a run already present is an error."""
+    def add_records(self, records: Sequence[ImportRecord], *, skip_existing: bool = False) -> int:
+        """Insert validated import rows, all or nothing; returns how many were added. A run
+        already present is an error, or with ``skip_existing`` is left out (the copy already in
+        the history stays): merging another history's export, e.g. a newer shipped registry's,
+        into your own."""
 
         def tx(s: Session) -> int:
+            added = 0
             for rec in records:
                 run = rec.run
                 cfg = config_hash(run)
                 rid = run_id_of(run, cfg)
-                if s.scalar(select(Run.id).where(Run.run_id == rid)) is not None:
+                same_id = s.execute(select(Run.config_hash, Run.seed).where(Run.run_id == rid)).first()
+                if same_id is not None:
+                    if skip_existing and tuple(same_id) == (cfg, run.seed):
+                        continue  # this very run, already here
                     raise HistoryError(f"{rec.label}: run_id {rid!r} is already in the database")
                 existing = s.scalar(select(Run.run_id).where(Run.config_hash == cfg, Run.seed == run.seed))
                 if existing is not None:
+                    if skip_existing:
+                        continue
                     raise HistoryError(
                         f"{rec.label}: a run with the same model, dataset, method, shots, hparams, split and "
                         f"seed is already in the database (run {existing!r})"
                     )
                 self._insert_run(s, run, cfg, rec.recorded_at, rec.signal_seconds)
-            return len(records)
+                added += 1
+            return added
 
         return self._write(tx)
 

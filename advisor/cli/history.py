@@ -49,7 +49,7 @@ def history_add(file: str, fmt: str | None, skip_existing: bool, db: str | None,
         n = h.add_records(records, skip_existing=skip_existing)
         skipped = len(records) - n
         if as_json:
-            emit_json({"added": n, "skipped": skipped, "history": h.display})
+            emit_json({"added": n, **({"skipped": skipped} if skip_existing else {}), "history": h.display})
             return
         tail = f" ({skipped} already there, skipped)" if skip_existing else ""
         click.echo(f"Added {n} run{'' if n == 1 else 's'} to {h.display}{tail}")

@@ -225,6 +225,29 @@ def test_repo_registry_is_migrated_and_self_contained():
     assert mode == "delete"  # no -wal side file needed to read it
 
 
+def test_create_registry_leaves_the_sweep_bookkeeping_behind(tmp_path):
+    from advisor.history.sweeps import register_sweep
+
+    source = tmp_path / "source.db"
+    with open_history(str(source)) as h:
+        h.record_run(make_run(run_id="shipped-1"))
+        register_sweep(h, "sw-test", {"name": "t"}, "local", [("k1", "m|d", 0, {"model": "m", "pretrained": None, "dataset": "d", "method": "lora", "shots": 4, "seed": 0, "hparams": {}})], 60.0)
+    out = tmp_path / "registry.db"
+    assert create_registry(out, str(source)) == 1
+    con = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
+    try:
+        assert con.execute("SELECT COUNT(*) FROM sweeps").fetchone()[0] == 0
+        assert con.execute("SELECT COUNT(*) FROM sweep_jobs").fetchone()[0] == 0
+        assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+    finally:
+        con.close()
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    try:  # the source keeps them
+        assert src.execute("SELECT COUNT(*) FROM sweep_jobs").fetchone()[0] == 1
+    finally:
+        src.close()
+
+
 def test_create_registry_empty(tmp_path):
     out = tmp_path / "registry.db"
     assert create_registry(out) == 0

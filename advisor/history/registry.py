@@ -27,7 +27,7 @@ def compact(path: str | os.PathLike[str]) -> None:
 
 def create_registry(path: str | os.PathLike[str], source: str | os.PathLike[str] | None = None) -> int:
     """Write the shipped-registry file at ``path``: a migrated copy of the SQLite history
-    ``source`` (everything: runs, signal sets, predictors), or an empty migrated history when
+    ``source`` (runs, signal sets, predictors; not its sweep bookkeeping), or an empty migrated history when
     ``source`` is None, compacted to one self-contained file. Returns the number of runs.
     ``python -c "from advisor.history import create_registry; create_registry('registry.db', 'runs.db')"``"""
     p = Path(path)
@@ -46,6 +46,11 @@ def create_registry(path: str | os.PathLike[str], source: str | os.PathLike[str]
             src_path = src.path
         with sqlite3.connect(str(src_path)) as src_con, sqlite3.connect(str(p)) as dst_con:
             src_con.backup(dst_con)
+            # The sweeps that built it are this machine's bookkeeping (workers, log paths,
+            # heartbeats), not knowledge: a sweep run against a copy finds its runs by
+            # configuration in the runs themselves.
+            dst_con.execute("DELETE FROM sweep_jobs")
+            dst_con.execute("DELETE FROM sweeps")
         src_con.close()
         dst_con.close()
     compact(p)

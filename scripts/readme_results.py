@@ -62,28 +62,26 @@ def _config_key(r: Mapping[str, Any]) -> tuple:
 def measured_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown: one line per (method, shots, lr); seed spread = mean over configurations run
     with two or more seeds of the standard deviation across their seeds."""
+    # Each row's targets once; a configuration is keyed under its (method, shots, lr) line.
+    groups: dict[tuple, list[tuple[float, float, float]]] = collections.defaultdict(list)
     by_config: dict[tuple, list[tuple[float, float]]] = collections.defaultdict(list)
-    groups: dict[tuple, list[Mapping[str, Any]]] = collections.defaultdict(list)
     for r in rows:
         t = row_targets(r)
-        by_config[_config_key(r)].append((t["id_gain"], t["ood_change"]))
-        lr = (r.get("hparams") or {}).get("lr")
-        groups[(r["method"], int(r["shots"]), lr)].append(r)
+        line = (r["method"], int(r["shots"]), (r.get("hparams") or {}).get("lr"))
+        groups[line].append((t["id_gain"], t["ood_change"], float(r["wall_time_s"])))
+        by_config[(line, _config_key(r))].append((t["id_gain"], t["ood_change"]))
     spread: dict[tuple, list[tuple[float, float]]] = collections.defaultdict(list)
-    for key, vals in by_config.items():
+    for (line, _), vals in by_config.items():
         if len(vals) >= 2:
-            a = np.asarray(vals, dtype=float)
-            model, _, _, method, shots, hp = key
-            lr = json.loads(hp).get("lr")
-            spread[(method, int(shots), lr)].append(tuple(a.std(axis=0, ddof=1)))
+            spread[line].append(tuple(np.asarray(vals, dtype=float).std(axis=0, ddof=1)))
     order = sort_methods({m for m, _, _ in groups})
     lines = ["| method | shots | lr | runs | configs with 2+ seeds | mean ID gain | ID seed spread | mean OOD change "
              "| OOD seed spread | worst OOD change | median wall s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (m, k, lr), rs in sorted(groups.items(), key=lambda g: (order.index(g[0][0]) if g[0][0] in order else 99,
                                                                g[0][1], float(g[0][2] or 0))):
-        t = np.asarray([(row_targets(r)["id_gain"], row_targets(r)["ood_change"]) for r in rs], dtype=float)
-        wall = np.median([float(r["wall_time_s"]) for r in rs])
+        t = np.asarray(rs, dtype=float)
+        wall = np.median(t[:, 2])
         s = spread.get((m, k, lr))
         sd_id, sd_ood = (f"{np.mean([x[0] for x in s]):.3f}", f"{np.mean([x[1] for x in s]):.3f}") if s else ("n/a", "n/a")
         repeated = len(s) if s else 0

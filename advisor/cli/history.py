@@ -1,4 +1,4 @@
-"""The ``advisor history`` group: add, list, show, export, import-mlflow, path (the sweep commands
+"""The ``advisor history`` group: add, list, show, export, import-mlflow, update, path (the sweep commands
 ``import-spool`` and ``refresh-signals`` join it in ``advisor.cli``)."""
 
 from __future__ import annotations
@@ -187,6 +187,41 @@ def history_import_mlflow(experiment: str, tracking_uri: str | None, maps: tuple
     else:
         click.echo(f"Imported {plan.added} run{'' if plan.added == 1 else 's'} from experiment {experiment!r} "
                    f"into {plan.history}{tail}.")
+
+
+@history_group.command(name="update")
+@click.option("--dry-run", is_flag=True, help="Say how many runs would be added; write nothing.")
+@click.option("--train/--no-train", default=True, show_default=True,
+              help="Retrain the predictor on the merged history when runs were added.")
+@db_option
+@json_option
+def history_update(dry_run: bool, train: bool, db: str | None, as_json: bool) -> None:
+    """Add the runs of the installed registry.db that your history lacks, then retrain the
+    predictor. Your default history is a copy made at first use, and upgrading advisor never
+    touches it: this is how it takes in a newer shipped history. Your own runs are kept, and so
+    is your copy of any run the registry measured again."""
+    from ..history import open_history, update_from_shipped
+    from ..history.location import default_path, ensure_default_db
+
+    if db is None:
+        ensure_default_db(default_path(), notice=False)
+        db = str(default_path())
+    with open_history(db) as h:
+        info = update_from_shipped(h, dry_run=dry_run)
+        trained = None
+        if info["added"] and train and not dry_run:
+            from ..predictor import train_predictor
+
+            click.echo(f"Added {info['added']:,} runs; retraining the predictor on {h.count():,} runs ...", err=True)
+            trained = train_predictor(h)
+        if as_json:
+            emit_json({**info, "dry_run": dry_run, "history": h.display,
+                       "trained_on": trained["n_runs"] if trained else None})
+            return
+        verb = "Would add" if dry_run else "Added"
+        click.echo(f"{verb} {info['added']:,} of the {info['shipped']:,} runs of {info['registry']} to {h.display} "
+                   f"({info['present']:,} already there)" + (f"; predictor retrained on {trained['n_runs']:,} runs."
+                                                            if trained else "."))
 
 
 @history_group.command(name="path")

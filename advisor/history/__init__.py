@@ -27,12 +27,13 @@ from .version import SCHEMA_VERSION
 _LAZY = {
     "History": "store", "open_history": "store", "record_run": "store", "ImportRecord": "rows",
     "MIGRATIONS": "migrations", "compact": "registry", "create_registry": "registry", "open_reader": "reader",
+    "update_from_shipped": "registry",
 }
 
 __all__ = [
     "History", "ImportRecord", "MIGRATIONS", "SCHEMA_VERSION", "compact", "config_hash", "create_registry",
     "dataset_key", "default_path", "default_run_id", "ensure_default_db", "location", "model_key", "open_history",
-    "open_reader", "record_run", "resolve_url",
+    "open_reader", "record_run", "resolve_url", "update_from_shipped",
 ]
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,11 +71,59 @@ def location(db: str | os.PathLike[str] | None) -> str:
     return str(path) if path else url.render_as_string(hide_password=True)
 
 
-def ensure_default_db(path: Path | None = None) -> Path:
+def _config_seeds(uri: str) -> set[tuple[str, int]]:
+    conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+    try:
+        return {(c, int(s)) for c, s in conn.execute("SELECT config_hash, seed FROM runs")}
+    finally:
+        conn.close()
+
+
+def shipped_runs_missing(path: Path) -> tuple[int, int] | None:
+    """``(runs in the installed registry.db, how many of them the history file at path lacks)``,
+    or None when nothing is shipped, ``path`` is the shipped file or either cannot be read.
+
+    A run counts as present when a run of the same configuration and seed is there under any
+    id: what ``history add --skip-existing`` leaves out, so after ``advisor history update`` the
+    count is 0. Both files are only read (the shipped one as immutable)."""
+    shipped = config.shipped_registry()
+    if shipped is None or not path.is_file():
+        return None
+    try:
+        if shipped.resolve() == path.resolve():
+            return None
+        theirs = _config_seeds(f"{shipped.absolute().as_uri()}?mode=ro&immutable=1")
+        # mode=rw as in reader.Reader: only SELECTs run, and it never creates the file.
+        ours = _config_seeds(f"{path.absolute().as_uri()}?mode=rw")
+    except (OSError, sqlite3.Error):
+        return None
+    return len(theirs), len(theirs - ours)
+
+
+_noticed: set[Path] = set()
+
+
+def notice_newer_shipped(path: Path) -> None:
+    """Once per process: a note on stderr when the installed registry.db has runs the user's
+    copy lacks (the copy is made at first use, and upgrading advisor never touches it)."""
+    if path in _noticed:
+        return
+    _noticed.add(path)
+    found = shipped_runs_missing(path)
+    if found and found[1]:
+        total, missing = found
+        print(f"Note: the installed registry.db has {missing:,} of its {total:,} runs that your history ({path}) "
+              "lacks; `advisor history update` adds them and retrains the predictor.", file=sys.stderr)
+
+
+def ensure_default_db(path: Path | None = None, *, notice: bool = True) -> Path:
     """Create the user-data database by copying the shipped ``registry.db`` (never writing to
-    it). Safe against concurrent first use: the copy appears atomically or not at all."""
+    it). Safe against concurrent first use: the copy appears atomically or not at all. An
+    existing copy is kept; with ``notice``, a newer shipped registry is mentioned on stderr."""
     path = path or default_path()
     if path.exists():
+        if notice:
+            notice_newer_shipped(path)
         return path
     shipped = config.shipped_registry()
     if shipped is None:

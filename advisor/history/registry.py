@@ -6,10 +6,14 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import HistoryError
 from .location import sqlite_url
 from .store import History, open_history
+
+if TYPE_CHECKING:
+    from .rows import ImportRecord
 
 
 def compact(path: str | os.PathLike[str]) -> None:
@@ -58,3 +62,35 @@ def create_registry(path: str | os.PathLike[str], source: str | os.PathLike[str]
         n = h.count()
     compact(p)
     return n
+
+
+def shipped_records() -> tuple[Path, list["ImportRecord"]]:
+    """The installed ``registry.db`` and its runs as validated import rows (it is only read)."""
+    import io
+    import tempfile
+
+    from .. import config
+    from .io import parse_file
+
+    shipped = config.shipped_registry()
+    if shipped is None:
+        raise HistoryError("no registry.db is installed with advisor (ADVISOR_REGISTRY names another one)")
+    # Read-only URI: opening the installed file read-write would switch it to WAL mode.
+    with History(f"sqlite:///file:{shipped.absolute()}?mode=ro&uri=true") as src:
+        buf = io.StringIO()
+        src.export("jsonl", buf)
+    with tempfile.TemporaryDirectory(prefix="advisor-update-") as tmp:
+        dump = Path(tmp) / "registry.jsonl"
+        dump.write_text(buf.getvalue(), encoding="utf-8")
+        return shipped, parse_file(dump, "jsonl")
+
+
+def update_from_shipped(history: History, *, dry_run: bool = False) -> dict[str, int | str]:
+    """Add the installed ``registry.db``'s runs that ``history`` lacks, in one transaction (a run
+    of the same configuration and seed already there is kept, as ``history add --skip-existing``
+    does). Returns ``{"added", "present", "shipped", "registry"}``; ``dry_run`` writes nothing."""
+    shipped, records = shipped_records()
+    if history.path is not None and history.path.resolve() == shipped.resolve():
+        raise HistoryError(f"{history.display} is the installed registry.db itself; give --db your own history")
+    added = history.missing_count(records) if dry_run else history.add_records(records, skip_existing=True)
+    return {"added": added, "present": len(records) - added, "shipped": len(records), "registry": str(shipped)}

@@ -363,6 +363,26 @@ class History:
             _call_run_hooks(run, run_id, self.url)
         return run_id
 
+    @staticmethod
+    def _already_present(s: Session, rec: ImportRecord, cfg: str, rid: str, skip_existing: bool) -> bool:
+        """True when ``rec``'s run is already in the history and may be left out; raises when
+        its id names a different run, or (without ``skip_existing``) when it is there."""
+        run = rec.run
+        same_id = s.execute(select(Run.config_hash, Run.seed).where(Run.run_id == rid)).first()
+        if same_id is not None:
+            if skip_existing and tuple(same_id) == (cfg, run.seed):
+                return True  # this very run, already here
+            raise HistoryError(f"{rec.label}: run_id {rid!r} is already in the database")
+        existing = s.scalar(select(Run.run_id).where(Run.config_hash == cfg, Run.seed == run.seed))
+        if existing is not None:
+            if skip_existing:
+                return True
+            raise HistoryError(
+                f"{rec.label}: a run with the same model, dataset, method, shots, hparams, split and "
+                f"seed is already in the database (run {existing!r})"
+            )
+        return False
+
     def add_records(self, records: Sequence[ImportRecord], *, skip_existing: bool = False) -> int:
         """Insert validated import rows, all or nothing; returns how many were added. A run
         already present is an error, or with ``skip_existing`` is left out (the copy already in
@@ -372,27 +392,25 @@ class History:
         def tx(s: Session) -> int:
             added = 0
             for rec in records:
-                run = rec.run
-                cfg = config_hash(run)
-                rid = run_id_of(run, cfg)
-                same_id = s.execute(select(Run.config_hash, Run.seed).where(Run.run_id == rid)).first()
-                if same_id is not None:
-                    if skip_existing and tuple(same_id) == (cfg, run.seed):
-                        continue  # this very run, already here
-                    raise HistoryError(f"{rec.label}: run_id {rid!r} is already in the database")
-                existing = s.scalar(select(Run.run_id).where(Run.config_hash == cfg, Run.seed == run.seed))
-                if existing is not None:
-                    if skip_existing:
-                        continue
-                    raise HistoryError(
-                        f"{rec.label}: a run with the same model, dataset, method, shots, hparams, split and "
-                        f"seed is already in the database (run {existing!r})"
-                    )
-                self._insert_run(s, run, cfg, rec.recorded_at, rec.signal_seconds)
+                cfg = config_hash(rec.run)
+                rid = run_id_of(rec.run, cfg)
+                if self._already_present(s, rec, cfg, rid, skip_existing):
+                    continue
+                self._insert_run(s, rec.run, cfg, rec.recorded_at, rec.signal_seconds)
                 added += 1
             return added
 
         return self._write(tx)
+
+    def missing_count(self, records: Sequence[ImportRecord]) -> int:
+        """How many of ``records`` ``add_records(records, skip_existing=True)`` would add (it
+        raises on the same conflicts); nothing is written."""
+        with self._read() as s:
+            missing = 0
+            for rec in records:
+                cfg = config_hash(rec.run)
+                missing += not self._already_present(s, rec, cfg, run_id_of(rec.run, cfg), True)
+            return missing
 
     def import_file(self, path: str | os.PathLike[str], fmt: str | None = None) -> int:
         """Validate a CSV / JSON / JSON-lines file completely, then add all its rows or none."""

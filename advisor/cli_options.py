@@ -226,15 +226,19 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+def table_lines(rows: list[dict[str, Any]], columns: list[str] | None = None) -> list[str]:
     """An aligned text table that fits the terminal width (long cells wrap; see advisor.terminal)."""
     if not rows:
-        click.echo("(none)")
-        return
+        return ["(none)"]
     from .terminal import format_table
 
     columns = columns or list(rows[0])
-    for line in format_table([[_fmt(r.get(c)) for c in columns] for r in rows], columns):
+    return list(format_table([[_fmt(r.get(c)) for c in columns] for r in rows], columns))
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """``table_lines`` on standard output."""
+    for line in table_lines(rows, columns):
         click.echo(line)
 
 

@@ -8,7 +8,8 @@ markers in the README:
 - ``measured``: per method x shots x learning rate, mean ID gain and OOD change with the
   seed-to-seed spread (the noise floor), from the runs themselves;
 - ``evaluate-source`` / ``evaluate-tower``: what ``advisor predictor evaluate --holdout source``
-  and ``--holdout tower`` print on the history, verbatim;
+  and ``--holdout tower`` print on the history (the command's own text rendering of its
+  ``--json`` document, so each evaluation runs once);
 - ``verdict-source`` / ``verdict-tower``: one line per score on which a baseline is at least as
   good as the predictor, computed from the same command's ``--json`` output (so the README
   says where the predictor does not win without anyone having to read the tables for it).
@@ -29,6 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from advisor.cli.predictor import evaluation_text
 from advisor.history import open_history
 from advisor.plugins import sort_methods
 from advisor.predictor import row_targets
@@ -137,13 +139,14 @@ def sections(db: str) -> dict[str, str]:
     out = {"measured": measured_table(rows)}
     for holdout in HOLDOUTS:
         try:
-            text = _advisor("predictor", "evaluate", "--db", db, "--holdout", holdout)
+            # One evaluation per hold-out: the text is the command's own rendering of its JSON
+            # (``evaluation_text``, what it prints without --json), so it is not run twice.
             ev = json.loads(_advisor("predictor", "evaluate", "--db", db, "--holdout", holdout, "--json"))
         except Refused as exc:
             out[f"evaluate-{holdout}"] = f"```\n$ advisor predictor evaluate --holdout {holdout}\n{exc}\n```"
             out[f"verdict-{holdout}"] = "- Not evaluated on this history (see above)."
             continue
-        out[f"evaluate-{holdout}"] = "```\n" + text + "\n```"
+        out[f"evaluate-{holdout}"] = "```\n" + evaluation_text(ev) + "\n```"
         out[f"verdict-{holdout}"] = verdict(ev)
     return out
 

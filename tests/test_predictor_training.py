@@ -67,5 +67,13 @@ def test_cli_predictor_train_evaluate_show(synthetic_db):
     for word in ("spearman", "mae", "id_gain", "ood_change", "cost", "coverage @80%", "seed-noise MAE",
                  "best-single-method", "zero-shot-only", "iimm-linear", "knn", "random", "regret gain", "calibration"):
         assert word in r.output
+    # The README's copy (scripts/readme_results.py) renders the --json document with the
+    # command's own function: it must be exactly what the command prints.
+    from advisor.cli.predictor import evaluation_text
+
+    doc = runner.invoke(cli, ["predictor", "evaluate", "--db", synthetic_db, "--json"])
+    with runner.isolation(env={"COLUMNS": "200"}):
+        rendered = evaluation_text(json.loads(doc.output))
+    assert rendered + "\n" == r.output
     r = runner.invoke(cli, ["predictor", "show", "--db", synthetic_db, "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["up_to_date"] is True

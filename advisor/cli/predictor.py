@@ -10,7 +10,7 @@ from ..cli_options import (
     db_option,
     emit_json,
     json_option,
-    print_table,
+    table_lines,
 )
 
 
@@ -19,13 +19,16 @@ def predictor_group() -> None:
     """Train, evaluate and inspect the learned predictor (LightGBM over the run history)."""
 
 
-def _print_lodo(scores: dict[str, Any]) -> None:
-    """The per-target table, the calibration and the recommender table of a held-out evaluation."""
+def scores_text(scores: dict[str, Any]) -> str:
+    """The per-target table, the calibration and the recommender table of a held-out evaluation
+    (what ``predictor train``, ``evaluate`` and ``show`` print; ``scripts/readme_results.py``
+    renders the README's copy of ``evaluate`` with it from the ``--json`` document)."""
+    out: list[str] = []
     holdout = scores.get("holdout") or "dataset"
     targets = scores.get("targets") or {}
     noise = scores.get("seed_noise") or {}
     if targets:
-        click.echo(f"Leave-one-{holdout}-out, per target (predicted vs measured over held-out runs):")
+        out.append(f"Leave-one-{holdout}-out, per target (predicted vs measured over held-out runs):")
         rows = []
         for t, v in targets.items():
             floor = (noise.get(t) or {}).get("mad")
@@ -33,28 +36,33 @@ def _print_lodo(scores: dict[str, Any]) -> None:
                          "seed-noise MAE": floor if floor is not None else "n/a",
                          f"coverage @{v.get('interval', 0.8):.0%}": v.get("coverage"),
                          "median width": v.get("median_width"), "n": v.get("n")})
-        print_table(rows)
+        out += table_lines(rows)
         if noise and not noise.get("configurations"):
-            click.echo("Seed noise: n/a (no configuration in the history was run with more than one seed).")
+            out.append("Seed noise: n/a (no configuration in the history was run with more than one seed).")
     calibration = scores.get("calibration") or {}
     if calibration:
-        click.echo("")
-        click.echo("Interval calibration (empirical coverage of held-out runs at each nominal level):")
+        out += ["", "Interval calibration (empirical coverage of held-out runs at each nominal level):"]
         levels = [c["level"] for c in next(iter(calibration.values()))]
-        print_table([{"target": t, **{f"{lv:.0%}": c["coverage"] for lv, c in zip(levels, cs)}}
-                     for t, cs in calibration.items()])
+        out += table_lines([{"target": t, **{f"{lv:.0%}": c["coverage"] for lv, c in zip(levels, cs)}}
+                            for t, cs in calibration.items()])
     baselines = scores.get("baselines") or []
     if baselines:
-        click.echo("")
-        click.echo("Predictor and baselines on the same folds: Spearman (rho) and MAE over held-out runs:")
+        out += ["", "Predictor and baselines on the same folds: Spearman (rho) and MAE over held-out runs:"]
         short = {"id_gain": "gain", "ood_change": "ood", "cost": "cost"}
-        print_table([{"name": b["name"], **{f"{short[t]} {k}": b.get(f"{t}_{m}") for t in short
-                                            for k, m in (("rho", "spearman"), ("MAE", "mae"))}} for b in baselines])
-        click.echo("")
-        click.echo("Choosing per held-out (model, dataset, shots) group (regret in accuracy units, 0.01 = 1 point):")
-        print_table([{"name": b["name"], "top-1 gain": b.get("top1_gain"), "regret gain": b.get("regret_gain"),
-                      "top-1 balanced": b.get("top1_balanced"), "regret balanced": b.get("regret_balanced"),
-                      "groups": b.get("groups_gain")} for b in baselines])
+        out += table_lines([{"name": b["name"], **{f"{short[t]} {k}": b.get(f"{t}_{m}") for t in short
+                                                   for k, m in (("rho", "spearman"), ("MAE", "mae"))}}
+                            for b in baselines])
+        out += ["", "Choosing per held-out (model, dataset, shots) group (regret in accuracy units, 0.01 = 1 point):"]
+        out += table_lines([{"name": b["name"], "top-1 gain": b.get("top1_gain"), "regret gain": b.get("regret_gain"),
+                             "top-1 balanced": b.get("top1_balanced"), "regret balanced": b.get("regret_balanced"),
+                             "groups": b.get("groups_gain")} for b in baselines])
+    return "\n".join(out)
+
+
+def evaluation_text(ev: dict[str, Any]) -> str:
+    """What ``advisor predictor evaluate`` prints for its ``--json`` document ``ev``."""
+    holdout = ev.get("holdout") or "dataset"
+    return f"{ev['n_runs']} runs; {ev['n_held_out']} {holdout}s held out one at a time.\n\n" + scores_text(ev)
 
 
 @predictor_group.command(name="train")
@@ -75,7 +83,7 @@ def predictor_train(db: str | None, as_json: bool) -> None:
     )
     click.echo(f"Shots monotone for: {', '.join(info['scores'].get('monotone_shots') or []) or 'no target'}.")
     click.echo("")
-    _print_lodo(info["scores"])
+    click.echo(scores_text(info["scores"]))
 
 
 @predictor_group.command(name="evaluate")
@@ -95,9 +103,7 @@ def predictor_evaluate(holdout: str, db: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(ev)
         return
-    click.echo(f"{ev['n_runs']} runs; {ev['n_held_out']} {holdout}s held out one at a time.")
-    click.echo("")
-    _print_lodo(ev)
+    click.echo(evaluation_text(ev))
 
 
 @predictor_group.command(name="show")
@@ -139,4 +145,4 @@ def predictor_show(db: str | None, as_json: bool) -> None:
                else f"The history changed since ({len(rows)} runs now): run `advisor predictor train`.")
     click.echo(f"Features ({len(info['features'])}): {', '.join(info['features'])}")
     click.echo("")
-    _print_lodo(info["scores"])
+    click.echo(scores_text(info["scores"]))

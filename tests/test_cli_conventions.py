@@ -51,7 +51,7 @@ def emb_npz(tmp_path: Path) -> str:
 
 @pytest.fixture
 def shipped_copy(tmp_path: Path) -> str:
-    """A copy of the shipped history (250 real runs): the README's commands run on it."""
+    """A copy of the shipped history (real runs only): the README's commands run on it."""
     path = tmp_path / "registry.db"
     shutil.copy(REPO / "registry.db", path)
     return str(path)

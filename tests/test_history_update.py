@@ -78,9 +78,11 @@ def test_dry_run_writes_nothing(cli, upgraded):
 
 
 def test_update_of_the_installed_registry_itself_is_refused(cli, upgraded):
+    before = _sha(upgraded)
     out = cli("history", "update", "--db", str(upgraded))
     assert out.exit_code != 0 and "is the installed registry.db itself" in out.output
     assert "Traceback" not in out.output
+    assert _sha(upgraded) == before and not Path(str(upgraded) + "-wal").exists()
 
 
 def test_update_without_an_installed_registry_is_one_line(cli, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ blocked, Hugging Face offline; fixtures for temporary history databases and the 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -48,6 +49,11 @@ def history(history_url: str) -> Any:
     h = open_history(history_url)
     yield h
     h.close()
+
+
+def file_sha(p: Path) -> str:
+    """A file's SHA-256: that a command left a file byte-identical."""
+    return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
 def make_run(**overrides: Any) -> RunResult:

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from conftest import count_rows, make_run
+from conftest import count_rows, file_sha, make_run
 
 import advisor
 from advisor.errors import HistoryError
@@ -188,10 +187,6 @@ def test_resolve_url():
         resolve_url("://nothing")
 
 
-def _sha(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
-
-
 def test_default_db_starts_from_shipped_registry_without_writing_it(tmp_path, monkeypatch):
     source = tmp_path / "source.db"
     with open_history(str(source)) as h:
@@ -199,7 +194,7 @@ def test_default_db_starts_from_shipped_registry_without_writing_it(tmp_path, mo
     shipped = tmp_path / "share" / "registry.db"
     shipped.parent.mkdir()
     assert create_registry(shipped, str(source)) == 1
-    before = _sha(shipped)
+    before = file_sha(shipped)
     monkeypatch.setenv("ADVISOR_REGISTRY", str(shipped))
     monkeypatch.setenv("ADVISOR_HOME", str(tmp_path / "home"))
     with open_history() as h:
@@ -207,7 +202,7 @@ def test_default_db_starts_from_shipped_registry_without_writing_it(tmp_path, mo
         assert [r["run_id"] for r in h.runs()] == ["shipped-1"]
         h.record_run(make_run(seed=7))
         assert len(h.runs()) == 2
-    assert _sha(shipped) == before
+    assert file_sha(shipped) == before
     assert not Path(str(shipped) + "-wal").exists()
     with open_history() as h:  # the copy is made once, then reused
         assert len(h.runs()) == 2
@@ -269,13 +264,13 @@ def test_read_only_url_reads_without_touching_the_file(tmp_db):
     history.close()
     with sqlite3.connect(tmp_db) as con:  # a file as shipped: rollback journal, not WAL
         con.execute("PRAGMA journal_mode = DELETE")
-    before = _sha(Path(tmp_db))
+    before = file_sha(Path(tmp_db))
     ro = open_history(f"sqlite:///file:{tmp_db}?mode=ro&uri=true")
     assert len(ro.runs()) == 1
     with pytest.raises(HistoryError, match="read-only"):
         ro.record_run(make_run(seed=99))
     ro.close()
-    assert _sha(Path(tmp_db)) == before
+    assert file_sha(Path(tmp_db)) == before
 
 
 def test_history_modules_import_no_circle():

@@ -7,7 +7,6 @@ discovered only by a write (after training). Bad input tests run on SQLite and P
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -17,16 +16,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import count_rows, make_run
+from conftest import count_rows, file_sha, make_run
 
 from advisor.errors import HistoryError
 from advisor.history import compact, open_history
 
 METHODS = ("full", "lora", "coop", "contcoop", "tpc_cma")
-
-
-def _sha(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
 def _one_line_error(result, *fragments: str) -> str:
@@ -79,14 +74,14 @@ def test_read_only_commands_leave_the_database_byte_identical(cli, tmp_path):
     """``advisor predictor evaluate --db registry.db`` (a README command) used to switch the
     file to WAL mode; so did every other read."""
     db = _shipped_like(tmp_path / "registry.db")
-    before = _sha(db)
+    before = file_sha(db)
     rid = json.loads(cli("history", "list", "--json", "--db", str(db)).stdout)[0]["run_id"]
-    assert _sha(db) == before
+    assert file_sha(db) == before
     for args in (["history", "list"], ["history", "show", rid], ["history", "export"],
                  ["history", "export", "--format", "jsonl"], ["history", "path"], ["predictor", "evaluate"]):
         r = cli(*args, "--db", str(db))
         assert r.exit_code == 0, (args, r.output)
-        assert _sha(db) == before, args
+        assert file_sha(db) == before, args
     assert sorted(p.name for p in tmp_path.iterdir()) == ["registry.db"]  # no -wal / -shm left behind
 
 
@@ -104,7 +99,7 @@ def test_history_in_a_read_only_directory_can_be_read(cli, tmp_path, journal):
     n = count_rows("sqlite:///" + str(db), "runs")
     runs_csv = tmp_path / "more.csv"
     runs_csv.write_text("model,dataset,method,seed,id_acc_before,id_acc_after\nm,d,lora,1,0.1,0.2\n")
-    before = _sha(db)
+    before = file_sha(db)
     with _read_only(folder):
         listed = cli("history", "list", "--json", "--db", str(db))
         assert listed.exit_code == 0, listed.output
@@ -113,7 +108,7 @@ def test_history_in_a_read_only_directory_can_be_read(cli, tmp_path, journal):
         with open_history(str(db)) as h:
             with pytest.raises(HistoryError, match="read-only: its directory .* is not writable"):
                 h.check_writable()
-    assert _sha(db) == before
+    assert file_sha(db) == before
 
 
 def test_damaged_page_is_refused_before_anything_is_written(cli, tmp_path):
@@ -127,13 +122,13 @@ def test_damaged_page_is_refused_before_anything_is_written(cli, tmp_path):
     with open(db, "r+b") as f:  # overwrite the index's root page with garbage
         f.seek((root - 1) * page_size)
         f.write(b"\xff" * page_size)
-    before = _sha(db)
+    before = file_sha(db)
     runs_csv = tmp_path / "more.csv"
     runs_csv.write_text("model,dataset,method,seed,id_acc_before,id_acc_after\nm,d,lora,1,0.1,0.2\n")
     _one_line_error(cli("history", "add", str(runs_csv), "--db", str(db)), f"database {db} is damaged",
                     "restore it from a backup")
     _one_line_error(cli("history", "list", "--db", str(db)), "is damaged")
-    assert _sha(db) == before
+    assert file_sha(db) == before
 
 
 # --------------------------------------------------------------------------- bad values: one line
@@ -217,12 +212,12 @@ def test_check_writable_passes_a_writable_history_and_writes_nothing(history_url
         if h.path is not None:
             h.close()
             compact(h.path)
-            before = _sha(h.path)
+            before = file_sha(h.path)
         h = open_history(history_url)
         h.check_writable()
         h.close()
         if h.path is not None:
-            assert _sha(h.path) == before
+            assert file_sha(h.path) == before
     assert count_rows(history_url, "runs") == 1
 
 

@@ -3,20 +3,15 @@ takes in the runs of a newer installed registry, keeps its own, and is told when
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
-from conftest import make_run, run_advisor
+from conftest import file_sha, make_run, run_advisor
 from synthetic_history import record_synthetic, synthetic_rows
 
 from advisor.history import create_registry, open_history
 from advisor.history.location import default_path
-
-
-def _sha(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
 def _registry(tmp_path: Path, name: str, seeds: list[int]) -> Path:
@@ -46,14 +41,14 @@ def upgraded(tmp_path, monkeypatch):
 
 
 def test_update_adds_the_missing_shipped_runs_and_keeps_the_users_own(cli, upgraded):
-    before = _sha(upgraded)
+    before = file_sha(upgraded)
     out = cli("history", "update", "--no-train", "--json")
     assert out.exit_code == 0, out.output
     doc = json.loads(out.stdout)
     assert (doc["added"], doc["present"], doc["shipped"], doc["trained_on"]) == (2, 1, 3, None)
     with open_history() as h:
         assert sorted(r["run_id"] for r in h.runs()) == ["mine", "shipped-0", "shipped-1", "shipped-2"]
-    assert _sha(upgraded) == before  # the installed registry is only read
+    assert file_sha(upgraded) == before  # the installed registry is only read
     again = json.loads(cli("history", "update", "--no-train", "--json").stdout)
     assert (again["added"], again["present"]) == (0, 3)
 
@@ -71,18 +66,18 @@ def test_a_lagging_copy_is_noticed_once_on_stderr_until_updated(upgraded):
 
 def test_dry_run_writes_nothing(cli, upgraded):
     copy = default_path()
-    before = _sha(copy)
+    before = file_sha(copy)
     out = cli("history", "update", "--dry-run")
     assert out.exit_code == 0 and out.stdout.startswith("Would add 2 of the 3 runs")
-    assert _sha(copy) == before
+    assert file_sha(copy) == before
 
 
 def test_update_of_the_installed_registry_itself_is_refused(cli, upgraded):
-    before = _sha(upgraded)
+    before = file_sha(upgraded)
     out = cli("history", "update", "--db", str(upgraded))
     assert out.exit_code != 0 and "is the installed registry.db itself" in out.output
     assert "Traceback" not in out.output
-    assert _sha(upgraded) == before and not Path(str(upgraded) + "-wal").exists()
+    assert file_sha(upgraded) == before and not Path(str(upgraded) + "-wal").exists()
 
 
 def test_update_without_an_installed_registry_is_one_line(cli, tmp_path, monkeypatch):

@@ -40,6 +40,7 @@ class FoundRun:
     metrics: dict[str, float]
     tags: dict[str, str]
     metric_history: Callable[[str], list[float]]
+    metric_steps: Callable[[str], list[tuple[int, float]]] | None = None
 
     @property
     def label(self) -> str:
@@ -128,6 +129,7 @@ def read_finished_runs(experiment: str, tracking_uri: str | None = None) -> tupl
                     mlflow_id=r.info.run_id, name=r.info.run_name or "",
                     params=dict(r.data.params), metrics=dict(r.data.metrics), tags=dict(r.data.tags),
                     metric_history=_history_reader(client, r.info.run_id),
+                    metric_steps=_steps_reader(client, r.info.run_id),
                 ))
             token = page.token
             if not token:
@@ -139,8 +141,15 @@ def read_finished_runs(experiment: str, tracking_uri: str | None = None) -> tupl
 
 def _history_reader(client: Any, run_id: str) -> Callable[[str], list[float]]:
     def read(key: str) -> list[float]:
+        return [value for _, value in _steps_reader(client, run_id)(key)]
+
+    return read
+
+
+def _steps_reader(client: Any, run_id: str) -> Callable[[str], list[tuple[int, float]]]:
+    def read(key: str) -> list[tuple[int, float]]:
         points = client.get_metric_history(run_id, key)
-        return [float(m.value) for m in sorted(points, key=lambda m: (m.step, m.timestamp))]
+        return [(int(m.step), float(m.value)) for m in sorted(points, key=lambda m: (m.step, m.timestamp))]
 
     return read
 
@@ -180,7 +189,8 @@ def plan_import(found: list[FoundRun], rules: list[Rule], stored: list[dict[str,
     batch_ids: dict[str, FoundRun] = {}
     for f in found:
         try:
-            mapped: MappedRow = from_mlflow(f.params, f.metrics, f.tags, f.metric_history, rules)
+            mapped: MappedRow = from_mlflow(f.params, f.metrics, f.tags, f.metric_history, rules,
+                                                  metric_steps=f.metric_steps)
         except RowProblem as exc:
             plan.skipped.append((f, str(exc)))
             continue

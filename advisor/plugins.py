@@ -47,6 +47,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "advisor_plugins.metrics.transferability",
     "advisor_plugins.tuners.builtin",  # registrations only; each tuner's torch module loads on first use
     "advisor_plugins.datasets.offline",
+    "advisor_plugins.datasets.assets",  # font glyphs, icons, sprites, clip art from Debian packages
     "advisor_plugins.datasets.derived",  # class subsets and corruptions of the offline sources
     "advisor_plugins.datasets.folder",
     "advisor_plugins.datasets.csv",

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import DatasetError, HistoryError, TrainingError
+from .curves import CURVE_VERSION
 from .specs import DatasetBundle, DatasetSpec, ImageSet, ModelSpec, RunResult, TrainContext
 
 #: Test images per dataset used for accuracy before/after. A fixed sample (seed 0) so runs with
@@ -201,6 +202,7 @@ def run_finetune(
     provenance_extra: dict[str, Any] | None = None,
     quiet: bool = False,
     on_step: Callable[[int, int, float], None] | None = None,
+    stop_after_epochs: int | None = None,
 ) -> RunResult:
     """Train ``method`` on the pair, measure before/after, and record one run (see module doc).
 
@@ -229,7 +231,7 @@ def run_finetune(
     bundle = load_dataset(dataset_spec)
     template = bundle.templates[0] if bundle.templates else ""
     _check_promptable(dataset_spec.name, bundle.class_names, template)
-    train = get_split(bundle, "train")
+    train_split = train = get_split(bundle, "train")
     if shots is not None:
         train = few_shot(train, shots, seed, class_names=bundle.class_names)
     ood_bundles = _ood_references(bundle.source or dataset_spec.name, list(ood) if ood is not None else None)
@@ -263,19 +265,21 @@ def run_finetune(
             _pairs[pkey] = pair
     prepare_s = time.perf_counter() - t_prepare
 
+    with phase("preparing the learning-curve sets"):
+        recorder = curve_recorder(base, bundle, train_split, train, id_set, ood_sets, device, shots)
     model = copy.deepcopy(base)  # the tuner mutates weights; the memoised base must stay pristine
     progress = on_step or _progress_bar(quiet)
     ctx = TrainContext(
         model=model, class_names=list(bundle.class_names), template=template,
         train_pixels=train_pixels, train_labels=train_labels, device=device, seed=seed,
         epochs=epochs, lr=lr, batch_size=batch_size, shots=shots, hparams=dict(hparams or {}),
-        progress=progress,
+        progress=progress, on_epoch=recorder, stop_after_epochs=stop_after_epochs,
     )
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, measured_before = time.perf_counter(), recorder.measure_s
     result = tuner.train(ctx)
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0 - (recorder.measure_s - measured_before)  # the curve's points excluded
     _close_progress(progress)
 
     t_eval = time.perf_counter()
@@ -292,7 +296,12 @@ def run_finetune(
         "ood_se_before": {ev.name: standard_error(ood_before[ev.name], len(ev.labels)) for ev in ood_sets},
         "ood_se_after": {ev.name: standard_error(ood_after[ev.name], len(ev.labels)) for ev in ood_sets},
         "image_features_reused": reuse,
+        "curve_version": CURVE_VERSION,
+        "val_n": 0 if recorder.val is None else int(len(recorder.val.labels)),
+        "ood_proxy_n": int(sum(len(p.labels) for p in recorder.ood)),
     }
+    if stop_after_epochs is not None:
+        measurement["stopped_after_epochs"] = len(result.losses)
     epochs_done = result.hparams.get("epochs") or epochs or 1
     run_id = uuid.uuid4().hex[:16]
     adapter_path = None  # as the history stores it: relative to the adapters directory
@@ -324,10 +333,10 @@ def run_finetune(
         peak_memory_mb=_peak_memory_mb(device), trainable_params=int(result.trainable_params), device=device,
         provenance={**provenance(device, seed), **(provenance_extra or {}), "measurement": measurement,
                     "timing": {"prepare_s": round(prepare_s, 3), "train_s": round(wall, 3),
-                               "evaluate_s": round(evaluate_s, 3)}},
+                               "evaluate_s": round(evaluate_s, 3), "curve_s": round(recorder.measure_s, 3)}},
         signals=dict(pair.signals), signal_versions=dict(pair.versions),
         model_desc=dict(pair.model_desc), dataset_desc=dict(pair.dataset_desc), losses=[float(x) for x in result.losses],
-        adapter_path=adapter_path, run_id=run_id,
+        curve=list(recorder.points), adapter_path=adapter_path, run_id=run_id,
     )
     if record:
         from .history import open_history
@@ -353,6 +362,33 @@ def run_finetune(
         if run.adapter_path and adapter_file is not None and not Path(run.adapter_path).is_absolute():
             run.adapter_path = str(adapter_file.parent / run.adapter_path)
     return run
+
+
+def curve_recorder(base: Any, bundle: DatasetBundle, train_split: ImageSet, shots_part: ImageSet, id_set: EvalSet,
+                   ood_sets: Sequence[EvalSet], device: str, shots: int | None) -> Any:
+    """The learning-curve recorder of a run (``advisor.curves``): a validation part of the
+    training split that the shots leave unused, and the first images of each OOD reference
+    set's fixed sample, with the untouched model's features; point 0 measured."""
+    from .curves import OOD_PROXY_PER_SET, CurveRecorder, ProxySet, validation_part
+    from .tuning import ZeroShotAdapted, image_features_of
+
+    base_adapted = ZeroShotAdapted(base, device=device)
+    val = None
+    part = validation_part(train_split, shots_part, len(bundle.class_names)) if shots is not None else None
+    if part is not None:
+        pixels = preprocess_images(base, part)
+        val = ProxySet("validation", id_set.class_names, id_set.template, pixels, np.asarray(part.labels),
+                       image_features_of(base_adapted, pixels))
+    proxies = []
+    for ev in ood_sets:
+        n = min(OOD_PROXY_PER_SET, len(ev.labels))
+        feats = _base_features.get((base.identity(), ev.name, len(ev.labels)))
+        if feats is None:
+            feats = image_features_of(base_adapted, ev.pixels)
+        proxies.append(ProxySet(ev.name, ev.class_names, ev.template, ev.pixels[:n], ev.labels[:n], feats[:n]))
+    recorder = CurveRecorder(val=val, ood=proxies, base_adapted=base_adapted)
+    recorder.start()
+    return recorder
 
 
 def _progress_bar(quiet: bool) -> Callable[[int, int, float], None] | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -30,7 +31,7 @@ from torch import nn
 
 from .embed import format_prompt
 from .errors import TrainingError
-from .specs import LOOP_HPARAMS, TrainContext, Tuner
+from .specs import LOOP_HPARAMS, EpochEnd, TrainContext, Tuner
 from .terminal import phase
 
 #: open_clip clamps the learned temperature at 100 (logit_scale <= ln 100).
@@ -269,6 +270,7 @@ def fit(
     ctx: TrainContext,
     generator: torch.Generator,
     after_step: Callable[[int], None] | None = None,
+    adapted: Any = None,
 ) -> list[float]:
     """The shared loop: for each epoch, for each shuffled batch ``idx``: ``loss_fn(idx, step, total)``
     under autocast, backward, optimizer step, scheduler step, ``ctx.progress(step, total, loss)``.
@@ -276,6 +278,11 @@ def fit(
     Returns the mean training loss of each epoch. A non-finite loss stops the run with a
     ``TrainingError`` (lower the learning rate). ``loss_fn`` may compute extra gradients itself
     (TPC-CMA's gradient-aware ramp) but must return the loss to minimise.
+
+    After each epoch ``ctx.on_epoch(EpochEnd(...))`` sees ``adapted``, the tuner's ``Adapted``
+    view of the model being trained (pass it so the runner can record validation and
+    out-of-domain points of the learning curve). ``ctx.stop_after_epochs`` and ``ctx.deadline``
+    end the loop early (a probe) without changing the schedule the steps follow.
     """
     params = [p for p in params if p.requires_grad]
     epochs = int(hp["epochs"])
@@ -288,7 +295,9 @@ def fit(
                           warmup_lr=hp.get("warmup_lr"))
     losses: list[float] = []
     step = 0
-    for _epoch in range(epochs):
+    train_s = 0.0
+    for epoch in range(epochs):
+        t_epoch = time.perf_counter()
         running, count = 0.0, 0
         for idx in batch_indices(n, bs, generator):
             opt.zero_grad(set_to_none=True)
@@ -308,7 +317,20 @@ def fit(
             if ctx.progress is not None:
                 ctx.progress(step, total, value)
         losses.append(running / max(count, 1))
+        train_s += time.perf_counter() - t_epoch
+        if ctx.on_epoch is not None:
+            ctx.on_epoch(EpochEnd(epoch=epoch + 1, epochs=epochs, step=step, total_steps=total, loss=losses[-1],
+                                  train_s=train_s, adapted=adapted))
+        if stop_early(ctx, epoch + 1):
+            break
     return losses
+
+
+def stop_early(ctx: TrainContext, epochs_done: int) -> bool:
+    """Whether a probe ends here: ``ctx.stop_after_epochs`` reached or ``ctx.deadline`` passed."""
+    if ctx.stop_after_epochs is not None and epochs_done >= int(ctx.stop_after_epochs):
+        return True
+    return ctx.deadline is not None and time.monotonic() >= float(ctx.deadline)
 
 
 # --------------------------------------------------------------------------------------------

@@ -207,6 +207,16 @@ def m003_sweeps(conn: Connection) -> None:
     md.create_all(conn)
 
 
+@migration
+def m004_run_curves(conn: Connection) -> None:
+    """runs.curve: the learning curve of a run (``advisor.curves``); NULL for runs recorded
+    before curves were (their per-epoch losses stay in ``losses``)."""
+    from sqlalchemy import text
+
+    if "curve" not in {c["name"] for c in inspect(conn).get_columns("runs")}:
+        conn.execute(text("ALTER TABLE runs ADD COLUMN curve JSON"))
+
+
 if len(MIGRATIONS) != SCHEMA_VERSION:  # a migration was appended: raise version.SCHEMA_VERSION with it
     raise ImportError(f"advisor.history.version.SCHEMA_VERSION is {SCHEMA_VERSION} but there are "
                       f"{len(MIGRATIONS)} migrations")

@@ -70,6 +70,10 @@ _OBJECT_FAMILIES = ("hparams", "ood_before", "ood_after", "provenance", "signal_
 #: Metric-valued families: members are numbers, not JSON text.
 _SERIES_FIELDS = ("losses",)
 
+#: The learning curve (``advisor.curves``) travels as step metrics ``curve.<value>`` (step = epoch).
+CURVE_PREFIX = "curve."
+CURVE_VALUES = ("step", "train_loss", "val_acc", "ood_proxy_acc", "train_s")
+
 #: MLflow's limits (mlflow.utils.validation) and its key syntax on POSIX.
 MAX_KEY_LENGTH = 250
 MAX_PARAM_LENGTH = 6000
@@ -139,7 +143,13 @@ class MlflowRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     loss: list[float] = field(default_factory=list)
+    curve: list[dict[str, Any]] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
+
+    def curve_metrics(self) -> list[tuple[str, float, int]]:
+        """The learning curve as MLflow step metrics: (``curve.<value>``, value, step = epoch)."""
+        return [(f"{CURVE_PREFIX}{key}", float(p[key]), int(p["epoch"]))
+                for p in self.curve for key in CURVE_VALUES if p.get(key) is not None]
 
     def put(self, namespace: str, key: str, value: Any) -> None:
         if not valid_key(key):
@@ -164,6 +174,7 @@ def to_mlflow(row: dict[str, Any]) -> MlflowRecord:
         value = row.get(name)
         if name == "losses":
             out.loss = [float(v) for v in value or []]
+            out.curve = [dict(p) for p in row.get("curve") or []]
         elif value is not None:
             out.put(namespace, key, value)
     for family in _OBJECT_FAMILIES:
@@ -284,11 +295,24 @@ class MappedRow:
 
 
 def from_mlflow(params: dict[str, str], metrics: dict[str, float], tags: dict[str, str],
-                metric_history: Callable[[str], list[float]], user: list[Rule]) -> MappedRow:
+                metric_history: Callable[[str], list[float]], user: list[Rule],
+                metric_steps: Callable[[str], list[tuple[int, float]]] | None = None) -> MappedRow:
     """One MLflow run -> history cells by the rules. ``metric_history(key)`` returns a metric's
-    values in step order (for ``losses``). Raises RowProblem on a clash of two keys."""
+    values in step order (for ``losses``), ``metric_steps(key)`` its (step, value) pairs (for the
+    ``curve.*`` metrics). Raises RowProblem on a clash of two keys."""
     exact, wild = effective_rules(user)
     cells: dict[str, str] = {}
+    curve_keys = [k for k in metrics if k.startswith(CURVE_PREFIX) and k[len(CURVE_PREFIX):] in CURVE_VALUES]
+    if curve_keys and metric_steps is not None:
+        points: dict[int, dict[str, Any]] = {}
+        for key in curve_keys:
+            for step, value in metric_steps(key):
+                points.setdefault(int(step), {"epoch": int(step)})[key[len(CURVE_PREFIX):]] = value
+        for p in points.values():
+            if "step" in p:
+                p["step"] = int(p["step"])
+        cells["curve"] = _json([points[e] for e in sorted(points)])
+        metrics = {k: v for k, v in metrics.items() if k not in curve_keys}
     origin: dict[str, str] = {}
     families: dict[str, dict[str, Any]] = {}
     unmapped: list[str] = []

@@ -29,7 +29,7 @@ from .version import SCHEMA_VERSION
 JSON_COLUMNS = {
     "models": ("extra",),
     "datasets": ("domain", "extra"),
-    "runs": ("hparams", "ood_before", "ood_after", "provenance", "losses"),
+    "runs": ("hparams", "ood_before", "ood_after", "provenance", "losses", "curve"),
     "predictors": ("features", "scores"),
 }
 BOOL_COLUMNS = {"datasets": ("is_grayscale",)}

@@ -30,7 +30,7 @@ class Column:
     the range allowed (for numbers)."""
 
     name: str
-    kind: str  # text | int | float | acc | bool | time | object | acc_map | float_map | text_map | float_list | text_list
+    kind: str  # text | int | float | acc | bool | time | object | acc_map | float_map | text_map | float_list | text_list | curve
     required: bool = False
     minimum: float | None = None
     help: str = ""
@@ -61,6 +61,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("device", "text", help="cpu, cuda, ..."),
     Column("provenance", "object", help="versions and git sha (JSON object)"),
     Column("losses", "float_list", help="training losses (JSON list)"),
+    Column("curve", "curve", help="learning-curve points (JSON list of objects: epoch, step, train_loss, val_acc, "
+                                  "ood_proxy_acc, train_s); empty for runs recorded without one"),
     Column("adapter_path", "text", help="where the trained adapter was saved"),
     Column("model.image_size", "int", minimum=1, maximum=INT32_MAX, help="working resolution in pixels"),
     Column("model.family", "text"),
@@ -151,6 +153,7 @@ def run_fields(r: Run) -> dict[str, Any]:
             out["dataset"] = r.dataset.name
         else:
             out[f.name] = getattr(r, f.name)
+    out["curve"] = out.get("curve") or []  # NULL: recorded before runs had curves
     return out
 
 

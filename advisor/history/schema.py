@@ -141,6 +141,7 @@ class Run(Base):
     device: Mapped[str | None]
     provenance: Mapped[dict[str, Any]]
     losses: Mapped[list[Any]]
+    curve: Mapped[list[Any] | None]
     adapter_path: Mapped[str | None]
     created_at: Mapped[str]
 

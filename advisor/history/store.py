@@ -331,8 +331,8 @@ class History:
             ood_before=run.ood_before or {}, ood_after=run.ood_after or {}, gap_before=run.gap_before,
             gap_after=run.gap_after, wall_time_s=run.wall_time_s, train_images_per_s=run.train_images_per_s,
             peak_memory_mb=run.peak_memory_mb, trainable_params=run.trainable_params, device=run.device or None,
-            provenance=run.provenance or {}, losses=list(run.losses or []), adapter_path=run.adapter_path or None,
-            created_at=when,
+            provenance=run.provenance or {}, losses=list(run.losses or []), curve=list(run.curve) or None,
+            adapter_path=run.adapter_path or None, created_at=when,
         ))
         s.flush()
         return rid

@@ -206,6 +206,13 @@ def parse_cell(col: Column, value: Any, text: bool) -> Any:
         if not isinstance(value, dict):
             raise CellError(f"expected a JSON object, got {type_name(value)}")
         return _mapping(kind, value)
+    if kind == "curve":
+        from ..curves import check_curve
+
+        try:
+            return check_curve(value) or None
+        except ValueError as exc:
+            raise CellError(str(exc)) from None
     if kind in ("float_list", "text_list"):
         if not isinstance(value, list):
             raise CellError(f"expected a JSON list, got {type_name(value)}")
@@ -243,6 +250,8 @@ def parse_row(row: dict[str, Any], text: bool, label: str) -> ImportRecord:
             values[name] = {}
     if values.get("losses") is None:
         values["losses"] = []
+    if values.get("curve") is None:
+        values["curve"] = []
     for name in ("signal_versions", "signal_seconds"):
         stray = sorted(set(values[name]) - set(signals))
         if stray:
@@ -314,6 +323,7 @@ def validate_run(run: RunResult) -> RunResult:
     for name in ("hparams", "ood_before", "ood_after", "provenance"):
         clean[name] = clean[name] or {}
     clean["losses"] = clean["losses"] or []
+    clean["curve"] = clean["curve"] or []
     signals: dict[str, float] = {}
     for name, value in (run.signals or {}).items():
         if not isinstance(name, str) or not valid_signal_name(name):

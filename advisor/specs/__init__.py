@@ -15,8 +15,8 @@ from .embeddings import Embeddings, Metric
 from .hashing import stable_hash
 from .models import ModelSource, VisionLanguageModel
 from .requests import DatasetSpec, ModelSpec
-from .tuners import LOOP_HPARAMS, TUNER_FAMILIES, Adapted, HParam, RunResult, TrainContext, TrainResult, Tuner
+from .tuners import LOOP_HPARAMS, TUNER_FAMILIES, Adapted, EpochEnd, HParam, RunResult, TrainContext, TrainResult, Tuner
 
 __all__ = ["LOOP_HPARAMS", "TUNER_FAMILIES", "WIDE_MODES", "Adapted", "DatasetBundle", "DatasetSource", "DatasetSpec", "Embeddings", "HParam",
-           "ImageSet", "Metric", "ModelSource", "ModelSpec", "RunResult", "TrainContext", "TrainResult", "Tuner",
+           "EpochEnd", "ImageSet", "Metric", "ModelSource", "ModelSpec", "RunResult", "TrainContext", "TrainResult", "Tuner",
            "VisionLanguageModel", "stable_hash", "to_rgb"]

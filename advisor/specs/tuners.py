@@ -32,6 +32,25 @@ class TrainContext:
     hparams: dict[str, Any] = field(default_factory=dict)
     image_features: Any = None
     progress: Callable[[int, int, float], None] | None = None
+    on_epoch: Callable[["EpochEnd"], None] | None = None
+    stop_after_epochs: int | None = None
+    deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """What the shared loop reports after each epoch: the 1-based ``epoch`` of ``epochs`` in the
+    schedule, the optimiser steps so far, the epoch's mean training loss, the seconds spent in
+    training so far (measurements excluded), and ``adapted``, the model as trained so far (an
+    ``Adapted``; None when the tuner did not hand one to ``fit``)."""
+
+    epoch: int
+    epochs: int
+    step: int
+    total_steps: int
+    loss: float
+    train_s: float
+    adapted: Any = None
 
 
 @runtime_checkable
@@ -245,5 +264,6 @@ class RunResult:
     model_desc: dict[str, Any] = field(default_factory=dict)  # architecture, family, params, embed_dim, image_size
     dataset_desc: dict[str, Any] = field(default_factory=dict)  # fingerprint, n_classes, n_train, domain
     losses: list[float] = field(default_factory=list)
+    curve: list[dict[str, Any]] = field(default_factory=list)  # learning-curve points (advisor.curves)
     adapter_path: str | None = None
     run_id: str | None = None

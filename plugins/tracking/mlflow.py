@@ -75,6 +75,7 @@ def mirror_run(run: Any, run_id: str, db_url: str) -> str:
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in sorted(rec.metrics.items())]
         metrics += [Metric("loss", v, now, step) for step, v in enumerate(rec.loss)]
+        metrics += [Metric(key, v, now, step) for key, v, step in rec.curve_metrics()]
         client.log_batch(ml_id, metrics=metrics, params=[Param(k, v) for k, v in sorted(rec.params.items())],
                          tags=[RunTag(k, v) for k, v in sorted(rec.tags.items())])
         if adapter is not None and adapter.is_file():

@@ -182,7 +182,8 @@ def train_prompts(ctx: TrainContext, learner: PromptLearner, hp: dict[str, Any],
             loss = loss + extra_loss(txt)
         return loss
 
-    return T.fit(list(learner.parameters()), loss_fn, n=labels.numel(), hp=hp, ctx=ctx, generator=generator)
+    return T.fit(list(learner.parameters()), loss_fn, n=labels.numel(), hp=hp, ctx=ctx, generator=generator,
+                 adapted=PromptAdapted(model, learner, ctx.device))
 
 
 def train(ctx: TrainContext) -> TrainResult:

@@ -56,10 +56,12 @@ def train(ctx: TrainContext) -> TrainResult:
         return T.clip_loss(img, txt, labels[idx.to(ctx.device)], T.logit_scale_value(model))
 
     n_trainable = T.count_trainable(list(params.values()))
-    losses = T.fit(list(params.values()), loss_fn, n=labels.numel(), hp=hp, ctx=ctx, generator=generator)
+    adapted = T.ModelAdapted(model, params, ctx.device)
+    losses = T.fit(list(params.values()), loss_fn, n=labels.numel(), hp=hp, ctx=ctx, generator=generator,
+                   adapted=adapted)
     model.requires_grad_(False)
     return TrainResult(
-        adapted=T.ModelAdapted(model, params, ctx.device),
+        adapted=adapted,
         trainable_params=n_trainable,
         losses=losses,
         hparams=hp,

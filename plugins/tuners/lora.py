@@ -268,10 +268,12 @@ def train(ctx: TrainContext) -> TrainResult:
         return T.clip_loss(img, txt, labels[idx.to(ctx.device)], scale)
 
     n_trainable = T.count_trainable(list(lora.values()))
-    losses = T.fit(list(lora.values()), loss_fn, n=labels.numel(), hp=hp, ctx=ctx, generator=generator)
+    adapted = T.ModelAdapted(model, lora, ctx.device)
+    losses = T.fit(list(lora.values()), loss_fn, n=labels.numel(), hp=hp, ctx=ctx, generator=generator,
+                   adapted=adapted)
     model.requires_grad_(False)
     return TrainResult(
-        adapted=T.ModelAdapted(model, lora, ctx.device),
+        adapted=adapted,
         trainable_params=n_trainable,
         losses=losses,
         hparams=hp,

@@ -172,11 +172,12 @@ def train(ctx: TrainContext) -> TrainResult:
         state.update(alpha=alpha, gc=float(gc.detach()), dist=float(dist.detach()))
         return task + alpha * align
 
-    losses = T.fit(params, loss_fn, n=labels.numel(), hp=hp, ctx=ctx, generator=generator)
+    adapted = AlignedAdapted(model, image_map, text_map, ctx.device)
+    losses = T.fit(params, loss_fn, n=labels.numel(), hp=hp, ctx=ctx, generator=generator, adapted=adapted)
     image_map.requires_grad_(False)
     text_map.requires_grad_(False)
     return TrainResult(
-        adapted=AlignedAdapted(model, image_map, text_map, ctx.device),
+        adapted=adapted,
         trainable_params=T.count_trainable(params),
         losses=losses,
         hparams=hp,

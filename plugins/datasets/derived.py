@@ -13,6 +13,14 @@ space (class subsets) or in image domain (corruptions), all still offline and de
 | fashion-mnist-lowres | fashion-mnist | area-downsampled 28 -> 7 px (4x4 pixel means)        |
 | mnist-5k-blur        | mnist-5k      | Gaussian blur, sigma 1.5 px                          |
 | digits-lowcontrast   | digits        | contrast scaled by 0.3 around mid-grey               |
+| font-vowels          | font-letters  | the 5 vowels A, E, I, O, U                           |
+| font-letters-blur    | font-letters  | Gaussian blur, sigma 2 px                            |
+| oxygen-icons-things  | oxygen-icons  | 3 classes: hardware device, file type, folder        |
+| oxygen-icons-gray    | oxygen-icons  | colour removed (luma, ITU-R BT.601)                  |
+| wesnoth-humans       | wesnoth-units | 4 human classes: soldier, mage, outlaw, peasant      |
+| wesnoth-units-hue    | wesnoth-units | hue rotated by 180 degrees (YIQ rotation)            |
+| tuxpaint-food-animals | tuxpaint-clipart | 2 classes: animal, food                           |
+| tuxpaint-clipart-lowres | tuxpaint-clipart | area-downsampled 96 -> 24 px, colour kept       |
 
 Rules: a derived task is computed from its source's train and test splits only (never from the
 reserve the model heads are trained on), keeps the source's item ids (so disjointness from the
@@ -39,7 +47,7 @@ from advisor.errors import DatasetError, UnknownNameError
 from advisor.hookspecs import hookimpl
 from advisor.specs import DatasetBundle, DatasetSource, DatasetSpec, ImageSet, stable_hash
 
-from . import offline
+from . import assets, offline  # assets adds the asset sources its tasks derive from
 
 #: Bump when the derivation code changes meaning: it is part of every fingerprint.
 DERIVE_VERSION = "1"
@@ -68,7 +76,8 @@ class DerivedTask:
 
 
 # --------------------------------------------------------------------------------------------
-# Corruptions: uint8 (N,H,W) grey in, uint8 out; ``rng`` is the task's fixed generator
+# Corruptions: uint8 (N,H,W) grey or (N,H,W,3) colour in, the same shape out; ``rng`` is the
+# task's fixed generator. Grey inputs take exactly the code paths they always took.
 # --------------------------------------------------------------------------------------------
 
 
@@ -93,7 +102,15 @@ def _blur_matrix(n: int, sigma: float) -> np.ndarray:
     return m
 
 
+def _per_channel(fn: Callable[..., np.ndarray], images: np.ndarray, rng: np.random.Generator,
+                 **params: float) -> np.ndarray:
+    """A grey (N,H,W) corruption applied to each channel of (N,H,W,C) colour images."""
+    return np.stack([fn(images[..., c], rng, **params) for c in range(images.shape[-1])], axis=-1)
+
+
 def gaussian_blur(images: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
+    if images.ndim == 4:
+        return _per_channel(gaussian_blur, images, rng, sigma=sigma)
     rows, cols = _blur_matrix(images.shape[1], sigma), _blur_matrix(images.shape[2], sigma)
     blurred = rows @ images.astype(np.float64) @ cols.T
     return np.clip(np.rint(blurred), 0, 255).astype(np.uint8)
@@ -115,10 +132,34 @@ def _area_weights(n_in: int, n_out: int) -> np.ndarray:
 
 
 def low_resolution(images: np.ndarray, rng: np.random.Generator, side: float) -> np.ndarray:
+    if images.ndim == 4:
+        return _per_channel(low_resolution, images, rng, side=side)
     s = int(side)
     rows, cols = _area_weights(images.shape[1], s), _area_weights(images.shape[2], s)
     small = rows @ images.astype(np.float64) @ cols.T  # (s,H) @ (N,H,W) @ (W,s) -> (N,s,s)
     return np.clip(np.rint(small), 0, 255).astype(np.uint8)
+
+
+def grayscale(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Colour removed: ITU-R BT.601 luma in all three channels (shape kept; grey input unchanged)."""
+    if images.ndim != 4:
+        return images.copy()
+    luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.repeat(np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], images.shape[-1], axis=-1)
+
+
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def hue_shift(images: np.ndarray, rng: np.random.Generator, degrees: float) -> np.ndarray:
+    """Hue rotated by ``degrees`` in YIQ space (brightness kept; red -> cyan at 180); grey input unchanged."""
+    if images.ndim != 4:
+        return images.copy()
+    t = np.deg2rad(degrees)
+    rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    m = (np.linalg.inv(_YIQ) @ rot @ _YIQ).astype(np.float32)
+    out = images.astype(np.float32) @ m.T
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 CORRUPTIONS: dict[str, Callable[..., np.ndarray]] = {
@@ -126,6 +167,8 @@ CORRUPTIONS: dict[str, Callable[..., np.ndarray]] = {
     "gaussian-blur": gaussian_blur,
     "low-contrast": low_contrast,
     "low-resolution": low_resolution,
+    "grayscale": grayscale,
+    "hue-shift": hue_shift,
 }
 
 TASKS: dict[str, DerivedTask] = {
@@ -145,6 +188,23 @@ TASKS: dict[str, DerivedTask] = {
                     corruption="gaussian-blur", params=(("sigma", 1.5),), tags=("corrupted", "blur")),
         DerivedTask("digits-lowcontrast", "digits", "scikit-learn digits with contrast scaled by 0.3 around mid-grey",
                     corruption="low-contrast", params=(("factor", 0.3),), tags=("corrupted", "low-contrast")),
+        # tasks of the asset sources (plugins/datasets/assets.py)
+        DerivedTask("font-vowels", "font-letters", "Font letters: the vowels A, E, I, O, U",
+                    keep=("A", "E", "I", "O", "U"), tags=("class-subset",)),
+        DerivedTask("font-letters-blur", "font-letters", "Font letters with Gaussian blur (sigma 2 px)",
+                    corruption="gaussian-blur", params=(("sigma", 2.0),), tags=("corrupted", "blur")),
+        DerivedTask("oxygen-icons-things", "oxygen-icons", "Oxygen icons of things: hardware device, file type, folder",
+                    keep=("hardware device", "file type", "folder"), tags=("class-subset",)),
+        DerivedTask("oxygen-icons-gray", "oxygen-icons", "Oxygen icons with colour removed (BT.601 luma)",
+                    corruption="grayscale", tags=("corrupted", "grayscale")),
+        DerivedTask("wesnoth-humans", "wesnoth-units", "Wesnoth human units: soldier, mage, outlaw, peasant",
+                    keep=("human soldier", "mage", "outlaw", "peasant"), tags=("class-subset",)),
+        DerivedTask("wesnoth-units-hue", "wesnoth-units", "Wesnoth unit sprites with hue rotated by 180 degrees",
+                    corruption="hue-shift", params=(("degrees", 180.0),), tags=("corrupted", "hue-shift")),
+        DerivedTask("tuxpaint-food-animals", "tuxpaint-clipart", "Tux Paint clip art: animal or food",
+                    keep=("animal", "food"), tags=("class-subset",)),
+        DerivedTask("tuxpaint-clipart-lowres", "tuxpaint-clipart", "Tux Paint clip art area-downsampled to 24x24 px",
+                    corruption="low-resolution", params=(("side", 24.0),), tags=("corrupted", "low-resolution")),
     )
 }
 
@@ -187,8 +247,8 @@ def _cap_per_class(images: ImageSet, per_class: int, task: DerivedTask) -> Image
 def _corrupt(images: ImageSet, task: DerivedTask, part: str) -> ImageSet:
     if not task.corruption:
         return images
-    if not isinstance(images.images, np.ndarray) or images.images.ndim != 3:
-        raise DatasetError(f"{task.name}: corruptions need in-memory grey images, {task.source} has none")
+    if not isinstance(images.images, np.ndarray) or images.images.ndim not in (3, 4):
+        raise DatasetError(f"{task.name}: corruptions need in-memory images, {task.source} has none")
     out = CORRUPTIONS[task.corruption](images.images, _rng(task, f"corrupt-{part}"), **dict(task.params))
     return ImageSet(out, np.asarray(images.labels), list(images.ids))
 
@@ -257,7 +317,7 @@ def register_datasets(register: Callable[[DatasetSource], None]) -> None:
                 load=functools.partial(load, name),
                 description=f"{task.description} (derived from {task.source})",
                 offline=True,
-                needs=offline.SOURCES[task.source].needs,
+                needs=offline.source(task.source).needs,
                 identity=functools.partial(identity, name),
             )
         )

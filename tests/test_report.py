@@ -89,5 +89,8 @@ def test_cli_report_writes_html(tmp_path, monkeypatch):
     assert out.read_text().startswith("<!doctype html>") and len(_images(out.read_text())) == 4
     r = CliRunner().invoke(cli, ["report", "--db", db, "-o", str(tmp_path / "missing" / "r.html")])
     assert r.exit_code == 1 and "does not exist" in r.output
+    from advisor.history import open_history
+
+    open_history(str(tmp_path / "empty.db")).close()  # an empty history (report refuses a missing file)
     r = CliRunner().invoke(cli, ["report", "--db", str(tmp_path / "empty.db"), "-o", str(out)])
     assert r.exit_code == 1 and r.output.startswith("Error: the history has no runs")

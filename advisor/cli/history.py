@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -14,6 +17,7 @@ from ..cli_options import (
     emit_json,
     json_option,
     print_table,
+    quiet_option,
 )
 from ..errors import AdvisorError
 
@@ -65,8 +69,9 @@ def history_list(model: str | None, dataset: str | None, method: str | None, as_
     """List recorded runs, oldest first."""
     from ..history import open_history
     from ..history.signal_coverage import pairs_without_signals
+    from ..terminal import printable as p
 
-    with open_history(db) as h:
+    with open_history(db, must_exist=True) as h:
         runs = h.runs(model=model, dataset=dataset, method=method)
         unsignalled = [] if as_json else pairs_without_signals(h, runs)
     if as_json:
@@ -74,21 +79,21 @@ def history_list(model: str | None, dataset: str | None, method: str | None, as_
         return
     rows = [
         {
-            "run_id": r["run_id"], "recorded": (r["recorded_at"] or "")[:10], "model": r["model"],
-            "dataset": r["dataset"], "method": r["method"], "shots": r["shots"], "seed": r["seed"],
+            "run_id": p(r["run_id"]), "recorded": (r["recorded_at"] or "")[:10], "model": p(r["model"]),
+            "dataset": p(r["dataset"]), "method": p(r["method"]), "shots": r["shots"], "seed": r["seed"],
             "acc_before": r["id_acc_before"], "acc_after": r["id_acc_after"],
             "gain": r["id_acc_after"] - r["id_acc_before"],
         }
         for r in runs
     ]
     print_table(rows)
-    for p in unsignalled:  # e.g. imported runs: the predictor needs the pair's signals
-        pretrained = f" --pretrained {p['pretrained']}" if p["pretrained"] else ""
-        how = (f"advisor signals --model {p['model']}{pretrained} --dataset {p['dataset']}" if p["full_key"] else
+    for u in unsignalled:  # e.g. imported runs: the predictor needs the pair's signals
+        pretrained = f" --pretrained {u['pretrained']}" if u["pretrained"] else ""
+        how = (f"advisor signals --model {u['model']}{pretrained} --dataset {u['dataset']}" if u["full_key"] else
                "its runs lack model.image_size or dataset.fingerprint, the key `advisor signals` stores "
                "under (history import-mlflow --compute-signals attaches signals to such runs)")
-        click.echo(f"Note: {p['model']} on {p['dataset']} ({p['runs']} run{'' if p['runs'] == 1 else 's'}) "
-                   f"has no signals yet: {how}", err=True)
+        click.echo(p(f"Note: {u['model']} on {u['dataset']} ({u['runs']} run{'' if u['runs'] == 1 else 's'}) "
+                     f"has no signals yet: {how}"), err=True)
 
 
 @history_group.command(name="show")
@@ -98,9 +103,9 @@ def history_list(model: str | None, dataset: str | None, method: str | None, as_
 def history_show(run_id: str, as_json: bool, db: str | None) -> None:
     """Show every field of one run (RUN_ID or an unambiguous prefix)."""
     from ..history import open_history
-    from ..terminal import wrap_pair
+    from ..terminal import printable, wrap_pair
 
-    with open_history(db) as h:
+    with open_history(db, must_exist=True) as h:
         row = h.get_run(run_id)
     if as_json:
         emit_json(row)
@@ -110,7 +115,7 @@ def history_show(run_id: str, as_json: bool, db: str | None) -> None:
         if v is None or v == {} or v == []:
             continue
         text = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else _fmt(v) if not isinstance(v, float) else repr(v)
-        for line in wrap_pair(k, text, width):  # long values wrap under themselves
+        for line in wrap_pair(k, printable(text), width):  # long values wrap under themselves
             click.echo(line)
 
 
@@ -123,27 +128,64 @@ def history_show(run_id: str, as_json: bool, db: str | None) -> None:
 @json_option
 def history_export(fmt: str | None, output: str | None, db: str | None, as_json: bool) -> None:
     """Export every run as CSV or JSON lines; `history add` reads it back exactly. With -o,
-    ``--json`` prints what was written ({"exported", "path", "format"})."""
+    ``--json`` prints what was written ({"exported", "path", "format"}). -o never names the
+    history database itself, and the file is replaced in one step: a failed export leaves the
+    file that was there."""
     from ..history import open_history
+    from ..history.io import write_file
 
     if as_json and output is None:
         raise click.UsageError("--json describes the file written with -o; without -o the export itself "
                                "is on standard output (--format jsonl for JSON lines)")
     if fmt is None:
         fmt = "jsonl" if output and output.lower().endswith((".jsonl", ".ndjson")) else "csv"
-    with open_history(db) as h:
+    with open_history(db, must_exist=True) as h:
         if output is None:
-            h.export(fmt, sys.stdout)
+            buf = io.StringIO()
+            h.export(fmt, buf)
+            _write_stdout(buf.getvalue())
             return
+        if h.path is not None and _is_database_file(output, h.path):
+            raise AdvisorError(f"-o {output} is the history database itself; exporting into it would destroy it "
+                               "(give another file name)")
         try:
-            with open(output, "w", encoding="utf-8", newline="") as out:
-                n = h.export(fmt, out)
+            n = write_file(output, lambda out: h.export(fmt, out))
         except OSError as exc:
-            raise AdvisorError(f"cannot write {output}: {exc.strerror or exc}") from None
+            raise AdvisorError(f"cannot write {output}: {exc.strerror or exc}; nothing was written") from None
     if as_json:
         emit_json({"exported": n, "path": output, "format": fmt})
         return
     click.echo(f"Exported {n} run{'' if n == 1 else 's'} to {output}", err=True)
+
+
+def _is_database_file(output: str, db: Path) -> bool:
+    """``output`` is the SQLite file ``db`` or one of its side files, under any name (a link)."""
+    try:
+        out = os.stat(output)
+    except OSError:
+        return False
+    for name in (str(db), f"{db}-wal", f"{db}-shm", f"{db}-journal"):
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino):
+            return True
+    return False
+
+
+def _write_stdout(text: str) -> None:
+    """``text`` on standard output; a write that fails (``> /dev/full``) is one line, not a traceback."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        from ..cli_options import _discard_stdout
+
+        _discard_stdout()  # the interpreter's last flush would fail the same way
+        raise AdvisorError(f"cannot write the export to standard output: {exc.strerror or exc}") from None
 
 
 @history_group.command(name="import-mlflow")
@@ -170,16 +212,19 @@ def history_import_mlflow(experiment: str, tracking_uri: str | None, maps: tuple
     if as_json:
         emit_json(plan.to_json(dry_run))
         return
+    from ..terminal import printable
+
     info = plan.to_json(dry_run)
-    print_table([{**r, "mlflow_run": r["mlflow_run_id"][:12], "acc_before": r["id_acc_before"],
-                  "acc_after": r["id_acc_after"]} for r in info["new"]],
+    print_table([{k: printable(v) if isinstance(v, str) else v for k, v in
+                  {**r, "mlflow_run": r["mlflow_run_id"][:12], "acc_before": r["id_acc_before"],
+                   "acc_after": r["id_acc_after"]}.items()} for r in info["new"]],
                 ["mlflow_run", "run_id", "model", "dataset", "method", "shots", "seed", "acc_before", "acc_after",
                  "signals"])
     for s in info["skipped"]:
-        click.echo(f"Skipped MLflow run {s['mlflow_run_id']}{' (' + s['name'] + ')' if s['name'] else ''}: {s['reason']}",
-                   err=True)
+        click.echo(printable(f"Skipped MLflow run {s['mlflow_run_id']}{' (' + s['name'] + ')' if s['name'] else ''}: "
+                             f"{s['reason']}"), err=True)
     for p in info["signals"]:
-        click.echo(f"Signals for {p['model']} on {p['dataset']}: {p['status']}")
+        click.echo(printable(f"Signals for {p['model']} on {p['dataset']}: {p['status']}"))
     n_new, n_present = len(info["new"]), len(info["already_present"])
     tail = f"; {n_present} already in the history" if n_present else ""
     if dry_run:
@@ -193,9 +238,10 @@ def history_import_mlflow(experiment: str, tracking_uri: str | None, maps: tuple
 @click.option("--dry-run", is_flag=True, help="Say how many runs would be added; write nothing.")
 @click.option("--train/--no-train", default=True, show_default=True,
               help="Retrain the predictor on the merged history when runs were added.")
+@quiet_option
 @db_option
 @json_option
-def history_update(dry_run: bool, train: bool, db: str | None, as_json: bool) -> None:
+def history_update(dry_run: bool, train: bool, quiet: bool, db: str | None, as_json: bool) -> None:
     """Add the runs of the installed registry.db that your history lacks, then retrain the
     predictor. Your default history is a copy made at first use, and upgrading advisor never
     touches it: this is how it takes in a newer shipped history. Your own runs are kept, and so
@@ -212,7 +258,8 @@ def history_update(dry_run: bool, train: bool, db: str | None, as_json: bool) ->
         if info["added"] and train and not dry_run:
             from ..predictor import train_predictor
 
-            click.echo(f"Added {info['added']:,} runs; retraining the predictor on {h.count():,} runs ...", err=True)
+            if not quiet:
+                click.echo(f"Added {info['added']:,} runs; retraining the predictor on {h.count():,} runs ...", err=True)
             trained = train_predictor(h)
         if as_json:
             emit_json({**info, "dry_run": dry_run, "history": h.display,

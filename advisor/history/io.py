@@ -15,8 +15,12 @@ import csv
 import difflib
 import io as _io
 import json
+import os
+import re
+import stat
+import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any, Callable, Iterable
 
 from ..errors import InputFileError
 from .keys import config_hash, dataset_desc_of, dataset_key, model_desc_of, model_key, run_id_of
@@ -39,6 +43,30 @@ FORMATS = ("csv", "json", "jsonl")
 # ------------------------------------------------------------------------------- reading files
 
 
+#: A line longer than this is refused before more is read (``history add /dev/zero`` would
+#: otherwise read until memory runs out). A JSON array on one line counts as one line.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+_CHUNK = 1024 * 1024
+
+
+def _read_bounded(p: Path) -> bytes:
+    """The bytes of ``p``, refusing (one line) a line over ``MAX_LINE_BYTES``."""
+    chunks: list[bytes] = []
+    line, lineno = 0, 1  # bytes of the current line so far, and its number
+    with open(p, "rb") as f:
+        while True:
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            newlines = chunk.count(b"\n")
+            line = len(chunk) - chunk.rfind(b"\n") - 1 if newlines else line + len(chunk)
+            if line > MAX_LINE_BYTES:
+                raise InputFileError(f"{p} line {lineno + newlines} is longer than {MAX_LINE_BYTES // 2**20} MiB; "
+                                     "not a history file (or give a big JSON array as JSON lines)")
+            lineno += newlines
+            chunks.append(chunk)
+
+
 def detect_format(path: Path, text: str) -> str:
     suffix = path.suffix.lower()
     if suffix == ".csv":
@@ -54,12 +82,14 @@ def detect_format(path: Path, text: str) -> str:
 def read_rows(path: str | Path, fmt: str | None = None) -> tuple[str, list[dict[str, Any]], bool]:
     """Read a history file: (format, rows, cells_are_text). Raises InputFileError."""
     p = Path(path)
-    if p.is_dir():
-        raise InputFileError(f"{p} is a directory, not a history file")
     try:
-        raw = p.read_bytes()
+        if p.is_dir():
+            raise InputFileError(f"{p} is a directory, not a history file")
+        raw = _read_bounded(p)
     except OSError as exc:
         raise InputFileError(f"cannot read {p}: {exc.strerror or exc}") from None
+    except MemoryError:
+        raise InputFileError(f"{p} is too large to read into memory") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -81,7 +111,10 @@ def read_rows(path: str | Path, fmt: str | None = None) -> tuple[str, list[dict[
                 raise InputFileError(f"{p} row {i}: expected a JSON object, got {type_name(item)}")
         return fmt, data, False
     rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" (and "\r\n") only: str.splitlines() would also split a name at U+2028,
+    # U+0085 or \x1c, which JSON allows raw inside a string.
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line[:-1] if line.endswith("\r") else line
         if not line.strip():
             continue
         try:
@@ -224,17 +257,64 @@ def _csv_cell(v: Any) -> str:
     return str(v)
 
 
+#: Characters that some readers take as a line break (str.splitlines, editors) and JSON leaves
+#: raw inside a string: escaped in JSON lines, so every run stays on its own line.
+_LINE_BREAKS = re.compile("[\x85\u2028\u2029]")
+_CSV_SPECIAL = re.compile('[,"\r\n]')
+
+
+def _csv_line(cells: list[str]) -> str:
+    """One CSV record as ``csv.writer`` (minimal quoting, ``\\n`` line ends) writes it, except
+    that a cell holding a bare carriage return is quoted too (Python 3.11's writer leaves it
+    bare, and every reader then ends the record there)."""
+    return ",".join('"' + c.replace('"', '""') + '"' if _CSV_SPECIAL.search(c) else c for c in cells) + "\n"
+
+
 def write_rows(rows: list[dict[str, Any]], fmt: str, out: IO[str]) -> int:
     """Write flat rows (``History.runs()``) as CSV or JSON lines; returns the number written."""
     columns = export_columns(rows)
     if fmt == "csv":
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
+        out.write(_csv_line(columns))
         for r in rows:
-            writer.writerow([_csv_cell(r.get(c)) for c in columns])
+            out.write(_csv_line([_csv_cell(r.get(c)) for c in columns]))
     elif fmt == "jsonl":
         for r in rows:
-            out.write(json.dumps({c: _sorted_json(r.get(c)) for c in columns}, ensure_ascii=False) + "\n")
+            line = json.dumps({c: _sorted_json(r.get(c)) for c in columns}, ensure_ascii=False)
+            out.write(_LINE_BREAKS.sub(lambda m: f"\\u{ord(m.group(0)):04x}", line) + "\n")
     else:
         raise InputFileError(f"unknown export format {fmt!r} (use csv or jsonl)")
     return len(rows)
+
+
+def write_file(path: str | os.PathLike[str], write: Callable[[IO[str]], int]) -> int:
+    """Call ``write(f)`` (returns a count) on a temporary file beside ``path`` and rename it over
+    ``path``, so a failed export (a full disk) leaves the file that was there, and no partial file
+    on a new path. The file keeps its mode (a new one: 0666 less the umask); a link is followed
+    (the file it names is replaced, not the link); a device or pipe (``/dev/stdout``) is written
+    directly. OSError propagates (the caller names the file)."""
+    target = Path(os.path.realpath(path))
+    try:
+        st: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        with open(target, "w", encoding="utf-8", newline="") as f:
+            return write(f)
+    if st is not None:
+        mode = stat.S_IMODE(st.st_mode)
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            n = write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n

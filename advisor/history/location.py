@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -46,10 +47,40 @@ def resolve_url(db: str | os.PathLike[str] | None) -> str:
 
         try:
             make_url(text)
-        except ArgumentError:
-            raise HistoryError(f"bad database URL {text!r} (expected a path or e.g. postgresql://host/db)") from None
+        except (ArgumentError, ValueError) as exc:
+            why = "" if isinstance(exc, ArgumentError) else f": {exc}"
+            raise HistoryError(f"bad database URL {text!r}{why} (expected a path or e.g. postgresql://host/db)") from None
         return text
     return sqlite_url(Path(text).expanduser())
+
+
+def require_existing(db: str | os.PathLike[str] | None) -> None:
+    """For commands that only read a history: a SQLite file that does not exist (a mistyped
+    ``--db``) or is empty is a one-line ``HistoryError``, instead of a new empty history that
+    answers "(none)". None (the user-data copy, made from the shipped registry on first use)
+    and server URLs pass."""
+    if db is None or str(db) == "":
+        return
+    from sqlalchemy.engine import make_url
+
+    url = make_url(resolve_url(db))
+    path = sqlite_file(url) if url.get_backend_name() == "sqlite" else None
+    if path is None:
+        return
+    try:
+        url.get_dialect()
+    except Exception:  # noqa: BLE001  (a driver that is not installed: opening the history names it)
+        return
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        what = "the file" if path.parent.is_dir() else f"directory {path.parent}"
+        raise HistoryError(f"no history at {path}: {what} does not exist (check --db / ADVISOR_DB; "
+                           "`advisor run` and `history add` create a new one)") from None
+    except OSError as exc:
+        raise HistoryError(f"cannot use database path {path}: {exc.strerror or exc}") from None
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        raise HistoryError(f"{path} is an empty file, not a history (check --db / ADVISOR_DB)")
 
 
 def sqlite_file(url: URL) -> Path | None:

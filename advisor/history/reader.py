@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import unicodedata
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from .location import default_path, ensure_default_db
+from ..errors import HistoryError
+from .location import default_path, ensure_default_db, require_existing
 from .rows import MODEL_FIELDS, training_row
 from .version import SCHEMA_VERSION
 
@@ -33,10 +35,22 @@ JSON_COLUMNS = {
     "predictors": ("features", "scores"),
 }
 BOOL_COLUMNS = {"datasets": ("is_grayscale",)}
+#: The column that names a row of each table in messages.
+ROW_NAMES = {"models": "key", "datasets": "key", "runs": "run_id", "predictors": "name"}
 
 
-def open_reader(db: str | os.PathLike[str] | None = None) -> Any:
-    """A ``Reader`` for a current SQLite history file, else ``open_history(db)``."""
+def not_json(display: str, table: str, name: Any, column: str, value: str) -> HistoryError:
+    """The one-line error for a JSON column that holds other text (written by another tool)."""
+    what = {"models": "model", "datasets": "dataset", "runs": "run", "predictors": "predictor"}[table]
+    return HistoryError(f"database {display}: {what} {name!r}, column {column}, holds {value[:40]!r}, "
+                        "which is not JSON; repair or delete that row")
+
+
+def open_reader(db: str | os.PathLike[str] | None = None, *, must_exist: bool = False) -> Any:
+    """A ``Reader`` for a current SQLite history file, else ``open_history(db)``.
+    ``must_exist``: as ``open_history``'s (a missing file is an error, not a new history)."""
+    if must_exist:
+        require_existing(db)
     path = _sqlite_path(db)
     reader = Reader.try_open(path, db) if path is not None else None
     if reader is not None:
@@ -121,7 +135,10 @@ class Reader:
             row = dict(zip(names, values))
             for c in js:
                 if isinstance(row.get(c), str):
-                    row[c] = json.loads(row[c])
+                    try:
+                        row[c] = json.loads(row[c])
+                    except ValueError:
+                        raise not_json(self.display, table, row.get(ROW_NAMES[table]), c, row[c]) from None
             for c in bools:
                 if row.get(c) is not None:
                     row[c] = bool(row[c])
@@ -176,7 +193,8 @@ class Reader:
 
     def latest_signals(self, model_key: str, dataset_key: str) -> dict[str, float] | None:
         """As ``History.latest_signals``."""
-        return self._or_full("latest_signals", self._latest_signals, model_key, dataset_key)
+        nfc = unicodedata.normalize  # names are stored in NFC (validate.NAME_COLUMNS)
+        return self._or_full("latest_signals", self._latest_signals, nfc("NFC", model_key), nfc("NFC", dataset_key))
 
     def _latest_signals(self, model_key: str, dataset_key: str) -> dict[str, float] | None:
         rows = self._conn.execute(

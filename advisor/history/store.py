@@ -8,10 +8,12 @@ in ``validate.py``; this module is only about the database.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sqlite3
 import sys
+import unicodedata
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +43,7 @@ from .location import (  # noqa: F401  (re-exported likewise)
     default_path,
     ensure_default_db,
     location,
+    require_existing,
     resolve_url,
     sqlite_file,
     sqlite_url,
@@ -50,7 +53,7 @@ from .rows import DATASET_FIELDS, MODEL_FIELDS, ImportRecord, flat_row, jsonable
 from .rows import dataset_desc as stored_dataset_desc
 from .rows import model_desc as stored_model_desc
 from .schema import Dataset, Model, Predictor, Run, SignalSet, SignalValue
-from .validate import validate_run
+from .validate import lone_surrogate, normal_name, validate_run
 
 T = TypeVar("T")
 
@@ -59,8 +62,14 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def open_history(db: str | os.PathLike[str] | None = None, *, timeout: float | None = None) -> "History":
-    """Open (creating and migrating) the history at ``db`` (see ``location.resolve_url``)."""
+def open_history(db: str | os.PathLike[str] | None = None, *, timeout: float | None = None,
+                 must_exist: bool = False) -> "History":
+    """Open (creating and migrating) the history at ``db`` (see ``location.resolve_url``).
+    ``must_exist`` (read-only commands): a SQLite file that does not exist, or is empty, is a
+    one-line ``HistoryError`` instead of a new empty history (``location.require_existing``)."""
+    if must_exist:
+        db_timeout(timeout)  # a bad ADVISOR_DB_TIMEOUT is named first, whatever the file
+        require_existing(db)
     if db is None or str(db) == "":
         path = default_path()
         ensure_default_db(path)
@@ -82,17 +91,21 @@ class History:
         self.timeout = db_timeout(timeout)
         try:
             parsed = make_url(url)
-        except ArgumentError:
+        except (ArgumentError, ValueError):
             raise HistoryError(f"bad database URL {url!r}") from None
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self.path = sqlite_file(parsed) if self.is_sqlite else None
         self.display = str(self.path) if self.path else parsed.render_as_string(hide_password=True)
+        existed = False
         if self.path is not None:
-            if self.path.is_dir():
-                raise HistoryError(f"database path {self.path} is a directory")
-            if not self.path.parent.is_dir():
-                raise HistoryError(f"cannot create database {self.path}: directory {self.path.parent} does not exist")
-        existed = self.path is not None and self.path.is_file() and self.path.stat().st_size > 0
+            try:
+                if self.path.is_dir():
+                    raise HistoryError(f"database path {self.path} is a directory")
+                if not self.path.parent.is_dir():
+                    raise HistoryError(f"cannot create database {self.path}: directory {self.path.parent} does not exist")
+                existed = self.path.is_file() and self.path.stat().st_size > 0
+            except OSError as exc:  # a name longer than the file system allows, a loop of links ...
+                raise HistoryError(f"cannot use database path {self.path}: {exc.strerror or exc}") from None
         self.engine, self._read_engine = make_engines(parsed, self.display, self.timeout, self.path)
         try:
             if existed:
@@ -111,12 +124,42 @@ class History:
             yield
         except HistoryError:
             raise
+        except json.JSONDecodeError:  # a JSON column holding other text (written by another tool)
+            raise self._bad_json() from None
+        except UnicodeEncodeError as exc:  # a lone surrogate that no check before caught
+            bad = exc.object[exc.start:exc.end] if isinstance(exc.object, str) else ""
+            raise HistoryError(f"database {self.display}: text with {bad!r} (a lone surrogate) is not valid "
+                               "Unicode and cannot be stored or looked up") from None
         except (SQLAlchemyError, sqlite3.Error) as exc:
             error = translate(exc, self.display, self.timeout, self.is_sqlite)
             unwritable = self._unwritable_directory()
             if unwritable and str(error).startswith("cannot open database"):  # its journal could not be created
                 raise unwritable from None
             raise error from None
+
+    def _bad_json(self) -> HistoryError:
+        """Which stored row and column hold text that is not JSON, as one line (found with plain
+        SQL, since the ORM cannot load the row; the same words as ``reader.not_json``)."""
+        from sqlalchemy import JSON
+
+        from .schema import Base
+
+        label = {"runs": "run_id", "models": "key", "datasets": "key", "predictors": "name"}
+        word = {"runs": "run", "models": "model", "datasets": "dataset", "predictors": "predictor"}
+        with self._read_engine.connect() as conn:
+            for table in Base.metadata.sorted_tables:
+                name_column = label.get(table.name) or next(iter(table.primary_key.columns)).name
+                for column in (c.name for c in table.columns if isinstance(c.type, JSON)):
+                    for name, value in conn.exec_driver_sql(f"SELECT {name_column}, {column} FROM {table.name} "
+                                                            f"WHERE {column} IS NOT NULL"):
+                        try:
+                            json.loads(value) if isinstance(value, str) else None
+                        except ValueError:
+                            return HistoryError(f"database {self.display}: {word.get(table.name, table.name)} "
+                                                f"{name!r}, column {column}, holds {value[:40]!r}, which is not "
+                                                "JSON; repair or delete that row")
+            conn.rollback()
+        return HistoryError(f"database {self.display} holds text that is not JSON in a JSON column")
 
     def _unwritable_directory(self) -> HistoryError | None:
         """SQLite writes need the file's directory (journal, WAL): the error if it is read-only."""
@@ -286,6 +329,9 @@ class History:
         for what, d in (("model", md), ("dataset", dd)):
             if not d.get("name"):
                 raise HistoryError(f"{what} descriptors need a name")
+            for field in ("name", "pretrained"):
+                if isinstance(d.get(field), str):
+                    d[field] = normal_name(d[field], f"{what} {field}")
         vers = {k: str(v) for k, v in (versions or {}).items()}
         secs = {k: float(v) for k, v in (seconds or {}).items()}
 
@@ -300,6 +346,7 @@ class History:
 
     def latest_signals(self, model_key: str, dataset_key: str) -> dict[str, float] | None:
         """Per metric, its newest value for this (model, dataset) pair; None if never measured."""
+        model_key, dataset_key = normal_name(model_key, "model"), normal_name(dataset_key, "dataset")
         with self._read() as s:
             rows = s.execute(
                 select(SignalValue.name, SignalValue.value)
@@ -427,11 +474,11 @@ class History:
             .order_by(Run.created_at, Run.id)
         )
         if model:
-            q = q.where(Model.name == model)
+            q = q.where(Model.name.in_(_spellings(model, "--model")))
         if dataset:
-            q = q.where(Dataset.name == dataset)
+            q = q.where(Dataset.name.in_(_spellings(dataset, "--dataset")))
         if method:
-            q = q.where(Run.method == method)
+            q = q.where(Run.method.in_(_spellings(method, "--method")))
         return q
 
     def runs(self, model: str | None = None, dataset: str | None = None, method: str | None = None) -> list[dict[str, Any]]:
@@ -481,6 +528,8 @@ class History:
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         """One run as a flat row, by exact id or an unambiguous prefix."""
+        if lone_surrogate(run_id) is not None:  # no stored id holds one (and drivers cannot send it)
+            raise HistoryError(f"no run with id {run_id!r} in {self.display}")
         with self._read() as s:
             run = s.scalar(self._run_query(None, None, None).where(Run.run_id == run_id))
             if run is None:
@@ -548,14 +597,21 @@ class History:
 # ------------------------------------------------------------------------------- helpers
 
 
+def _spellings(name: str, what: str) -> list[str]:
+    """A filter's name in NFC (how names are stored) and NFD (rows stored before they were
+    normalised), so either spelling finds the runs; a lone surrogate is a one-line error."""
+    nfc = normal_name(name, what)
+    return sorted({nfc, unicodedata.normalize("NFD", nfc)})
+
+
 def _call_run_hooks(run: RunResult, run_id: str, url: str) -> None:
     """``on_run_recorded`` after the commit: a failing hook is reported, the run stays."""
-    from ..plugins import load_plugins
+    from ..plugins import _describe_exception, load_plugins
 
     pm = load_plugins()
     for impl in reversed(pm.hook.on_run_recorded.get_hookimpls()):
         try:
             impl.function(run=run, run_id=run_id, db_url=url)
-        except Exception as exc:  # noqa: BLE001
-            print(f"Warning: plugin {impl.plugin_name!r} on_run_recorded failed: {type(exc).__name__}: {exc}",
-                  file=sys.stderr)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - sys.exit in a hook must not end the command
+            print(f"Warning: plugin {impl.plugin_name!r} on_run_recorded failed ({_describe_exception(exc)}); "
+                  "the run was recorded", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
@@ -36,6 +37,9 @@ MAX_JSON_DEPTH = 64  # hyper-parameters and descriptors are a few levels deep; 6
 _EMPTY_OBJECT = ("hparams", "ood_before", "ood_after", "provenance", "model.extra", "dataset.extra",
                  "signal_versions", "signal_seconds")
 _OPTIONAL_TEXT = ("run_id", "pretrained", "split_hash", "device", "adapter_path")
+#: Names stored in NFC, so one model spelt composed or decomposed is one model (``history list``
+#: filters are normalised the same way: ``normal_name``).
+NAME_COLUMNS = ("model", "pretrained", "dataset", "method")
 
 
 class CellError(ValueError):
@@ -84,6 +88,38 @@ def _check_json_value(value: Any) -> None:
             stack.extend((child, depth + 1, f"{where}[{k!r}]") for k, child in items)
         elif isinstance(v, float) and not math.isfinite(v):
             raise CellError(f"{where or 'value'} is {v!r}, not a finite number")
+
+
+# ------------------------------------------------------------------------------- Unicode
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate (U+D800..U+DFFF) in a string, or in the keys and values of nested
+    JSON, else None: such text cannot be written as UTF-8 (export, PostgreSQL)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            found = _SURROGATE.search(v)
+            if found:
+                return found.group(0)
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return None
+
+
+def normal_name(value: str, what: str = "name") -> str:
+    """A name as the history stores it (NFC); a lone surrogate is a one-line ``HistoryError``."""
+    bad = lone_surrogate(value)
+    if bad is not None:
+        raise HistoryError(f"{what} {value!r} contains a lone surrogate {bad!r}, which is not valid Unicode text")
+    return unicodedata.normalize("NFC", value)
 
 
 # ------------------------------------------------------------------------------- one cell
@@ -150,7 +186,18 @@ def _mapping(kind: str, value: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_cell(col: Column, value: Any, text: bool) -> Any:
-    """One cell -> its Python value (None when empty). ``text``: the cell came from CSV."""
+    """One cell -> its Python value (None when empty). ``text``: the cell came from CSV. Text
+    with a lone surrogate is refused; the names of ``NAME_COLUMNS`` come back in NFC."""
+    out = _parse_cell(col, value, text)
+    bad = lone_surrogate(out)
+    if bad is not None:
+        raise CellError(f"contains a lone surrogate {bad!r}, which is not valid Unicode text")
+    if col.name in NAME_COLUMNS and isinstance(out, str):
+        out = unicodedata.normalize("NFC", out)
+    return out
+
+
+def _parse_cell(col: Column, value: Any, text: bool) -> Any:
     if value is None or (text and value == ""):
         if col.required:
             raise CellError("is required but empty")

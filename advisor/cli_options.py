@@ -42,12 +42,15 @@ ENVIRONMENT: dict[str, str] = {
     "ADVISOR_BLOCK_PLUGINS": "Set to 1 to load no third-party plugin (the test suite does).",
     "ADVISOR_TRACE_PLUGINS": "Set to 1 to print every plugin hook call to stderr.",
     "ADVISOR_MLFLOW": "Set to 1 to log every recorded run to MLflow (as --mlflow).",
-    "ADVISOR_MLFLOW_EXPERIMENT": "MLflow experiment for logged runs (as --mlflow-experiment; default: advisor).",
+    "ADVISOR_MLFLOW_EXPERIMENT": "MLflow experiment for logged runs (as --mlflow-experiment; before MLflow's "
+                                 "MLFLOW_EXPERIMENT_NAME / MLFLOW_EXPERIMENT_ID; default: advisor).",
     "ADVISOR_SPOOL": "Where runs wait when the history cannot be written (default: <user data>/spool).",
     "ADVISOR_SWEEP_HEARTBEAT": "Seconds between a sweep worker's heartbeats (default 15).",
+    "COLUMNS": "Width tables are fitted to (default: the terminal's; piped or redirected output is not wrapped).",
     "HF_HUB_OFFLINE": "Hugging Face offline switch; set to 1 by advisor unless ADVISOR_ONLINE is set.",
     "HF_ENDPOINT": "Hugging Face host probed before downloading weights (default https://huggingface.co).",
     "MLFLOW_TRACKING_URI": "MLflow store for --mlflow and `history import-mlflow` (default: MLflow's own).",
+    "MLFLOW_RUN_ID": "With --mlflow: the parent MLflow run; each recorded run is logged as its child.",
 }
 
 if os.environ.get("ADVISOR_ONLINE") is None:
@@ -128,7 +131,8 @@ def mlflow_option(f: Any) -> Any:
             os.environ["ADVISOR_MLFLOW_EXPERIMENT"] = value
 
     f = click.option("--mlflow-experiment", metavar="NAME", default=None, expose_value=False, callback=experiment,
-                     help="MLflow experiment for --mlflow (env ADVISOR_MLFLOW_EXPERIMENT; default: advisor).")(f)
+                     help="MLflow experiment for --mlflow (env ADVISOR_MLFLOW_EXPERIMENT, then MLFLOW_EXPERIMENT_NAME; "
+                          "default: advisor).")(f)
     f = click.option("--mlflow", is_flag=True, expose_value=False, callback=enable,
                      help="Also log each recorded run to MLflow (env ADVISOR_MLFLOW=1; store: MLFLOW_TRACKING_URI).")(f)
     return f
@@ -197,6 +201,26 @@ def device_option(f: Any) -> Any:
     """``--device`` (env ``ADVISOR_DEVICE``), with the same default on every command."""
     return click.option("--device", default="auto", show_default=True, envvar="ADVISOR_DEVICE", show_envvar=True,
                         help="cpu, cuda, cuda:1 ... (auto: cuda when present).")(f)
+
+
+def quiet_option(f: Any = None, *, expose: bool = True) -> Any:
+    """``--quiet`` / ``-q``: no status lines or progress bars on stderr (results and warnings
+    still print). Sets ``advisor.terminal``'s quiet switch as soon as it is parsed, so every
+    phase of the command follows it; the command receives ``quiet`` unless ``expose=False``
+    (``@quiet_option(expose=False)``)."""
+
+    def silence(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+        if value:
+            from .terminal import set_quiet
+
+            set_quiet(True)
+        return value
+
+    def decorate(g: Any) -> Any:
+        return click.option("--quiet", "-q", "quiet", is_flag=True, callback=silence, expose_value=expose,
+                            help="No progress lines or bars on stderr.")(g)
+
+    return decorate if f is None else decorate(f)
 
 
 def import_torch() -> None:

@@ -7,6 +7,10 @@ methods predicted to gain). ``max_forgetting`` and ``budget`` drop methods first
 Ties: the best methods cannot be told apart when their objective intervals overlap, or when
 their predicted scores differ by less than the history's seed-to-seed spread. Then the
 sentence says so and recommends the cheapest of them (predicted cost).
+
+Zero-shot: when the objective's own score of the best method is not above zero (for
+``retain``, its ID gain), no method is predicted to beat the untouched model: the sentence says
+to keep it and there is no winner (``keeps_zero_shot``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class MethodAdvice:
     contribution_other: float | None = None
     support_runs: int = 0
     similar_runs: list[str] = field(default_factory=list)  # "<model> on <dataset> (<shots> shots)"
+    hparams: dict[str, Any] = field(default_factory=dict)  # the configuration the prediction is for
 
 
 def _score(a: MethodAdvice, objective: str) -> tuple[float | None, float | None, float | None]:
@@ -121,6 +126,28 @@ def cheapest(tied: list[MethodAdvice]) -> MethodAdvice:
     return min(tied, key=lambda a: (a.cost_s if a.cost_s is not None else math.inf, tied.index(a)))
 
 
+def improvement(a: MethodAdvice, objective: str) -> float | None:
+    """What must be above zero for fine-tuning with ``a`` to beat the zero-shot model: the
+    objective's score (``gain``: the ID gain; ``balanced``: ID gain + OOD change); for
+    ``retain``, whose score is the OOD change, the ID gain."""
+    return a.id_gain if objective == "retain" else a.score
+
+
+def keeps_zero_shot(ranked: list[MethodAdvice], winner: str | None, objective: str,
+                    tied: list[MethodAdvice] | None = None) -> bool:
+    """Whether the decision is to keep the zero-shot model although a method ranks first: no
+    method in the winner's group (the tied ones, or the winner alone) improves on zero-shot by
+    the objective's own score. False for the rule-based heuristic (no numbers)."""
+    if winner is None:
+        return False
+    w = next(a for a in ranked if a.method == winner)
+    if w.id_gain is None:
+        return False
+    group = tied if tied and len(tied) > 1 else [w]
+    values = [v for v in (improvement(a, objective) for a in group) if v is not None]
+    return bool(values) and max(values) <= 0.0
+
+
 def winner_sentence(ranked: list[MethodAdvice], winner: str | None, objective: str, source: str,
                     tied: list[MethodAdvice] | None = None, tie_reason: str = "", interval: float = 0.8) -> str:
     """The decision in one sentence, with its reason."""
@@ -138,7 +165,7 @@ def winner_sentence(ranked: list[MethodAdvice], winner: str | None, objective: s
         cost = f", predicted {w.cost_s:.0f} s" if w.cost_s is not None else ""
         head = (f"{names} cannot be told apart here ({tie_reason}; best {how} score {best.method} "
                 f"{pct(best.score)})")
-        if max(a.id_gain or 0.0 for a in tied) <= 0.0:
+        if keeps_zero_shot(ranked, winner, objective, tied):
             return f"No method is predicted to improve on zero-shot: {head}; keep the zero-shot model."
         return f"Use {winner}, the cheapest of them{cost}: {head}."
     others = [a for a in ranked if a is not w and a.eligible and a.score is not None]
@@ -153,10 +180,13 @@ def winner_sentence(ranked: list[MethodAdvice], winner: str | None, objective: s
     else:
         why = (f"least {how} forgetting among methods predicted to gain, {pct(w.ood_change)} out-of-domain "
                f"for {pct(w.id_gain)} in-domain")
-    if w.id_gain <= 0.0:
-        # Nothing is predicted to beat zero-shot: saying "use X" without this caveat would mislead.
+    if keeps_zero_shot(ranked, winner, objective):
+        # Nothing is predicted to beat zero-shot by the objective's own score: saying "use X"
+        # would advise what the history says hurts.
+        hi = w.id_gain_hi if objective == "retain" else w.score_hi
+        upper = f" unless the interval's upper end ({pct(hi)}) is worth a run" if hi is not None and hi > 0 else ""
         return (f"No method is predicted to improve on zero-shot here ({winner} ranks first with {why}{nxt}); "
-                f"keep the zero-shot model unless the interval's upper end ({pct(w.id_gain_hi)}) is worth a run.")
+                f"keep the zero-shot model{upper}.")
     return f"Use {winner}: {why}{nxt}."
 
 

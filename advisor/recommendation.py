@@ -19,6 +19,7 @@ runs over ``MIN_DATASETS`` datasets; otherwise the ranking falls back to the IIM
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -26,14 +27,23 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .decision import OBJECTIVES, MethodAdvice, cheapest, choose, objective_noise, ties, winner_sentence
+from .decision import (
+    OBJECTIVES,
+    MethodAdvice,
+    cheapest,
+    choose,
+    keeps_zero_shot,
+    objective_noise,
+    ties,
+    winner_sentence,
+)
 from .errors import AdvisorError, PredictorError
 from .heuristic import choose_heuristic, heuristic_ranking
 from .pair import pair_from_embeddings, prepare_pair
 from .specs import DatasetSpec, ModelSpec
 
 __all__ = ["OBJECTIVES", "MethodAdvice", "Recommendation", "RecommendError", "choose", "heuristic_ranking",
-           "recommend", "registered_methods", "similar_runs", "support_for", "winner_sentence"]
+           "history_configs", "recommend", "registered_methods", "similar_runs", "support_for", "winner_sentence"]
 
 from .predictor import DEFAULT_PREDICTOR as PREDICTOR_NAME  # noqa: E402
 #: How many contributing features to show per method.
@@ -70,9 +80,32 @@ class Recommendation:
     interval: float = 0.8
     random_weights: bool = False
     device: str | None = None
+    #: The decision is to keep the zero-shot model (then ``winner`` is None although methods rank).
+    keep_zero_shot: bool = False
+    #: The recommended method with the configuration its prediction is for (the best-ranked
+    #: one when the decision is to keep zero-shot), as ``run_command`` arguments.
+    run_method: str | None = None
+    run_hparams: dict[str, Any] = field(default_factory=dict)
+
+    def run_command(self, model_args: Sequence[str] | None = None, dataset: str | None = None) -> str | None:
+        """``advisor run ... --method M --hparam epochs=E --hparam lr=X`` for ``run_method``: the
+        configuration its prediction is for (``run_hparams``: epochs, lr and whatever else differs
+        from the tuner's defaults)."""
+        import shlex
+
+        if self.run_method is None:
+            return None
+        model_args = ["--model", self.model] if model_args is None else list(model_args)
+        args = ["advisor", "run", *model_args, "--dataset", dataset or self.dataset, "--method", self.run_method]
+        if self.shots is not None:
+            args += ["--shots", str(self.shots)]
+        for k, v in self.run_hparams.items():
+            args += ["--hparam", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
+        return " ".join(shlex.quote(a) for a in args)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["run_command"] = self.run_command()
         for m in d["methods"]:
             m["contributions"] = [{"feature": f, "value": v} for f, v in m["contributions"]]
         return d
@@ -149,12 +182,58 @@ def support_for(
     return summary, warnings
 
 
+def history_configs(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], shots: int | None) -> dict[str, dict[str, Any]]:
+    """Per method, the configuration its predictions are for: the most common resolved
+    hyper-parameters of its runs in the history at these shots (else at the nearest shots it
+    has runs at, as the cost model's epochs). Methods without runs are left out."""
+    from .predictor import as_dict, row_method, row_shots
+
+    counts: dict[str, dict[int | None, dict[str, int]]] = {}
+    for r in rows:
+        hp = as_dict(r.get("hparams"))
+        if hp:
+            key = json.dumps(hp, sort_keys=True, default=str)
+            by_shots = counts.setdefault(row_method(r), {}).setdefault(row_shots(r), {})
+            by_shots[key] = by_shots.get(key, 0) + 1
+    out: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        per = counts.get(m)
+        if not per:
+            continue
+        numeric = [k for k in per if k is not None]
+        if shots in per or shots is None or not numeric:
+            pick = per.get(shots) or per[next(iter(per))]
+        else:
+            pick = per[min(numeric, key=lambda k: (abs(math.log(k) - math.log(shots)), k))]
+        out[m] = json.loads(max(pick.items(), key=lambda kv: (kv[1], kv[0]))[0])
+    return out
+
+
+def run_overrides(method: str, hparams: Mapping[str, Any], shots: int | None) -> dict[str, Any]:
+    """The ``--hparam`` values that make ``advisor run --method METHOD`` train ``hparams``: epochs
+    and lr always (the schedule a prediction is for), then every other key whose value differs
+    from the tuner's defaults at these shots."""
+    from .plugins import get_tuners
+
+    tuner = get_tuners().get(method)
+    try:
+        defaults = dict(tuner.defaults(shots)) if tuner is not None else {}
+    except Exception:  # noqa: BLE001 - a third-party tuner's defaults: show every key then
+        defaults = {}
+    keep = [k for k in ("epochs", "lr") if k in hparams]
+    keep += [k for k in sorted(hparams) if k not in keep and (k not in defaults or defaults[k] != hparams[k])
+             and (k in defaults or tuner is None)]
+    return {k: hparams[k] for k in keep}
+
+
 def similar_runs(case: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, list[str]]:
     """Per method, the history runs that really are similar to ``case``: the same image tower
     or model family, and (signals, log2 shots) within the history's own typical distance
     between neighbouring datasets (the median, over the history's (model, dataset) pairs, of
-    the standardised distance to the nearest pair of another dataset). Labels say which runs."""
-    from .predictor import SignalKNN, row_dataset, row_family, row_method, row_model, row_shots, row_tower
+    the standardised distance to the nearest pair of another dataset). Labels say which runs,
+    with the hyper-parameters and seed where they differ among a method's similar runs (two
+    runs that differ only in epochs or lr do not read as the same run twice)."""
+    from .predictor import SignalKNN, as_dict, row_dataset, row_family, row_method, row_model, row_shots, row_tower
 
     out: dict[str, list[str]] = {m: [] for m in methods}
     if not rows:
@@ -174,10 +253,28 @@ def similar_runs(case: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], met
     radius = float(np.median(nearest)) if nearest else math.inf
     d = knn.distances(case)
     fam, tower = row_family(case), row_tower(case)
+    picked: dict[str, list[Mapping[str, Any]]] = {m: [] for m in methods}
     for i, r in enumerate(rows):
         if row_method(r) in out and (row_tower(r) == tower or row_family(r) == fam) and d[i] <= radius:
-            out[row_method(r)].append(f"{row_model(r).split('|')[0]} on {row_dataset(r)} ({row_shots(r)} shots)")
+            picked[row_method(r)].append(r)
+    for m, runs in picked.items():
+        hps = [as_dict(r.get("hparams")) for r in runs]
+        keys = sorted({k for hp in hps for k in hp})
+        differ = [k for k in keys if len({json.dumps(hp.get(k), sort_keys=True, default=str) for hp in hps}) > 1]
+        seeds = len({r.get("seed") for r in runs}) > 1
+        for r, hp in zip(runs, hps):
+            extra = [f"{k}={_short(hp.get(k))}" for k in differ]
+            if seeds:
+                extra.append(f"seed {r.get('seed')}")
+            out[m].append(f"{row_model(r).split('|')[0]} on {row_dataset(r)} ({', '.join([f'{row_shots(r)} shots', *extra])})")
     return out
+
+
+def _short(v: Any) -> str:
+    """A hyper-parameter value in a label: numbers with up to 4 significant digits."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return v if isinstance(v, str) else json.dumps(v, default=str)
 
 
 # ------------------------------------------------------------------------------------------
@@ -185,11 +282,23 @@ def similar_runs(case: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], met
 # ------------------------------------------------------------------------------------------
 
 
+def check_device_name(device: str, what: str = "--device") -> str:
+    """A device named as ``advisor run`` takes it (``cpu``, ``cuda``, ``cuda:N``, ``mps``), or a
+    one-line error; not checked against this machine, since recommend predicts the cost of a
+    run on the named device, which may be another machine's."""
+    from .config import DEVICE_KINDS
+
+    kind, _, index = device.strip().partition(":")
+    if kind not in DEVICE_KINDS or (index and not (index.isascii() and index.isdigit())):
+        raise RecommendError(f"{what} {device!r} is not a device (use auto, cpu, cuda, cuda:N or mps)")
+    return device.strip()
+
+
 def _default_device_kind(rows: Sequence[Mapping[str, Any]]) -> str:
     """Cost is predicted for the device most history runs used, unless one is asked for."""
     env = os.environ.get("ADVISOR_DEVICE")
-    if env:
-        return env.split(":", 1)[0]
+    if env and env.strip() != "auto":
+        return check_device_name(env, "ADVISOR_DEVICE").split(":", 1)[0]
     kinds = [str(r.get("device")).split(":", 1)[0] for r in rows if r.get("device")]
     return max(set(kinds), key=kinds.count) if kinds else "cpu"
 
@@ -230,9 +339,13 @@ def recommend(
         raise RecommendError(f"--budget must be a positive number of seconds (got {budget})")
     if shots is not None and shots < 1:
         raise RecommendError(f"--shots must be at least 1 (got {shots})")
+    if device is not None and device.strip() in ("", "auto"):
+        device = None
+    if device is not None:
+        device = check_device_name(device)
     mspec = model_spec if isinstance(model_spec, ModelSpec) else ModelSpec(str(model_spec))
 
-    history = open_reader(db)  # plain sqlite3 for the reads of a cached pair; writes go to the full History
+    history = open_reader(db, must_exist=True)  # plain sqlite3 for the reads of a cached pair; writes go to the full History
     rows = history.training_rows()
     if embeddings is not None:
         dname = dataset_spec.name if isinstance(dataset_spec, DatasetSpec) else dataset_spec
@@ -291,6 +404,7 @@ def recommend(
     case = {"shots": shots, "device": device_kind, "signals": dict(signals), "model_desc": dict(model_desc),
             "dataset_desc": dict(dataset_desc), "model": model_desc.get("name")}
     similar = similar_runs(case, rows, methods)
+    configs = history_configs(rows, methods, shots)
     flags: list[tuple[str, str]] = []
     interval = 0.8
     tied: list[MethodAdvice] = []
@@ -313,7 +427,7 @@ def recommend(
         flags = est.flags([case])[0]
         if random:
             flags.append(("weights", "randomly initialised weights"))
-        advice = _predict_methods(est, methods, case, [kind for kind, _ in flags])
+        advice = _predict_methods(est, methods, case, [kind for kind, _ in flags], configs)
         ranked, best = choose(advice, objective, max_forgetting=max_forgetting, budget=budget)
         tied, tie_reason = ties(ranked, objective_noise(seed_noise(rows), objective))
         winner = cheapest(tied).method if len(tied) > 1 else best
@@ -333,14 +447,18 @@ def recommend(
     for a in ranked:
         a.similar_runs = similar.get(a.method, [])
         a.support_runs = len(a.similar_runs)
+        a.hparams = configs.get(a.method, {})
+    keep = keeps_zero_shot(ranked, winner, objective, tied)
+    sentence = winner_sentence(ranked, winner, objective, source, tied, tie_reason, interval)
+    run_method = (None if keep else winner) or next((a.method for a in ranked if a.eligible), None)
     dataset_name = str(dataset_desc.get("name"))
     return Recommendation(
         model=mspec.name if embeddings is None else str(model_desc.get("name")),
         dataset=dataset_name,
         objective=objective,
         shots=shots,
-        winner=winner,
-        sentence=winner_sentence(ranked, winner, objective, source, tied, tie_reason, interval),
+        winner=None if keep else winner,
+        sentence=sentence,
         source=source,
         methods=ranked,
         signals=dict(sorted(signals.items())),
@@ -356,6 +474,9 @@ def recommend(
         interval=interval,
         random_weights=random,
         device=device_kind,
+        keep_zero_shot=keep,
+        run_method=run_method,
+        run_hparams=run_overrides(run_method, configs.get(run_method, {}), shots) if run_method else {},
     )
 
 
@@ -373,9 +494,10 @@ def _finite(v: float | None) -> float | None:
 
 
 def _predict_methods(est: Any, methods: Sequence[str], case: Mapping[str, Any],
-                     flag_kinds: Sequence[str]) -> list[MethodAdvice]:
+                     flag_kinds: Sequence[str], configs: Mapping[str, Mapping[str, Any]] | None = None) -> list[MethodAdvice]:
     """Predictions with intervals (widened once per kind of out-of-support input) and the top
-    contributions with their base value, for every method."""
+    contributions with their base value, for every method; each for the configuration of
+    ``configs`` (the history's, ``history_configs``) where it names the epochs."""
     from .predictor import TARGETS
 
     support = est.support
@@ -384,7 +506,9 @@ def _predict_methods(est: Any, methods: Sequence[str], case: Mapping[str, Any],
     for m in methods:
         c = dict(case, method=m)
         if support is not None:
-            c["hparams"] = {"epochs": support.epochs_for(m, case.get("shots"))}
+            epochs = (configs or {}).get(m, {}).get("epochs")
+            c["hparams"] = {"epochs": epochs if isinstance(epochs, (int, float)) and not isinstance(epochs, bool)
+                            else support.epochs_for(m, case.get("shots"))}
             c["trainable_params"] = support.trainable_for(m, family, (case.get("model_desc") or {}).get("params"))
         cases.append(c)
     X = est.rows_matrix(cases)

@@ -9,9 +9,12 @@ every step succeeded, so a crash or Ctrl-C leaves the history unchanged.
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
 import resource
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -162,8 +165,11 @@ def _ood_references(source: str, names: Sequence[str] | None) -> dict[str, Datas
                 raise
             print(f"Warning: OOD reference {name!r} skipped: {exc}", file=sys.stderr)
             continue
-        if names is None and ((bundle.source or name) == source or name == source):
-            continue
+        if (bundle.source or name) == source or name == source:
+            if names is None:
+                continue
+            raise DatasetError(f"--ood {name}: it comes from the same source as the dataset ({source}), so it is "
+                               "not out-of-domain; choose a set from another source")
         out[name] = bundle
     _ood_bundles[key] = out
     return out
@@ -221,13 +227,22 @@ def run_finetune(
 
     tuner = get_tuner(method)  # unknown method: one-line error before any work
     device = resolve_device(device)
-    check_run_options(model_spec, method, tuner, shots=shots, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
-                      hparams=hparams, ood=ood, device=device, max_test=max_test, max_ood=max_ood)
+    resolved = check_run_options(model_spec, method, tuner, shots=shots, seed=seed, epochs=epochs, lr=lr,
+                                 batch_size=batch_size, hparams=hparams, ood=ood, device=device, max_test=max_test,
+                                 max_ood=max_ood, dataset=dataset_spec.name)
     if record:  # an unreachable or read-only history is refused now, not after the training
         from .history import open_history
 
         with open_history(db) as history:
             history.check_writable()
+    adapter_folder = None
+    if save_adapter and record:  # an adapters directory that cannot be written: refused now too
+        from .config import adapters_dir as adapters_dir_for
+        from .history.location import location
+
+        where = location(db)
+        adapter_folder = adapters_dir_for(None if "://" in where else Path(where), adapters_dir)
+        check_writable_dir(adapter_folder, "the adapters directory", "--adapters-dir")
     bundle = load_dataset(dataset_spec)
     template = bundle.templates[0] if bundle.templates else ""
     _check_promptable(dataset_spec.name, bundle.class_names, template)
@@ -281,6 +296,7 @@ def run_finetune(
     result = tuner.train(ctx)
     wall = time.perf_counter() - t0 - (recorder.measure_s - measured_before)  # the curve's points excluded
     _close_progress(progress)
+    check_converged(method, result.losses, result.hparams.get("lr", resolved.get("lr")))
 
     t_eval = time.perf_counter()
     reuse = image_tower_unchanged(base, result.adapted, id_set, device)
@@ -306,23 +322,14 @@ def run_finetune(
     run_id = uuid.uuid4().hex[:16]
     adapter_path = None  # as the history stores it: relative to the adapters directory
     adapter_file = None
-    if save_adapter and record:  # --no-record writes no file
-        from safetensors.torch import save_file
-
-        from .config import adapters_dir as adapters_dir_for
-        from .history.location import location
-
+    if adapter_folder is not None:  # --no-record writes no file
         state = {k: v.detach().contiguous().cpu() for k, v in result.adapted.adapter_state().items()}
         if state:
-            where = location(db)
-            folder = adapters_dir_for(None if "://" in where else Path(where), adapters_dir)
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise TrainingError(f"cannot create the adapters directory {folder}: {exc.strerror or exc}") from None
             adapter_path = f"{run_id}-{method}.safetensors"
-            adapter_file = folder / adapter_path
-            save_file(state, str(adapter_file), metadata={"method": method, "model": model_spec.name, "dataset": dataset_spec.name})
+            adapter_file = adapter_folder / adapter_path
+            if not _save_adapter(state, adapter_file, {"method": method, "model": model_spec.name,
+                                                       "dataset": dataset_spec.name}):
+                adapter_path = adapter_file = None  # the measured run is kept, without its adapter
 
     run = RunResult(
         model=model_spec.name, pretrained=model_spec.pretrained, dataset=dataset_spec.name, method=method,
@@ -348,9 +355,17 @@ def run_finetune(
                     run.adapter_path = history.get_run(run.run_id).get("adapter_path")
         except HistoryError as exc:
             # Measured but not writable (database down, locked, read-only): keep the run.
-            from .history.spool import write_spool
+            from .history.spool import spool_document, write_spool
 
-            path = write_spool(run, spool_dir, reason=str(exc))
+            try:
+                path = write_spool(run, spool_dir, reason=str(exc))
+            except OSError as spool_exc:
+                # Neither the history nor the spool: the measurement goes to stderr, whole.
+                print(json.dumps(spool_document(run, str(exc)), allow_nan=True), file=sys.stderr, flush=True)
+                raise HistoryError(
+                    f"{exc}; the spool cannot be written either ({spool_exc.strerror or spool_exc}): the measured "
+                    "run is the JSON line above on stderr (save it as NAME.run.json in a spool directory and run "
+                    "`advisor history import-spool`)") from None
             raise RunSpooled(f"{exc}; the measured run was saved to {path} "
                              "(add it with `advisor history import-spool`)", path=path) from None
         except BaseException:
@@ -362,6 +377,52 @@ def run_finetune(
         if run.adapter_path and adapter_file is not None and not Path(run.adapter_path).is_absolute():
             run.adapter_path = str(adapter_file.parent / run.adapter_path)
     return run
+
+
+def check_writable_dir(folder: Path, what: str, option: str) -> None:
+    """Refuse (one line) a directory that cannot be created or written, without creating it:
+    a file is created and removed in it, or in its nearest existing parent when it does not
+    exist yet (a read-only or immutable file system fails here, before any training)."""
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise TrainingError(f"{what} {folder} cannot be created: {probe} is not a directory (choose another with {option})")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".advisor-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise TrainingError(f"{what} {folder} cannot be written ({exc.strerror or exc}); choose another with {option}") from None
+
+
+def check_converged(method: str, losses: Sequence[float], lr: Any) -> None:
+    """A run whose training loss became NaN or infinite diverged: its measurements mean nothing
+    and the history refuses its losses, so it is an error (nothing recorded), not a result."""
+    for i, loss in enumerate(losses):
+        if not math.isfinite(float(loss)):
+            raise TrainingError(f"{method} diverged: the training loss became {float(loss)} at step {i + 1} "
+                                f"(lr {lr}); nothing was recorded: try a smaller --lr")
+
+
+def _save_adapter(state: dict[str, Any], path: Path, metadata: dict[str, str]) -> bool:
+    """Write a trained adapter; on failure (disk full, directory gone) warn in one line, remove
+    any partial file and return False: the measured run is still recorded, without its adapter."""
+    from safetensors.torch import save_file
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(path), metadata=metadata)
+    except Exception as exc:  # noqa: BLE001 - OSError, or safetensors' own SafetensorError
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        print(f"Warning: the adapter could not be written to {path} ({reason}): the run is recorded without it",
+              file=sys.stderr)
+        return False
+    return True
 
 
 def curve_recorder(base: Any, bundle: DatasetBundle, train_split: ImageSet, shots_part: ImageSet, id_set: EvalSet,

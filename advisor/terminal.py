@@ -25,18 +25,45 @@ GUTTER = "  "
 PROGRESS_ENV = "ADVISOR_PROGRESS"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every C0/C1 control character (and DEL) shown as its ``\\x..`` escape, so a
+    name stored in the history cannot move the cursor, clear the screen or set the window title
+    when printed as text (JSON output escapes them itself)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+
+
 def terminal_width() -> int:
     """Columns of the terminal (``COLUMNS`` overrides; ``DEFAULT_WIDTH`` when not a terminal)."""
     return max(20, shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns)
 
 
+def output_width() -> int | None:
+    """The width tables on stdout must fit: ``COLUMNS`` when set, else the terminal's when stdout
+    is one, else None (piped or redirected output is not wrapped: one row, one line)."""
+    env = os.environ.get("COLUMNS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return max(20, int(env))
+    isatty = getattr(sys.stdout, "isatty", None)
+    try:
+        if isatty is None or not isatty():
+            return None
+    except ValueError:  # a closed stream
+        return None
+    return terminal_width()
+
+
 #: Floors: a prose column (cells of five words or more) may narrow to PROSE_FLOOR, other text
 #: to TOKEN_FLOOR, a numeric column only to its widest value (a number never wraps); a bracketed
-#: group such as an interval ``[-0.155, +0.027]`` never breaks.
+#: group such as an interval ``[-0.155, +0.027]`` never breaks. A name is first wrapped at
+#: spaces, then after its separators (``lit-`` / ``offline``), and only then cut inside a part.
 PROSE_FLOOR = 16
 TOKEN_FLOOR = 6
-_NBSP = "\xa0"  # textwrap splits on ASCII whitespace only: a protected space holds a group together
+_NBSP = "\xa0"  # split() of the wrapper leaves it alone: a protected space holds a group together
 _BRACKETED = re.compile(r"\[[^\[\]]*\]|\([^()]*\)")
+_SOFT_BREAK = re.compile(r"(?<=[-_/:])(?=[^-_/:])")  # after a separator: "lit-offline" -> "lit-", "offline"
 
 
 def _protect(text: str) -> str:
@@ -61,6 +88,8 @@ def fit_widths(columns: Sequence[str], cells: Sequence[Sequence[str]], width: in
     texts = [[headers[i], *(_protect(row[i]) for row in cells)] for i in range(n)]
     total = [Counter(len(t) for t in col) for col in texts]
     longest_word = [Counter(max((len(w) for w in t.split()), default=0) for t in col) for col in texts]
+    longest_part = [max((len(part) for t in col for w in t.split() for part in _SOFT_BREAK.split(w)), default=0)
+                    for col in texts]
     widths = [max(len(columns[i]), *(len(row[i]) for row in cells)) for i in range(n)]
     floors, prose = [], []
     for i in range(n):
@@ -78,9 +107,11 @@ def fit_widths(columns: Sequence[str], cells: Sequence[Sequence[str]], width: in
         w = widths[i]
         return 3 * longest_word[i][w] + (0 if prose[i] else 1) * total[i][w]
 
-    # First wrap only at spaces (no column below its longest word), then break words if must.
+    # First wrap only at spaces (no column below its longest word), then after separators
+    # inside names (no column below its longest part), then break inside parts if must.
     whole_words = [max(f, max(k for k, c in longest_word[i].items() if c)) for i, f in enumerate(floors)]
-    for stage in (whole_words, floors):
+    parts = [max(f, min(w, longest_part[i])) for i, (f, w) in enumerate(zip(floors, whole_words))]
+    for stage in (whole_words, parts, floors):
         while sum(widths) > budget:
             movable = [i for i in range(n) if widths[i] > stage[i]]
             if not movable:
@@ -89,19 +120,61 @@ def fit_widths(columns: Sequence[str], cells: Sequence[Sequence[str]], width: in
     return widths
 
 
+def _split_word(word: str, width: int) -> list[str]:
+    """A word too long for ``width``, cut after its separators, and inside a part only when
+    the part alone is longer than ``width``."""
+    if len(word) <= width:
+        return [word]
+    lines: list[str] = []
+    cur = ""
+    for part in _SOFT_BREAK.split(word):
+        while len(part) > width:
+            if cur:
+                lines.append(cur)
+                cur = ""
+            lines.append(part[:width])
+            part = part[width:]
+        if len(cur) + len(part) <= width:
+            cur += part
+        else:
+            lines.append(cur)
+            cur = part
+    if cur:
+        lines.append(cur)
+    return lines
+
+
 def _wrap(text: str, width: int, header: bool = False) -> list[str]:
     if len(text) <= width:
         return [text]
     if header:  # "acc_before" -> "acc_" / "before", not "acc_be" / "fore"
         text = text.replace("_", "_ ")
-    lines = textwrap.wrap(_protect(text), width, break_long_words=True, break_on_hyphens=False)
+    lines: list[str] = []
+    cur = ""
+    for word in _protect(text).split(" "):
+        if not word:
+            continue
+        pieces = _split_word(word, width)
+        if cur and len(cur) + 1 + len(pieces[0]) <= width:
+            cur += " " + pieces[0]
+        else:
+            if cur:
+                lines.append(cur)
+            cur = pieces[0]
+        for piece in pieces[1:]:
+            lines.append(cur)
+            cur = piece
+    lines.append(cur)
     return [line.strip().replace(_NBSP, " ") for line in lines] or [""]
 
 
 def format_table(cells: Sequence[Sequence[str]], columns: Sequence[str], width: int | None = None) -> list[str]:
-    """Lines of an aligned text table that fits ``width`` (default: the terminal's): cells too
-    long for their column wrap onto continuation lines instead of widening the row."""
-    width = terminal_width() if width is None else width
+    """Lines of an aligned text table that fits ``width`` (default: ``output_width()``): cells
+    too long for their column wrap onto continuation lines instead of widening the row. With no
+    width (output piped or redirected, ``COLUMNS`` unset) every row stays on one line."""
+    width = output_width() if width is None else width
+    if width is None:
+        width = sys.maxsize
     widths = fit_widths(columns, cells, width)
 
     def render(values: Sequence[str], header: bool = False) -> list[str]:
@@ -118,8 +191,11 @@ def format_table(cells: Sequence[Sequence[str]], columns: Sequence[str], width: 
 
 
 def wrap_pair(key: str, value: str, key_width: int, width: int | None = None) -> list[str]:
-    """``key  value`` with a long value wrapped under itself (``history show``)."""
-    width = terminal_width() if width is None else width
+    """``key  value`` with a long value wrapped under itself (``history show``; not wrapped when
+    the output is piped and ``COLUMNS`` is unset)."""
+    width = output_width() if width is None else width
+    if width is None:
+        return [f"{key.ljust(key_width)}{GUTTER}{value}"]
     room = max(MIN_COLUMN, width - key_width - len(GUTTER))
     parts = textwrap.wrap(value, room, break_long_words=True, break_on_hyphens=False) or [""]
     pad = " " * (key_width + len(GUTTER))
@@ -152,26 +228,53 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
+def _active_bar() -> Any:
+    """The tqdm class when a progress bar is showing on the terminal now, else None (tqdm is
+    not imported for this)."""
+    std = sys.modules.get("tqdm.std")
+    if std is None:
+        return None
+    bars = list(getattr(std.tqdm, "_instances", ()))
+    return std.tqdm if any(not getattr(b, "disable", True) for b in bars) else None
+
+
+def _status(line: str) -> None:
+    """A whole status line on stderr; above a showing bar (cleared, then redrawn) so the two
+    never share a line."""
+    bar = _active_bar()
+    if bar is not None:
+        bar.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
 @contextmanager
 def phase(what: str) -> Iterator[None]:
     """One status line on stderr around a long step: ``advisor: loading model lit-offline ...``
-    then `` 4.2 s`` on the same line when it ends. Shown when ``progress_enabled``."""
+    then `` 4.2 s`` on the same line when it ends. Shown when ``progress_enabled``. While a
+    progress bar shows, the line is written whole above the bar instead."""
     global _open_line
     if not progress_enabled(_quiet):
         yield
         return
-    if _open_line:  # a phase inside a phase: finish the outer line first
-        print(file=sys.stderr)
-    print(f"advisor: {what} ...", end="", file=sys.stderr, flush=True)
-    _open_line = True
+    if _active_bar() is not None:
+        _status(f"advisor: {what} ...")
+        opened = False
+    else:
+        if _open_line:  # a phase inside a phase: finish the outer line first
+            print(file=sys.stderr)
+        print(f"advisor: {what} ...", end="", file=sys.stderr, flush=True)
+        _open_line = opened = True
     t0 = time.perf_counter()
     try:
         yield
     finally:
-        if _open_line:
+        if opened and _open_line and _active_bar() is None:
             print(f" {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         else:
-            print(f"advisor: {what}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            if _open_line and _active_bar() is None:
+                print(file=sys.stderr)
+            _status(f"advisor: {what}: {time.perf_counter() - t0:.1f} s")
         _open_line = False
 
 

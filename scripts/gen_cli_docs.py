@@ -37,8 +37,9 @@ Conventions every command follows:
   `ADVISOR_PROGRESS=0` or `--quiet` silences it).
 - `--json` on every command prints one JSON document instead of a table; the same things have
   the same keys everywhere (`signals`, `path`, `history`).
-- Tables fit the terminal width (`COLUMNS` overrides; 100 when standard output is not a
-  terminal): long cells wrap onto continuation lines, numbers never do.
+- Tables fit the terminal width (`COLUMNS` overrides): long cells wrap onto continuation
+  lines, names first at their `-`/`_` separators, numbers never. Output piped or redirected
+  (and `COLUMNS` unset) is not wrapped: one row, one line.
 - Bad input is one `Error: ...` line and exit code 1 (usage mistakes: click's exit code 2).
   `advisor ... | head` ends quietly with exit code 0.
 - One name per thing: `--max-images` caps images (embedded, or tested by `run`), `--weights-dir`

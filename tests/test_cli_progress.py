@@ -63,7 +63,7 @@ def test_embed_into_a_pipe_prints_no_progress():
 def test_run_reports_model_load_evaluation_and_training(cli, tmp_path):
     """ADVISOR_PROGRESS=1 stands in for a terminal (CliRunner's stderr is not one)."""
     args = ["run", "--method", "coop", "--model", "tiny-vit", "--dataset", "digits", "--shots", "1", "--epochs", "1",
-            "--max-images", "20", "--ood", "digits", "--device", "cpu", "--no-record", "--db", str(tmp_path / "h.db")]
+            "--max-images", "20", "--ood", "faces", "--device", "cpu", "--no-record", "--db", str(tmp_path / "h.db")]
     # A cold start: its own cache (else an earlier test's signals for this pair are reused) and
     # no model memoised in this process by an earlier test (else nothing is "loading").
     from advisor.embed import clear_model_memo

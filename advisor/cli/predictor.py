@@ -10,6 +10,7 @@ from ..cli_options import (
     db_option,
     emit_json,
     json_option,
+    quiet_option,
     table_lines,
 )
 
@@ -66,14 +67,16 @@ def evaluation_text(ev: dict[str, Any]) -> str:
 
 
 @predictor_group.command(name="train")
+@quiet_option(expose=False)
 @db_option
 @json_option
 def predictor_train(db: str | None, as_json: bool) -> None:
-    """Fit the predictor on every run in the history, score it leave-one-dataset-out, store it."""
+    """Fit the predictor on every run in the history, score it leave-one-dataset-out, store it.
+    Progress (phases, one step per held-out fold) goes to stderr on a terminal."""
     from ..history import open_history
     from ..predictor import train_predictor
 
-    info = train_predictor(open_history(db))
+    info = train_predictor(open_history(db, must_exist=True))
     if as_json:
         emit_json(info)
         return
@@ -90,16 +93,21 @@ def predictor_train(db: str | None, as_json: bool) -> None:
 @click.option("--holdout", type=click.Choice(["dataset", "source", "tower"]), default="dataset", show_default=True,
               help="What one fold leaves out: a dataset, the source of its images (else the dataset name), or the "
                    "model's image tower (else its family).")
+@quiet_option(expose=False)
 @db_option
 @json_option
 def predictor_evaluate(holdout: str, db: str | None, as_json: bool) -> None:
     """Held-out scores of the predictor and of the baselines (best single method, zero-shot-only,
     IIMM-only linear fit, kNN on signals, random) in one loop: Spearman, MAE, interval coverage,
-    top-1 and regret, beside the history's seed noise."""
+    top-1 and regret, beside the history's seed noise. Progress (one step per held-out fold)
+    goes to stderr on a terminal."""
     from ..history import open_history
     from ..predictor import evaluate
+    from ..terminal import phase
 
-    ev = evaluate(open_history(db).training_rows(), holdout=holdout)
+    with phase("reading the history"):
+        rows = open_history(db, must_exist=True).training_rows()
+    ev = evaluate(rows, holdout=holdout)
     if as_json:
         emit_json(ev)
         return
@@ -107,6 +115,7 @@ def predictor_evaluate(holdout: str, db: str | None, as_json: bool) -> None:
 
 
 @predictor_group.command(name="show")
+@quiet_option(expose=False)
 @db_option
 @json_option
 def predictor_show(db: str | None, as_json: bool) -> None:
@@ -115,7 +124,7 @@ def predictor_show(db: str | None, as_json: bool) -> None:
     from ..history import open_history
     from ..predictor import FittedPredictor, training_hash
 
-    history = open_history(db)
+    history = open_history(db, must_exist=True)
     from ..predictor import DEFAULT_PREDICTOR
 
     stored = history.load_predictor(DEFAULT_PREDICTOR)

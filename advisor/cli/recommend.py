@@ -13,6 +13,7 @@ from ..cli_options import (
     json_option,
     model_options,
     print_table,
+    quiet_option,
     shots_option,
 )
 
@@ -54,53 +55,78 @@ def _contributions(a: Any) -> str:
                    "its meta_json, else from --model / --dataset names. No model or dataset is loaded.")
 @click.option("--allow-random-weights", is_flag=True,
               help="Go on with a model whose weights are randomly initialised (refused otherwise).")
+@quiet_option
 @db_option
 @json_option
 def recommend_command(model: str, pretrained: str | None, image_size: int | None, weights_dir: str | None,
                       dataset: Any, shots: int, max_images: int | None, objective: str,
                       max_forgetting: float | None, budget: float | None, device: str,
-                      from_embeddings: str | None, allow_random_weights: bool, db: str | None, as_json: bool) -> None:
+                      from_embeddings: str | None, allow_random_weights: bool, quiet: bool, db: str | None,
+                      as_json: bool) -> None:
     """Rank the fine-tuning methods for a model and dataset, with predicted gain, forgetting,
-    cost, their uncertainty and the signals behind them (signals use seed 0, as the history's)."""
+    cost, their uncertainty and the signals behind them (signals use seed 0, as the history's).
+    Each prediction is for the configuration the history ran the method with (its epochs and
+    lr in the table, every hyper-parameter in --json); the answer ends with the `advisor run`
+    command that trains it."""
     from ..recommendation import recommend
     from ..specs import ModelSpec
     from ..terminal import set_quiet
 
-    set_quiet(as_json)
+    set_quiet(as_json or quiet)
 
     rec = recommend(
         ModelSpec(model, pretrained, image_size, weights_dir), dataset, db=db, objective=objective,
         max_forgetting=max_forgetting, budget=budget, shots=shots,
-        device=None if device == "auto" else device, max_images=max_images, quiet=as_json, embeddings=from_embeddings,
-        allow_random_weights=allow_random_weights,
+        device=None if device == "auto" else device, max_images=max_images, quiet=as_json or quiet,
+        embeddings=from_embeddings, allow_random_weights=allow_random_weights,
     )
+    model_args = ["--model", model] + (["--pretrained", pretrained] if pretrained else []) \
+        + (["--image-size", str(image_size)] if image_size else [])
+    command = rec.run_command(model_args, None if from_embeddings else dataset.name)
     if as_json:
-        emit_json(rec.to_dict())
+        emit_json({**rec.to_dict(), "run_command": command})
         return
     src = "learned predictor" if rec.source == "predictor" else "IIMM heuristic (cold start)"
     sig = {"history": "signals from the history", "computed": "signals computed now and stored",
            "embeddings": "signals from the embeddings file (not stored)"}[rec.signals_source]
-    click.echo(f"{rec.model} on {rec.dataset}, {rec.shots} shots, objective {rec.objective!r}; {sig}; ranking by the {src}.")
+    score = {"gain": "score = ID gain", "balanced": "score = ID gain + OOD change",
+             "retain": "score = OOD change"}[rec.objective]
+    click.echo(f"{rec.model} on {rec.dataset}, {rec.shots} shots, objective {rec.objective!r} ({score}); {sig}; "
+               f"ranking by the {src}.")
     level = f"{rec.interval:.0%}"
+    chosen = rec.winner if rec.winner is not None and rec.methods and rec.methods[0].method != rec.winner else None
     rows = []
     for a in rec.methods:
         rows.append({
-            "rank": a.rank,
-            "method": a.method,
+            "#": a.rank,
+            "method": a.method + ("*" if a.method == chosen else ""),
             f"ID gain [{level}]": _interval(a.id_gain, a.id_gain_lo, a.id_gain_hi),
             f"OOD change [{level}]": _interval(a.ood_change, a.ood_change_lo, a.ood_change_hi),
-            "cost s" + (" (extrapolated)" if a.cost_extrapolated else ""): _interval(a.cost_s, a.cost_s_lo, a.cost_s_hi, "{:.0f}"),
-            "ID gain = base + contributions": _contributions(a),
-            "similar runs": a.support_runs,
-            "note": a.excluded or "",
+            "score": "" if a.score is None or a.id_gain is None else f"{a.score:+.3f}",
+            "cost s": _interval(a.cost_s, a.cost_s_lo, a.cost_s_hi, "{:.0f}"),
+            "epochs, lr": _config(a.hparams),
         })
     print_table(rows)
+    if chosen is not None:
+        click.echo(f"* recommended: {chosen}, the cheapest of the methods that cannot be told apart from the first.")
+    for a in rec.methods:
+        if a.excluded:
+            click.echo(f"Excluded: {a.method}: {a.excluded}.")
+    if any(a.cost_extrapolated for a in rec.methods):
+        click.echo(f"Costs are extrapolated: the history has no runs on device {rec.device!r}.")
+    if any(a.hparams for a in rec.methods):
+        click.echo(f"Each prediction is for the method's configuration in the history at {rec.shots} shots "
+                   "(epochs, lr above; every hyper-parameter in --json).")
+    explained = [a for a in rec.methods if a.contribution_base is not None]
+    if explained:
+        click.echo("ID gain = base + the features that moved it most + the others:")
+        for a in explained:
+            click.echo(f"  {a.method}: {_contributions(a)}")
     if rec.out_of_support:
         click.echo("Outside the history (intervals widened): " + "; ".join(rec.out_of_support))
     for a in rec.methods:
         if a.similar_runs:
-            click.echo(f"Similar runs of {a.method}: {'; '.join(a.similar_runs[:6])}"
-                       + (f" and {len(a.similar_runs) - 6} more" if len(a.similar_runs) > 6 else ""))
+            click.echo(f"Similar runs of {a.method}: {_similar(a.similar_runs)}")
     s = rec.support
     click.echo(f"History: {s['runs']} runs over {s['datasets']} datasets; {s['same_model_family']} with this model "
                f"family, {s['same_dataset']} on this dataset, {s['shared_domain']} on this dataset or one sharing a domain.")
@@ -110,3 +136,26 @@ def recommend_command(model: str, pretrained: str | None, image_size: int | None
         click.echo(f"Note: {n}", err=True)
     click.echo("")
     click.echo(rec.sentence)
+    if command is not None and rec.run_hparams:
+        lead = "To measure it anyway" if rec.keep_zero_shot else "To run it with the configuration predicted"
+        if rec.keep_zero_shot or rec.winner is None:
+            lead = f"To measure {rec.run_method} anyway (the configuration predicted)"
+        click.echo(f"{lead}: {command}")
+
+
+def _config(hparams: dict[str, Any]) -> str:
+    """``20, 0.002``: the epochs and learning rate of a prediction's configuration."""
+    if not hparams:
+        return ""
+    values = [hparams.get("epochs"), hparams.get("lr")]
+    return ", ".join("?" if v is None else f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def _similar(labels: list[str], shown: int = 6) -> str:
+    """Labels of similar runs, identical ones counted once (``... x2``), the first ``shown``."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    items = [f"{k} x{n}" if n > 1 else k for k, n in counts.items()]
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return "; ".join(items[:shown]) + more

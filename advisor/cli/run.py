@@ -18,6 +18,7 @@ from ..cli_options import (
     mlflow_option,
     model_options,
     print_table,
+    quiet_option,
     shots_option,
 )
 
@@ -62,8 +63,9 @@ class TunerHelpCommand(click.Command):
 @click.option("--method", required=True, help="Fine-tuning method: a registered tuner (listed below and by `advisor plugins`).")
 @shots_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the few-shot sample and training.")
-@click.option("--epochs", type=int, default=None, help="Override the method's default epochs.")
-@click.option("--lr", type=float, default=None, help="Override the method's default learning rate.")
+@click.option("--epochs", type=int, default=None,
+              help="Override the method's default epochs (at most 100000; `advisor recommend` prints the history's).")
+@click.option("--lr", type=float, default=None, help="Override the method's default learning rate (at most 10).")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--hparam", "hparams", multiple=True, metavar="KEY=VALUE",
               help="A hyper-parameter the method declares (repeatable; listed below), e.g. alpha_target=0.5.")
@@ -77,7 +79,7 @@ class TunerHelpCommand(click.Command):
 @click.option("--adapters-dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="Where the trained adapter goes (default: DB_STEM.adapters/ beside a SQLite history; "
                    "the history stores its path relative to this directory).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
 @mlflow_option
 @db_option
 @json_option
@@ -85,7 +87,15 @@ def run_command(model: str, pretrained: str | None, image_size: int | None, weig
                 method: str, shots: int, seed: int, epochs: int | None, lr: float | None, batch_size: int | None,
                 hparams: tuple[str, ...], alpha_target: float | None, ood: tuple[str, ...], max_images: int, device: str, no_record: bool,
                 adapters_dir: str | None, quiet: bool, db: str | None, as_json: bool) -> None:
-    """Fine-tune for real, measure before/after (ID, OOD, gap) and record the run in the history."""
+    """Fine-tune for real, measure before/after (ID, OOD, gap) and record the run in the history.
+
+    Refused before anything loads: a seed outside 0..2147483647 (the history's column), more
+    than 100000 epochs, lr above 10, an option given twice with two values (--epochs 1 --hparam
+    epochs=3), an OOD set that is the dataset or shares its source, an adapters directory that
+    cannot be written. A training whose loss becomes NaN is an error, not a run. A measured run
+    is never lost: when the history cannot be written it goes to the spool, and when the spool
+    cannot be written either its JSON is printed on stderr; an adapter that cannot be written
+    after training is a warning and the run is recorded without it."""
     from ..plugins import get_tuner
     from ..runner import run_finetune, summarize
     from ..specs import ModelSpec

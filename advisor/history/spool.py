@@ -36,9 +36,14 @@ def write_spool(run: RunResult, spool_dir: str | os.PathLike[str] | None = None,
     """Write ``run`` into the spool atomically; returns the file's path."""
     folder = Path(spool_dir) if spool_dir else default_spool_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    doc = {"format": "advisor-spooled-run", "version": 1, "reason": reason, "run": dataclasses.asdict(run)}
+    doc = spool_document(run, reason)
     name = f"{run.method}-{run.run_id or 'run'}-{os.getpid()}{SUFFIX}"
     return atomic_write(folder / name, lambda f: json.dump(doc, f, allow_nan=True))
+
+
+def spool_document(run: RunResult, reason: str = "") -> dict[str, Any]:
+    """The JSON document of a spooled run (what a spool file holds)."""
+    return {"format": "advisor-spooled-run", "version": 1, "reason": reason, "run": dataclasses.asdict(run)}
 
 
 def read_spooled(path: Path) -> RunResult:

@@ -42,17 +42,22 @@ def train_predictor(
 
     from .estimator import AdvisorPredictor
 
-    rows = history.training_rows()
+    from ..terminal import phase
+
+    with phase("reading the history"):
+        rows = history.training_rows()
     ok, why = history_ready(rows)
     if not ok:
         raise PredictorError(f"cannot train: {why}; record more runs with `advisor run`")
     est = clone(estimator) if estimator is not None else AdvisorPredictor()
-    model = est.fit_rows(rows).model_
+    with phase(f"fitting the predictor on {len(rows)} runs"):
+        model = est.fit_rows(rows).model_
     scores: dict[str, Any] = {"n_runs": model.n_runs, "datasets": model.datasets,
                               "monotone_shots": [t for t, m in zip(model.target_names, model.monotone) if any(m)],
                               "spaces": model.spaces}
     if evaluate:
-        ev = evaluate_lodo(rows, estimator=est)
+        with phase("scoring it leave-one-dataset-out"):
+            ev = evaluate_lodo(rows, estimator=est)
         scores.update({k: ev[k] for k in ("holdout", "targets", "calibration", "seed_noise", "baselines", "n_groups")})
     scores = clean_json(scores)
     pid = history.save_predictor(name, model.to_json(), model.feature_names, model.training_hash, scores)

@@ -6,13 +6,19 @@ other teams' names), validated with the same rules as ``history add``, and added
 ``History.add_records``: every new row in one transaction, or none. A run that lacks a required
 field, or whose values do not validate, is listed with the reason and skipped. A run already in
 the history (same configuration hash and seed, the history's unique key) is counted, not added
-again, so importing twice adds nothing. MLflow itself is only read.
+again, so importing twice adds nothing. MLflow itself is only read: before MLflow opens a store,
+``check_store`` makes sure the URI names an existing MLflow store (a database with MLflow's
+tables, not an advisor history; an existing ``file:`` store; a scheme MLflow knows), because
+MLflow would otherwise create its tables, or a store, where the URI points.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +95,119 @@ class ImportPlan:
 # ------------------------------------------------------------------------------- reading MLflow
 
 
+@contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """MLflow's and alembic's INFO lines ("Creating initial MLflow database tables...") kept off
+    stderr while advisor talks to MLflow; warnings and errors still pass."""
+    saved = []
+    for name in ("mlflow", "alembic"):
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level))
+        if logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+#: Tables every MLflow tracking database has (and the advisor history has not).
+MLFLOW_TABLES = ("experiments", "alembic_version")
+#: Tables of an advisor history (MLflow has none of them).
+ADVISOR_TABLES = ("schema_migrations", "signal_sets")
+
+
+def _safe(uri: str) -> str:
+    import re
+
+    return re.sub(r"//[^/@]*@", "//", uri)
+
+
+def _check_tables(tables: set[str], where: str) -> None:
+    if all(t in tables for t in ADVISOR_TABLES):
+        raise MlflowImportError(f"{where} is an advisor history, not an MLflow tracking store "
+                                "(give --tracking-uri the MLflow store, --db the history)")
+    missing = [t for t in MLFLOW_TABLES if t not in tables]
+    if missing:
+        raise MlflowImportError(f"{where} is not an MLflow tracking store (no {' or '.join(missing)} table)")
+    try:  # a store of an older MLflow lacks tables that MLflow would create (write) on opening it
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - registers the tables the store expects
+        from mlflow.store.db.base_sql_model import Base
+
+        expected = set(Base.metadata.tables)
+    except Exception:  # noqa: BLE001 - internal API: without it, MLflow's own check decides
+        return
+    absent = sorted(expected - tables)
+    if absent:
+        raise MlflowImportError(f"{where} is an MLflow store of another MLflow version (no {', '.join(absent[:3])}"
+                                f"{' ...' if len(absent) > 3 else ''} table); upgrade it with `mlflow db upgrade` "
+                                "or import with the MLflow version that wrote it")
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    """Table names of a SQLite file, read through a read-only connection."""
+    from urllib.parse import quote
+
+    try:
+        con = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise MlflowImportError(f"cannot open {path}: {exc}") from None
+    try:
+        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise MlflowImportError(f"{path} is not an MLflow tracking store ({exc})") from None
+    finally:
+        con.close()
+
+
+def _supported_schemes() -> list[str]:
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        return sorted(s for s in _tracking_store_registry._registry if s)
+    except Exception:  # noqa: BLE001 - internal API
+        return []
+
+
+def check_store(uri: str) -> None:
+    """Refuse, in one line and before MLflow opens it, a tracking URI that does not name an
+    existing MLflow store. Nothing is opened for writing here."""
+    from urllib.parse import unquote, urlsplit
+
+    scheme = urlsplit(uri).scheme.lower() if "://" in uri or uri.startswith("file:") else ""
+    if scheme in ("", "file"):
+        path = Path(unquote(urlsplit(uri).path) if scheme else uri).expanduser()
+        if not path.exists():
+            raise MlflowImportError(f"no MLflow store at {path} (--tracking-uri or MLFLOW_TRACKING_URI)")
+        if not path.is_dir() or not ((path / ".trash").is_dir() or any(path.glob("*/meta.yaml"))):
+            raise MlflowImportError(f"{path} is not an MLflow file store (no experiment folders)")
+        return
+    base = scheme.split("+", 1)[0]
+    supported = _supported_schemes()
+    if supported and scheme not in supported and base not in supported:
+        raise MlflowImportError(f"unsupported MLflow tracking URI scheme {scheme!r} in {_safe(uri)} "
+                                f"(MLflow knows: {', '.join(supported)})")
+    if base == "sqlite":
+        raw = uri.split("://", 1)[1].split("?", 1)[0]
+        path = Path(raw[1:] if raw.startswith("/") else raw)  # sqlite:///rel, sqlite:////abs
+        if not path.is_file():  # MLflow would create a missing database: refuse instead
+            raise MlflowImportError(f"no MLflow tracking database at {path} (--tracking-uri or MLFLOW_TRACKING_URI)")
+        _check_tables(_sqlite_tables(path), str(path))
+    elif base in ("postgresql", "mysql", "mssql"):
+        from sqlalchemy import create_engine, inspect
+
+        try:
+            engine = create_engine(uri)
+            try:
+                tables = set(inspect(engine).get_table_names())
+            finally:
+                engine.dispose()
+        except Exception as exc:  # noqa: BLE001 - driver or connection: one line
+            raise MlflowImportError(f"cannot read MLflow at {_safe(uri)}: {_one_line(exc)}") from None
+        _check_tables(tables, _safe(uri))
+
+
 def _client(tracking_uri: str | None) -> tuple[Any, str]:
     try:
         import mlflow
@@ -96,11 +215,11 @@ def _client(tracking_uri: str | None) -> tuple[Any, str]:
     except ImportError:
         raise MlflowImportError("MLflow is not installed (pip install 'advisor[mlflow]')") from None
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///"):  # MLflow would create a missing database: refuse instead
-        path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
-        if not path.is_file():
-            raise MlflowImportError(f"no MLflow tracking database at {path} (--tracking-uri or MLFLOW_TRACKING_URI)")
-    return MlflowClient(tracking_uri=uri), uri
+    check_store(uri)
+    try:
+        return MlflowClient(tracking_uri=uri), uri
+    except Exception as exc:  # noqa: BLE001 - MLflow refusing the URI: one line
+        raise MlflowImportError(f"cannot read MLflow at {_safe(uri)}: {_one_line(exc)}") from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -110,6 +229,11 @@ def _one_line(exc: BaseException) -> str:
 
 def read_finished_runs(experiment: str, tracking_uri: str | None = None) -> tuple[list[FoundRun], str]:
     """Every FINISHED run of ``experiment`` (oldest first) and the tracking URI read."""
+    with quiet_mlflow():
+        return _read_finished_runs(experiment, tracking_uri)
+
+
+def _read_finished_runs(experiment: str, tracking_uri: str | None) -> tuple[list[FoundRun], str]:
     client, uri = _client(tracking_uri)
     try:
         exp = client.get_experiment_by_name(experiment)

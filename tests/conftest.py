@@ -20,7 +20,8 @@ os.environ["ADVISOR_BLOCK_PLUGINS"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 for _var in ("ADVISOR_DB", "ADVISOR_LOAD_PLUGINS", "ADVISOR_TRACE_PLUGINS", "ADVISOR_REGISTRY", "ADVISOR_DB_TIMEOUT",
-             "ADVISOR_MLFLOW", "ADVISOR_MLFLOW_EXPERIMENT", "MLFLOW_TRACKING_URI"):  # no test logs to your MLflow
+             "ADVISOR_MLFLOW", "ADVISOR_MLFLOW_EXPERIMENT", "MLFLOW_TRACKING_URI",  # no test logs to your MLflow
+             "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID", "MLFLOW_RUN_CONTEXT"):
     os.environ.pop(_var, None)
 
 import pytest  # noqa: E402

@@ -74,6 +74,10 @@ _SERIES_FIELDS = ("losses",)
 CURVE_PREFIX = "curve."
 CURVE_VALUES = ("step", "train_loss", "val_acc", "ood_proxy_acc", "train_s")
 
+#: Outcomes the MLflow plugin derives from a row and logs as metrics (``id_gain``,
+#: ``ood_change``: ``advisor.predictor.rows.row_targets``); computed again, never read back.
+DERIVED_METRICS = ("id_gain", "ood_change")
+
 #: MLflow's limits (mlflow.utils.validation) and its key syntax on POSIX.
 MAX_KEY_LENGTH = 250
 MAX_PARAM_LENGTH = 6000
@@ -348,7 +352,8 @@ def from_mlflow(params: dict[str, str], metrics: dict[str, float], tags: dict[st
                     assign(target, source, value, namespace)
                     break
             else:
-                if not source.startswith(f"{TAGS}.mlflow."):  # MLflow's own bookkeeping
+                if not source.startswith(f"{TAGS}.mlflow.") and not (  # MLflow's own bookkeeping
+                        namespace == METRICS and key in DERIVED_METRICS):  # ours, derived from the row
                     unmapped.append(source)
     for column, members in families.items():
         if column in cells:

@@ -33,8 +33,15 @@ def recorded_runs(h: History, configs: Sequence[Mapping[str, Any]]) -> dict[int,
     """Index of ``configs`` (JobConfig dicts) -> run_id of a complete run already in the history.
 
     A run matches when model name, pretrained tag, working image size (if the job fixes one),
-    dataset, method, shots and seed agree and its stored hyper-parameters contain every
-    override of the job with the same value (the tuner stores its resolved hyper-parameters).
+    dataset, method, shots and seed agree and its stored hyper-parameters (the tuner stores the
+    ones it resolved) agree with the job's configuration:
+
+    - with ``resolved_hparams`` in the config (the tuner's defaults for the shots with the job's
+      overrides, as ``advisor.run_checks.check_run_options`` resolves them): every key of it,
+      except keys the tuner fills in itself while training (a default of None the job does not
+      set, such as lora's ``targets``), must be stored with the same value. A run at another
+      learning rate or epoch count is another configuration, not a recorded one;
+    - without it (a caller that cannot ask the tuner): every override of the job.
     """
     if not configs:
         return {}
@@ -54,14 +61,24 @@ def recorded_runs(h: History, configs: Sequence[Mapping[str, Any]]) -> dict[int,
                 (run_id, image_size, dict(hparams or {})))
     out: dict[int, str] = {}
     for i, c in enumerate(configs):
+        wanted = _wanted_hparams(c)
         for run_id, image_size, hp in index.get(
                 (c["model"], c.get("pretrained") or None, c["dataset"], c["method"], c.get("shots"), c["seed"]), []):
             if c.get("image_size") is not None and image_size != c["image_size"]:
                 continue
-            if all(k in hp and _same(hp[k], v) for k, v in (c.get("hparams") or {}).items()):
+            if all(k in hp and _same(hp[k], v) for k, v in wanted.items()):
                 out[i] = run_id
                 break
     return out
+
+
+def _wanted_hparams(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters a stored run must hold to be this job's run (``recorded_runs``)."""
+    overrides = dict(config.get("hparams") or {})
+    resolved = config.get("resolved_hparams")
+    if resolved is None:
+        return overrides
+    return {k: v for k, v in dict(resolved).items() if k in overrides or v is not None}
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -234,14 +251,28 @@ def counts(h: History, sweep_id: str) -> dict[str, int]:
     return out
 
 
+def _latest(registered: str | None, *times: float | None) -> str | None:
+    """The sweep's last activity (ISO, UTC): the latest of its registration (``updated_at``) and
+    its jobs' start, heartbeat and finish times."""
+    moments = [t for t in times if t is not None]
+    if not moments:
+        return registered
+    latest = datetime.fromtimestamp(max(moments), timezone.utc).isoformat(timespec="seconds")
+    return max(latest, registered) if registered else latest
+
+
 def sweeps(h: History) -> list[dict[str, Any]]:
-    """Every sweep with its job counts, newest first."""
+    """Every sweep with its job counts, newest first; ``updated_at`` is its last activity."""
     with h._read() as s:
         rows = list(s.scalars(select(Sweep).order_by(Sweep.id.desc())))
+        activity = {sid: (a, b, c) for sid, a, b, c in s.execute(
+            select(SweepJob.sweep_id, func.max(SweepJob.started_at), func.max(SweepJob.heartbeat_at),
+                   func.max(SweepJob.finished_at)).group_by(SweepJob.sweep_id))}
         out = []
         for sw in rows:
             out.append({"sweep_id": sw.sweep_id, "name": sw.name, "executor": sw.executor, "jobs": sw.n_jobs,
-                        "created_at": sw.created_at, "updated_at": sw.updated_at})
+                        "created_at": sw.created_at,
+                        "updated_at": _latest(sw.updated_at, *activity.get(sw.sweep_id, ()))})
     for d in out:
         d.update(counts(h, d["sweep_id"]))
     return out
@@ -258,7 +289,9 @@ def sweep_status(h: History, sweep_id: str, stale_after_s: float) -> dict[str, A
             sw = _by_prefix(s, sweep_id, h.display)
         jobs = list(s.scalars(select(SweepJob).where(SweepJob.sweep_id == sw.sweep_id).order_by(SweepJob.position)))
         info = {"sweep_id": sw.sweep_id, "name": sw.name, "executor": sw.executor, "created_at": sw.created_at,
-                "updated_at": sw.updated_at, "jobs": len(jobs)}
+                "updated_at": _latest(sw.updated_at, *(t for j in jobs
+                                                       for t in (j.started_at, j.heartbeat_at, j.finished_at))),
+                "jobs": len(jobs)}
     tally = {k: 0 for k in STATUSES}
     failed, running = [], []
     for j in jobs:
@@ -304,3 +337,30 @@ def job_durations(h: History) -> list[tuple[str, float]]:
                          .where(SweepJob.status == DONE, SweepJob.started_at.is_not(None),
                                 SweepJob.finished_at.is_not(None))).all()
     return [(str((c or {}).get("method")), float(f - st)) for c, st, f in rows if f >= st]
+
+
+def phase_timings(h: History, methods: Iterable[str]) -> list[tuple[str, str, str, float, float]]:
+    """(model, dataset, method, prepare seconds, train + evaluate + curve seconds) of the runs of
+    ``methods`` that recorded their phases (``provenance.timing``, written by ``advisor run``):
+    what a sweep's estimate is made of. ``prepare_s`` is near zero for a run whose process had
+    the pair loaded already (a sweep worker's second job of a pair)."""
+    wanted = sorted(set(methods))
+    if not wanted:
+        return []
+    q = (select(Model.name, Dataset.name, Run.method, Run.provenance)
+         .join(Model, Run.model_id == Model.id).join(Dataset, Run.dataset_id == Dataset.id)
+         .where(Run.method.in_(wanted)))
+    out = []
+    with h._read() as s:
+        for model, dataset, method, prov in s.execute(q):
+            timing = (prov or {}).get("timing") if isinstance(prov, dict) else None
+            if not isinstance(timing, dict):
+                continue
+            try:
+                prepare = float(timing.get("prepare_s") or 0.0)
+                per_job = sum(float(timing.get(k) or 0.0) for k in ("train_s", "evaluate_s", "curve_s"))
+            except (TypeError, ValueError):
+                continue
+            if per_job > 0 and prepare >= 0:
+                out.append((model, dataset, method, prepare, per_job))
+    return out

@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..cli_options import db_option, device_option, emit_json, json_option, print_table
+from ..cli_options import db_option, device_option, emit_json, json_option, print_table, quiet_option
 
 
 def _minutes(value: str | None) -> int | None:
@@ -21,6 +21,10 @@ def _minutes(value: str | None) -> int | None:
     m = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d{2}):(\d{2})", value.strip())
     if m:
         days, h, mi, sec = (int(x or 0) for x in m.groups())
+        if mi > 59 or sec > 59 or (m.group(1) is not None and h > 23):
+            raise click.BadParameter(f"{value!r} is not a time: minutes and seconds run to 59"
+                                     + (", hours to 23 after a day count" if m.group(1) is not None else ""),
+                                     param_hint="--slurm-time")
         return max(1, days * 1440 + h * 60 + mi + (1 if sec else 0))
     if value.strip().isdecimal() and int(value) > 0:
         return int(value)
@@ -57,7 +61,11 @@ def _minutes(value: str | None) -> int | None:
 @click.option("--spool-dir", type=click.Path(file_okay=False), default=None, envvar="ADVISOR_SPOOL", show_envvar=True,
               help="Where runs go when the history cannot be written (env ADVISOR_SPOOL).")
 @click.option("--mlflow", "use_mlflow", is_flag=True, help="Also log every run to MLflow (MLFLOW_TRACKING_URI).")
-@click.option("--dry-run", is_flag=True, help="Print the plan and stop; nothing is written or submitted.")
+@click.option("--mlflow-experiment", metavar="NAME", default=None,
+              help="MLflow experiment for --mlflow (env ADVISOR_MLFLOW_EXPERIMENT, then MLFLOW_EXPERIMENT_NAME; "
+                   "default: advisor).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan and the runs it would start, and stop; nothing is written or submitted.")
 @click.option("--detach", is_flag=True, help="Submit and return; watch with `advisor sweep status`.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @db_option
@@ -69,7 +77,8 @@ def sweep_group(ctx: click.Context, spec: str | None, models: tuple[str, ...], d
                 device: str | None, no_adapters: bool, executor: str, max_parallel: int, retries: int,
                 slurm_partition: str | None, slurm_time: str | None, gpus_per_run: int | None,
                 cpus_per_run: int | None, log_dir: str | None, spool_dir: str | None, use_mlflow: bool,
-                dry_run: bool, detach: bool, quiet: bool, db: str | None, as_json: bool) -> None:
+                mlflow_experiment: str | None, dry_run: bool, detach: bool, quiet: bool, db: str | None,
+                as_json: bool) -> None:
     """Run a grid of fine-tuning runs (models x datasets x methods x shots x seeds x
     hyper-parameters) through an executor, recording each run in the history.
 
@@ -112,13 +121,20 @@ def sweep_group(ctx: click.Context, spec: str | None, models: tuple[str, ...], d
                                  [int(s) if s.lstrip("-").isdigit() else s for s in split_list(seeds)], hparams,
                                  pretrained=pretrained, image_size=image_size, run=run_opts)
     from ..plugins import get_executor
+    from ..terminal import progress_enabled
 
     ex = get_executor(executor)
-    if executor == "slurm" and slurm_time is None and not dry_run:
-        click.echo("Note: no --slurm-time given; each array task gets 60 minutes.", err=True)
     options = {"timeout_min": _minutes(slurm_time), "partition": slurm_partition, "gpus_per_run": gpus_per_run,
                "cpus_per_run": cpus_per_run}
-    plan, history = plan_sweep(grid, db, write=not dry_run, stale_after_s=stale_after_seconds(), executor=executor)
+    if use_mlflow and importlib.util.find_spec("mlflow") is None:
+        raise click.UsageError("MLflow logging is on (--mlflow) but MLflow is not installed: "
+                               "pip install 'advisor[mlflow]'")
+    if mlflow_experiment is not None and not mlflow_experiment.strip():
+        raise click.BadParameter("the experiment name is empty", param_hint="--mlflow-experiment")
+    plan, history = plan_sweep(grid, db, write=not dry_run, stale_after_s=stale_after_seconds(), executor=executor,
+                               max_parallel=max_parallel)
+    if executor == "slurm" and slurm_time is None and not dry_run:
+        click.echo("Note: no --slurm-time given; each array task gets 60 minutes.", err=True)
     if history.is_sqlite and not ex.shares_machine and not dry_run:
         click.echo(f"Warning: executor {executor!r} runs jobs on other machines but the history is a SQLite file "
                    f"({history.display}); use a shared PostgreSQL URL (--db postgresql+psycopg://...).", err=True)
@@ -126,10 +142,9 @@ def sweep_group(ctx: click.Context, spec: str | None, models: tuple[str, ...], d
              f"{plan.recorded} already in the history (skipped), {plan.to_run} to run"
              + (f", {plan.running_elsewhere} running in another sweep process" if plan.running_elsewhere else "")
              + f"; history {plan.db_display}."]
-    if plan.estimate_s is not None and plan.to_run:
-        workers = max(1, min(max_parallel, plan.to_run))
-        lines.append(f"Estimated cost: {_duration(plan.estimate_s)} of runs, about {_duration(plan.estimate_s / workers)} "
-                     f"with {workers} at once ({plan.estimate_basis}).")
+    if plan.estimate_s is not None and plan.estimate_wall_s is not None and plan.to_run:
+        lines.append(f"Estimated cost: {_duration(plan.estimate_s)} of runs, about {_duration(plan.estimate_wall_s)} "
+                     f"with {plan.workers} at once ({plan.estimate_basis}).")
     elif plan.to_run:
         lines.append("Estimated cost: unknown (the history has no run to estimate from).")
     if dry_run or plan.to_run == 0:
@@ -139,6 +154,10 @@ def sweep_group(ctx: click.Context, spec: str | None, models: tuple[str, ...], d
             for line in lines:
                 click.echo(line)
             if dry_run:
+                if plan.would_start:
+                    click.echo(f"Would start {len(plan.would_start)} run{'s' if len(plan.would_start) != 1 else ''}:")
+                for job in plan.would_start:
+                    click.echo(f"  {_job_line(job)}")
                 click.echo("Dry run: nothing submitted.")
         return
     for line in lines:
@@ -146,9 +165,11 @@ def sweep_group(ctx: click.Context, spec: str | None, models: tuple[str, ...], d
     folder = Path(log_dir) if log_dir else user_dir() / "sweeps" / plan.sweep_id
     folder.mkdir(parents=True, exist_ok=True)
     env = {"ADVISOR_MLFLOW": "1"} if use_mlflow else {}
+    if mlflow_experiment:  # the option first, then ADVISOR_MLFLOW_EXPERIMENT, then MLflow's own variables
+        env["ADVISOR_MLFLOW_EXPERIMENT"] = mlflow_experiment.strip()
     summary = execute_sweep(plan, history, executor=executor, max_parallel=max_parallel, retries=retries,
                             log_dir=folder, spool_dir=spool_dir, options=options,
-                            progress=not quiet and not as_json and sys.stderr.isatty(), detach=detach, env=env,
+                            progress=progress_enabled(quiet), detach=detach, env=env,
                             status_every_s=None if quiet else 60.0)
     if as_json:
         emit_json({"plan": plan.to_dict(), "summary": summary.to_dict(), "log_dir": str(folder)})
@@ -163,6 +184,15 @@ def sweep_group(ctx: click.Context, spec: str | None, models: tuple[str, ...], d
                 click.echo(f"  failed: {f['run']}: {f['error']}" + (f" (log: {f['log']})" if f.get("log") else ""))
     if summary.failed and not summary.detached:
         ctx.exit(1)
+
+
+def _job_line(job: Any) -> str:
+    """One planned run: model, dataset, method, shots, seed and the overrides (``--dry-run``)."""
+    model = job.model + (f" ({job.pretrained})" if job.pretrained else "") + (
+        f" @{job.image_size}px" if job.image_size else "")
+    shots = "all" if job.shots is None else job.shots
+    hp = " ".join(f"{k}={v}" for k, v in sorted(job.hparams.items())) or "defaults"
+    return f"{model}  {job.dataset}  {job.method}  shots={shots}  seed={job.seed}  {hp}"
 
 
 def _duration(seconds: float) -> str:
@@ -241,15 +271,18 @@ def import_spool_command(spool_dir: str | None, dry_run: bool, db: str | None, a
 @device_option
 @click.option("--all", "all_pairs", is_flag=True, help="Recompute every pair, not only those with changed metric versions.")
 @click.option("--dry-run", is_flag=True, help="List the pairs that would be recomputed; change nothing.")
+@quiet_option
 @db_option
 @json_option
-def refresh_signals_command(device: str, all_pairs: bool, dry_run: bool, db: str | None, as_json: bool) -> None:
+def refresh_signals_command(device: str, all_pairs: bool, dry_run: bool, quiet: bool, db: str | None,
+                            as_json: bool) -> None:
     """Recompute the signal sets of every (model, dataset) pair in the history whose metric
     versions differ from the registered metrics', and point the pair's runs at the new set
     (after a metric fix, or at the end of a long sweep). Run measurements are untouched."""
     from ..refresh import refresh_signals
 
-    rows = refresh_signals(db, device=device, dry_run=dry_run, only_stale=not all_pairs)
+    rows = refresh_signals(db, device=device, dry_run=dry_run, only_stale=not all_pairs,
+                           echo=(lambda m: None) if quiet else None)
     if as_json:
         emit_json({"pairs": rows})
         return

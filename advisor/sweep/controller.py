@@ -8,6 +8,7 @@ at any point and started again with the same grid: finished runs are skipped, th
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import time
@@ -30,15 +31,25 @@ class SweepPlan:
     jobs: list[JobConfig]
     recorded: int  # already in the history: skipped
     to_run: int
-    estimate_s: float | None  # summed per-run cost of the runs still to do, from the history
+    estimate_s: float | None  # summed whole-job cost of the runs still to do, from the history
     estimate_basis: str
     db_display: str
     running_elsewhere: int = 0
+    estimate_wall_s: float | None = None  # the same spread over the workers
+    workers: int = 1
+    would_start: list[JobConfig] = field(default_factory=list)  # the jobs not yet in the history
 
     def to_dict(self) -> dict[str, Any]:
         return {"sweep_id": self.sweep_id, "name": self.grid.name, "runs": len(self.jobs),
                 "already_recorded": self.recorded, "to_run": self.to_run, "running_elsewhere": self.running_elsewhere,
-                "estimated_run_seconds": self.estimate_s, "estimate_basis": self.estimate_basis, "db": self.db_display}
+                "estimated_run_seconds": self.estimate_s, "estimated_wall_seconds": self.estimate_wall_s,
+                "workers": self.workers, "estimate_basis": self.estimate_basis, "db": self.db_display,
+                "would_start": [_job_row(j) for j in self.would_start]}
+
+
+def _job_row(job: JobConfig) -> dict[str, Any]:
+    return {"model": job.model, "pretrained": job.pretrained, "image_size": job.image_size, "dataset": job.dataset,
+            "method": job.method, "shots": job.shots, "seed": job.seed, "hparams": dict(job.hparams)}
 
 
 @dataclass
@@ -54,9 +65,17 @@ class SweepSummary:
                 "seconds": round(self.seconds, 1), "detached": self.detached}
 
 
-def validate_grid(jobs: list[JobConfig]) -> None:
-    """Every method, model, dataset and hyper-parameter name known, before anything starts."""
+def validate_grid(jobs: list[JobConfig], shares_machine: bool = True) -> dict[str, dict[str, Any]]:
+    """Every job checked as ``advisor run`` checks its options (``run_checks.check_run_options``:
+    model, image size, shots, sample sizes, OOD sets, hyper-parameters against the tuner),
+    its seed against the history's seed column and its device, before anything starts.
+    Returns each job's resolved hyper-parameters (the tuner's defaults for the shots with the
+    job's overrides), by job key."""
+    from ..history.rows import BY_NAME
     from ..plugins import get_dataset_source, get_model_source, get_tuner
+    from ..run_checks import check_run_options
+    from ..runner import DEFAULT_MAX_OOD, DEFAULT_MAX_TEST
+    from ..specs import ModelSpec
 
     for name in sorted({j.method for j in jobs}):
         get_tuner(name)
@@ -64,25 +83,112 @@ def validate_grid(jobs: list[JobConfig]) -> None:
         get_model_source(name)
     for name in sorted({j.dataset for j in jobs}):
         get_dataset_source(name)
-    checked: set[str] = set()
+    seed_col = BY_NAME["seed"]
+    for seed in sorted({j.seed for j in jobs}):
+        if not seed_col.minimum <= seed <= seed_col.maximum:
+            raise SweepError(f"seed {seed} is outside what the history stores "
+                             f"({int(seed_col.minimum)}..{seed_col.maximum})")
+    for device in sorted({str(j.run["device"]) for j in jobs if j.run.get("device") not in (None, "", "auto")}):
+        _check_device(device, shares_machine)
+    resolved: dict[str, dict[str, Any]] = {}
+    checked: dict[str, dict[str, Any]] = {}
     for j in jobs:
-        combo = j.method + repr(sorted(j.hparams.items()))
+        combo = repr((j.model, j.pretrained, j.image_size, j.method, j.shots, j.seed, sorted(j.hparams.items()),
+                      j.run.get("ood"), j.run.get("max_images"), j.run.get("max_ood")))
         if combo not in checked:  # names, types and bounds, as the tuner declares them
-            checked.add(combo)
-            get_tuner(j.method).check_hparams(j.hparams)
+            tuner = get_tuner(j.method)
+            tuner.check_hparams(j.hparams)
+            checked[combo] = check_run_options(
+                ModelSpec(j.model, j.pretrained, j.image_size), j.method, tuner, shots=j.shots, seed=j.seed,
+                epochs=None, lr=None, batch_size=None, hparams=dict(j.hparams), ood=j.run.get("ood"),
+                device=str(j.run.get("device") or "cpu"), max_test=int(j.run.get("max_images", DEFAULT_MAX_TEST)),
+                max_ood=int(j.run.get("max_ood", DEFAULT_MAX_OOD)))
+        resolved[j.key] = checked[combo]
+    return resolved
 
 
-def _estimate(history: Any, jobs: list[JobConfig]) -> tuple[float | None, str]:
-    """Sum of the expected whole-run seconds: finished sweep jobs' claim-to-done time per method
-    when there are any, else the history's median training time per (method, shots)."""
-    from ..history.sweeps import job_durations
+def _check_device(device: str, shares_machine: bool) -> None:
+    """A sweep's device: checked against this machine when the workers run here (as ``advisor
+    run`` checks it); for workers elsewhere (a cluster), only that it names a device."""
+    from ..config import DEVICE_KINDS, check_device
 
+    if shares_machine:
+        check_device(device, "device")
+        return
+    kind, _, index = device.strip().partition(":")
+    if kind not in DEVICE_KINDS or (index and not (index.isascii() and index.isdigit())):
+        raise SweepError(f"device {device!r} is not a device (use auto, cpu, cuda, cuda:N or mps)")
+
+
+def _median_by(rows: list[tuple[Any, ...]], keys: list[Callable[[tuple[Any, ...]], Any]],
+               value: Callable[[tuple[Any, ...]], float]) -> list[dict[Any, float]]:
+    tables = []
+    for key in keys:
+        groups: dict[Any, list[float]] = {}
+        for r in rows:
+            groups.setdefault(key(r), []).append(value(r))
+        tables.append({k: statistics.median(v) for k, v in groups.items()})
+    return tables
+
+
+def _lookup(tables: list[dict[Any, float]], keys: list[Any], fallback: float) -> float:
+    for table, key in zip(tables, keys):
+        if key in table:
+            return table[key]
+    return fallback
+
+
+def _estimate(history: Any, jobs: list[JobConfig], workers: int,
+              one_process_per_job: bool) -> tuple[float | None, float | None, str]:
+    """(summed seconds, seconds with ``workers`` at once, what it is based on) for ``jobs``.
+
+    From the history's recorded phase timings (``provenance.timing``): per job the median
+    train + evaluate + curve time of runs of the same model, dataset and method (else model and
+    method, else method, else all); plus loading each (model, dataset) pair (``prepare_s``)
+    once per worker that takes the pair, as a worker keeps its pair loaded (a Slurm array task
+    is one worker per job). Without timings: finished sweep jobs' claim-to-done time per method,
+    else the training time alone (said so)."""
+    from ..history.sweeps import job_durations, phase_timings
+
+    if not jobs:
+        return 0.0, 0.0, "nothing to run"
+    workers = max(1, min(workers, len(jobs)))
+    rows = phase_timings(history, {j.method for j in jobs})
+    if rows:
+        per_job = _median_by(rows, [lambda r: (r[0], r[1], r[2]), lambda r: (r[0], r[2]), lambda r: r[2]],
+                             lambda r: r[4])
+        job_fallback = statistics.median(r[4] for r in rows)
+        # A pair's load: the slowest prepare recorded for it (its first run in a process was cold).
+        cold: dict[tuple[str, str], float] = {}
+        for r in rows:
+            cold[(r[0], r[1])] = max(cold.get((r[0], r[1]), 0.0), r[3])
+        by_model: dict[str, list[float]] = {}
+        for (model, _), secs in cold.items():
+            by_model.setdefault(model, []).append(secs)
+        load_fallback = statistics.median(cold.values())
+        total = sum(_lookup(per_job, [(j.model, j.dataset, j.method), (j.model, j.method), j.method], job_fallback)
+                    for j in jobs)
+        pairs: dict[tuple[str, str], int] = {}
+        for j in jobs:
+            pairs[(j.model, j.dataset)] = pairs.get((j.model, j.dataset), 0) + 1
+        loads = 0
+        for (model, dataset), n in pairs.items():
+            times = n if one_process_per_job else min(n, max(1, math.ceil(workers / len(pairs))))
+            load = cold.get((model, dataset))
+            if load is None:
+                load = statistics.median(by_model[model]) if model in by_model else load_fallback
+            total += times * load
+            loads += times
+        basis = (f"phase timings of {len(rows)} recorded run{'s' if len(rows) != 1 else ''}: "
+                 "train + evaluate + curve per run, "
+                 f"plus {loads} load{'s' if loads != 1 else ''} of a (model, dataset) pair, once per worker and pair")
+        return total, total / workers, basis
     per_method: dict[str, list[float]] = {}
     for method, secs in job_durations(history):
         per_method.setdefault(method, []).append(secs)
-    basis = "sweep jobs"
+    basis = "sweep jobs' claim-to-done time"
     if not per_method:
-        basis = "training time of history runs (no sweep has finished a job yet; load and evaluation excluded)"
+        basis = "training time of history runs (no run recorded its phases; load and evaluation excluded)"
         with history._read() as s:
             from sqlalchemy import select
 
@@ -91,38 +197,47 @@ def _estimate(history: Any, jobs: list[JobConfig]) -> tuple[float | None, str]:
             for method, wall in s.execute(select(Run.method, Run.wall_time_s).where(Run.wall_time_s.is_not(None))):
                 per_method.setdefault(method, []).append(float(wall))
     if not per_method:
-        return None, "no run in the history to estimate from"
+        return None, None, "no run in the history to estimate from"
     medians = {m: statistics.median(v) for m, v in per_method.items()}
     fallback = statistics.median(list(medians.values()))
     total = sum(medians.get(j.method, fallback) for j in jobs)
     n = sum(len(v) for v in per_method.values())
-    return total, f"median per method over {n} {basis}"
+    return total, total / workers, f"median per method over {n} {basis}"
 
 
 def plan_sweep(grid: SweepGrid, db: str | None, *, write: bool, stale_after_s: float,
-               executor: str = "local") -> tuple[SweepPlan, Any]:
-    """Expand and validate the grid, reach the database (one-line error if it cannot be
-    reached), and register (``write``) or just count (dry run) the sweep's jobs."""
+               executor: str = "local", max_parallel: int = 1) -> tuple[SweepPlan, Any]:
+    """Expand and validate the grid, check that the executor can launch here, reach the
+    database (one-line error if it cannot be reached), and register (``write``) or just count
+    (dry run) the sweep's jobs."""
     from ..history import open_history
     from ..history.sweeps import recorded_runs, register_sweep
+    from ..plugins import get_executor
 
     jobs = grid.jobs()
     if not jobs:
         raise SweepError("the sweep grid has no runs")
-    validate_grid(jobs)
+    ex = get_executor(executor)
+    resolved = validate_grid(jobs, shares_machine=ex.shares_machine)
+    if write and ex.check is not None:
+        ex.check()  # e.g. no sbatch here: refused before a single job is registered
     history = open_history(db)
     if write:
         history.check_writable()
     sweep_id = grid.sweep_id
-    found = recorded_runs(history, [j.to_dict() for j in jobs])  # once: registering and the estimate share it
+    configs = [{**j.to_dict(), "resolved_hparams": resolved[j.key]} for j in jobs]
+    found = recorded_runs(history, configs)  # once: registering and the estimate share it
     if write:
         staged = [(j.key, j.pair, stage, j.to_dict()) for stage, j in grid.staged_jobs()]
         counts = register_sweep(history, sweep_id, grid.to_dict(), executor, staged, stale_after_s, recorded=found)
         recorded, to_run, elsewhere = counts["recorded"], counts["to_run"], counts["running_elsewhere"]
     else:
         recorded, to_run, elsewhere = len(found), len(jobs) - len(found), 0
-    est, basis = _estimate(history, [j for i, j in enumerate(jobs) if i not in found])
-    return SweepPlan(grid, sweep_id, jobs, recorded, to_run, est, basis, history.display, elsewhere), history
+    pending = [j for i, j in enumerate(jobs) if i not in found]
+    workers = max(1, min(max_parallel, len(pending) or 1))
+    est, wall, basis = _estimate(history, pending, workers, one_process_per_job=not ex.shares_machine)
+    return SweepPlan(grid, sweep_id, jobs, recorded, to_run, est, basis, history.display, elsewhere,
+                     estimate_wall_s=wall, workers=workers, would_start=pending), history
 
 
 def execute_sweep(plan: SweepPlan, history: Any, *, executor: str, max_parallel: int, retries: int,
@@ -143,10 +258,10 @@ def execute_sweep(plan: SweepPlan, history: Any, *, executor: str, max_parallel:
     template = WorkerRequest(sweep_id=plan.sweep_id, db=history.url, spool_dir=spool_dir,
                              log_folder=str(log_dir), env=dict(env or {}))
     bar = None
-    if progress:
-        from tqdm import tqdm
+    if progress:  # the caller decided by the project's rule (advisor.terminal.progress_enabled)
+        from ..terminal import progress_bar
 
-        bar = tqdm(total=plan.to_run, desc="sweep", unit="run", file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(plan.to_run, "sweep", "run")
     start = counts(history, plan.sweep_id)
     base_done = start["done"] + start["skipped"]
     handles: list[Any] = []

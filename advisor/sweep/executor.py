@@ -43,9 +43,13 @@ class LaunchRequest:
 
 @dataclass(frozen=True)
 class Executor:
-    """An executor plugin's registration."""
+    """An executor plugin's registration. ``check()``, when given, raises an ``AdvisorError``
+    with one line when this machine cannot launch jobs (no ``sbatch`` for Slurm): ``advisor
+    sweep`` calls it before it registers a single job, so a sweep that cannot start leaves no
+    jobs queued forever."""
 
     name: str
     launch: Callable[[LaunchRequest], list[JobHandle]]
     description: str = ""
     shares_machine: bool = True  # workers share this machine's cores (local) or not (a cluster)
+    check: Callable[[], None] | None = None

@@ -11,10 +11,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
+from advisor.errors import AdvisorError
 from advisor.hookspecs import hookimpl
 from advisor.sweep.executor import Executor, LaunchRequest
+
+
+def check_slurm() -> None:
+    """This machine can submit Slurm jobs: ``sbatch`` is on PATH."""
+    if shutil.which("sbatch") is None:
+        raise AdvisorError("executor 'slurm' cannot launch here: sbatch is not on PATH "
+                           "(run the sweep on a Slurm login node, or use --executor local)")
 
 
 def launch_local(req: LaunchRequest) -> list[Any]:
@@ -53,6 +62,6 @@ def launch_slurm(req: LaunchRequest) -> list[Any]:
 def register_executors(register):  # type: ignore[no-untyped-def]
     register(Executor(name="local", launch=launch_local, shares_machine=True,
                       description="submitit LocalExecutor: --max-parallel worker processes on this machine"))
-    register(Executor(name="slurm", launch=launch_slurm, shares_machine=False,
+    register(Executor(name="slurm", launch=launch_slurm, shares_machine=False, check=check_slurm,
                       description="submitit SlurmExecutor: one job-array task per run (--slurm-partition, "
                                   "--slurm-time, --gpus-per-run; --max-parallel caps the array)"))

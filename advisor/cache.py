@@ -7,20 +7,28 @@ for ``advisor cache list`` and is rebuilt from the files when it is missing or s
 
 The key is a hash of everything that changes the arrays: model fingerprint (name, pretrained,
 weights hash, working image size), dataset fingerprint, split hash, transform, precision,
-prompt templates and class names, and whether per-layer states were kept.
+prompt templates and class names, and whether per-layer states were kept. The key is also
+stored inside the file (``meta_json``'s ``cache_key``) and compared on load: a file copied or
+renamed over another key's file is a miss, not a wrong hit.
+
+The cache is an optimisation: a cache folder that cannot be created, or a file that cannot be
+written (a full disk), is one warning line naming the file, and the command goes on without
+caching.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import tempfile
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 
 from . import embeddings_file
+from .atomic import atomic_write, os_reason, short_path
 from .config import cache_dir
 from .errors import ConfigError, InputFileError
 from .specs import Embeddings, stable_hash
@@ -31,11 +39,31 @@ SUBDIR = "embeddings"
 INDEX = "index.json"
 
 
+class CacheUnavailable(ConfigError):
+    """The cache folder cannot be created or used (``ADVISOR_CACHE`` names a file, a read-only or
+    full disk): an error for the ``cache`` commands, a warning for embedding."""
+
+
 def embeddings_dir() -> Path:
     max_bytes()  # a bad ADVISOR_CACHE_MAX_GB is refused at the first cache lookup, before embedding
-    path = cache_dir() / SUBDIR
-    path.mkdir(parents=True, exist_ok=True)
+    path = None
+    try:
+        path = cache_dir() / SUBDIR
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where = short_path(path if path is not None else os.environ.get("ADVISOR_CACHE") or "the cache folder")
+        raise CacheUnavailable(f"cannot use the embedding cache folder {where}: {os_reason(exc)}") from None
     return path
+
+
+_warned: set[str] = set()
+
+
+def _warn(message: str) -> None:
+    """One warning line per distinct problem and process."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"Warning: {message}; going on without the embedding cache", file=sys.stderr)
 
 
 def make_key(parts: dict[str, Any]) -> str:
@@ -47,27 +75,46 @@ def path_for(key: str) -> Path:
     return embeddings_dir() / f"{key}.npz"
 
 
-def save(key: str, emb: Embeddings) -> Path:
-    """Write ``emb`` under ``key`` atomically (``advisor.embeddings_file`` owns the layout)."""
-    target = embeddings_file.write(emb, path_for(key))
-    _index_add(key, emb.meta, target.stat().st_size)
-    evict(max_bytes(), keep=key)
+def save(key: str, emb: Embeddings) -> Path | None:
+    """Write ``emb`` under ``key`` atomically (``advisor.embeddings_file`` owns the layout), with
+    the key inside the file. A cache that cannot be written is a warning and None."""
+    limit = max_bytes()
+    stamped = dataclasses.replace(emb, meta={**(emb.meta or {}), "cache_key": key})
+    try:
+        target = embeddings_file.write(stamped, path_for(key), fsync=False)
+        size = target.stat().st_size
+    except (OSError, CacheUnavailable) as exc:
+        _warn(str(exc))
+        return None
+    _index_add(key, stamped.meta, size)
+    try:
+        evict(limit, keep=key)
+    except OSError:
+        pass  # eviction is tidying: the next write tries again
     return target
 
 
 def load(key: str) -> Embeddings | None:
-    """The cached embeddings for ``key``, or None when absent or unreadable (a broken file is
-    removed so it is recomputed)."""
-    path = path_for(key)
-    if not path.is_file():
+    """The cached embeddings for ``key``, or None when absent, unreadable or made for another
+    key (a broken or misplaced file is removed so it is recomputed)."""
+    max_bytes()
+    try:
+        path = path_for(key)
+        if not path.is_file():
+            return None
+    except CacheUnavailable as exc:
+        _warn(str(exc))
         return None
     try:
         emb = embeddings_file.read(path)
-        _mark_used(path)
-        return emb
     except (OSError, ValueError, KeyError, InputFileError):
         path.unlink(missing_ok=True)
         return None
+    if (emb.meta or {}).get("cache_key") != key:  # another key's arrays under this name
+        path.unlink(missing_ok=True)
+        return None
+    _mark_used(path)
+    return emb
 
 
 # ------------------------------------------------------------------------------ index
@@ -89,11 +136,7 @@ def _read_index() -> dict[str, dict[str, Any]]:
 
 
 def _write_index(index: dict[str, dict[str, Any]]) -> None:
-    p = _index_path()
-    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".json", dir=p.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(index, f, indent=1, sort_keys=True)
-    os.replace(tmp, p)
+    atomic_write(_index_path(), lambda f: json.dump(index, f, indent=1, sort_keys=True), fsync=False)
 
 
 def _summary(meta: dict[str, Any], size: int) -> dict[str, Any]:
@@ -160,7 +203,7 @@ def clear(older_than: float | None = None) -> tuple[int, int]:
     folder = embeddings_dir()
     cutoff = None if older_than is None else time.time() - float(older_than)
     n = freed = 0
-    for p in list(folder.glob("*.npz")) + list(folder.glob(".*.npz")):
+    for p in list(folder.glob("*.npz")) + list(folder.glob(".*.npz")) + list(folder.glob(".*.tmp")):  # + crash leftovers
         try:
             st = p.stat()
             if cutoff is not None and st.st_mtime >= cutoff:

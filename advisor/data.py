@@ -73,17 +73,37 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def check_dataset_spec(spec: DatasetSpec | str) -> Any:
+    """The cheap checks of a dataset spec, before anything is loaded: a known name, only the
+    ``-O`` keys its source declares (``DatasetSource.options``; ``download`` is always accepted:
+    it is ``--download`` of every command, a permission that a local source has no use for),
+    and the source's own ``check`` (a path that exists). Returns the source."""
+    from .plugins import get_dataset_source
+
+    if isinstance(spec, str):
+        spec = DatasetSpec(name=spec)
+    source = get_dataset_source(spec.name)
+    declared = getattr(source, "options", None)
+    if declared is not None:
+        unknown = sorted(k for k, _ in spec.options if k not in declared and k != "download")
+        if unknown:
+            known = ", ".join(sorted(declared)) or "none"
+            raise DatasetError(f"dataset {spec.name!r} has no option {unknown[0]!r} (its options: {known})")
+    check = getattr(source, "check", None)
+    if callable(check):
+        check(spec)
+    return source
+
+
 def load_dataset(spec: DatasetSpec | str) -> DatasetBundle:
     """Resolve ``spec`` through the dataset plugins, load it, and validate it.
 
     Raises UnknownNameError for an unknown name and DatasetError for anything wrong with the
     data itself (empty, a class without images, labels outside the class list, missing files).
     """
-    from .plugins import get_dataset_source
-
     if isinstance(spec, str):
         spec = DatasetSpec(name=spec)
-    source = get_dataset_source(spec.name)
+    source = check_dataset_spec(spec)
     bundle = source.load(spec)
     if not isinstance(bundle, DatasetBundle):
         raise DatasetError(f"dataset source {source.name!r} returned {type(bundle).__name__}, not a DatasetBundle")
@@ -208,13 +228,17 @@ def verify_images(images: ImageSet, quiet: bool = True) -> int:
 
 
 def read_json_option(path: str | os.PathLike, what: str) -> Any:
+    from .atomic import os_reason, short_path
+
     p = Path(path)
-    if not p.is_file():
-        raise DatasetError(f"{what} file {p} does not exist")
     try:
+        if not p.is_file():
+            raise DatasetError(f"{what} file {short_path(p)} does not exist")
         return json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{what} file {p} is not valid JSON: {exc}") from None
+    except OSError as exc:  # a name too long, a folder, no permission
+        raise DatasetError(f"cannot read {what} file {short_path(p)}: {os_reason(exc)}") from None
 
 
 def read_templates(value: Any) -> list[str]:
@@ -421,12 +445,11 @@ def describe_dataset(spec: DatasetSpec | str) -> dict[str, Any]:
     one, or an identity of None, is loaded and described every time. The memo is a cache: an
     unreadable or unwritable one only costs the load."""
     from .config import cache_dir
-    from .plugins import get_dataset_source
     from .specs import stable_hash
 
     if isinstance(spec, str):
         spec = DatasetSpec(name=spec)
-    source = get_dataset_source(spec.name)
+    source = check_dataset_spec(spec)
     identify = getattr(source, "identity", None)
     identity = identify(spec) if callable(identify) else None
     if identity is None:

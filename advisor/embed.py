@@ -34,6 +34,21 @@ _MODELS: dict[tuple[ModelSpec, str], Any] = {}
 #: Part of every cache key: bump when the preprocessing or pooling arithmetic changes.
 TRANSFORM_VERSION = "1"
 
+#: The working resolutions ``--image-size`` may ask for: below 16 px no tower has a patch grid,
+#: above 2048 px one image's activations take gigabytes and a CPU pass takes hours.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 2048
+
+
+def check_image_size(spec: ModelSpec) -> None:
+    """Refuse an ``--image-size`` outside ``MIN_IMAGE_SIZE..MAX_IMAGE_SIZE`` in one line, before
+    any dataset or model is loaded."""
+    size = spec.image_size
+    if size is None:
+        return
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise ModelLoadError(f"--image-size must be a positive number of pixels from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} "
+                             f"(got {size})")
+
 
 # ------------------------------------------------------------------------------ models
 
@@ -48,6 +63,7 @@ def load_model(spec: ModelSpec | str, device: str | None = None, *, fresh: bool 
 
     if isinstance(spec, str):
         spec = ModelSpec(name=spec)
+    check_image_size(spec)
     device = resolve_device(device)
     key = (spec, device)
     if not fresh and key in _MODELS:
@@ -405,6 +421,7 @@ def embed(
 
     if isinstance(model_spec, str):
         model_spec = ModelSpec(name=model_spec)
+    check_image_size(model_spec)  # cheap checks first: before the dataset loads
     if isinstance(dataset_spec, str):
         dataset_spec = DatasetSpec(name=dataset_spec)
     device = resolve_device(device)

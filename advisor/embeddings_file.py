@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write, os_reason, short_path
 from .errors import InputFileError
 from .specs import Embeddings
 
@@ -61,18 +61,12 @@ def to_arrays(emb: Embeddings) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write(emb: Embeddings, path: str | os.PathLike) -> Path:
-    """Write ``emb`` to ``path`` atomically (a temporary file in the same folder, then rename)."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".npz", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **to_arrays(emb))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+def write(emb: Embeddings, path: str | os.PathLike, *, fsync: bool = True) -> Path:
+    """Write ``emb`` to ``path`` atomically (``advisor.atomic``: a temporary file in the same
+    folder, then rename; the mode a plain ``open`` gives). A failure is a one-line
+    ``FileWriteError`` naming the file."""
+    arrays = to_arrays(emb)
+    return atomic_write(path, lambda f: np.savez(f, **arrays), binary=True, fsync=fsync)
 
 
 # ---------------------------------------------------------------------------------- read
@@ -105,9 +99,89 @@ def _numeric(name: str, arr: np.ndarray, path: str, ndim: int, shape_hint: str) 
     return arr
 
 
+#: The largest arrays a file may declare: rows (images, classes, prompts) and columns (the
+#: embedding or layer width; the widest CLIP towers are a few thousand). Checked from the npy
+#: headers, before anything is read, together with the machine's memory.
+MAX_ROWS = 10_000_000
+MAX_WIDTH = 16_384
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _read_header(f: Any) -> tuple[tuple[int, ...], np.dtype] | None:
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = fmt.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = fmt.read_array_header_2_0(f)
+    else:
+        reader = getattr(fmt, "_read_array_header", None)
+        if reader is None:
+            return None
+        shape, _, dtype = reader(f, version)
+    return tuple(int(x) for x in shape), np.dtype(dtype)
+
+
+def declared_shapes(p: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """name -> (shape, dtype) of each array of an ``.npz``, from the npy headers alone (nothing
+    is decompressed beyond them); {} when the file is not a zip archive (``np.load`` says why)."""
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    try:
+        with zipfile.ZipFile(p) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                name = info.filename[:-4]
+                try:
+                    with zf.open(info) as f:
+                        found = _read_header(f)
+                except (ValueError, OSError, EOFError, zipfile.BadZipFile, TypeError, SyntaxError) as exc:
+                    raise InputFileError(f"{p}: cannot read the header of '{name}' ({_one_line(exc)})") from None
+                if found is not None:
+                    out[name] = found
+    except (zipfile.BadZipFile, EOFError):
+        return {}
+    except OSError as exc:
+        raise InputFileError(f"{short_path(p)}: cannot read ({os_reason(exc)})") from None
+    return out
+
+
+def check_sizes(p: str, shapes: dict[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    """Refuse, in one line, arrays beyond ``MAX_ROWS`` / ``MAX_WIDTH`` or beyond this machine's
+    memory, before they are allocated."""
+    total = 0
+    for name, (shape, dtype) in shapes.items():
+        if dtype.kind in "fiub" and len(shape) >= 2 and shape[-1] > MAX_WIDTH:
+            raise InputFileError(f"{p}: '{name}' has shape {shape}: {shape[-1]} columns, more than the "
+                                 f"{MAX_WIDTH} an embedding may have")
+        rows = shape[-2] if len(shape) >= 2 else shape[0] if shape else 1
+        if rows > MAX_ROWS:
+            raise InputFileError(f"{p}: '{name}' has shape {shape}: {rows} rows, more than the {MAX_ROWS} "
+                                 "the signals can use")
+        count = 1
+        for x in shape:
+            count *= x
+        total += count * max(dtype.itemsize, 1)
+    memory = _memory_bytes()
+    if memory is not None and total > memory:
+        raise InputFileError(f"{p}: its arrays would take {total / 2**30:.1f} GiB, more than this machine's "
+                             f"{memory / 2**30:.1f} GiB of memory")
+
+
 def _load_arrays(p: str) -> dict[str, np.ndarray]:
-    if not Path(p).is_file():
-        raise InputFileError(f"{p}: no such file")
+    try:
+        found = Path(p).is_file()
+    except OSError as exc:
+        raise InputFileError(f"{short_path(p)}: {os_reason(exc)}") from None
+    if not found:
+        raise InputFileError(f"{short_path(p)}: no such file")
+    check_sizes(p, declared_shapes(p))
     try:
         data = np.load(p, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:

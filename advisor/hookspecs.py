@@ -85,7 +85,8 @@ def register_executors(register: Callable[[Any], None]) -> None:
 
 @hookspec
 def register_commands(cli: Any) -> None:
-    """Add click commands or groups to the ``advisor`` command line.
+    """Add click commands or groups to the ``advisor`` command line. A command named like one
+    that exists (a built-in ``recommend``) is ignored with a warning: the first one stays.
 
     Example::
 

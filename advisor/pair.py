@@ -121,11 +121,18 @@ def prepare_pair(
     run`` has both). ``check_random=False`` skips the random-weights refusal (a run records
     what it measured).
     """
-    from .data import dataset_descriptors, describe_dataset
+    from .data import check_dataset_spec, dataset_descriptors, describe_dataset
+    from .embed import check_image_size
     from .plugins import get_model_source
     from .weights import check_weights, mark
 
-    get_model_source(model_spec.name)  # unknown model: one line, before any work
+    # The cheap checks first, each one line: an unknown model, an image size out of bounds, an
+    # unknown dataset, option or missing folder, before the weights are looked up (seconds for
+    # an open_clip model) and before any data loads.
+    get_model_source(model_spec.name)
+    check_image_size(model_spec)
+    if bundle is None and dataset_spec is not None:
+        check_dataset_spec(dataset_spec)
     known = loaded_model_desc(model_spec, model) if model is not None else None
     if known is None and lookup:
         known = known_model_desc(model_spec, rows, history)

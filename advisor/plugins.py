@@ -3,12 +3,20 @@
 - ``DEFAULT_PLUGINS`` are the modules of ``advisor_plugins`` (metrics, tuners, datasets, models).
 - Third-party plugins come from the ``advisor`` entry-point group.
 - ``ADVISOR_BLOCK_PLUGINS=1`` (set by the test suite) skips third-party entry points.
-- ``ADVISOR_LOAD_PLUGINS=a,b`` loads only the named entry points (empty string: none).
-- ``ADVISOR_TRACE_PLUGINS=1`` prints every hook call to stderr.
+- ``ADVISOR_LOAD_PLUGINS=a,b`` loads only the named plugins: entry-point names or distribution
+  names (``advisor-example-metric``; ``-``, ``_`` and ``.`` alike, any case); an empty string
+  loads none. A name that matches no installed plugin is one warning line listing the known ones.
+- ``ADVISOR_TRACE_PLUGINS=1`` prints every hook call to stderr: every call goes through the
+  plugin manager (one plugin at a time: ``pm.subset_hook_caller``), so pluggy's hook-call
+  monitoring sees it.
 
 A plugin that raises (or calls ``sys.exit``) while importing, registering or adding commands is
-reported by name in one warning line and skipped. A third-party tuner, dataset loader or model
-loader/matcher that raises later is reported as a one-line ``PluginError`` naming the plugin.
+reported by name in one warning line and skipped. A third-party tuner, dataset loader, model
+loader/matcher or metric that raises (or calls ``sys.exit``) later is a one-line ``PluginError``
+naming the plugin (a failing metric becomes an entry in the signal set's errors). A command a
+plugin adds under the name of an existing one is ignored with a warning: the built-in stays.
+``os._exit`` ends the process without unwinding, so no in-process code can catch it: a plugin
+that calls it ends advisor there (docs/plugins.md says so).
 
 Public accessors (open_clip style): ``list_tuners()`` / ``get_tuner(name)`` return ``Tuner``
 registrations in their declared order, and likewise ``list_metrics``, ``list_datasets``,
@@ -45,6 +53,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "advisor_plugins.metrics.mds",
     "advisor_plugins.metrics.zero_shot",
     "advisor_plugins.metrics.transferability",
+    "advisor_plugins.metrics.anchors",  # few-shot probe, prototype, kNN at 1-64 shots (the predictor's anchors)
     "advisor_plugins.tuners.builtin",  # registrations only; each tuner's torch module loads on first use
     "advisor_plugins.datasets.offline",
     "advisor_plugins.datasets.assets",  # font glyphs, icons, sprites, clip art from Debian packages
@@ -101,6 +110,40 @@ def _third_party_allowed() -> tuple[bool, set[str] | None]:
     return True, {a.strip() for a in allow.split(",") if a.strip()}
 
 
+def _normalize(name: str) -> str:
+    """A distribution name as packaging compares them (PEP 503): case and ``-_.`` runs alike."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _dist_name(ep: Any) -> str | None:
+    dist = getattr(ep, "dist", None)
+    try:
+        return dist.metadata["Name"] if dist is not None else None
+    except (KeyError, AttributeError):
+        return None
+
+
+def _selected(eps: list[Any], allow_list: set[str] | None) -> list[Any]:
+    """The entry points ``ADVISOR_LOAD_PLUGINS`` picks (all of them when it is unset), matched
+    by entry-point name or distribution name; names that match nothing are one warning line."""
+    if allow_list is None:
+        return eps
+    wanted = {_normalize(a) for a in allow_list}
+    picked, matched = [], set()
+    for ep in eps:
+        names = {ep.name, _normalize(ep.name)} | ({_normalize(d)} if (d := _dist_name(ep)) else set())
+        hits = (names & allow_list) | (names & wanted)
+        if hits:
+            picked.append(ep)
+            matched |= {_normalize(h) for h in hits}
+    unknown = sorted(a for a in allow_list if _normalize(a) not in matched and a not in matched)
+    if unknown:
+        known = sorted({ep.name for ep in eps} | {d for ep in eps if (d := _dist_name(ep))})
+        print(f"Warning: ADVISOR_LOAD_PLUGINS names {', '.join(map(repr, unknown))}, which no installed plugin has "
+              f"(installed: {', '.join(known) or 'none'})", file=sys.stderr)
+    return picked
+
+
 def load_plugins() -> pluggy.PluginManager:
     """Register built-ins and (unless blocked) entry-point plugins. Idempotent."""
     global _loaded
@@ -109,11 +152,11 @@ def load_plugins() -> pluggy.PluginManager:
     _loaded = True
     for modname in DEFAULT_PLUGINS:
         _register_module(modname)
+    if os.environ.get("ADVISOR_TRACE_PLUGINS"):
+        pm.add_hookcall_monitoring(_trace_before, _trace_after)
     allowed, allow_list = _third_party_allowed()
     if allowed:
-        for ep in metadata.entry_points(group="advisor"):
-            if allow_list is not None and ep.name not in allow_list:
-                continue
+        for ep in _selected(list(metadata.entry_points(group="advisor")), allow_list):
             if pm.has_plugin(ep.name):
                 continue
             try:
@@ -124,16 +167,48 @@ def load_plugins() -> pluggy.PluginManager:
                     _distinfo[ep.name] = (dist.metadata["Name"], dist.version)
             except (Exception, SystemExit) as exc:  # noqa: BLE001 - sys.exit at import must not silence advisor
                 _report(ep.name, exc)
-    if os.environ.get("ADVISOR_TRACE_PLUGINS"):
-        def before(hook_name: str, methods: Any, kwargs: dict) -> None:
-            print(f"[advisor] hook {hook_name} -> {[m.plugin_name for m in methods]}", file=sys.stderr)
-
-        def after(outcome: Any, hook_name: str, methods: Any, kwargs: dict) -> None:
-            print(f"[advisor] hook {hook_name} done", file=sys.stderr)
-
-        pm.add_hookcall_monitoring(before, after)
     _drop_misspelt_hooks()
     return pm
+
+
+# ------------------------------------------------------------------------------ hook calls
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _trace_before(hook_name: str, methods: Any, kwargs: Any) -> None:
+    args = ", ".join(f"{k}={_short(v, 60)}" for k, v in kwargs.items())
+    print(f"[advisor] hook {hook_name}({args}) -> {', '.join(m.plugin_name for m in methods) or 'no plugin'}",
+          file=sys.stderr)
+
+
+def _trace_after(outcome: Any, hook_name: str, methods: Any, kwargs: Any) -> None:
+    exc = getattr(outcome, "exception", None)
+    plugins = ", ".join(m.plugin_name for m in methods)
+    if exc is not None:
+        print(f"[advisor] hook {hook_name} [{plugins}] raised {_describe_exception(exc)}", file=sys.stderr)
+    else:
+        print(f"[advisor] hook {hook_name} [{plugins}] returned {_short(outcome.get_result())}", file=sys.stderr)
+
+
+def call_one(hook_name: str, impl: Any, **kwargs: Any) -> Any:
+    """Call one plugin's implementation of a hook through the plugin manager (not as
+    ``impl.function``), so hook-call monitoring (``ADVISOR_TRACE_PLUGINS``) sees every call
+    while each plugin still fails on its own. Returns the plugin's result."""
+    others = [p for p in pm.get_plugins() if p is not impl.plugin]
+    try:
+        caller = pm.subset_hook_caller(hook_name, others)
+    except TypeError:  # an unhashable plugin object: trace the call here instead
+        caller = None
+    if caller is None or [i.plugin_name for i in caller.get_hookimpls()] != [impl.plugin_name]:
+        if os.environ.get("ADVISOR_TRACE_PLUGINS"):
+            _trace_before(hook_name, [impl], kwargs)
+        return impl.function(**kwargs)
+    results = caller(**kwargs)
+    return results[0] if results else None
 
 
 def _drop_misspelt_hooks() -> None:
@@ -183,7 +258,7 @@ def _collect(kind: str) -> tuple[dict[str, Any], dict[str, str]]:
             providers[name] = _plugin
 
         try:
-            impl.function(register=register)
+            call_one(f"register_{kind}", impl, register=register)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - skip the broken plugin, keep the rest
             _report(plugin_name, exc)
             for name in [n for n, p in providers.items() if p == plugin_name]:  # skipped means skipped
@@ -198,12 +273,16 @@ _REGISTRATION_TYPES: dict[str, type] = {"metrics": Metric, "tuners": Tuner, "dat
 _PLAIN_NAME = re.compile(r"[a-z][a-z0-9_\-]*")
 
 #: The callables of a registration that run plugin code after loading, per kind.
-_PLUGIN_CODE = {"tuners": ("train", "defaults"), "datasets": ("load",), "models": ("load", "matches")}
+_PLUGIN_CODE = {"tuners": ("train", "defaults"), "datasets": ("load", "check"), "models": ("load", "matches"),
+                "metrics": ("compute",)}
 
 
-def _guard(fn: Callable[..., Any], plugin: str, what: str) -> Callable[..., Any]:
+def _guard(fn: Callable[..., Any], plugin: str, what: str, exits_only: bool = False) -> Callable[..., Any]:
     """``fn`` with any exception other than an AdvisorError turned into a one-line PluginError
-    naming the plugin (a third-party bug should say whose it is, not print a bare traceback)."""
+    naming the plugin (a third-party bug should say whose it is, not print a bare traceback).
+    ``exits_only``: only ``sys.exit`` is turned (a metric's exceptions are already reported under
+    the metric's name by ``advisor.signals``; a ``SystemExit`` would end the command)."""
+    catch: tuple[type[BaseException], ...] = (SystemExit,) if exits_only else (Exception, SystemExit)
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -211,12 +290,12 @@ def _guard(fn: Callable[..., Any], plugin: str, what: str) -> Callable[..., Any]
             return fn(*args, **kwargs)
         except AdvisorError:
             raise
-        except (Exception, SystemExit) as exc:  # noqa: BLE001
+        except catch as exc:  # noqa: BLE001
             raise PluginError(f"plugin {plugin!r} failed in {what}: {_describe_exception(exc)}") from exc
 
     for attr, value in vars(fn).items():  # e.g. a model loader's ``fingerprint``
         if callable(value):
-            setattr(call, attr, _guard(value, plugin, f"{what}.{attr}"))
+            setattr(call, attr, _guard(value, plugin, f"{what}.{attr}", exits_only))
     return call
 
 
@@ -227,7 +306,7 @@ def _guarded(obj: Any, plugin: str, kind: str) -> Any:
     for attr in _PLUGIN_CODE.get(kind, ()):
         fn = getattr(obj, attr, None)
         if callable(fn):
-            changes[attr] = _guard(fn, plugin, f"{kind[:-1]} {obj.name!r} ({attr})")
+            changes[attr] = _guard(fn, plugin, f"{kind[:-1]} {obj.name!r} ({attr})", exits_only=kind == "metrics")
     return dataclasses.replace(obj, **changes) if changes else obj
 
 
@@ -404,17 +483,35 @@ def plugin_info() -> list[dict[str, Any]]:
 def register_commands(cli: Any) -> None:
     """Let each plugin add its click commands. One that raises (or calls ``sys.exit``) is
     reported by name and skipped, and the commands it half-added are removed, so ``--help``
-    and every other command keep working."""
+    and every other command keep working. A command named like one already there (a built-in
+    ``recommend``, another plugin's) is ignored with a warning, as metric and tuner name
+    collisions are: the first stays."""
     load_plugins()
     for impl in pm.hook.register_commands.get_hookimpls():
         before = dict(getattr(cli, "commands", {}))
         try:
-            impl.function(cli=cli)
+            call_one("register_commands", impl, cli=cli)
         except (Exception, SystemExit) as exc:  # noqa: BLE001
             if hasattr(cli, "commands"):
                 cli.commands.clear()
                 cli.commands.update(before)
             _report(impl.plugin_name, exc)
+            continue
+        commands = getattr(cli, "commands", None)
+        if commands is None:
+            continue
+        for name, command in before.items():
+            if commands.get(name) is not command:
+                commands[name] = command
+                print(f"Warning: plugin {impl.plugin_name!r} registered command {name!r}, already provided by "
+                      f"{_command_owner(command)}; ignored", file=sys.stderr)
+
+
+def _command_owner(command: Any) -> str:
+    module = getattr(getattr(command, "callback", None), "__module__", "") or ""
+    if module.startswith("advisor.") or module == "advisor":
+        return "advisor"
+    return repr(module.split(".")[0]) if module else "another plugin"
 
 
 def iter_hook_names() -> Iterable[str]:

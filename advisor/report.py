@@ -325,15 +325,23 @@ def write_report(db: str | None, output: str | Path) -> Path:
     """Build the report for the history at ``db`` and write it to ``output``."""
     from .history import open_history
 
+    from .atomic import FileWriteError, atomic_write, check_target
+
     path = Path(output)
-    if path.exists() and path.is_dir():
-        raise ReportError(f"{path} is a directory; give a file name such as report.html")
-    if not path.parent.exists():
-        raise ReportError(f"directory {path.parent} does not exist")
-    history = open_history(db)
-    text = build_report(history.training_rows(), history.load_predictor(DEFAULT_PREDICTOR))
     try:
-        path.write_text(text, encoding="utf-8")
+        if path.is_dir():
+            raise ReportError(f"{path} is a directory; give a file name such as report.html")
+        check_target(path)  # a missing folder or a name too long: refused before the history is read
+    except FileWriteError as exc:
+        raise ReportError(str(exc)) from None
     except OSError as exc:
-        raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from None
+        from .atomic import os_reason, short_path
+
+        raise ReportError(f"cannot write {short_path(path)}: {os_reason(exc)}") from None
+    history = open_history(db, must_exist=True)
+    text = build_report(history.training_rows(), history.load_predictor(DEFAULT_PREDICTOR))
+    try:  # a temporary file renamed into place: a full disk leaves no partial or empty report
+        atomic_write(path, lambda f: f.write(text))
+    except FileWriteError as exc:
+        raise ReportError(str(exc)) from None
     return path

@@ -54,6 +54,10 @@ def embed_command(model: str, pretrained: str | None, image_size: int | None, we
         raise click.BadParameter("must be at least 1", param_hint="--shots")
     if max_images is not None and max_images < 1:
         raise click.BadParameter("must be at least 1", param_hint="--max-images")
+    if output:
+        from ..atomic import check_target
+
+        check_target(output)  # a missing folder or a directory: one line before embedding
     emb = embed(ModelSpec(model, pretrained, image_size, weights_dir), dataset, split=split, shots=shots,
                 seed=seed, max_images=max_images, device=device, batch_size=batch_size, num_workers=num_workers,
                 use_cache=not no_cache, with_layers=with_layers, quiet=quiet)
@@ -109,18 +113,32 @@ def cache_list(as_json: bool) -> None:
                  "last_used"])
 
 
+def _interactive() -> bool:
+    """Whether a person can answer a question: stdin (and stderr, where it is asked) are terminals."""
+    try:
+        return sys.stdin is not None and sys.stdin.isatty() and sys.stderr.isatty()
+    except (ValueError, AttributeError):  # closed streams
+        return False
+
+
 @cache_group.command(name="clear")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
 @click.option("--older-than", "older_than", default=None, metavar="DURATION",
               help="Only embeddings not used for this long: 7d, 12h, 90m, 1d12h (no confirmation asked).")
 @json_option
 def cache_clear(yes: bool, older_than: str | None, as_json: bool) -> None:
-    """Delete cached embeddings: all of them, or those unused for --older-than."""
+    """Delete cached embeddings: all of them, or those unused for --older-than.
+
+    Deleting all of them asks for confirmation on a terminal; without one (a script, a closed
+    stdin) it is refused unless --yes is given."""
     from ..cache import clear, embeddings_dir, parse_duration
 
     seconds = parse_duration(older_than) if older_than is not None else None
     folder = embeddings_dir()
-    if seconds is None and not yes and sys.stdin.isatty():
+    if seconds is None and not yes:
+        if not _interactive():
+            raise click.ClickException(f"refusing to delete every cached embedding in {folder} without confirmation: "
+                                   "pass --yes (no terminal to ask on)")
         click.confirm(f"Delete all cached embeddings in {folder}?", abort=True, err=True)
     n, freed = clear(older_than=seconds)
     if as_json:

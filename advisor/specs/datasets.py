@@ -122,6 +122,9 @@ class DatasetSource:
     return other data or descriptors (the source files' paths, sizes and modification times, a
     layout version, the files the options name), or None when it cannot tell: with it, advisor
     memoises the dataset's descriptors instead of loading the data (``advisor.data.describe_dataset``).
+    ``options``: the ``-O KEY=VALUE`` names ``load`` understands; any other key is refused in one
+    line (None: not declared, nothing checked). ``check(spec)``, when given, is a cheap test of
+    the spec (the path exists) run before any model weights are looked up.
     """
 
     name: str
@@ -133,3 +136,5 @@ class DatasetSource:
     origin: str = ""
     ood_reference: bool = False
     identity: Callable[[DatasetSpec], str | None] | None = None
+    options: tuple[str, ...] | None = None
+    check: Callable[[DatasetSpec], None] | None = None

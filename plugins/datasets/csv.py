@@ -9,7 +9,9 @@ image_path present), ``label_column`` (default: label, class, target, category, 
 ``split_column`` (default ``split`` when present; values ``train``/``test``), ``classnames``
 (JSON list or {label: name}; labels not in it are an error), ``templates``, ``name``, ``domain``.
 Relative image paths are resolved against the csv file's directory. Labels are class names or
-integer class indices (into the classnames list when one is given).
+integer class indices (into the classnames list when one is given); integer labels make the
+class list 0..max, which may hold at most ``MAX_CLASSES`` classes. Any other ``-O`` key (a
+misspelt ``label_colum``) is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from advisor.atomic import os_reason, short_path
 from advisor.hookspecs import hookimpl
 from advisor.data import DEFAULT_TEMPLATE, nfc, read_classnames, read_templates
 from advisor.errors import DatasetError
@@ -33,6 +36,9 @@ IMAGE_COLUMNS = ("image", "path", "filepath", "file", "filename", "image_path", 
 LABEL_COLUMNS = ("label", "class", "target", "category", "y")
 TEST_VALUES = {"test", "val", "valid", "validation"}
 ASCII_INT = re.compile(r"-?[0-9]+")
+OPTIONS = ("image_column", "label_column", "split_column", "classnames", "templates", "name", "domain")
+#: The most classes integer labels may make (0..max label): ImageNet-21k has 21,841.
+MAX_CLASSES = 100_000
 
 
 def _pick_column(header: list[str], wanted: str | None, candidates: tuple[str, ...], option: str, path: Path) -> str:
@@ -54,6 +60,12 @@ def _is_int(s: str) -> bool:
     return ASCII_INT.fullmatch(s) is not None
 
 
+def _shown(value: int) -> str:
+    """An integer for a one-line message (a 5,000-digit label is shown by its length)."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)"
+
+
 def _labels_to_classes(raw: list[str], given: list[str] | dict[str, str] | None, source: str) -> tuple[list[str], list[int]]:
     """Class names and integer labels from the label column (row numbers are 2-based, as in a spreadsheet)."""
     all_int = all(_is_int(v) for v in raw)
@@ -62,6 +74,10 @@ def _labels_to_classes(raw: list[str], given: list[str] | dict[str, str] | None,
             values = [int(v) for v in raw]
             if min(values) < 0:
                 raise DatasetError(f"label {min(values)} is negative")
+            if max(values) >= MAX_CLASSES:
+                row = values.index(max(values)) + 2
+                raise DatasetError(f"label {_shown(max(values))} (row {row}) would make {_shown(max(values) + 1)} classes "
+                                   f"(0..label), more than {MAX_CLASSES}; use class names or a classnames file")
             return [str(i) for i in range(max(values) + 1)], values
         names = sorted(set(raw))
         index = {n: i for i, n in enumerate(names)}
@@ -83,7 +99,7 @@ def _labels_to_classes(raw: list[str], given: list[str] | dict[str, str] | None,
         if use_index:
             i = int(v)
             if not 0 <= i < len(given):
-                raise DatasetError(f"label {i} (row {row}) is not in the class list {source} ({len(given)} classes)")
+                raise DatasetError(f"label {_shown(i)} (row {row}) is not in the class list {source} ({len(given)} classes)")
             out.append(i)
         elif v in index:
             out.append(index[v])
@@ -92,13 +108,29 @@ def _labels_to_classes(raw: list[str], given: list[str] | dict[str, str] | None,
     return list(given), out
 
 
-def load(spec: DatasetSpec) -> DatasetBundle:
+def check(spec: DatasetSpec) -> Path:
+    """The csv file, or a one-line DatasetError (cheap: the file is not read)."""
     if not spec.argument:
         raise DatasetError("csv dataset needs a path: csv:PATH")
     path = Path(spec.argument).expanduser()
-    if not path.is_file():
-        raise DatasetError(f"csv file {path} does not exist")
-    path = path.resolve()
+    try:
+        if not path.is_file():
+            raise DatasetError(f"csv file {short_path(path)} does not exist")
+        return path.resolve()
+    except OSError as exc:  # a path longer than the file system allows, a permission
+        raise DatasetError(f"csv file {short_path(path)} cannot be read: {os_reason(exc)}") from None
+
+
+def load(spec: DatasetSpec) -> DatasetBundle:
+    path = check(spec)
+    try:
+        return _load(spec, path)
+    except OSError as exc:  # a listed image that cannot be read, the table itself
+        where = getattr(exc, "filename", None) or path
+        raise DatasetError(f"cannot read {short_path(where)} (csv {short_path(path)}): {os_reason(exc)}") from None
+
+
+def _load(spec: DatasetSpec, path: Path) -> DatasetBundle:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -185,5 +217,7 @@ def register_datasets(register: Callable[[Any], None]) -> None:
             prefix=True,
             offline=True,
             origin="your image files, listed in a CSV file",
+            options=OPTIONS,
+            check=check,
         )
     )

@@ -319,5 +319,6 @@ def register_datasets(register: Callable[[DatasetSource], None]) -> None:
                 offline=True,
                 needs=offline.source(task.source).needs,
                 identity=functools.partial(identity, name),
+                options=("templates",),
             )
         )

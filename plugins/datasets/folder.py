@@ -10,23 +10,31 @@ or, when no folder name matches, taken in sorted folder order) or a ``{folder: n
 Prompt templates come from option ``templates`` (a JSON file or a literal ``"... {} ..."``),
 ``PATH/templates.json``, or default to ``"a photo of a {}."``. Other options: ``name`` (the
 dataset name in the history; default ``folder:<basename>``) and ``domain`` (comma-separated tags).
+Any other ``-O`` key is refused.
+
+Symbolic links: a linked image file is read; a linked folder is followed once, never into a
+folder already walked (a link back to a parent, a loop, would otherwise repeat the images until
+the path grows too long); a link that points nowhere is skipped with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from advisor.atomic import os_reason, short_path
 from advisor.hookspecs import hookimpl
 from advisor.data import DEFAULT_TEMPLATE, IMAGE_EXTENSIONS, nfc, read_classnames, read_templates
 from advisor.errors import DatasetError
 from advisor.specs import DatasetBundle, DatasetSource, DatasetSpec, ImageSet, stable_hash
 
 SPLIT_DIRS = ("test", "val", "valid", "validation")
+OPTIONS = ("classnames", "templates", "name", "domain")
 
 
 def _is_image(name: str) -> bool:
@@ -37,25 +45,58 @@ def _subdirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _images_under(path: Path) -> list[Path]:
-    """Image files anywhere below ``path`` (ImageFolder searches recursively), sorted."""
+def _warn(message: str) -> None:
+    print(f"Warning: {message}", file=sys.stderr)
+
+
+def _images_under(path: Path, walked: set[str], top: str = "") -> list[Path]:
+    """Image files anywhere below ``path`` (ImageFolder searches recursively), sorted. Linked
+    folders are followed unless they resolve to a folder in ``walked`` (the folders walked so
+    far, updated here) or to ``top`` or a folder above it: a loop is walked once. Dangling links
+    are skipped with a warning."""
     found = []
+    walked.add(os.path.realpath(path))
     for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            full = os.path.join(dirpath, d)
+            real = os.path.realpath(full)
+            if real in walked or (top and top.startswith(real.rstrip(os.sep) + os.sep)):
+                _warn(f"skipped {short_path(full)}: a link to a folder already part of the dataset (a loop)")
+                continue
+            walked.add(real)
+            keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            if not _is_image(f):
+                continue
+            p = Path(dirpath) / f
+            if not os.path.isfile(p):  # a dangling link (os.walk lists it among the files)
+                _warn(f"skipped {short_path(p)}: a link to a file that does not exist")
+                continue
+            found.append(p)
     return found
 
 
 def _scan(path: Path) -> dict[str, list[Path]]:
     """folder name -> image files; errors for no class folders and class folders without images."""
-    classes = _subdirs(path)
+    top = os.path.realpath(path)
+    classes = []
+    for d in _subdirs(path):
+        real = os.path.realpath(d)
+        if real == top or top.startswith(real.rstrip(os.sep) + os.sep):
+            _warn(f"skipped {short_path(d)}: a link to the dataset folder or one above it (a loop)")
+            continue
+        classes.append(d)
+    walked = {top} | {os.path.realpath(d) for d in classes}
     if not classes:
         if any(_is_image(p.name) for p in path.iterdir() if p.is_file()):
             raise DatasetError(f"folder {path} has images but no class sub-folders (expected {path}/<class>/<image>)")
         raise DatasetError(f"folder {path} is empty (no class sub-folders with images)")
     out: dict[str, list[Path]] = {}
     for d in classes:
-        files = _images_under(d)
+        walked.discard(os.path.realpath(d))
+        files = _images_under(d, walked, top)
         if not files:
             raise DatasetError(f"class folder {d} has no images ({', '.join(IMAGE_EXTENSIONS[:4])} ...)")
         key = nfc(d.name)  # macOS file systems hand out NFD names; classnames files are usually NFC
@@ -118,15 +159,31 @@ def domain_option(spec: DatasetSpec) -> tuple[str, ...]:
     return tuple(x.strip() for x in items if x.strip())
 
 
-def load(spec: DatasetSpec) -> DatasetBundle:
+def check(spec: DatasetSpec) -> Path:
+    """The dataset folder, or a one-line DatasetError (cheap: no file is listed)."""
     if not spec.argument:
         raise DatasetError("folder dataset needs a path: folder:PATH")
     root = Path(spec.argument).expanduser()
-    if not root.exists():
-        raise DatasetError(f"folder {root} does not exist")
-    if not root.is_dir():
-        raise DatasetError(f"folder:{root} is not a directory")
-    root = root.resolve()
+    try:
+        if not root.exists():
+            raise DatasetError(f"folder {short_path(root)} does not exist")
+        if not root.is_dir():
+            raise DatasetError(f"folder:{short_path(root)} is not a directory")
+        return root.resolve()
+    except OSError as exc:  # a path longer than the file system allows, a permission
+        raise DatasetError(f"folder {short_path(root)} cannot be read: {os_reason(exc)}") from None
+
+
+def load(spec: DatasetSpec) -> DatasetBundle:
+    root = check(spec)
+    try:
+        return _load(spec, root)
+    except OSError as exc:  # a file that vanished or cannot be read while listing
+        where = getattr(exc, "filename", None) or root
+        raise DatasetError(f"cannot read {short_path(where)} in folder {short_path(root)}: {os_reason(exc)}") from None
+
+
+def _load(spec: DatasetSpec, root: Path) -> DatasetBundle:
     train_dir, test_dir = _layout(root)
     train_files = _scan(train_dir)
     test_files = _scan(test_dir) if test_dir is not None else None
@@ -177,5 +234,7 @@ def register_datasets(register: Callable[[Any], None]) -> None:
             prefix=True,
             offline=True,
             origin="your image files",
+            options=OPTIONS,
+            check=check,
         )
     )

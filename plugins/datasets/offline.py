@@ -529,6 +529,7 @@ def dataset_source(src: OfflineSource) -> DatasetSource:
         origin=src.origin,
         ood_reference=src.ood_reference,
         identity=functools.partial(identity, src.name),
+        options=("classnames", "templates", "root"),
     )
 
 

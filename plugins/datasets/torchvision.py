@@ -185,5 +185,6 @@ def register_datasets(register: Callable[[Any], None]) -> None:
             offline=False,
             needs="network for the first download (--download)",
             origin="torchvision.datasets (downloaded from each dataset's own site)",
+            options=("root", "download", "classnames", "templates", "name", "domain"),
         )
     )

@@ -86,6 +86,26 @@ class Recommendation:
     #: one when the decision is to keep zero-shot), as ``run_command`` arguments.
     run_method: str | None = None
     run_hparams: dict[str, Any] = field(default_factory=dict)
+    #: What the frozen features reach on the pair at ``shots`` (``advisor.predictor.anchors``):
+    #: probe, prototype and kNN accuracy, the probe's spread over draws, zero-shot accuracy on
+    #: the same images; empty when the pair has no anchor signals.
+    anchors: dict[str, float] = field(default_factory=dict)
+
+    def anchor_sentence(self) -> str | None:
+        """"A linear probe on your 16 shots reaches 0.97 ...": the anchors as evidence."""
+        a = self.anchors
+        if not a or a.get("probe") is None:
+            return None
+        shots = "every training image" if self.shots is None else f"{self.shots} shots per class"
+        parts = [f"a linear probe on the frozen features with {shots} reaches {a['probe']:.2f}"
+                 + (f" (+/- {a['probe_sd']:.2f} over draws)" if a.get("probe_sd") else "")]
+        if a.get("prototype") is not None:
+            parts.append(f"class prototypes {a['prototype']:.2f}")
+        if a.get("knn") is not None:
+            parts.append(f"kNN {a['knn']:.2f}")
+        if a.get("zero_shot") is not None:
+            parts.append(f"zero-shot on the same images {a['zero_shot']:.2f}")
+        return "Anchors: " + "; ".join(parts) + "."
 
     def run_command(self, model_args: Sequence[str] | None = None, dataset: str | None = None) -> str | None:
         """``advisor run ... --method M --hparam epochs=E --hparam lr=X`` for ``run_method``: the
@@ -106,6 +126,7 @@ class Recommendation:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["run_command"] = self.run_command()
+        d["anchor_sentence"] = self.anchor_sentence()
         for m in d["methods"]:
             m["contributions"] = [{"feature": f, "value": v} for f, v in m["contributions"]]
         return d
@@ -346,7 +367,10 @@ def recommend(
     mspec = model_spec if isinstance(model_spec, ModelSpec) else ModelSpec(str(model_spec))
 
     history = open_reader(db, must_exist=True)  # plain sqlite3 for the reads of a cached pair; writes go to the full History
-    rows = history.training_rows()
+    from .predictor.support import bounded_view
+
+    view = bounded_view(history, PREDICTOR_NAME)  # a stored predictor with its history summary: no run read in full
+    rows = [] if view is not None else history.training_rows()
     if embeddings is not None:
         dname = dataset_spec.name if isinstance(dataset_spec, DatasetSpec) else dataset_spec
         pair = pair_from_embeddings(embeddings, mspec.name if model_spec else None, dname, rows, history)
@@ -364,7 +388,7 @@ def recommend(
         raise PredictorError(f"no signal could be computed {what} ({errors or 'no metric applies'})")
     model_desc, dataset_desc, signals, signals_source = pair.model_desc, pair.dataset_desc, pair.signals, pair.source
     random = bool(model_desc.get("random_weights"))
-    summary, warnings = support_for(model_desc, dataset_desc, rows)
+    summary, warnings = view.support_for(model_desc, dataset_desc) if view else support_for(model_desc, dataset_desc, rows)
     shortfall = shots_shortfall(dataset_desc, shots)  # more shots than the smallest class has
     if shortfall:
         warnings.append(shortfall)
@@ -375,15 +399,15 @@ def recommend(
 
     est: FittedPredictor | None = None
     pinfo: dict[str, Any] = {}
-    stored = history.load_predictor(PREDICTOR_NAME)
+    stored = view.stored if view else history.load_predictor(PREDICTOR_NAME)
     if stored is not None:
         est = FittedPredictor.from_stored(stored)
         pinfo = {"name": PREDICTOR_NAME, "created_at": stored.get("created_at"), "n_runs": est.n_runs,
                  "training_hash": est.training_hash, "trained_now": False}
-        if rows and est.training_hash != training_hash(rows):
+        if view.changed() if view else rows and est.training_hash != training_hash(rows):
             notes.append(
                 f"the history changed since the predictor was trained on {est.n_runs} runs "
-                f"(now {len(rows)}): run `advisor predictor train` to refresh it"
+                f"(now {view.count() if view else len(rows)}): run `advisor predictor train` to refresh it"
             )
     else:
         ok, why = history_ready(rows)
@@ -400,11 +424,11 @@ def recommend(
             notes.append(f"cold start: {why}")
 
     methods, families = registered_methods(est.schema.categories.get("method", []) if est is not None else ())
-    device_kind = (device.split(":", 1)[0] if device else None) or _default_device_kind(rows)
+    device_kind = (device.split(":", 1)[0] if device else None) or _default_device_kind(view.device_rows() if view else rows)
     case = {"shots": shots, "device": device_kind, "signals": dict(signals), "model_desc": dict(model_desc),
             "dataset_desc": dict(dataset_desc), "model": model_desc.get("name")}
-    similar = similar_runs(case, rows, methods)
-    configs = history_configs(rows, methods, shots)
+    similar = view.similar_runs(case, methods) if view else similar_runs(case, rows, methods)
+    configs = view.history_configs(methods, shots) if view else history_configs(rows, methods, shots)
     flags: list[tuple[str, str]] = []
     interval = 0.8
     tied: list[MethodAdvice] = []
@@ -429,7 +453,7 @@ def recommend(
             flags.append(("weights", "randomly initialised weights"))
         advice = _predict_methods(est, methods, case, [kind for kind, _ in flags], configs)
         ranked, best = choose(advice, objective, max_forgetting=max_forgetting, budget=budget)
-        tied, tie_reason = ties(ranked, objective_noise(seed_noise(rows), objective))
+        tied, tie_reason = ties(ranked, objective_noise(view.seed_noise if view else seed_noise(rows), objective))
         winner = cheapest(tied).method if len(tied) > 1 else best
         source = "predictor"
     else:
@@ -477,7 +501,18 @@ def recommend(
         keep_zero_shot=keep,
         run_method=run_method,
         run_hparams=run_overrides(run_method, configs.get(run_method, {}), shots) if run_method else {},
+        anchors=pair_anchors(signals, shots),
     )
+
+
+def pair_anchors(signals: Mapping[str, float], shots: int | None) -> dict[str, float]:
+    """The pair's anchors at ``shots`` (interpolated between the measured shot counts)."""
+    from .predictor.anchors import anchor_at
+
+    names = {"probe": "anchor_probe", "probe_sd": "anchor_probe_sd", "prototype": "anchor_proto",
+             "knn": "anchor_knn", "zero_shot": "anchor_zs"}
+    out = {k: anchor_at(signals, v, shots) for k, v in names.items()}
+    return {k: round(float(v), 4) for k, v in out.items() if math.isfinite(v)}
 
 
 def _feature_label(name: str, case: Mapping[str, Any]) -> str:

@@ -86,7 +86,7 @@ def test_predictor_recovers_planted_relation_better_than_random():
     assert by["predictor"]["regret_gain"] < by["random"]["regret_gain"] / 2
     # every baseline is evaluated on the same groups
     assert len({b["groups_gain"] for b in ev["baselines"]}) == 1
-    assert set(by) == {"predictor", "best-single-method", "zero-shot-only", "iimm-linear", "knn", "random"}
+    assert set(by) == {"predictor", "anchor-only", "best-single-method", "zero-shot-only", "iimm-linear", "knn", "random"}
     json.dumps(ev)  # plain JSON (NaN cleaned to null)
 
 

@@ -203,8 +203,8 @@ def test_holdout_modes_leave_out_sources_and_towers(tmp_path):
     ev = evaluate(rows, holdout="tower", estimator=AdvisorPredictor(**FAST))
     assert ev["holdout"] == "tower" and ev["n_held_out"] == 2
     assert {p["held_out"] for p in ev["predictions"]} == {"tower-a", "tower-b"}
-    assert {b["name"] for b in ev["baselines"]} == {"predictor", "best-single-method", "zero-shot-only",
-                                                     "iimm-linear", "knn", "random"}
+    assert {b["name"] for b in ev["baselines"]} == {"predictor", "anchor-only", "best-single-method",
+                                                     "zero-shot-only", "iimm-linear", "knn", "random"}
     assert ev["targets"]["id_gain"]["coverage"] is not None
 
 

@@ -79,3 +79,25 @@ def test_a_pair_whose_later_runs_point_at_an_older_set_is_stale(tmp_path, cli):
     sets = {r[0] for r in con.execute("SELECT signal_set_id FROM runs")}
     con.close()
     assert len(sets) == 1 and old_set not in sets
+
+
+@pytest.mark.slow
+def test_refresh_of_one_metric_keeps_the_other_signals(tmp_path, cli):
+    """``--metric NAME``: a metric added after the runs is computed and merged into each pair's
+    set; every other stored signal keeps its value and version (here a deliberately odd IIMM)."""
+    db = str(tmp_path / "h.db")
+    run_finetune(ModelSpec("tiny-vit"), DatasetSpec("digits"), "tpc_cma", shots=2, seed=0,
+                 hparams={"epochs": 1}, ood=["faces"], max_test=40, max_ood=20, db=db, save_adapter=False, quiet=True)
+    con = sqlite3.connect(db)
+    con.execute("UPDATE signal_values SET value = 123.5, version = 'kept' WHERE name = 'iimm'")
+    con.execute("DELETE FROM signal_values WHERE name LIKE 'anchor%'")  # as if recorded before the metric
+    con.commit()
+    con.close()
+    bad = cli("history", "refresh-signals", "--db", db, "--all", "--metric", "no-such-metric")
+    assert bad.exit_code != 0 and "unknown metric" in bad.output and "Traceback" not in bad.output
+    out = cli("history", "refresh-signals", "--db", db, "--all", "--metric", "anchor", "--json")
+    assert out.exit_code == 0, out.output
+    with open_history(db) as h:
+        (row,) = h.training_rows()
+    assert row["signals"]["iimm"] == 123.5 and row["signal_versions"]["iimm"] == "kept"
+    assert 0.0 <= row["signals"]["anchor_probe.k1"] <= 1.0 and row["signal_versions"]["anchor_probe.k1"] == "1"

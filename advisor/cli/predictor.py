@@ -29,7 +29,7 @@ def scores_text(scores: dict[str, Any]) -> str:
     targets = scores.get("targets") or {}
     noise = scores.get("seed_noise") or {}
     if targets:
-        out.append(f"Leave-one-{holdout}-out, per target (predicted vs measured over held-out runs):")
+        out.append(f"{holdout_title(holdout)}, per target (predicted vs measured over held-out runs):")
         rows = []
         for t, v in targets.items():
             floor = (noise.get(t) or {}).get("mad")
@@ -60,10 +60,34 @@ def scores_text(scores: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def holdout_title(holdout: str) -> str:
+    if holdout == "headroom":
+        return "Headroom hold-out (trained on the pairs with the least headroom, tested on the top fifth)"
+    return f"Leave-one-{holdout}-out"
+
+
 def evaluation_text(ev: dict[str, Any]) -> str:
     """What ``advisor predictor evaluate`` prints for its ``--json`` document ``ev``."""
     holdout = ev.get("holdout") or "dataset"
-    return f"{ev['n_runs']} runs; {ev['n_held_out']} {holdout}s held out one at a time.\n\n" + scores_text(ev)
+    if holdout == "headroom":
+        fold = (ev.get("folds") or [{}])[0]
+        head = (f"{ev['n_runs']} runs; the pairs with {fold.get('held_out', 'the most headroom')} held out "
+                f"({fold.get('n_test', 0)} runs), trained on the other {fold.get('n_train', 0)}.")
+    else:
+        head = f"{ev['n_runs']} runs; {ev['n_held_out']} {holdout}s held out one at a time."
+    return head + "\n\n" + scores_text(ev)
+
+
+def ablation_text(ab: dict[str, Any]) -> str:
+    """What ``advisor predictor evaluate --ablate`` prints for its ``--json`` document."""
+    out = [f"{holdout_title(ab.get('holdout') or 'dataset')}: the predictor with each feature set on the same folds "
+           f"({ab['n_runs']} runs; regret in accuracy units):"]
+    out += table_lines([{"features": a["feature_set"], "gain MAE": a.get("id_gain_mae"),
+                         "gain rho": a.get("id_gain_spearman"), "ood MAE": a.get("ood_change_mae"),
+                         "ood rho": a.get("ood_change_spearman"), "top-1 gain": a.get("top1_gain"),
+                         "regret gain": a.get("regret_gain"), "top-1 bal.": a.get("top1_balanced"),
+                         "regret bal.": a.get("regret_balanced")} for a in ab["ablation"]])
+    return "\n".join(out)
 
 
 @predictor_group.command(name="train")
@@ -90,24 +114,41 @@ def predictor_train(db: str | None, as_json: bool) -> None:
 
 
 @predictor_group.command(name="evaluate")
-@click.option("--holdout", type=click.Choice(["dataset", "source", "tower"]), default="dataset", show_default=True,
-              help="What one fold leaves out: a dataset, the source of its images (else the dataset name), or the "
-                   "model's image tower (else its family).")
+@click.option("--holdout", type=click.Choice(["dataset", "source", "tower", "headroom"]), default="dataset",
+              show_default=True,
+              help="What one fold leaves out: a dataset, the source of its images (else the dataset name), the "
+                   "model's image tower (else its family); headroom: one fold that trains on the (model, dataset) "
+                   "pairs with the least headroom (1 - zero-shot) and tests on the top fifth.")
+@click.option("--ablate", is_flag=True,
+              help="Evaluate the predictor with every feature, without the seed papers' signals (IIMM, the gap "
+                   "decomposition, MIR, MDS), without the anchors, and with the anchors alone, on the same folds.")
+@click.option("--gain-target", type=click.Choice(["headroom", "gain", "anchor", "anchor-offset"]), default=None,
+              help="The space the ID gain is learned in (default: the predictor's): a share of 1 - zero-shot, the "
+                   "raw gain, a share of the anchor's headroom, or accuracy after minus the anchor.")
 @quiet_option(expose=False)
 @db_option
 @json_option
-def predictor_evaluate(holdout: str, db: str | None, as_json: bool) -> None:
-    """Held-out scores of the predictor and of the baselines (best single method, zero-shot-only,
-    IIMM-only linear fit, kNN on signals, random) in one loop: Spearman, MAE, interval coverage,
-    top-1 and regret, beside the history's seed noise. Progress (one step per held-out fold)
-    goes to stderr on a terminal."""
+def predictor_evaluate(holdout: str, ablate: bool, gain_target: str | None, db: str | None, as_json: bool) -> None:
+    """Held-out scores of the predictor and of the baselines (the anchor alone, best single
+    method, zero-shot-only, IIMM-only linear fit, kNN on signals, random) in one loop: Spearman,
+    MAE, interval coverage, top-1 and regret, beside the history's seed noise. Progress (one step
+    per held-out fold) goes to stderr on a terminal."""
     from ..history import open_history
-    from ..predictor import evaluate
+    from ..predictor import ablation, evaluate
+    from ..predictor.estimator import AdvisorPredictor
     from ..terminal import phase
 
     with phase("reading the history"):
         rows = open_history(db, must_exist=True).training_rows()
-    ev = evaluate(rows, holdout=holdout)
+    est = AdvisorPredictor(**({"gain_target": gain_target} if gain_target else {}))
+    if ablate:
+        ab = ablation(rows, holdout=holdout, estimator=est)
+        if as_json:
+            emit_json(ab)
+            return
+        click.echo(ablation_text(ab))
+        return
+    ev = evaluate(rows, holdout=holdout, estimator=est)
     if as_json:
         emit_json(ev)
         return

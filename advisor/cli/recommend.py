@@ -122,6 +122,8 @@ def recommend_command(model: str, pretrained: str | None, image_size: int | None
         click.echo("ID gain = base + the features that moved it most + the others:")
         for a in explained:
             click.echo(f"  {a.method}: {_contributions(a)}")
+    if rec.anchor_sentence():
+        click.echo(rec.anchor_sentence())
     if rec.out_of_support:
         click.echo("Outside the history (intervals widened): " + "; ".join(rec.out_of_support))
     for a in rec.methods:

@@ -89,6 +89,40 @@ class BestSingleMethod:
         return dict(self.means_.get(method) or {t: math.nan for t in TARGETS})
 
 
+class AnchorOffset:
+    """The anchor alone: accuracy after = the frozen features' few-shot probe at the run's shots
+    (zero-shot where the pair has no anchors) plus the method's median offset (after - anchor)
+    on the training runs, clipped to an accuracy; OOD change and cost are the method's medians."""
+
+    name = "anchor-only"
+
+    def fit(self, rows: Sequence[Mapping[str, Any]]) -> "AnchorOffset":
+        from .anchors import row_anchor
+
+        by_m: dict[str, list[tuple[float, dict[str, float]]]] = {}
+        for r in rows:
+            t = row_targets(r)
+            after = row_zero_shot(r) + t["id_gain"]
+            by_m.setdefault(row_method(r), []).append((after - row_anchor(r), t))
+        self.median_: dict[str, dict[str, float]] = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for m, vals in by_m.items():
+                self.median_[m] = {"offset": float(np.nanmedian([o for o, _ in vals])),
+                                   **{t: float(np.nanmedian([v[t] for _, v in vals])) for t in ("ood_change", "cost")}}
+        return self
+
+    def predict_row(self, row: Mapping[str, Any], method: str) -> dict[str, float]:
+        from .anchors import row_anchor
+
+        med = self.median_.get(method)
+        if med is None:
+            return {t: math.nan for t in TARGETS}
+        zs = row_zero_shot(row)
+        after = min(1.0, max(0.0, row_anchor(row) + med["offset"]))
+        return {"id_gain": after - zs, "ood_change": med["ood_change"], "cost": med["cost"]}
+
+
 class SignalKNN:
     """k nearest training runs of the same method, by Euclidean distance between standardised
     signal vectors (plus log2 shots); predicts their mean targets. Missing signals are imputed

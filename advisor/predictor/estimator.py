@@ -14,9 +14,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from ..errors import PredictorError
-from .features import FeatureSchema, feature_ranges
+from .features import FEATURE_SETS, FeatureSchema, feature_ranges
 from .rows import HOLDOUT_KEYS, TARGETS, cost_offset, row_dataset, training_hash
-from .spaces import model_targets, shots_monotone
+from .spaces import GAIN_SPACES, model_targets, shots_monotone
 from .support import HistorySupport
 from .stored import FittedPredictor
 from .intervals import bag_spread, calibrate, group_folds
@@ -51,6 +51,8 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
         gain_target: str = "headroom",
         cost_target: str = "per-image-epoch",
         monotone_shots: str = "auto",
+        feature_set: str = "all",
+        linear_tree: bool = False,
         random_state: int = 0,
         n_jobs: int | None = -1,
     ) -> None:
@@ -66,6 +68,8 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
         self.gain_target = gain_target
         self.cost_target = cost_target
         self.monotone_shots = monotone_shots
+        self.feature_set = feature_set
+        self.linear_tree = linear_tree
         self.random_state = random_state
         self.n_jobs = n_jobs
 
@@ -93,6 +97,7 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
             "force_row_wise": True,
             "seed": seed,
             "verbosity": -1,
+            **({"linear_tree": True, "linear_lambda": 1.0} if self.linear_tree else {}),
         }
 
     @staticmethod
@@ -301,11 +306,13 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
         rows = list(rows)
         if not rows:
             raise PredictorError("no runs to train on")
-        if self.gain_target not in ("headroom", "gain"):
-            raise PredictorError(f"gain_target must be 'headroom' or 'gain' (got {self.gain_target!r})")
+        if self.gain_target not in GAIN_SPACES:
+            raise PredictorError(f"gain_target must be one of {', '.join(GAIN_SPACES)} (got {self.gain_target!r})")
+        if self.feature_set not in FEATURE_SETS:
+            raise PredictorError(f"feature_set must be one of {', '.join(FEATURE_SETS)} (got {self.feature_set!r})")
         if self.cost_target not in ("per-image-epoch", "seconds"):
             raise PredictorError(f"cost_target must be 'per-image-epoch' or 'seconds' (got {self.cost_target!r})")
-        schema = FeatureSchema.from_rows(rows)
+        schema = FeatureSchema.from_rows(rows, self.feature_set)
         X = schema.matrix(rows)
         spaces = {"id_gain": self.gain_target, "ood_change": "change", "cost": self.cost_target}
         if np.mean(np.isfinite(cost_offset(rows))) < 0.5:  # most runs lack epochs: seconds as measured

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import PredictorError
-from .baselines import BestSingleMethod, IIMMLinear, SignalKNN, ZeroShotLinear
+from .baselines import AnchorOffset, BestSingleMethod, IIMMLinear, SignalKNN, ZeroShotLinear
 from .intervals import coverage
 from .rows import (
     HOLDOUT_KEYS,
@@ -40,7 +40,12 @@ from .rows import (
 #: Interval levels at which coverage is measured for the calibration curve.
 CALIBRATION_LEVELS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 #: Recommenders in the order they are reported; ``random`` is an exact expectation.
-RECOMMENDERS: tuple[str, ...] = ("predictor", "best-single-method", "zero-shot-only", "iimm-linear", "knn", "random")
+RECOMMENDERS: tuple[str, ...] = ("predictor", "anchor-only", "best-single-method", "zero-shot-only", "iimm-linear",
+                                 "knn", "random")
+#: Hold-out modes: one group out at a time (``rows.HOLDOUT_KEYS``), and ``headroom``: one fold
+#: that trains on the pairs with the least headroom and tests on the top ``HEADROOM_TEST_SHARE``.
+HOLDOUT_MODES: tuple[str, ...] = (*HOLDOUT_KEYS, "headroom")
+HEADROOM_TEST_SHARE = 0.2
 OBJECTIVES: tuple[str, ...] = ("gain", "balanced")
 
 
@@ -51,14 +56,44 @@ class EvaluationError(PredictorError):
 def holdout_folds(rows: Sequence[Mapping[str, Any]], holdout: str = "dataset") -> list[tuple[str, list[int], list[int]]]:
     """(held-out group, train indices, test indices): every row of the group is in test, none
     in train."""
+    if holdout == "headroom":
+        return headroom_folds(rows)
     if holdout not in HOLDOUT_KEYS:
-        raise EvaluationError(f"unknown holdout {holdout!r} (choose from {', '.join(HOLDOUT_KEYS)})")
+        raise EvaluationError(f"unknown holdout {holdout!r} (choose from {', '.join(HOLDOUT_MODES)})")
     key = HOLDOUT_KEYS[holdout]
     names = [key(r) for r in rows]
     return [
         (d, [i for i, n in enumerate(names) if n != d], [i for i, n in enumerate(names) if n == d])
         for d in sorted(set(names))
     ]
+
+
+def pair_headroom(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], float]:
+    """Per (model, dataset) pair: 1 - its mean zero-shot accuracy over the pair's runs."""
+    from .rows import row_zero_shot
+
+    acc: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        z = row_zero_shot(r)
+        if math.isfinite(z):
+            acc.setdefault((row_model(r), row_dataset(r)), []).append(z)
+    return {k: 1.0 - float(np.mean(v)) for k, v in acc.items()}
+
+
+def headroom_folds(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[int], list[int]]]:
+    """One fold: the pairs with the most headroom (the top ``HEADROOM_TEST_SHARE`` of pairs, at
+    least one) are tested, after training on the others, the situation a new user meets with
+    image sets the history's models do not know. A pair without zero-shot accuracy stays in
+    training."""
+    room = pair_headroom(rows)
+    ranked = sorted(room, key=lambda k: (-room[k], k))
+    n_test = max(1, int(round(len(ranked) * HEADROOM_TEST_SHARE))) if len(ranked) >= 2 else 0
+    test_pairs = set(ranked[:n_test])
+    keys = [(row_model(r), row_dataset(r)) for r in rows]
+    test = [i for i, k in enumerate(keys) if k in test_pairs]
+    train = [i for i, k in enumerate(keys) if k not in test_pairs]
+    cut = min((room[k] for k in test_pairs), default=math.nan)
+    return [(f"headroom >= {cut:.2f}", train, test)] if test and train else []
 
 
 def lodo_folds(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[int], list[int]]]:
@@ -100,7 +135,9 @@ def evaluate(
     time (see the module docstring). Plain JSON (NaN -> None)."""
     rows = list(rows)
     folds = holdout_folds(rows, holdout)
-    if len(folds) < 2:
+    if holdout == "headroom" and not folds:
+        raise EvaluationError("the headroom hold-out needs runs on at least 2 (model, dataset) pairs")
+    if holdout != "headroom" and len(folds) < 2:
         raise EvaluationError(
             f"leave-one-{holdout}-out needs runs on at least 2 {holdout}s (the history has {len(folds)}"
             + (f": {folds[0][0]}" if folds else "") + ")"
@@ -118,7 +155,13 @@ def evaluate(
     bounds = {lv: (np.full((n, k), np.nan), np.full((n, k), np.nan)) for lv in levels}
     n_flags = np.zeros(n, dtype=int)
     folds_out = []
+    conformal_by = "dataset" if holdout == "headroom" else holdout
+    from ..terminal import progress_bar
+
+    bar = progress_bar(len(folds), f"held-out {holdout}s", "fold")  # on stderr, where progress shows
     for group, train_idx, test_idx in folds:
+        bar.set_postfix_str(str(group), refresh=False)
+        bar.update(1)
         if progress:
             progress(group)
         train = [rows[i] for i in train_idx]
@@ -126,18 +169,19 @@ def evaluate(
         folds_out.append({"held_out": group, "n_train": len(train), "n_test": len(test)})
         if len(train) < 2:
             continue
-        fitted = clone(base).fit_rows(train, group_by=holdout).model_
+        fitted = clone(base).fit_rows(train, group_by=conformal_by).model_
         for lv in levels:
             p = fitted.predict_rows(test, level=lv)
             bounds[lv][0][test_idx], bounds[lv][1][test_idx] = p["lo"], p["hi"]
         pred["predictor"][test_idx] = p["mean"]
         n_flags[test_idx] = [len(f) for f in p["flags"]]
-        baselines = [BestSingleMethod().fit(train), ZeroShotLinear().fit(train), IIMMLinear().fit(train),
-                     SignalKNN(knn_k).fit(train)]
+        baselines = [AnchorOffset().fit(train), BestSingleMethod().fit(train), ZeroShotLinear().fit(train),
+                     IIMMLinear().fit(train), SignalKNN(knn_k).fit(train)]
         for i, r in zip(test_idx, test):
             for bl in baselines:
                 out = bl.predict_row(r, row_method(r))
                 pred[bl.name][i] = [out[t] for t in TARGETS]
+    bar.close()
 
     targets = {}
     for j, t in enumerate(TARGETS):
@@ -166,9 +210,13 @@ def evaluate(
         for objective in OBJECTIVES:
             entry.update(_choice_scores(groups, name, objective))
         recommenders.append(entry)
+    held_out_name = [""] * n
+    for group, _, test_idx in folds:
+        for i in test_idx:
+            held_out_name[i] = group
     predictions = [
         {
-            "held_out": HOLDOUT_KEYS[holdout](r),
+            "held_out": held_out_name[i],
             "dataset": row_dataset(r),
             "model": row_model(r),
             "method": row_method(r),
@@ -184,6 +232,8 @@ def evaluate(
     ]
     return clean_json({
         "holdout": holdout,
+        "estimator": {k: v for k, v in base.get_params().items()
+                      if k in ("gain_target", "feature_set", "linear_tree", "cost_target")},
         "n_runs": len(rows),
         "n_held_out": len(folds),
         "n_datasets": len({row_dataset(r) for r in rows}),
@@ -195,6 +245,38 @@ def evaluate(
         "n_groups": {o: sum(1 for g in groups if g["valid"][o]) for o in OBJECTIVES},
         "predictions": predictions,
     })
+
+
+#: The scores an ablation compares (keys of the predictor's entry in ``baselines``).
+ABLATION_SCORES: tuple[str, ...] = ("id_gain_mae", "id_gain_spearman", "ood_change_mae", "ood_change_spearman",
+                                    "top1_gain", "regret_gain", "top1_balanced", "regret_balanced")
+
+
+def ablation(rows: Sequence[Mapping[str, Any]], *, holdout: str = "dataset", estimator: Any = None,
+             feature_sets: Sequence[str] | None = None,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The predictor evaluated with each feature set of ``features.FEATURE_SETS`` (every feature,
+    without the seed papers' signals, without the anchors, the anchors alone) on the same folds,
+    beside the anchor-only baseline: does a group of inputs still add anything?"""
+    from sklearn.base import clone
+
+    from .estimator import AdvisorPredictor
+    from .features import FEATURE_SETS
+
+    base = estimator if estimator is not None else AdvisorPredictor()
+    out: list[dict[str, Any]] = []
+    anchor_only: dict[str, Any] | None = None
+    for fs in feature_sets or FEATURE_SETS:
+        if progress:
+            progress(f"feature set {fs}")
+        ev = evaluate(rows, holdout=holdout, estimator=clone(base).set_params(feature_set=fs))
+        by = {b["name"]: b for b in ev["baselines"]}
+        out.append({"feature_set": fs, **{k: by["predictor"].get(k) for k in ABLATION_SCORES},
+                    "coverage_id_gain": ev["targets"]["id_gain"]["coverage"]})
+        anchor_only = anchor_only or {"feature_set": "anchor-only baseline",
+                                      **{k: by["anchor-only"].get(k) for k in ABLATION_SCORES}}
+    return clean_json({"holdout": holdout, "n_runs": len(rows), "ablation": out + ([anchor_only] if anchor_only else []),
+                       "estimator": {k: v for k, v in base.get_params().items() if k in ("gain_target", "linear_tree")}})
 
 
 def evaluate_lodo(rows: Sequence[Mapping[str, Any]], **kwargs: Any) -> dict[str, Any]:

@@ -2,8 +2,13 @@
 
 Features are every signal present in the history (``sig:<name>``, so a third-party metric
 becomes a feature at the next ``advisor predictor train`` with no code change), model and
-dataset descriptors, the method (categorical), shots and the device kind. Missing values are
-NaN, which LightGBM routes natively.
+dataset descriptors, the method (categorical), shots and the device kind, and the anchors at
+the run's shots (``anc:<name>``, ``advisor.predictor.anchors``; the anchor metric's per-shot
+signals themselves are not features). Missing values are NaN, which LightGBM routes natively.
+
+``FEATURE_SETS`` name the ablations ``advisor predictor evaluate --ablate`` compares: every
+feature, without the seed papers' signals (IIMM, the gap decomposition, MIR, MDS), without the
+anchors, and the anchors with the descriptors alone (no signal).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 
 import math
 
+from .anchors import ANCHOR_FEATURES, is_anchor_signal, row_anchor_values
 from .rows import (
     as_dict,
     as_float,
@@ -48,6 +54,14 @@ CORE_FEATURES: tuple[str, ...] = (
 CATEGORICAL: tuple[str, ...] = ("method", "device", "model_family")
 SIGNAL_PREFIX = "sig:"
 DOMAIN_PREFIX = "ds_domain:"
+ANCHOR_PREFIX = "anc:"
+#: The seed papers' signals (by name prefix): IIMM, the modality-gap decomposition, MIR, MDS.
+PAPER_SIGNALS: tuple[str, ...] = ("iimm", "correct_cos", "gap_", "mir", "mds_")
+FEATURE_SETS: tuple[str, ...] = ("all", "no-papers", "no-anchors", "anchors-only")
+
+
+def _paper_signal(name: str) -> bool:
+    return any(name == p or name.startswith(p) for p in PAPER_SIGNALS)
 
 
 @dataclass
@@ -61,25 +75,38 @@ class FeatureSchema:
     signals: list[str] = field(default_factory=list)
     domains: list[str] = field(default_factory=list)
     categories: dict[str, list[str]] = field(default_factory=dict)
+    anchors: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> "FeatureSchema":
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]], feature_set: str = "all") -> "FeatureSchema":
+        if feature_set not in FEATURE_SETS:
+            raise ValueError(f"unknown feature set {feature_set!r} (choose from {', '.join(FEATURE_SETS)})")
         signals: set[str] = set()
         domains: set[str] = set()
+        anchored = False
         cats: dict[str, set[str]] = {c: set() for c in CATEGORICAL}
         for r in rows:
-            signals.update(row_signals(r))
+            sig = row_signals(r)
+            signals.update(sig)
+            anchored = anchored or any(is_anchor_signal(k) for k in sig)
             domains.update(str(t) for t in (as_dict(r.get("dataset_desc")).get("domain") or []))
             for c, v in core_values(r).items():
                 if c in cats and v is not None:
                     cats[c].add(str(v))
-        return cls(sorted(signals), sorted(domains), {c: sorted(v) for c, v in cats.items()})
+        signals = {s for s in signals if not is_anchor_signal(s)}
+        if feature_set == "no-papers":
+            signals = {s for s in signals if not _paper_signal(s)}
+        elif feature_set == "anchors-only":
+            signals = set()
+        anchors = list(ANCHOR_FEATURES) if anchored and feature_set != "no-anchors" else []
+        return cls(sorted(signals), sorted(domains), {c: sorted(v) for c, v in cats.items()}, anchors)
 
     @property
     def names(self) -> list[str]:
         return (
             list(CORE_FEATURES)
             + [DOMAIN_PREFIX + d for d in self.domains]
+            + [ANCHOR_PREFIX + a for a in self.anchors]
             + [SIGNAL_PREFIX + s for s in self.signals]
         )
 
@@ -92,7 +119,8 @@ class FeatureSchema:
         """Rows (history rows or recommendation cases of the same shape) -> (n, n_features)."""
         X = np.full((len(rows), len(self.names)), np.nan, dtype=float)
         n_core = len(CORE_FEATURES)
-        off = n_core + len(self.domains)
+        n_anc = n_core + len(self.domains)
+        off = n_anc + len(self.anchors)
         code = {c: {v: float(i) for i, v in enumerate(self.categories.get(c, []))} for c in CATEGORICAL}
         nan = np.nan
         for i, r in enumerate(rows):
@@ -104,18 +132,23 @@ class FeatureSchema:
             X[i, :n_core] = values
             if self.domains:
                 tags = {str(t) for t in (as_dict(r.get("dataset_desc")).get("domain") or [])}
-                X[i, n_core:off] = [1.0 if d in tags else 0.0 for d in self.domains]
+                X[i, n_core:n_anc] = [1.0 if d in tags else 0.0 for d in self.domains]
+            if self.anchors:
+                anc = row_anchor_values(r)
+                X[i, n_anc:off] = [anc.get(a, nan) for a in self.anchors]
             if self.signals:
                 sig = row_signals(r)
                 X[i, off:] = [sig.get(s, nan) for s in self.signals]
         return X
 
     def to_dict(self) -> dict[str, Any]:
-        return {"signals": self.signals, "domains": self.domains, "categories": self.categories}
+        return {"signals": self.signals, "domains": self.domains, "categories": self.categories,
+                "anchors": self.anchors}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FeatureSchema":
-        return cls(list(d["signals"]), list(d["domains"]), {k: list(v) for k, v in d["categories"].items()})
+        return cls(list(d["signals"]), list(d["domains"]), {k: list(v) for k, v in d["categories"].items()},
+                   list(d.get("anchors") or []))
 
 
 def core_values(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,13 +182,15 @@ def pretty_feature(name: str) -> str:
         return name[len(SIGNAL_PREFIX):]
     if name.startswith(DOMAIN_PREFIX):
         return "domain=" + name[len(DOMAIN_PREFIX):]
+    if name.startswith(ANCHOR_PREFIX):
+        return name[len(ANCHOR_PREFIX):]
     return name
 
 
 def feature_ranges(schema: FeatureSchema, X: np.ndarray) -> dict[str, list[float]]:
     out = {}
     for j, name in enumerate(schema.names):
-        if name.startswith(SIGNAL_PREFIX):
+        if name.startswith((SIGNAL_PREFIX, ANCHOR_PREFIX)):
             col = X[:, j][np.isfinite(X[:, j])]
             if len(col):
                 out[name] = [float(col.min()), float(col.max())]

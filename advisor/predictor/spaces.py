@@ -3,6 +3,10 @@
 - ``id_gain`` in space ``headroom``: the share of the possible change (``rows.headroom_share``),
   in [-1, 1]; back with the case's zero-shot accuracy, so every prediction and interval end is
   a feasible gain (between -zero-shot and 1 - zero-shot). Space ``gain``: the raw difference.
+  Space ``anchor``: the share of the *anchor's* headroom (``anchors.anchor_share``: accuracy
+  after against the frozen features' few-shot probe at the run's shots), back through the
+  anchor and the zero-shot accuracy, feasible the same way. Space ``anchor-offset``: accuracy
+  after minus the anchor, back clipped to an accuracy in [0, 1].
 - ``cost`` in space ``per-image-epoch``: log wall seconds minus log(training images x epochs)
   (``rows.cost_offset``), so cost scales with the work asked for; space ``seconds``: log wall
   seconds as measured.
@@ -20,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .anchors import anchor_factor, anchor_share, anchors_of, share_to_after
 from .rows import (
     TARGETS,
     cost_offset,
@@ -43,12 +48,21 @@ def zero_shots(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
     return np.array([row_zero_shot(r) for r in rows], dtype=float)
 
 
+#: The spaces ``id_gain`` can be learned in (``AdvisorPredictor(gain_target=...)``).
+GAIN_SPACES: tuple[str, ...] = ("headroom", "gain", "anchor", "anchor-offset")
+
+
 def model_targets(rows: Sequence[Mapping[str, Any]], spaces: Mapping[str, str]) -> np.ndarray:
     """(n, 3) measured targets in the models' spaces (NaN where a space cannot be computed)."""
     Y = targets_matrix(rows)
     g, c = TARGETS.index("id_gain"), TARGETS.index("cost")
-    if spaces.get("id_gain") == "headroom":
+    space = spaces.get("id_gain")
+    if space == "headroom":
         Y[:, g] = headroom_share(Y[:, g], zero_shots(rows))
+    elif space == "anchor":
+        Y[:, g] = anchor_share(zero_shots(rows) + Y[:, g], anchors_of(rows))
+    elif space == "anchor-offset":
+        Y[:, g] = zero_shots(rows) + Y[:, g] - anchors_of(rows)
     if spaces.get("cost") == "per-image-epoch":
         Y[:, c] = Y[:, c] - cost_offset(rows)
     return Y
@@ -59,8 +73,13 @@ def to_targets(values: np.ndarray, rows: Sequence[Mapping[str, Any]], spaces: Ma
     are monotone, so interval ends stay interval ends."""
     out = np.array(values, dtype=float, copy=True)
     g, c = TARGETS.index("id_gain"), TARGETS.index("cost")
-    if spaces.get("id_gain") == "headroom":
+    space = spaces.get("id_gain")
+    if space == "headroom":
         out[:, g] = share_to_gain(out[:, g], zero_shots(rows))
+    elif space == "anchor":
+        out[:, g] = share_to_after(out[:, g], anchors_of(rows)) - zero_shots(rows)
+    elif space == "anchor-offset":
+        out[:, g] = np.clip(anchors_of(rows) + out[:, g], 0.0, 1.0) - zero_shots(rows)
     if spaces.get("cost") == "per-image-epoch":
         out[:, c] = out[:, c] + cost_offset(rows)
     return out
@@ -75,6 +94,11 @@ def contributions_to_targets(contrib: np.ndarray, share_mean: np.ndarray, rows: 
     if target == "id_gain" and spaces.get("id_gain") == "headroom":
         factor = gain_factor(np.clip(share_mean, -1, 1), zero_shots(rows))
         out *= factor[:, None]
+    if target == "id_gain" and spaces.get("id_gain") in ("anchor", "anchor-offset"):
+        anchors = anchors_of(rows)
+        if spaces.get("id_gain") == "anchor":
+            out *= anchor_factor(np.clip(share_mean, -1, 1), anchors)[:, None]
+        out[:, -1] += anchors - zero_shots(rows)  # the base starts from the anchor
     if target == "cost" and spaces.get("cost") == "per-image-epoch":
         out[:, -1] += cost_offset(rows)
     return out

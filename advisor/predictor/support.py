@@ -23,10 +23,16 @@ from .rows import as_dict, as_float, device_kind, row_family, row_method, row_sh
 WIDENING_PER_FLAG = 0.5
 
 
-def exact(v: float) -> str:
-    """A float with enough digits to tell it from any other (``repr``): "1 lies outside
-    [1, 8.03]" cannot be printed for a value that is really outside."""
-    return repr(float(v))
+def exact(v: float, *near: float) -> str:
+    """``v`` with 3 significant digits, more only where needed to tell it apart from ``near``
+    (the bound it lies outside): "1 lies outside [1, 8.03]" cannot be printed for a value that
+    is really outside, and 8.59319134036829 reads 8.59."""
+    v = float(v)
+    for digits in range(3, 18):
+        text = f"{v:.{digits}g}"
+        if all(f"{float(b):.{digits}g}" != text for b in near):
+            return repr(v) if float(text) == v else text
+    return repr(v)
 
 
 @dataclass
@@ -123,7 +129,8 @@ class HistorySupport:
         for k, v in sorted(row_signals(case).items()):
             rng = self.signal_ranges.get(k)
             if rng and not rng[0] <= v <= rng[1]:
-                out.append(("signal", f"{k}={exact(v)} lies outside the history's range [{exact(rng[0])}, {exact(rng[1])}]"))
+                out.append(("signal", f"{k}={exact(v, *rng)} lies outside the history's range "
+                                      f"[{exact(rng[0], v)}, {exact(rng[1], v)}]"))
         return out
 
     def signal_excess(self, case: Mapping[str, Any]) -> float:
@@ -147,3 +154,262 @@ class HistorySupport:
         out-of-range signal fully made 80 % intervals cover 85-91 %."""
         kinds = {kind for kind, _ in self.flags(case) if kind != "signal"} | set(extra_kinds)
         return 1.0 + WIDENING_PER_FLAG * (len(kinds) + min(1.0, self.signal_excess(case)))
+
+
+# ------------------------------------------------------------------------------------------
+# What a recommendation needs from the whole history, computed once at training (issue 25)
+# ------------------------------------------------------------------------------------------
+
+#: Similar runs listed per method at most (the first ones, oldest first): a bounded read
+#: however many runs of a configuration the history holds.
+SIMILAR_LIMIT = 50
+
+
+@dataclass
+class HistorySummary:
+    """Everything ``recommend`` used to compute from every run on every call, computed once
+    when the predictor is trained and stored beside it (``predictors.summary``):
+
+    - ``state``: ``History.state()`` at training, so a change of the history is seen in
+      constant time; ``n_runs``;
+    - ``support``: run counts per (model family, image tower, dataset, domain tags): the
+      ``support`` summary of a recommendation;
+    - ``devices``: run counts per device kind (the default device of the cost);
+    - ``configs``: per method and shots, the counts of each set of hyper-parameters;
+    - ``seed_noise``: ``rows.seed_noise`` of the history;
+    - ``knn`` and ``points``: the similar-runs index: the standardisation of (signals, log2
+      shots) fitted on every run (``SignalKNN``), the radius (the history's typical distance
+      between neighbouring datasets), and one standardised point per (model, dataset, signal
+      set, shots) with its runs per method, whose runs are then read with a bounded query.
+
+    Its answers equal those of the functions in ``advisor.recommendation`` on all rows (a
+    test compares them on the shipped history)."""
+
+    state: dict[str, Any] = field(default_factory=dict)
+    n_runs: int = 0
+    support: list[list[Any]] = field(default_factory=list)
+    devices: list[list[Any]] = field(default_factory=list)
+    configs: dict[str, list[list[Any]]] = field(default_factory=dict)
+    seed_noise: dict[str, Any] = field(default_factory=dict)
+    knn: dict[str, Any] = field(default_factory=dict)
+    points: list[dict[str, Any]] = field(default_factory=list)
+
+    FORMAT = "advisor-history-summary/1"
+
+    @classmethod
+    def build(cls, rows: Sequence[Mapping[str, Any]], history: Any) -> "HistorySummary":
+        """From the training rows and the history they were read from (``run_groups``,
+        ``state``)."""
+        import json
+
+        import numpy as np
+
+        from .baselines import SignalKNN
+        from .rows import as_dict, device_kind as kind_of, row_dataset, row_model, seed_noise
+
+        support: dict[tuple[Any, ...], int] = {}
+        devices: dict[str, int] = {}
+        configs: dict[str, dict[Any, dict[str, int]]] = {}
+        for r in rows:
+            tags = tuple(sorted(set(as_dict(r.get("dataset_desc")).get("domain") or [])))
+            k = (row_family(r), row_tower(r), row_dataset(r), tags)
+            support[k] = support.get(k, 0) + 1
+            if r.get("device"):
+                dk = str(r.get("device")).split(":", 1)[0]
+                devices[dk] = devices.get(dk, 0) + 1
+            hp = as_dict(r.get("hparams"))
+            if hp:
+                key = json.dumps(hp, sort_keys=True, default=str)
+                by = configs.setdefault(row_method(r), {}).setdefault(row_shots(r), {})
+                by[key] = by.get(key, 0) + 1
+        del kind_of
+        knn = SignalKNN().fit(rows)
+        reps: dict[tuple[str, str], int] = {}
+        for i, r in enumerate(rows):
+            reps.setdefault((row_model(r), row_dataset(r)), i)
+        idx = list(reps.values())
+        names = [row_dataset(rows[i]) for i in idx]
+        Zr = knn.Z_[idx] if idx else np.zeros((0, len(knn.names_) + 1))
+        nearest = []
+        for a, i in enumerate(idx):
+            d = np.linalg.norm(Zr - knn.Z_[i], axis=1)
+            other = [d[b] for b in range(len(idx)) if names[b] != names[a]]
+            if other:
+                nearest.append(min(other))
+        radius = float(np.median(nearest)) if nearest else math.inf
+        points: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for g in history.run_groups():
+            key = (g["model_id"], g["dataset_id"], g["signal_set_id"], g["shots"])
+            p = points.get(key)
+            if p is None:
+                case = {"signals": g["signals"], "shots": g["shots"], "model_desc": g["model_desc"]}
+                z = np.nan_to_num((knn._vec(case) - knn.mu_) / knn.sd_)
+                p = points[key] = {"model_id": g["model_id"], "dataset_id": g["dataset_id"],
+                                   "signal_set_id": g["signal_set_id"], "shots": g["shots"],
+                                   "tower": row_tower(case), "family": row_family(case),
+                                   "z": [float(v) for v in z], "methods": {}}
+            p["methods"][g["method"]] = p["methods"].get(g["method"], 0) + g["runs"]
+        state = history.state() if callable(getattr(history, "state", None)) else {}
+        return cls(
+            state=dict(state), n_runs=len(rows),
+            support=[[f, t, d, list(tags), n] for (f, t, d, tags), n in support.items()],
+            devices=[[k, n] for k, n in devices.items()],
+            configs={m: [[s, list(by.items())] for s, by in per.items()] for m, per in configs.items()},
+            seed_noise=seed_noise(rows),
+            knn={"names": list(knn.names_), "mu": [float(v) for v in knn.mu_], "sd": [float(v) for v in knn.sd_],
+                 "radius": radius if math.isfinite(radius) else None, "rows": len(rows)},
+            points=list(points.values()),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.FORMAT, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "HistorySummary | None":
+        """None for a predictor stored without one (or in another format): then a
+        recommendation reads every run, as before."""
+        if not isinstance(d, Mapping) or d.get("format") != cls.FORMAT:
+            return None
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    # -- the answers ------------------------------------------------------------------------
+
+    def support_for(self, model_desc: Mapping[str, Any], dataset_desc: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """As ``advisor.recommendation.support_for`` on every training row."""
+        case = {"model_desc": dict(model_desc), "model": model_desc.get("name")}
+        fam, tower = row_family(case), row_tower(case)
+        tags = set(dataset_desc.get("domain") or [])
+        name = dataset_desc.get("name")
+        same_family = same_tower = same_dataset = shared_domain = 0
+        seen_tags: set[str] = set()
+        for f, t, d, rtags, n in self.support:
+            rtags = set(rtags)
+            seen_tags |= rtags
+            same_family += n * (f == fam)
+            same_tower += n * (t == tower)
+            same_dataset += n * (d == name)
+            shared_domain += n * (d == name or bool(tags & rtags))
+        warnings = []
+        if self.n_runs and same_dataset == 0 and tags and not (tags & seen_tags):
+            warnings.append(f"no dataset in the history shares a domain with {name!r} ({', '.join(sorted(tags))}): "
+                            "predictions extrapolate")
+        return {"runs": self.n_runs, "same_model_family": same_family, "same_image_tower": same_tower,
+                "same_dataset": same_dataset, "shared_domain": shared_domain,
+                "datasets": len({d for _, _, d, _, _ in self.support})}, warnings
+
+    def device_rows(self) -> list[dict[str, Any]]:
+        """One row holding the device kind most runs used (what ``_default_device_kind`` picks
+        from every row), or none."""
+        if not self.devices:
+            return []
+        best = max(n for _, n in self.devices)
+        return [{"device": next(k for k, n in self.devices if n == best)}]
+
+    def history_configs(self, methods: Sequence[str], shots: int | None) -> dict[str, dict[str, Any]]:
+        """As ``advisor.recommendation.history_configs`` on every training row."""
+        import json
+
+        out: dict[str, dict[str, Any]] = {}
+        for m in methods:
+            entries = self.configs.get(m)
+            if not entries:
+                continue
+            per = {s: dict(by) for s, by in entries}
+            numeric = [k for k in per if k is not None]
+            if shots in per or shots is None or not numeric:
+                pick = per.get(shots) or per[next(iter(per))]
+            else:
+                pick = per[min(numeric, key=lambda k: (abs(math.log(k) - math.log(shots)), k))]
+            out[m] = json.loads(max(pick.items(), key=lambda kv: (kv[1], kv[0]))[0])
+        return out
+
+    def changed(self, history: Any) -> bool:
+        """Whether runs or signals were added since training (two primary-key maxima)."""
+        state = getattr(history, "state", None)
+        return bool(self.state) and callable(state) and state() != self.state
+
+    def similar_runs(self, case: Mapping[str, Any], methods: Sequence[str], history: Any,
+                     limit: int = SIMILAR_LIMIT) -> dict[str, list[str]]:
+        """As ``advisor.recommendation.similar_runs`` on every training row, with at most
+        ``limit`` runs per method (the oldest): the index finds the similar (model, dataset,
+        signal set, shots) points, ``history.group_runs`` reads their first runs."""
+        import json
+
+        import numpy as np
+
+        from .rows import as_dict
+
+        out: dict[str, list[str]] = {m: [] for m in methods}
+        if not self.n_runs or not self.points:
+            return out
+        names, mu, sd = self.knn["names"], np.array(self.knn["mu"], dtype=float), np.array(self.knn["sd"], dtype=float)
+        radius = self.knn.get("radius")
+        radius = math.inf if radius is None else float(radius)
+        s = row_signals(case)
+        sh = row_shots(case)
+        v = np.array([s.get(n, math.nan) for n in names] + [math.log2(sh) if sh else math.nan], dtype=float)
+        z = np.nan_to_num((v - mu) / sd)
+        Z = np.array([p["z"] for p in self.points], dtype=float).reshape(len(self.points), len(names) + 1)
+        d = np.linalg.norm(Z - z, axis=1)
+        fam, tower = row_family(case), row_tower(case)
+        near = [p for p, dist in zip(self.points, d) if (p["tower"] == tower or p["family"] == fam) and dist <= radius]
+        for m in methods:
+            groups = [p for p in near if p["methods"].get(m)]
+            runs = history.group_runs(m, groups, limit) if groups else []
+            hps = [as_dict(r.get("hparams")) for r in runs]
+            keys = sorted({k for hp in hps for k in hp})
+            differ = [k for k in keys if len({json.dumps(hp.get(k), sort_keys=True, default=str) for hp in hps}) > 1]
+            seeds = len({r.get("seed") for r in runs}) > 1
+            for r, hp in zip(runs, hps):
+                extra = [f"{k}={_short(hp.get(k))}" for k in differ]
+                if seeds:
+                    extra.append(f"seed {r.get('seed')}")
+                out[m].append(f"{r['model']} on {r['dataset']} ({', '.join([f'{row_shots(r)} shots', *extra])})")
+        return out
+
+
+def _short(v: Any) -> str:
+    """A hyper-parameter value in a label, as ``advisor.recommendation`` writes it."""
+    import json
+
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return v if isinstance(v, str) else json.dumps(v, default=str)
+
+
+class BoundedView:
+    """What ``recommend`` reads of a history whose stored predictor carries a ``HistorySummary``:
+    the stored predictor, its summary, and bounded queries (``group_runs``, ``state``), never
+    every run. ``bounded_view`` gives one, or None when the predictor has no summary."""
+
+    def __init__(self, history: Any, stored: Mapping[str, Any], summary: HistorySummary) -> None:
+        self.history, self.stored, self.summary = history, stored, summary
+        self.seed_noise = summary.seed_noise
+
+    def support_for(self, model_desc: Mapping[str, Any], dataset_desc: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        return self.summary.support_for(model_desc, dataset_desc)
+
+    def device_rows(self) -> list[dict[str, Any]]:
+        return self.summary.device_rows()
+
+    def history_configs(self, methods: Sequence[str], shots: int | None) -> dict[str, dict[str, Any]]:
+        return self.summary.history_configs(methods, shots)
+
+    def similar_runs(self, case: Mapping[str, Any], methods: Sequence[str]) -> dict[str, list[str]]:
+        return self.summary.similar_runs(case, methods, self.history)
+
+    def changed(self) -> bool:
+        return self.summary.changed(self.history)
+
+    def count(self) -> int:
+        """Runs now (read only when the history changed, for the note that says so)."""
+        return int(self.history.count())
+
+
+def bounded_view(history: Any, name: str) -> BoundedView | None:
+    """A ``BoundedView`` of ``history`` when its stored predictor ``name`` has a summary."""
+    if not callable(getattr(history, "group_runs", None)):
+        return None
+    stored = history.load_predictor(name)
+    summary = HistorySummary.from_dict(stored.get("summary")) if stored else None
+    return BoundedView(history, stored, summary) if summary is not None else None

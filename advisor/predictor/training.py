@@ -28,6 +28,13 @@ def history_ready(rows: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
     return True, ""
 
 
+def _training_rows(history: Any) -> list[dict[str, Any]]:
+    """Every run as a lean training row (``History.iter_training_rows``: streamed, without the
+    fields the predictor never reads, shared descriptors and signals), else ``training_rows``."""
+    stream = getattr(history, "iter_training_rows", None)
+    return list(stream(lean=True)) if callable(stream) else history.training_rows()
+
+
 def train_predictor(
     history: Any,
     *,
@@ -45,7 +52,7 @@ def train_predictor(
     from ..terminal import phase
 
     with phase("reading the history"):
-        rows = history.training_rows()
+        rows = _training_rows(history)
     ok, why = history_ready(rows)
     if not ok:
         raise PredictorError(f"cannot train: {why}; record more runs with `advisor run`")
@@ -60,7 +67,13 @@ def train_predictor(
             ev = evaluate_lodo(rows, estimator=est)
         scores.update({k: ev[k] for k in ("holdout", "targets", "calibration", "seed_noise", "baselines", "n_groups")})
     scores = clean_json(scores)
-    pid = history.save_predictor(name, model.to_json(), model.feature_names, model.training_hash, scores)
+    extra: dict[str, Any] = {}
+    if callable(getattr(history, "run_groups", None)):  # a history, not a test's stand-in
+        from .support import HistorySummary
+
+        with phase("summarising the history for recommend"):
+            extra["summary"] = HistorySummary.build(rows, history).to_dict()
+    pid = history.save_predictor(name, model.to_json(), model.feature_names, model.training_hash, scores, **extra)
     return {
         "name": name,
         "id": pid,

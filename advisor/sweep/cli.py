@@ -271,18 +271,21 @@ def import_spool_command(spool_dir: str | None, dry_run: bool, db: str | None, a
 @device_option
 @click.option("--all", "all_pairs", is_flag=True, help="Recompute every pair, not only those with changed metric versions.")
 @click.option("--dry-run", is_flag=True, help="List the pairs that would be recomputed; change nothing.")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME",
+              help="Recompute only this metric (repeatable) and keep the pair's other stored signals: how a "
+                   "history takes in a metric plugin added after its runs (with --all: on every pair).")
 @quiet_option
 @db_option
 @json_option
-def refresh_signals_command(device: str, all_pairs: bool, dry_run: bool, quiet: bool, db: str | None,
-                            as_json: bool) -> None:
+def refresh_signals_command(device: str, all_pairs: bool, dry_run: bool, metrics: tuple[str, ...], quiet: bool,
+                            db: str | None, as_json: bool) -> None:
     """Recompute the signal sets of every (model, dataset) pair in the history whose metric
     versions differ from the registered metrics', and point the pair's runs at the new set
     (after a metric fix, or at the end of a long sweep). Run measurements are untouched."""
     from ..refresh import refresh_signals
 
     rows = refresh_signals(db, device=device, dry_run=dry_run, only_stale=not all_pairs,
-                           echo=(lambda m: None) if quiet else None)
+                           echo=(lambda m: None) if quiet else None, metrics=list(metrics) or None)
     if as_json:
         emit_json({"pairs": rows})
         return

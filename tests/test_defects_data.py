@@ -204,7 +204,12 @@ def test_signals_recommend_and_run_refuse_a_one_class_dataset_before_embedding(t
         _png8(root / "only" / f"{i}.png", i)
     cache = tmp_path / "cache"
     monkeypatch.setenv("ADVISOR_CACHE", str(cache))
-    args = [command, "--model", "tiny-vit", "--dataset", f"folder:{root}", "--db", str(tmp_path / "h.db")]
+    db = tmp_path / "h.db"
+    if command == "recommend":  # a read-only command: the history must exist (issue 27)
+        from advisor.history import open_history
+
+        open_history(str(db)).close()
+    args = [command, "--model", "tiny-vit", "--dataset", f"folder:{root}", "--db", str(db)]
     if command == "run":
         args += ["--method", "coop", "--shots", "1"]
     else:

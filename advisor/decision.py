@@ -157,7 +157,7 @@ def winner_sentence(ranked: list[MethodAdvice], winner: str | None, objective: s
     w = next(a for a in ranked if a.method == winner)
     if w.id_gain is None:  # rule-based heuristic: no numbers
         return f"Use {winner}: the IIMM heuristic ranks it first for the {objective!r} objective (no trained predictor yet)."
-    how = "predicted" if source == "predictor" else "IIMM-heuristic"
+    how = {"predictor": "predicted", "anchor-prior": "anchor-prior"}.get(source, "IIMM-heuristic")
     level = f"{interval:.0%}"
     best = ranked[0]
     if tied and len(tied) > 1:

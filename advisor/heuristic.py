@@ -1,4 +1,11 @@
-"""Cold start: the IIMM heuristic, for a history too small to train a predictor on.
+"""Cold start: answers for a history too small to train a predictor on.
+
+With anchors (the pair's measured few-shot probe, ``advisor.predictor.anchors``) the answer is
+numeric: each method is predicted to reach the anchor at the asked shots plus its prior offset,
+the median (accuracy after - anchor) of its runs in whatever history there is (0 with no run:
+"it reaches what the frozen features already separate"), and its median OOD change
+(``anchor_prior_ranking``). Without anchors, the IIMM heuristic below orders the tuner
+families.
 
 The IIMM paper finds that higher IIMM goes with a larger in-domain gain *and* more forgetting
 after fine-tuning the towers. Our rules (ours, not the paper's) order the tuner *families*
@@ -91,6 +98,40 @@ def heuristic_ranking(
     note = f"IIMM heuristic: {why}; family order for {objective!r}: {', '.join(table)} -> {', '.join(rule)}"
     if fitted:
         note += f"; linear IIMM fits from the history for {', '.join(sorted(fitted))}"
+    return advice, note
+
+
+def anchor_prior_ranking(
+    signals: Mapping[str, float],
+    rows: Sequence[Mapping[str, Any]],
+    methods: Sequence[str],
+    shots: int | None,
+    zero_shot: float | None,
+) -> tuple[list[MethodAdvice], str] | None:
+    """Numbers from the anchor and per-method priors (see the module doc), or None when the pair
+    has no anchor or no zero-shot accuracy. Every ID gain lies in [-zero-shot, 1 - zero-shot]."""
+    from .predictor import AnchorOffset
+    from .predictor.anchors import anchor_at
+
+    anchor = anchor_at(signals, "anchor_probe", shots)
+    if zero_shot is None or not (math.isfinite(anchor) and 0.0 <= zero_shot <= 1.0):
+        return None
+    prior = AnchorOffset().fit(rows) if rows else None
+    case = {"shots": shots, "signals": dict(signals), "id_acc_before": zero_shot}
+    advice, from_runs = [], []
+    for m in methods:
+        a = MethodAdvice(method=m)
+        if prior is not None and m in prior.median_:
+            p = prior.predict_row(case, m)
+            a.id_gain, a.ood_change = _finite(p["id_gain"]), _finite(p["ood_change"])
+            from_runs.append(m)
+        else:
+            a.id_gain = float(anchor - zero_shot)
+        advice.append(a)
+    note = (f"cold start from the anchor: a linear probe on the frozen features reaches {anchor:.2f} at "
+            f"{'every training image' if shots is None else f'{shots} shots'} (zero-shot {zero_shot:.2f}); "
+            + (f"per-method offsets from the history's runs of {', '.join(from_runs)}" if from_runs
+               else "no run in the history: every method is assumed to reach the anchor"))
     return advice, note
 
 

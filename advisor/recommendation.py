@@ -38,7 +38,7 @@ from .decision import (
     winner_sentence,
 )
 from .errors import AdvisorError, PredictorError
-from .heuristic import choose_heuristic, heuristic_ranking
+from .heuristic import anchor_prior_ranking, choose_heuristic, heuristic_ranking
 from .pair import pair_from_embeddings, prepare_pair
 from .specs import DatasetSpec, ModelSpec
 
@@ -65,7 +65,7 @@ class Recommendation:
     shots: int | None
     winner: str | None
     sentence: str
-    source: str  # "predictor" | "iimm-heuristic"
+    source: str  # "predictor" | "anchor-prior" | "iimm-heuristic"
     methods: list[MethodAdvice]
     signals: dict[str, float]
     signals_source: str  # "history" | "computed" | "embeddings"
@@ -457,13 +457,20 @@ def recommend(
         winner = cheapest(tied).method if len(tied) > 1 else best
         source = "predictor"
     else:
-        advice, note = heuristic_ranking(signals, rows, methods, objective, families)
+        zs = signals.get("zero_shot_acc")
+        prior = anchor_prior_ranking(signals, rows, methods, shots, zs)
+        if prior is not None:
+            advice, note = prior
+            source = "anchor-prior"
+        else:
+            advice, note = heuristic_ranking(signals, rows, methods, objective, families)
+            source = "iimm-heuristic"
         notes.append(note)
         if budget is not None:
-            notes.append("--budget ignored: the IIMM heuristic has no cost model")
+            notes.append("--budget ignored: the cold-start answer has no cost model")
         ranked, winner = choose_heuristic(advice, objective, max_forgetting)
-        source = "iimm-heuristic"
-        notes.append("fell back to the IIMM heuristic; record runs with `advisor run` and `advisor predictor train`")
+        notes.append(f"fell back to the {'anchor and per-method priors' if prior is not None else 'IIMM heuristic'}; "
+                     "record runs with `advisor run` and `advisor predictor train`")
         if est is None:
             from .predictor import HistorySupport
 

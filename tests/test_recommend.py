@@ -214,6 +214,23 @@ def test_cold_start_with_too_few_runs_falls_back_to_iimm_heuristic(home, digits_
     assert open_history(db).load_predictor("default") is None  # nothing trained on 6 runs
 
 
+def test_cold_start_with_anchors_answers_from_the_anchor_and_the_methods_priors(home, digits_desc):
+    """With the pair's anchors the cold start is numeric: anchor at the asked shots plus each
+    method's median offset in the (tiny) history; feasible; and it says what it did."""
+    db = str(home / "small-anchored.db")
+    record_synthetic(db, synthetic_rows(n_datasets=2, shots=(16,), iimms=[0.3, 0.7])[:6])
+    anchors = {"anchor_probe.k4": 0.8, "anchor_probe.k16": 0.9, "anchor_zs.k16": 0.3}  # SYNTHETIC values
+    _store_pair_signals(db, digits_desc, {"iimm": PAIR_IIMM, "zero_shot_acc": 0.3, **anchors})
+    rec = recommend("tiny-vit", "digits", db=db, allow_random_weights=True, objective="gain", shots=16)
+    assert rec.source == "anchor-prior"
+    assert any("a linear probe on the frozen features reaches 0.90 at 16 shots" in n for n in rec.notes)
+    for a in rec.methods:
+        assert a.id_gain is not None and -0.3 <= a.id_gain <= 0.7
+    assert rec.anchors["probe"] == 0.9 and "reaches 0.90" in rec.anchor_sentence()
+    rec8 = recommend("tiny-vit", "digits", db=db, allow_random_weights=True, objective="gain", shots=8)
+    assert rec8.anchors["probe"] == pytest.approx(0.85)  # halfway in log shots between 4 and 16
+
+
 # ------------------------------------------------------------------------------- pure functions
 
 
@@ -300,9 +317,9 @@ def test_random_weights_are_refused_before_any_work_unless_allowed(history_db):
     from advisor.cli import cli
     from advisor.weights import RandomWeightsError
 
-    # refused before the dataset is even resolved: an unknown dataset does not get that far
+    # refused before any data loads (issue 27: only the cheaper dataset-name check comes first)
     with pytest.raises(RandomWeightsError) as exc:
-        recommend("tiny-vit", "no-such-dataset-xyz", db=history_db)
+        recommend("tiny-vit", "digits", db=history_db)
     assert "\n" not in str(exc.value) and "randomly initialised weights" in str(exc.value)
     runner = CliRunner()
     for args in (["recommend", "--model", "tiny-vit", "--dataset", "digits", "--db", history_db],

@@ -86,7 +86,8 @@ def recommend_command(model: str, pretrained: str | None, image_size: int | None
     if as_json:
         emit_json({**rec.to_dict(), "run_command": command})
         return
-    src = "learned predictor" if rec.source == "predictor" else "IIMM heuristic (cold start)"
+    src = {"predictor": "learned predictor", "anchor-prior": "anchor and per-method priors (cold start)"}.get(
+        rec.source, "IIMM heuristic (cold start)")
     sig = {"history": "signals from the history", "computed": "signals computed now and stored",
            "embeddings": "signals from the embeddings file (not stored)"}[rec.signals_source]
     score = {"gain": "score = ID gain", "balanced": "score = ID gain + OOD change",

@@ -2,9 +2,8 @@
 
 A probe (``advisor recommend --probe``) runs the first epochs of a method's real schedule; the
 predictor compares that start with the same first epochs of the history's runs, so every run
-records its curve at a fixed set of epochs (``curve_epochs``): 1, 2, 3 and 5 (the probe
-lengths) and a quarter, half, three quarters and all of the schedule. At each such epoch a
-point holds
+records its curve at a fixed set of epochs (``curve_epochs``): 1, 2 and 5 (the probe lengths),
+half and all of the schedule. At each such epoch a point holds
 
 - ``train_loss``: the epoch's mean training loss (every epoch's is in the run's ``losses`` too);
 - ``val_acc``: top-1 accuracy on a validation part of the *training split* that the run's shots
@@ -16,7 +15,13 @@ point holds
 
 Point 0 is the untouched model. Measuring never changes the run: the model stays in ``eval()``
 mode, no gradient is taken and no random number is drawn, so a run with a curve trains exactly
-as one without (a test checks the accuracies are bit-identical).
+as one without (a test checks the adapters are bit-identical).
+
+What it costs: prompt methods leave the image tower as it was (checked bitwise on a few images),
+and an ``Adapted`` with ``image_features_from(base_features)`` (TPC-CMA's maps on the frozen
+features) derives its features from the cached ones, so neither encodes an image; methods that
+change the tower encode the validation and proxy images (at most ``VAL_MAX`` +
+``OOD_PROXY_PER_SET`` per reference set) at each point.
 """
 
 from __future__ import annotations
@@ -33,15 +38,15 @@ from .specs import EpochEnd, ImageSet
 #: Bump when what a point means changes; stored in every run's provenance.
 CURVE_VERSION = "1"
 #: At most this many validation images (stratified; at least ``VAL_MIN_PER_CLASS`` per class).
-VAL_MAX = 128
+VAL_MAX = 100
 VAL_MIN_PER_CLASS = 2
 VAL_SEED = 1
 #: Out-of-domain proxy: this many images of each reference set's fixed test sample.
-OOD_PROXY_PER_SET = 32
+OOD_PROXY_PER_SET = 20
 #: Images whose features decide whether the image tower changed since the start (bitwise).
 TOWER_PROBE = 4
-PROBE_EPOCHS = (1, 2, 3, 5)
-FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+PROBE_EPOCHS = (1, 2, 5)
+FRACTIONS = (0.5, 1.0)
 
 
 def curve_epochs(epochs: int) -> list[int]:
@@ -110,9 +115,10 @@ class CurveRecorder:
         t0 = time.perf_counter()
         val = ood = None
         if end.adapted is not None:
-            reuse = self._tower_unchanged(end.adapted)
-            val = self._accuracy(self.val, end.adapted, reuse) if self.val is not None else None
-            ood = self._ood(end.adapted, reuse)
+            derive = getattr(end.adapted, "image_features_from", None)
+            reuse = derive is None and self._tower_unchanged(end.adapted)
+            val = self._accuracy(self.val, end.adapted, reuse, derive) if self.val is not None else None
+            ood = self._ood(end.adapted, reuse, derive)
         self.points.append(point(end.epoch, end.step, end.loss, val, ood, end.train_s))
         self.measure_s += time.perf_counter() - t0
 
@@ -131,16 +137,21 @@ class CurveRecorder:
         now = _features(adapted, probe)
         return now.shape == self._probe_base.shape and bool(torch.equal(now, self._probe_base))
 
-    def _ood(self, adapted: Any, reuse: bool) -> float | None:
-        accs = [self._accuracy(s, adapted, reuse) for s in self.ood]
+    def _ood(self, adapted: Any, reuse: bool, derive: Any = None) -> float | None:
+        accs = [self._accuracy(s, adapted, reuse, derive) for s in self.ood]
         return float(np.mean(accs)) if accs else None
 
     @staticmethod
-    def _accuracy(s: ProxySet, adapted: Any, reuse: bool) -> float:
+    def _accuracy(s: ProxySet, adapted: Any, reuse: bool, derive: Any = None) -> float:
+        import torch
+
         from .tuning import measure
 
-        return measure(adapted, s.pixels, s.labels, s.class_names, s.template,
-                       image_features=s.base_features if reuse else None)[0]
+        feats = s.base_features if reuse else None
+        if derive is not None:
+            with torch.no_grad():
+                feats = torch.as_tensor(derive(s.base_features)).float().cpu()
+        return measure(adapted, s.pixels, s.labels, s.class_names, s.template, image_features=feats)[0]
 
 
 def _features(adapted: Any, pixels: Any) -> Any:

@@ -28,7 +28,7 @@ def history_group() -> None:
 
     \b
     advisor history add runs.csv          # CSV, JSON array or JSON lines; all rows or none
-    advisor history list --method lora
+    advisor history list --method lora --limit 50
     advisor history export --format jsonl -o runs.jsonl
     """
 
@@ -63,16 +63,23 @@ def history_add(file: str, fmt: str | None, skip_existing: bool, db: str | None,
 @click.option("--model", default=None, help="Only runs of this model name.")
 @click.option("--dataset", default=None, help="Only runs on this dataset name.")
 @click.option("--method", default=None, help="Only runs of this method.")
+@click.option("--limit", type=click.IntRange(min=0), default=None, metavar="N",
+              help="At most N runs (the filters and the page are applied in SQL).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, metavar="K",
+              help="Skip the first K runs (after --after, if given).")
+@click.option("--after", default=None, metavar="RUN_ID",
+              help="Only runs after this one, oldest first: the next page is --after the last run id shown.")
 @json_option
 @db_option
-def history_list(model: str | None, dataset: str | None, method: str | None, as_json: bool, db: str | None) -> None:
-    """List recorded runs, oldest first."""
+def history_list(model: str | None, dataset: str | None, method: str | None, limit: int | None, offset: int,
+                 after: str | None, as_json: bool, db: str | None) -> None:
+    """List recorded runs, oldest first; --limit/--offset or --after page through a large history."""
     from ..history import open_history
     from ..history.signal_coverage import pairs_without_signals
     from ..terminal import printable as p
 
     with open_history(db, must_exist=True) as h:
-        runs = h.runs(model=model, dataset=dataset, method=method)
+        runs = h.runs(model=model, dataset=dataset, method=method, limit=limit, offset=offset, after=after)
         unsignalled = [] if as_json else pairs_without_signals(h, runs)
     if as_json:
         emit_json(runs)

@@ -187,6 +187,7 @@ def parse_file(path: str | Path, fmt: str | None = None) -> list[ImportRecord]:
     fmt, rows, text = read_rows(p, fmt)
     _check_columns(p, rows)
     records = [parse_row(row, text, f"{p} row {i}") for i, row in enumerate(rows, start=1)]
+    del rows  # the raw cells: half the memory of a large file
     _check_consistency(records)
     return records
 
@@ -200,7 +201,7 @@ def _check_consistency(records: list[ImportRecord]) -> None:
     for rec in records:
         run = rec.run
         md, dd = model_desc_of(run), dataset_desc_of(run)
-        cfg = config_hash(run, md, dd)
+        cfg = rec.config = config_hash(run, md, dd)
         rid = run_id_of(run, cfg)
         if rid in by_id:
             raise InputFileError(f"{rec.label}: duplicate run_id {rid!r} (also in {_row_of(by_id[rid])})")
@@ -270,20 +271,27 @@ def _csv_line(cells: list[str]) -> str:
     return ",".join('"' + c.replace('"', '""') + '"' if _CSV_SPECIAL.search(c) else c for c in cells) + "\n"
 
 
-def write_rows(rows: list[dict[str, Any]], fmt: str, out: IO[str]) -> int:
-    """Write flat rows (``History.runs()``) as CSV or JSON lines; returns the number written."""
-    columns = export_columns(rows)
+def write_rows(rows: Iterable[dict[str, Any]], fmt: str, out: IO[str], columns: list[str] | None = None) -> int:
+    """Write flat rows (``History.runs()``) as CSV or JSON lines; returns the number written.
+    ``columns`` (``export_columns`` of every row, known in advance) lets ``rows`` be a stream
+    that is never held in memory whole; without it the rows are read once to find them."""
+    if fmt not in ("csv", "jsonl"):
+        raise InputFileError(f"unknown export format {fmt!r} (use csv or jsonl)")
+    if columns is None:
+        rows = list(rows)
+        columns = export_columns(rows)
+    n = 0
     if fmt == "csv":
         out.write(_csv_line(columns))
         for r in rows:
             out.write(_csv_line([_csv_cell(r.get(c)) for c in columns]))
-    elif fmt == "jsonl":
+            n += 1
+    else:
         for r in rows:
             line = json.dumps({c: _sorted_json(r.get(c)) for c in columns}, ensure_ascii=False)
             out.write(_LINE_BREAKS.sub(lambda m: f"\\u{ord(m.group(0)):04x}", line) + "\n")
-    else:
-        raise InputFileError(f"unknown export format {fmt!r} (use csv or jsonl)")
-    return len(rows)
+            n += 1
+    return n
 
 
 def write_file(path: str | os.PathLike[str], write: Callable[[IO[str]], int]) -> int:

@@ -217,6 +217,28 @@ def m004_run_curves(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE runs ADD COLUMN curve JSON"))
 
 
+@migration
+def m005_scale(conn: Connection) -> None:
+    """Reads that do not grow with the history (issue 25): indexes for a filtered, newest-last
+    page of runs (``history list --method X --limit N``), for the runs of one (model, dataset,
+    method, shots) group (similar runs), for the signal sets of a pair; and ``predictors.summary``,
+    what a recommendation needs from the whole history, computed once at training."""
+    from sqlalchemy import text
+
+    md = MetaData()
+    runs = Table("runs", md, autoload_with=conn)
+    sets = Table("signal_sets", md, autoload_with=conn)
+    have = {i["name"] for t in ("runs", "signal_sets") for i in inspect(conn).get_indexes(t)}
+    for index in (Index("ix_runs_method_created", runs.c.method, runs.c.created_at, runs.c.id),
+                  Index("ix_runs_group", runs.c.model_id, runs.c.dataset_id, runs.c.method, runs.c.shots,
+                        runs.c.created_at, runs.c.id),
+                  Index("ix_signal_sets_pair", sets.c.model_id, sets.c.dataset_id, sets.c.created_at, sets.c.id)):
+        if index.name not in have:  # idempotent: a half-recorded upgrade runs again
+            index.create(conn)
+    if "summary" not in {c["name"] for c in inspect(conn).get_columns("predictors")}:
+        conn.execute(text("ALTER TABLE predictors ADD COLUMN summary JSON"))
+
+
 if len(MIGRATIONS) != SCHEMA_VERSION:  # a migration was appended: raise version.SCHEMA_VERSION with it
     raise ImportError(f"advisor.history.version.SCHEMA_VERSION is {SCHEMA_VERSION} but there are "
                       f"{len(MIGRATIONS)} migrations")

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import HistoryError
 from .location import default_path, ensure_default_db, require_existing
-from .rows import MODEL_FIELDS, training_row
+from .rows import MODEL_FIELDS, TrainingRows
 from .version import SCHEMA_VERSION
 
 #: Columns the schema declares JSON (stored as JSON text) or Boolean (0/1), per table: what
@@ -32,7 +32,7 @@ JSON_COLUMNS = {
     "models": ("extra",),
     "datasets": ("domain", "extra"),
     "runs": ("hparams", "ood_before", "ood_after", "provenance", "losses", "curve"),
-    "predictors": ("features", "scores"),
+    "predictors": ("features", "scores", "summary"),
 }
 BOOL_COLUMNS = {"datasets": ("is_grayscale",)}
 #: The column that names a row of each table in messages.
@@ -153,15 +153,18 @@ class Reader:
 
     # -- the reads ----------------------------------------------------------------------
 
-    def training_rows(self) -> list[dict[str, Any]]:
+    def training_rows(self, lean: bool = False) -> list[dict[str, Any]]:
         """As ``History.training_rows``."""
-        return self._or_full("training_rows", self._training_rows)
+        return self._or_full("training_rows", self._training_rows, lean)
 
-    def _training_rows(self) -> list[dict[str, Any]]:
+    def iter_training_rows(self, lean: bool = False) -> Any:
+        """As ``History.iter_training_rows`` (read whole here: a SQLite file's reader is used for
+        the shipped-size histories; a large one streams through ``full()``)."""
+        return iter(self.training_rows(lean))
+
+    def _training_rows(self, lean: bool = False) -> list[dict[str, Any]]:
         models = {m.id: m for m in self._rows("models", "SELECT * FROM models")}
         datasets = {d.id: d for d in self._rows("datasets", "SELECT * FROM datasets")}
-        runs = self._rows("runs", "SELECT runs.* FROM runs JOIN models ON runs.model_id = models.id "
-                                  "JOIN datasets ON runs.dataset_id = datasets.id ORDER BY runs.created_at, runs.id")
         own: dict[int, dict[str, tuple[float, str | None]]] = {}
         latest: dict[tuple[int, int], dict[str, tuple[float, str | None]]] = {}
         for set_id, model_id, dataset_id, name, value, version in self._conn.execute(
@@ -172,11 +175,50 @@ class Reader:
         ):
             latest.setdefault((model_id, dataset_id), {})[name] = (value, version)
             own.setdefault(set_id, {})[name] = (value, version)
+        build = TrainingRows(models, datasets, latest, own, lean=lean)
+        runs = self._rows("runs", "SELECT runs.* FROM runs JOIN models ON runs.model_id = models.id "
+                                  "JOIN datasets ON runs.dataset_id = datasets.id ORDER BY runs.created_at, runs.id")
+        return [build.row(vars(r)) for r in runs]
+
+    def state(self) -> dict[str, Any]:
+        """As ``History.state``."""
+        return self._or_full("state", self._state)
+
+    def _state(self) -> dict[str, Any]:
+        (runs,), = self._conn.execute("SELECT max(id) FROM runs")
+        (sets,), = self._conn.execute(
+            "SELECT max(signal_sets.id) FROM signal_sets WHERE EXISTS (SELECT 1 FROM runs WHERE "
+            "runs.model_id = signal_sets.model_id AND runs.dataset_id = signal_sets.dataset_id)")
+        return {"max_run": runs, "max_signal_set": sets}
+
+    def group_runs(self, method: str, groups: Any, limit: int) -> list[dict[str, Any]]:
+        """As ``History.group_runs``."""
+        return self._or_full("group_runs", self._group_runs, method, groups, limit)
+
+    def _group_runs(self, method: str, groups: Any, limit: int) -> list[dict[str, Any]]:
+        if not groups or limit <= 0:
+            return []
+        parts, args = [], []
+        for g in groups:
+            shots = "runs.shots IS NULL" if g["shots"] is None else "runs.shots = ?"
+            sset = "runs.signal_set_id IS NULL" if g["signal_set_id"] is None else "runs.signal_set_id = ?"
+            parts.append(f"SELECT * FROM (SELECT runs.id FROM runs WHERE runs.method = ? AND runs.model_id = ? AND "
+                         f"runs.dataset_id = ? AND {shots} AND {sset} ORDER BY runs.created_at, runs.id LIMIT ?)")
+            args += [method, g["model_id"], g["dataset_id"]]
+            args += [g["shots"]] if g["shots"] is not None else []
+            args += [g["signal_set_id"]] if g["signal_set_id"] is not None else []
+            args.append(limit)
+        sql = ("SELECT runs.run_id, models.name, datasets.name, runs.shots, runs.seed, runs.hparams, runs.method "
+               "FROM runs JOIN models ON runs.model_id = models.id JOIN datasets ON runs.dataset_id = datasets.id "
+               f"WHERE runs.id IN ({' UNION ALL '.join(parts)}) ORDER BY runs.created_at, runs.id LIMIT ?")
         out = []
-        for r in runs:
-            r.model, r.dataset = models[r.model_id], datasets[r.dataset_id]
-            mine = own.get(r.signal_set_id, {}) if r.signal_set_id is not None else {}
-            out.append(training_row(r, {**latest.get((r.model_id, r.dataset_id), {}), **mine}))
+        for rid, mname, dname, shots, seed, hp, m in self._conn.execute(sql, (*args, limit)):
+            try:
+                hp = json.loads(hp) if isinstance(hp, str) else hp
+            except ValueError:
+                raise not_json(self.display, "runs", rid, "hparams", hp) from None
+            out.append({"run_id": rid, "model": mname, "dataset": dname, "shots": shots, "seed": seed,
+                        "hparams": hp, "method": m})
         return out
 
     def models(self) -> list[dict[str, Any]]:
@@ -216,4 +258,4 @@ class Reader:
             return None
         p = found[0]
         return {"id": p.id, "name": p.name, "blob": p.blob, "features": list(p.features), "training_hash": p.training_hash,
-                "scores": dict(p.scores), "created_at": p.created_at}
+                "scores": dict(p.scores), "created_at": p.created_at, "summary": getattr(p, "summary", None)}

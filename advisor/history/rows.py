@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from dataclasses import fields as dc_fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..specs import RunResult
 
@@ -114,6 +114,7 @@ class ImportRecord:
     run: RunResult
     recorded_at: str | None
     signal_seconds: dict[str, float]
+    config: str | None = None  # its configuration hash, once computed (``keys.config_hash``)
 
 
 def jsonable(obj: Any) -> Any:
@@ -212,3 +213,60 @@ def training_row(r: Run, signals: dict[str, tuple[float, str | None]]) -> dict[s
         dataset_desc=dataset_desc(r.dataset),
     )
     return row
+
+
+#: Run fields the predictor never reads: left out of ``lean`` training rows (a million runs'
+#: learning curves and losses would otherwise dominate the memory of ``predictor train``).
+LEAN_DROP = ("losses", "curve", "provenance", "adapter_path")
+
+
+class TrainingRows:
+    """Builds training rows one run at a time from plain column values (a SQL row), sharing
+    what many runs have in common: one ``model_desc`` dict per model, one ``dataset_desc`` per
+    dataset, one ``signals`` / ``signal_versions`` pair per (model, dataset, signal set). The
+    rows are equal to ``training_row``'s; the shared dicts must not be modified by a consumer
+    (the predictor only reads them). ``lean``: without ``LEAN_DROP``."""
+
+    def __init__(self, models: dict[int, Any], datasets: dict[int, Any],
+                 latest: dict[tuple[int, int], dict[str, tuple[float, str | None]]],
+                 own: dict[int, dict[str, tuple[float, str | None]]], lean: bool = False) -> None:
+        self.models, self.datasets, self.latest, self.own = models, datasets, latest, own
+        self.lean = lean
+        self._mdesc: dict[int, dict[str, Any]] = {}
+        self._ddesc: dict[int, dict[str, Any]] = {}
+        self._signals: dict[tuple[int, int, int | None], tuple[dict[str, float], dict[str, str]]] = {}
+        self._fields = [f.name for f in dc_fields(RunResult) if f.name not in NESTED_FIELDS
+                        and f.name not in ("model", "pretrained", "dataset")]
+
+    def signals(self, model_id: int, dataset_id: int, set_id: int | None) -> tuple[dict[str, float], dict[str, str]]:
+        key = (model_id, dataset_id, set_id)
+        found = self._signals.get(key)
+        if found is None:
+            mine = self.own.get(set_id, {}) if set_id is not None else {}
+            merged = sorted({**self.latest.get((model_id, dataset_id), {}), **mine}.items())
+            found = ({k: v[0] for k, v in merged}, {k: v[1] for k, v in merged if v[1] is not None})
+            self._signals[key] = found
+        return found
+
+    def row(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        """One training row from a mapping of the ``runs`` columns."""
+        m, d = self.models[r["model_id"]], self.datasets[r["dataset_id"]]
+        out: dict[str, Any] = {"model": m.name, "pretrained": m.pretrained, "dataset": d.name}
+        for f in self._fields:
+            if f == "curve":
+                out[f] = r[f] or []
+            else:
+                out[f] = r[f]
+        if self.lean:
+            for f in LEAN_DROP:
+                out.pop(f, None)
+        mdesc = self._mdesc.get(m.id)
+        if mdesc is None:
+            mdesc = self._mdesc[m.id] = model_desc(m)
+        ddesc = self._ddesc.get(d.id)
+        if ddesc is None:
+            ddesc = self._ddesc[d.id] = dataset_desc(d)
+        sig, ver = self.signals(m.id, d.id, r["signal_set_id"])
+        out.update(run_id=r["run_id"], recorded_at=r["created_at"], signals=sig, signal_versions=ver,
+                   model_desc=mdesc, dataset_desc=ddesc)
+        return out

@@ -71,6 +71,7 @@ class SignalSet(Base):
     """The signals measured for one (model, dataset split); identical sets are stored once."""
 
     __tablename__ = "signal_sets"
+    __table_args__ = (Index("ix_signal_sets_pair", "model_id", "dataset_id", "created_at", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
@@ -115,6 +116,8 @@ class Run(Base):
         UniqueConstraint("config_hash", "seed", name="uq_runs_config_seed"),
         Index("ix_runs_method", "method"),
         Index("ix_runs_created", "created_at", "id"),
+        Index("ix_runs_method_created", "method", "created_at", "id"),
+        Index("ix_runs_group", "model_id", "dataset_id", "method", "shots", "created_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -162,6 +165,9 @@ class Predictor(Base):
     training_hash: Mapped[str]
     scores: Mapped[dict[str, Any]]
     created_at: Mapped[str]
+    #: What a recommendation needs from the whole history, computed once at training
+    #: (``advisor.predictor.summary``); NULL for predictors stored before schema version 5.
+    summary: Mapped[dict[str, Any] | None]
 
 
 class Sweep(Base):

@@ -72,15 +72,12 @@ def import_spool(history: Any, spool_dir: str | os.PathLike[str] | None = None,
                  dry_run: bool = False) -> list[dict[str, Any]]:
     """Record every spooled run into ``history``; each file is removed once its run committed.
     Returns one entry per file: path, run_id, status (imported / already-present / would-import)."""
+    files = spooled_files(spool_dir)
+    runs = [read_spooled(path) for path in files]  # every file read and checked before anything is written
+    if dry_run:
+        return [{"path": str(path), "run_id": run.run_id, "status": "would-import"} for path, run in zip(files, runs)]
     out = []
-    for path in spooled_files(spool_dir):
-        run = read_spooled(path)
-        if dry_run:
-            out.append({"path": str(path), "run_id": run.run_id, "status": "would-import"})
-            continue
-        before = history.count()
-        run_id = history.record_run(run)
-        status = "imported" if history.count() > before else "already-present"
+    for path, (run_id, inserted) in zip(files, history.record_runs(runs)):  # one transaction, in bulk
         path.unlink()
-        out.append({"path": str(path), "run_id": run_id, "status": status})
+        out.append({"path": str(path), "run_id": run_id, "status": "imported" if inserted else "already-present"})
     return out

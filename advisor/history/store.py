@@ -17,9 +17,9 @@ import unicodedata
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, tuple_
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
@@ -49,13 +49,21 @@ from .location import (  # noqa: F401  (re-exported likewise)
     sqlite_url,
 )
 from .migrations import SCHEMA_VERSION, applied_migrations, check_version, migrate, pending  # noqa: F401
-from .rows import DATASET_FIELDS, MODEL_FIELDS, ImportRecord, flat_row, jsonable, training_row
+from .rows import DATASET_FIELDS, MODEL_FIELDS, ImportRecord, TrainingRows, flat_row, jsonable
 from .rows import dataset_desc as stored_dataset_desc
 from .rows import model_desc as stored_model_desc
 from .schema import Dataset, Model, Predictor, Run, SignalSet, SignalValue
 from .validate import lone_surrogate, normal_name, validate_run
 
 T = TypeVar("T")
+
+#: Rows per multi-row INSERT and per IN (...) lookup of a bulk write (well under SQLite's
+#: 32,766 bound parameters and PostgreSQL's 65,535).
+BATCH = 500
+#: Runs per page of a streamed read (``iter_runs``, ``export``, ``iter_training_rows``).
+PAGE = 2000
+#: A bulk write of at least this many runs shows progress on stderr (``terminal.progress_bar``).
+PROGRESS_FROM = 5000
 
 
 def _now() -> str:
@@ -410,6 +418,51 @@ class History:
             _call_run_hooks(run, run_id, self.url)
         return run_id
 
+    def record_runs(self, runs: Sequence[RunResult]) -> list[tuple[str, bool]]:
+        """``record_run`` for many runs in ONE transaction (``advisor history import-spool``):
+        every run validated before anything is written, then all inserted in bulk or none; a
+        run already recorded (same configuration and seed, also earlier in ``runs``) is not
+        written again. Returns (run id, inserted) per run; ``on_run_recorded`` hooks run after
+        the commit for the inserted ones."""
+        clean = [validate_run(r) for r in runs]
+        records = [ImportRecord(label=f"run {i}", run=r, recorded_at=None, signal_seconds={}, config=config_hash(r))
+                   for i, r in enumerate(clean, start=1)]
+        keys = [(rec.config, run_id_of(rec.run, rec.config)) for rec in records]
+
+        def tx(s: Session) -> list[tuple[str, bool]]:
+            owner: dict[tuple[str, int], str] = {}
+            for start in range(0, len(keys), BATCH):
+                chunk = keys[start:start + BATCH]
+                for rid, cfg, seed in s.execute(select(Run.run_id, Run.config_hash, Run.seed)
+                                                .where(Run.config_hash.in_(sorted({c for c, _ in chunk})))):
+                    owner.setdefault((cfg, seed), rid)
+            out: list[tuple[str, bool]] = []
+            todo: list[int] = []
+            for i, (rec, (cfg, rid)) in enumerate(zip(records, keys)):
+                there = owner.get((cfg, rec.run.seed))
+                if there is not None:
+                    out.append((there, False))
+                    continue
+                owner[(cfg, rec.run.seed)] = rid
+                out.append((rid, True))
+                todo.append(i)
+            if todo:
+                known = set(s.scalars(select(Run.run_id).where(Run.run_id.in_([keys[i][1] for i in todo[:BATCH]]))))
+                for start in range(BATCH, len(todo), BATCH):
+                    known |= set(s.scalars(select(Run.run_id).where(
+                        Run.run_id.in_([keys[i][1] for i in todo[start:start + BATCH]]))))
+                clash = next((i for i in todo if keys[i][1] in known), None)
+                if clash is not None:
+                    raise HistoryError(f"run: run_id {keys[clash][1]!r} is already in {self.display}")
+                self.add_records([records[i] for i in todo], session=s)
+            return out
+
+        result = self._write(tx)
+        for run, (rid, inserted) in zip(runs, result):
+            if inserted:
+                _call_run_hooks(run, rid, self.url)
+        return result
+
     @staticmethod
     def _already_present(s: Session, rec: ImportRecord, cfg: str, rid: str, skip_existing: bool) -> bool:
         """True when ``rec``'s run is already in the history and may be left out; raises when
@@ -430,24 +483,148 @@ class History:
             )
         return False
 
-    def add_records(self, records: Sequence[ImportRecord], *, skip_existing: bool = False) -> int:
+    def add_records(self, records: Sequence[ImportRecord], *, skip_existing: bool = False,
+                    session: Session | None = None) -> int:
         """Insert validated import rows, all or nothing; returns how many were added. A run
         already present is an error, or with ``skip_existing`` is left out (the copy already in
         the history stays): merging another history's export, e.g. a newer shipped registry's,
-        into your own."""
+        into your own.
+
+        In bulk, in ONE transaction: the keys of every row are looked up ``BATCH`` at a time,
+        each model, dataset and signal set is written once, and the runs go in as multi-row
+        INSERTs of ``BATCH`` rows (progress on stderr from ``PROGRESS_FROM`` rows). The answer
+        is the one a row-by-row insert gives: the same conflicts, named by the same row.
+        ``session``: inside that open write transaction instead of a new one."""
+        records = list(records)
+        keys = []
+        for rec in records:
+            cfg = rec.config or config_hash(rec.run)
+            keys.append((cfg, run_id_of(rec.run, cfg)))
 
         def tx(s: Session) -> int:
-            added = 0
-            for rec in records:
-                cfg = config_hash(rec.run)
-                rid = run_id_of(rec.run, cfg)
-                if self._already_present(s, rec, cfg, rid, skip_existing):
-                    continue
-                self._insert_run(s, rec.run, cfg, rec.recorded_at, rec.signal_seconds)
-                added += 1
-            return added
+            todo = self._new_records(s, records, keys, skip_existing)
+            if not todo:
+                return 0
+            from ..terminal import progress_bar
 
-        return self._write(tx)
+            bar = progress_bar(len(todo), "adding runs", "run") if len(todo) >= PROGRESS_FROM else None
+            try:
+                models, datasets = self._upsert_descs(s, [records[i].run for i in todo])
+                sets = self._known_sets(s, models.values(), datasets.values())
+                table = Run.__table__
+                values: list[dict[str, Any]] = []
+                for i in todo:
+                    rec, (cfg, rid) = records[i], keys[i]
+                    run = rec.run
+                    m, d = models[model_key(model_desc_of(run))], datasets[dataset_key(dataset_desc_of(run))]
+                    when = rec.recorded_at or _now()
+                    values.append(self._run_values(s, run, cfg, rid, m, d, when, rec.signal_seconds, sets))
+                    if len(values) >= BATCH:
+                        s.execute(insert(table), values)
+                        if bar is not None:
+                            bar.update(len(values))
+                        values = []
+                if values:
+                    s.execute(insert(table), values)
+                    if bar is not None:
+                        bar.update(len(values))
+            finally:
+                if bar is not None:
+                    bar.close()
+            return len(todo)
+
+        return tx(session) if session is not None else self._write(tx)
+
+    def _new_records(self, s: Session, records: Sequence[ImportRecord], keys: Sequence[tuple[str, str]],
+                     skip_existing: bool) -> list[int]:
+        """Indexes of ``records`` to insert, in order; raises on the first conflict a row-by-row
+        insert would meet (``_already_present``'s rules), looking the keys up ``BATCH`` at a time."""
+        by_id: dict[str, tuple[str, int]] = {}
+        by_config: dict[tuple[str, int], str] = {}
+        for start in range(0, len(keys), BATCH):
+            chunk = keys[start:start + BATCH]
+            ids = sorted({rid for _, rid in chunk})
+            for rid, cfg, seed in s.execute(select(Run.run_id, Run.config_hash, Run.seed).where(Run.run_id.in_(ids))):
+                by_id[rid] = (cfg, seed)
+            cfgs = sorted({cfg for cfg, _ in chunk})
+            for rid, cfg, seed in s.execute(select(Run.run_id, Run.config_hash, Run.seed).where(Run.config_hash.in_(cfgs))):
+                by_config.setdefault((cfg, seed), rid)
+        todo = []
+        for i, (rec, (cfg, rid)) in enumerate(zip(records, keys)):
+            seed = rec.run.seed
+            same_id = by_id.get(rid)
+            if same_id is not None:
+                if skip_existing and same_id == (cfg, seed):
+                    continue
+                raise HistoryError(f"{rec.label}: run_id {rid!r} is already in the database")
+            existing = by_config.get((cfg, seed))
+            if existing is not None:
+                if skip_existing:
+                    continue
+                raise HistoryError(
+                    f"{rec.label}: a run with the same model, dataset, method, shots, hparams, split and "
+                    f"seed is already in the database (run {existing!r})"
+                )
+            todo.append(i)
+            by_id[rid] = (cfg, seed)  # a later row of the same batch meets this one, as row by row
+            by_config.setdefault((cfg, seed), rid)
+        return todo
+
+    def _upsert_descs(self, s: Session, runs: Sequence[RunResult]) -> tuple[dict[str, Model], dict[str, Dataset]]:
+        """Each model and dataset of ``runs`` written once: their descriptors merged in row
+        order (newest non-empty wins, extras merged), as one upsert per row would leave them."""
+        mdescs: dict[str, dict[str, Any]] = {}
+        ddescs: dict[str, dict[str, Any]] = {}
+        for run in runs:
+            for descs, desc, key, known in ((mdescs, model_desc_of(run), model_key, MODEL_FIELDS),
+                                            (ddescs, dataset_desc_of(run), dataset_key, DATASET_FIELDS)):
+                k = key(desc)
+                have = descs.get(k)
+                if have is None:
+                    descs[k] = dict(desc)
+                else:  # a known field: the newest non-empty value; any other descriptor: the newest
+                    have.update({f: v for f, v in desc.items() if v is not None or f not in known or f not in have})
+        models = {k: self._upsert_model(s, d) for k, d in mdescs.items()}
+        datasets = {k: self._upsert_dataset(s, d) for k, d in ddescs.items()}
+        return models, datasets
+
+    @staticmethod
+    def _known_sets(s: Session, models: Iterable[Model], datasets: Iterable[Dataset]) -> dict[tuple[Any, ...], int | None]:
+        """The stored signal sets of these models and datasets by (model id, dataset id, split
+        hash, content hash): the newest id of each, as ``_signal_set`` would find it, in one query."""
+        out: dict[tuple[Any, ...], int | None] = {}
+        mids, dids = sorted({m.id for m in models}), sorted({d.id for d in datasets})
+        if len(mids) > BATCH or len(dids) > BATCH:
+            return out  # looked up one by one instead
+        for sid, m, d, split, chash in s.execute(
+                select(SignalSet.id, SignalSet.model_id, SignalSet.dataset_id, SignalSet.split_hash, SignalSet.content_hash)
+                .where(SignalSet.model_id.in_(mids), SignalSet.dataset_id.in_(dids)).order_by(SignalSet.id)):
+            out[(m, d, split, chash)] = sid
+        return out
+
+    def _run_values(self, s: Session, run: RunResult, cfg: str, rid: str, m: Model, d: Dataset, when: str,
+                    seconds: dict[str, float], sets: dict[tuple[Any, ...], int | None]) -> dict[str, Any]:
+        """The ``runs`` row of one run, its signal set found or stored first (once per batch)."""
+        set_id: int | None = None
+        if run.signals:
+            versions = {k: v for k, v in run.signal_versions.items() if k in run.signals and v is not None}
+            secs = {k: v for k, v in seconds.items() if k in run.signals and v is not None}
+            key = (m.id, d.id, run.split_hash or None, signal_content_hash(run.signals, versions, secs))
+            if key in sets:
+                set_id = sets[key]
+            else:
+                ss = self._signal_set(s, m, d, run.split_hash or None, run.signals, run.signal_versions, seconds, when)
+                set_id = sets[key] = ss.id if ss else None
+        return dict(
+            run_id=rid, config_hash=cfg, model_id=m.id, dataset_id=d.id, signal_set_id=set_id,
+            method=run.method, shots=run.shots, seed=run.seed, hparams=run.hparams or {},
+            split_hash=run.split_hash or None, id_acc_before=run.id_acc_before, id_acc_after=run.id_acc_after,
+            ood_before=run.ood_before or {}, ood_after=run.ood_after or {}, gap_before=run.gap_before,
+            gap_after=run.gap_after, wall_time_s=run.wall_time_s, train_images_per_s=run.train_images_per_s,
+            peak_memory_mb=run.peak_memory_mb, trainable_params=run.trainable_params, device=run.device or None,
+            provenance=run.provenance or {}, losses=list(run.losses or []), curve=list(run.curve) or None,
+            adapter_path=run.adapter_path or None, created_at=when,
+        )
 
     def missing_count(self, records: Sequence[ImportRecord]) -> int:
         """How many of ``records`` ``add_records(records, skip_existing=True)`` would add (it
@@ -481,10 +658,61 @@ class History:
             q = q.where(Run.method.in_(_spellings(method, "--method")))
         return q
 
-    def runs(self, model: str | None = None, dataset: str | None = None, method: str | None = None) -> list[dict[str, Any]]:
-        """Runs as flat rows (the export columns; see docs/history.md), oldest first."""
+    def runs(self, model: str | None = None, dataset: str | None = None, method: str | None = None, *,
+             limit: int | None = None, offset: int = 0, after: str | None = None) -> list[dict[str, Any]]:
+        """Runs as flat rows (the export columns; see docs/history.md), oldest first; ``limit``,
+        ``offset`` and ``after`` (a run id: the runs after it) as ``iter_runs``."""
+        return list(self.iter_runs(model, dataset, method, limit=limit, offset=offset, after=after))
+
+    def iter_runs(self, model: str | None = None, dataset: str | None = None, method: str | None = None, *,
+                  limit: int | None = None, offset: int = 0, after: str | None = None,
+                  page: int = PAGE) -> Iterator[dict[str, Any]]:
+        """Flat rows, oldest first, filtered in SQL, read ``page`` runs at a time (keyset
+        pagination on (recorded time, id)), so a million runs stream in bounded memory.
+        ``after``: only the runs after that run (its id or an unambiguous prefix) in this order;
+        ``offset`` skips that many more; ``limit`` stops after that many."""
+        if limit is not None and limit < 0 or offset < 0:
+            raise HistoryError("--limit and --offset must be 0 or more")
+        base = self._run_query(model, dataset, method)
+        cursor: tuple[str, int] | None = None
+        if after is not None:
+            cursor = self._position(after)
+        left = limit
+        skip = offset
+        while left is None or left > 0:
+            q = base
+            if cursor is not None:
+                q = q.where(tuple_(Run.created_at, Run.id) > tuple_(*cursor))
+            n = page if left is None else min(page, left)
+            if skip:
+                q = q.offset(skip)
+            with self._read() as s:
+                batch = list(s.scalars(q.limit(n)))
+                rows = [flat_row(r) for r in batch]
+                last = (batch[-1].created_at, batch[-1].id) if batch else None
+            skip = 0
+            yield from rows
+            if len(rows) < n or last is None:
+                return
+            cursor = last
+            if left is not None:
+                left -= len(rows)
+
+    def _position(self, run_id: str) -> tuple[str, int]:
+        """(recorded time, id) of a run given by id or unambiguous prefix, for ``after``."""
+        if lone_surrogate(run_id) is not None:
+            raise HistoryError(f"no run with id {run_id!r} in {self.display}")
         with self._read() as s:
-            return [flat_row(r) for r in s.scalars(self._run_query(model, dataset, method))]
+            found = s.execute(select(Run.created_at, Run.id).where(Run.run_id == run_id)).first()
+            if found is None:
+                found_all = s.execute(select(Run.created_at, Run.id)
+                                      .where(Run.run_id.startswith(run_id, autoescape=True)).limit(2)).all()
+                if len(found_all) > 1:
+                    raise HistoryError(f"run id prefix {run_id!r} is ambiguous in {self.display}")
+                if not found_all:
+                    raise HistoryError(f"no run with id {run_id!r} in {self.display}")
+                found = found_all[0]
+            return str(found[0]), int(found[1])
 
     def pairs(self) -> list[dict[str, Any]]:
         """Every (model, dataset) pair that has runs: the stored descriptors and the run count."""
@@ -545,37 +773,117 @@ class History:
         """Write every run as CSV or JSON lines to a text stream; returns the number of rows."""
         if fmt not in ("csv", "jsonl"):
             raise HistoryError(f"unknown export format {fmt!r} (use csv or jsonl)")
-        return hio.write_rows(self.runs(), fmt, out)
+        return hio.write_rows(self.iter_runs(), fmt, out, columns=self.export_columns())
 
-    def training_rows(self) -> list[dict[str, Any]]:
+    def export_columns(self) -> list[str]:
+        """The export's columns (``io.export_columns`` of every run), from one SQL query, so the
+        export can stream: the fixed columns, then ``signal.<name>`` for every metric some run's
+        own signal set holds, sorted by name."""
+        from .rows import COLUMNS, SIGNAL_PREFIX
+
+        with self._read() as s:
+            names = s.scalars(select(SignalValue.name).distinct().where(
+                SignalValue.signal_set_id.in_(select(Run.signal_set_id).where(Run.signal_set_id.is_not(None)))))
+            return [c.name for c in COLUMNS] + sorted(SIGNAL_PREFIX + n for n in names)
+
+    def training_rows(self, lean: bool = False) -> list[dict[str, Any]]:
         """One dict per run for the predictor: the RunResult fields, ``run_id``,
         ``recorded_at``, ``model_desc``, ``dataset_desc``, and ``signals``: the run's own
         signal set, completed with the newest value of any metric it lacks that was measured
         later for the same (model, dataset) pair (a newly installed metric plugin becomes a
-        feature for old runs too). ``signal_versions`` likewise."""
+        feature for old runs too). ``signal_versions`` likewise. Oldest first. ``lean``:
+        without the fields the predictor never reads (``rows.LEAN_DROP``)."""
+        return list(self.iter_training_rows(lean=lean))
+
+    def iter_training_rows(self, lean: bool = False, page: int = PAGE) -> Iterator[dict[str, Any]]:
+        """``training_rows`` as a stream: the runs are read with plain SQL ``page`` at a time
+        (a server-side cursor on PostgreSQL), no ORM object per run, and the descriptors and
+        signals that many runs share are one dict each (``rows.TrainingRows``)."""
+        table = Run.__table__
         with self._read() as s:
-            runs = list(s.scalars(self._run_query(None, None, None)))
-            latest: dict[tuple[int, int], dict[str, tuple[float, str | None]]] = {}
-            for ss_model, ss_dataset, name, value, version in s.execute(
-                select(SignalSet.model_id, SignalSet.dataset_id, SignalValue.name, SignalValue.value, SignalValue.version)
-                .join(SignalSet, SignalValue.signal_set_id == SignalSet.id)
-                .order_by(SignalSet.created_at, SignalSet.id)
-            ):
-                latest.setdefault((ss_model, ss_dataset), {})[name] = (value, version)
-            out = []
-            for r in runs:
-                own = {v.name: (v.value, v.version) for v in (r.signal_set.values if r.signal_set else [])}
-                out.append(training_row(r, {**latest.get((r.model_id, r.dataset_id), {}), **own}))
-            return out
+            models = {m.id: m for m in s.scalars(select(Model))}
+            datasets = {d.id: d for d in s.scalars(select(Dataset))}
+            latest, own = _signal_maps(s)
+            s.expunge_all()
+        build = TrainingRows(models, datasets, latest, own, lean=lean)
+        q = (select(table).join(Model.__table__, table.c.model_id == Model.__table__.c.id)
+             .join(Dataset.__table__, table.c.dataset_id == Dataset.__table__.c.id)
+             .order_by(table.c.created_at, table.c.id))
+        with self._guard(), self._read_engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=page).execute(q)
+            for r in result.mappings():
+                yield build.row(r)
+            conn.rollback()
+
+    def state(self) -> dict[str, Any]:
+        """What changes whenever the runs a predictor trains on change, read in constant time
+        (primary-key maxima): the newest run's id and the newest signal set of a pair that
+        has runs. Runs are only ever added, and new signals always come as a new set."""
+        with self._read() as s:
+            runs = s.scalar(select(func.max(Run.id)))
+            sets = s.scalar(select(func.max(SignalSet.id)).where(
+                select(Run.id).where(Run.model_id == SignalSet.model_id, Run.dataset_id == SignalSet.dataset_id)
+                .limit(1).exists()))
+        return {"max_run": runs, "max_signal_set": sets}
+
+    def run_groups(self) -> list[dict[str, Any]]:
+        """The runs grouped by what decides whether a run is similar to a case (model, dataset,
+        signal set, shots, method): one entry per group with its ids, the model and dataset
+        keys, the run count and the group's merged signals (as its training rows have them).
+        Grows with the history's configurations, not with its seeds or repeats."""
+        with self._read() as s:
+            latest, own = _signal_maps(s)
+            groups = s.execute(select(Run.model_id, Run.dataset_id, Run.signal_set_id, Run.shots, Run.method,
+                                      func.count(Run.id), func.min(Run.id))
+                               .group_by(Run.model_id, Run.dataset_id, Run.signal_set_id, Run.shots, Run.method)
+                               .order_by(func.min(Run.id))).all()
+            keys = {m.id: (m.key, stored_model_desc(m)) for m in s.scalars(select(Model))}
+            dkeys = {d.id: (d.key, stored_dataset_desc(d)) for d in s.scalars(select(Dataset))}
+        build = TrainingRows({}, {}, latest, own)
+        out = []
+        for model_id, dataset_id, set_id, shots, method, n, _ in groups:
+            out.append({"model_id": model_id, "dataset_id": dataset_id, "signal_set_id": set_id, "shots": shots,
+                        "method": method, "runs": int(n), "model_key": keys[model_id][0],
+                        "dataset_key": dkeys[dataset_id][0], "model_desc": keys[model_id][1],
+                        "dataset_desc": dkeys[dataset_id][1],
+                        "signals": build.signals(model_id, dataset_id, set_id)[0]})
+        return out
+
+    def group_runs(self, method: str, groups: Sequence[Mapping[str, Any]], limit: int) -> list[dict[str, Any]]:
+        """The first ``limit`` runs (oldest first) of ``method`` in ``groups`` (``run_groups``
+        entries: model, dataset, signal set, shots ids): model and dataset names, shots, seed and
+        hyper-parameters. One SQL statement; each group is read through ``ix_runs_group`` only
+        as far as ``limit``, so the answer is bounded however many runs the groups hold."""
+        from sqlalchemy import union_all
+
+        if not groups or limit <= 0:
+            return []
+        parts = []
+        for g in groups:
+            cond = [Run.method == method, Run.model_id == g["model_id"], Run.dataset_id == g["dataset_id"],
+                    Run.shots.is_(None) if g["shots"] is None else Run.shots == g["shots"],
+                    Run.signal_set_id.is_(None) if g["signal_set_id"] is None else Run.signal_set_id == g["signal_set_id"]]
+            parts.append(select(Run.id, Run.created_at).where(*cond).order_by(Run.created_at, Run.id).limit(limit)
+                         .subquery().select())
+        ids = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+        q = (select(Run.run_id, Model.name, Dataset.name, Run.shots, Run.seed, Run.hparams, Run.method)
+             .join(Model, Run.model_id == Model.id).join(Dataset, Run.dataset_id == Dataset.id)
+             .where(Run.id.in_(select(ids.c.id))).order_by(Run.created_at, Run.id).limit(limit))
+        with self._read() as s:
+            return [{"run_id": rid, "model": mname, "dataset": dname, "shots": shots, "seed": seed,
+                     "hparams": hp, "method": m} for rid, mname, dname, shots, seed, hp, m in s.execute(q)]
 
     # -- predictors ------------------------------------------------------------------------
 
-    def save_predictor(self, name: str, blob: str, features: list[str], training_hash: str, scores: dict[str, Any]) -> int:
-        """Store a trained predictor (older ones under the same name are kept as history)."""
+    def save_predictor(self, name: str, blob: str, features: list[str], training_hash: str, scores: dict[str, Any],
+                       summary: dict[str, Any] | None = None) -> int:
+        """Store a trained predictor (older ones under the same name are kept as history), with
+        ``summary``: what a recommendation needs from the whole history (``predictor.summary``)."""
 
         def tx(s: Session) -> int:
             p = Predictor(name=name, blob=blob, features=list(features), training_hash=training_hash,
-                          scores=jsonable(scores), created_at=_now())
+                          scores=jsonable(scores), created_at=_now(),
+                          summary=jsonable(summary) if summary is not None else None)
             s.add(p)
             s.flush()
             return p.id
@@ -589,12 +897,28 @@ class History:
             if p is None:
                 return None
             return {"id": p.id, "name": p.name, "blob": p.blob, "features": list(p.features),
-                    "training_hash": p.training_hash, "scores": dict(p.scores), "created_at": p.created_at}
+                    "training_hash": p.training_hash, "scores": dict(p.scores), "created_at": p.created_at,
+                    "summary": p.summary}
 
-
-    # -- predictors ------------------------------------------------------------------------
 
 # ------------------------------------------------------------------------------- helpers
+
+
+def _signal_maps(s: Session) -> tuple[dict[tuple[int, int], dict[str, tuple[float, str | None]]],
+                                       dict[int, dict[str, tuple[float, str | None]]]]:
+    """(per (model id, dataset id): each metric's newest (value, version); per signal set: its
+    own), the two halves ``training_rows`` merges. Grows with the signal sets, not the runs."""
+    latest: dict[tuple[int, int], dict[str, tuple[float, str | None]]] = {}
+    own: dict[int, dict[str, tuple[float, str | None]]] = {}
+    for set_id, ss_model, ss_dataset, name, value, version in s.execute(
+        select(SignalSet.id, SignalSet.model_id, SignalSet.dataset_id, SignalValue.name, SignalValue.value,
+               SignalValue.version)
+        .join(SignalSet, SignalValue.signal_set_id == SignalSet.id)
+        .order_by(SignalSet.created_at, SignalSet.id)
+    ):
+        latest.setdefault((ss_model, ss_dataset), {})[name] = (value, version)
+        own.setdefault(set_id, {})[name] = (value, version)
+    return latest, own
 
 
 def _spellings(name: str, what: str) -> list[str]:
@@ -606,12 +930,12 @@ def _spellings(name: str, what: str) -> list[str]:
 
 def _call_run_hooks(run: RunResult, run_id: str, url: str) -> None:
     """``on_run_recorded`` after the commit: a failing hook is reported, the run stays."""
-    from ..plugins import _describe_exception, load_plugins
+    from ..plugins import _describe_exception, call_one, load_plugins
 
     pm = load_plugins()
     for impl in reversed(pm.hook.on_run_recorded.get_hookimpls()):
         try:
-            impl.function(run=run, run_id=run_id, db_url=url)
+            call_one("on_run_recorded", impl, run=run, run_id=run_id, db_url=url)  # traced (ADVISOR_TRACE_PLUGINS)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - sys.exit in a hook must not end the command
             print(f"Warning: plugin {impl.plugin_name!r} on_run_recorded failed ({_describe_exception(exc)}); "
                   "the run was recorded", file=sys.stderr)

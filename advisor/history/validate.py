@@ -99,6 +99,10 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def lone_surrogate(value: Any) -> str | None:
     """The first lone surrogate (U+D800..U+DFFF) in a string, or in the keys and values of nested
     JSON, else None: such text cannot be written as UTF-8 (export, PostgreSQL)."""
+    if type(value) is str:  # the common cases first: one cell of a large import
+        return None if value.isascii() else (lambda f: f.group(0) if f else None)(_SURROGATE.search(value))
+    if value is None or type(value) in (int, float, bool):
+        return None
     stack = [value]
     while stack:
         v = stack.pop()

@@ -205,7 +205,7 @@ class HistorySummary:
         import numpy as np
 
         from .baselines import SignalKNN
-        from .rows import as_dict, device_kind as kind_of, row_dataset, row_model, seed_noise
+        from .rows import as_dict, row_dataset, row_model, seed_noise
 
         support: dict[tuple[Any, ...], int] = {}
         devices: dict[str, int] = {}
@@ -222,7 +222,6 @@ class HistorySummary:
                 key = json.dumps(hp, sort_keys=True, default=str)
                 by = configs.setdefault(row_method(r), {}).setdefault(row_shots(r), {})
                 by[key] = by.get(key, 0) + 1
-        del kind_of
         knn = SignalKNN().fit(rows)
         reps: dict[tuple[str, str], int] = {}
         for i, r in enumerate(rows):

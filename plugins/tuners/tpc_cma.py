@@ -112,6 +112,12 @@ class AlignedAdapted:
         return self.image_map(feats)
 
     @torch.no_grad()
+    def image_features_from(self, base_features: Any) -> torch.Tensor:
+        """The adapted features of images whose frozen-tower features are known (no encoding):
+        what ``encode_image`` returns, from the untouched model's output."""
+        return self.image_map(torch.as_tensor(base_features).to(self.device).float())
+
+    @torch.no_grad()
     def class_text_features(self, class_names: Sequence[str], template: str) -> torch.Tensor:
         return self.text_map(T.encode_class_texts(self.model, class_names, template, self.device))
 

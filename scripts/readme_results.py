@@ -12,7 +12,12 @@ markers in the README:
   ``--json`` document, so each evaluation runs once);
 - ``verdict-source`` / ``verdict-tower``: one line per score on which a baseline is at least as
   good as the predictor, computed from the same command's ``--json`` output (so the README
-  says where the predictor does not win without anyone having to read the tables for it).
+  says where the predictor does not win without anyone having to read the tables for it);
+- ``evaluate-headroom`` / ``verdict-headroom``: the same for ``--holdout headroom`` (trained on
+  the pairs with the least headroom, tested on the top fifth);
+- ``ablation-source``: ``advisor predictor evaluate --holdout source --ablate`` (every feature,
+  without the seed papers' signals, without the anchors, the anchors alone);
+- ``claims``: the seed papers' claims tested on the history (``advisor.predictor.claims``).
 The prose around the blocks (what the numbers mean, what the history would need) is written
 by hand after reading them.
 """
@@ -30,12 +35,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from advisor.cli.predictor import evaluation_text
+from advisor.cli.predictor import ablation_text, evaluation_text
 from advisor.history import open_history
 from advisor.plugins import sort_methods
 from advisor.predictor import row_targets
 
-HOLDOUTS = ("source", "tower")
+HOLDOUTS = ("source", "tower", "headroom")
 # (score key in the JSON baselines, label, True when higher is better)
 SCORES = (
     ("id_gain_spearman", "ID-gain Spearman", True),
@@ -148,10 +153,26 @@ def sections(db: str) -> dict[str, str]:
             continue
         out[f"evaluate-{holdout}"] = "```\n" + evaluation_text(ev) + "\n```"
         out[f"verdict-{holdout}"] = verdict(ev)
+    try:
+        ab = json.loads(_advisor("predictor", "evaluate", "--db", db, "--holdout", "source", "--ablate", "--json"))
+        out["ablation-source"] = "```\n" + ablation_text(ab) + "\n```"
+    except Refused as exc:
+        out["ablation-source"] = f"```\n$ advisor predictor evaluate --holdout source --ablate\n{exc}\n```"
+    out["claims"] = claims_block(db)
     return out
 
 
-BLOCKS = ("measured", *(f"{kind}-{h}" for h in HOLDOUTS for kind in ("evaluate", "verdict")))
+def claims_block(db: str) -> str:
+    """The seed papers' claims on the history, each with its bootstrap interval."""
+    from advisor.plugins import list_tuners
+    from advisor.predictor.claims import claims, claims_table
+
+    rows = open_history(_read_only(db)).training_rows()
+    return claims_table(claims(rows, {t.name: t.family for t in list_tuners()}))
+
+
+BLOCKS = ("measured", *(f"{kind}-{h}" for h in HOLDOUTS for kind in ("evaluate", "verdict")), "ablation-source",
+          "claims")
 
 
 def _block_pattern(name: str) -> re.Pattern[str]:

@@ -400,3 +400,23 @@ def test_skip_existing_merges_another_history_export(cli, runs_csv, tmp_path, hi
     assert_one_line_error(cli("history", "add", str(path), "--skip-existing", "--db", history_url),
                           "row 1: run_id 'r3' is already in the database")
     assert count_rows(history_url, "runs") == 4
+
+
+def test_history_list_shows_the_hyper_parameters_that_differ(tmp_path, cli):
+    """Runs that differ only in their learning rate (or epochs) do not look like identical rows."""
+    from conftest import make_run
+
+    from advisor.history import open_history
+
+    db = str(tmp_path / "h.db")
+    with open_history(db) as h:
+        h.record_run(make_run(hparams={"lr": 0.001, "rank": 4, "epochs": 10}))
+        h.record_run(make_run(hparams={"lr": 0.02, "rank": 4, "epochs": 10}))
+        h.record_run(make_run(method="coop", hparams={"lr": 0.002, "epochs": 20}))
+    out = cli("history", "list", "--db", db)
+    assert out.exit_code == 0, out.output
+    lines = out.stdout.splitlines()
+    assert "config" in lines[0]
+    assert any("lora" in ln and ln.rstrip().endswith("lr=0.001") for ln in lines)
+    assert any("lora" in ln and ln.rstrip().endswith("lr=0.02") for ln in lines)
+    assert any("coop" in ln and "lr=" not in ln for ln in lines)  # a single coop run: nothing differs

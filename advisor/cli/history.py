@@ -84,14 +84,16 @@ def history_list(model: str | None, dataset: str | None, method: str | None, lim
     if as_json:
         emit_json(runs)
         return
+    differs = differing_hparams(runs)
     rows = [
         {
             "run_id": p(r["run_id"]), "recorded": (r["recorded_at"] or "")[:10], "model": p(r["model"]),
             "dataset": p(r["dataset"]), "method": p(r["method"]), "shots": r["shots"], "seed": r["seed"],
             "acc_before": r["id_acc_before"], "acc_after": r["id_acc_after"],
             "gain": r["id_acc_after"] - r["id_acc_before"],
+            **({"config": p(differs[i])} if any(differs) else {}),
         }
-        for r in runs
+        for i, r in enumerate(runs)
     ]
     print_table(rows)
     for u in unsignalled:  # e.g. imported runs: the predictor needs the pair's signals
@@ -101,6 +103,25 @@ def history_list(model: str | None, dataset: str | None, method: str | None, lim
                "under (history import-mlflow --compute-signals attaches signals to such runs)")
         click.echo(p(f"Note: {u['model']} on {u['dataset']} ({u['runs']} run{'' if u['runs'] == 1 else 's'}) "
                      f"has no signals yet: {how}"), err=True)
+
+
+def differing_hparams(runs: list[dict[str, Any]]) -> list[str]:
+    """Per run, ``key=value`` for the hyper-parameters that differ among the listed runs of its
+    method (two LoRA runs at lr 5e-3 and 2e-2 read ``lr=0.005`` and ``lr=0.02``), so rows that
+    differ only in their configuration do not look identical."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_method.setdefault(str(r.get("method")), []).append(r.get("hparams") or {})
+    varying: dict[str, list[str]] = {}
+    for m, hps in by_method.items():
+        keys = sorted({k for hp in hps for k in hp})
+        varying[m] = [k for k in keys if len({json.dumps(hp.get(k), sort_keys=True) for hp in hps}) > 1]
+    out = []
+    for r in runs:
+        hp = r.get("hparams") or {}
+        out.append(" ".join(f"{k}={_fmt(hp.get(k)) if not isinstance(hp.get(k), float) else f'{hp[k]:g}'}"
+                            for k in varying[str(r.get("method"))]))
+    return out
 
 
 @history_group.command(name="show")

@@ -18,9 +18,11 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, TypeVar
 
 from .errors import AdvisorError
+
+T = TypeVar("T")
 
 
 class FileWriteError(AdvisorError, OSError):
@@ -111,25 +113,33 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[Any]], None],
         except OSError as exc:
             raise FileWriteError(f"cannot write {shown}: {os_reason(exc)}") from None
         return target
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:200]}.", suffix=".tmp", dir=target.parent)
-        with os.fdopen(fd, mode, **encoding) as f:
+        replace_file(target, st, write, binary=binary, fsync=fsync)
+    except FileWriteError:
+        raise
+    except OSError as exc:
+        raise FileWriteError(f"cannot write {shown}: {os_reason(exc)}") from None
+    return target
+
+
+def replace_file(target: Path, existing: os.stat_result | None, write: Callable[[IO[Any]], T], *,
+                 binary: bool = False, newline: str | None = None, fsync: bool = True, prefix: int = 200) -> T:
+    """The rename step alone: ``write(f)`` on a temporary file beside the regular file ``target``
+    (``existing``: its status, None when absent), given ``target``'s permissions (``new_file_mode``),
+    flushed, fsynced, then renamed over it. Returns what ``write`` returns. An OSError propagates
+    (the caller names the file) and the temporary file is removed; ``target`` is left as it was."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:prefix]}.", suffix=".tmp", dir=target.parent)
+    try:
+        text = {} if binary else {"encoding": "utf-8", "newline": newline}
+        with os.fdopen(fd, "wb" if binary else "w", **text) as f:
             if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), new_file_mode(st))
-            write(f)
+                os.fchmod(f.fileno(), new_file_mode(existing))
+            result = write(f)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, target)
-    except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, FileWriteError):
-            raise
-        raise FileWriteError(f"cannot write {shown}: {os_reason(exc)}") from None
     except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
-    return target
+    return result

@@ -145,13 +145,13 @@ class CurveRecorder:
     def _accuracy(s: ProxySet, adapted: Any, reuse: bool, derive: Any = None) -> float:
         import torch
 
-        from .tuning import measure
+        from .tuning import measure_pixels
 
         feats = s.base_features if reuse else None
         if derive is not None:
             with torch.no_grad():
                 feats = torch.as_tensor(derive(s.base_features)).float().cpu()
-        return measure(adapted, s.pixels, s.labels, s.class_names, s.template, image_features=feats)[0]
+        return measure_pixels(adapted, s.pixels, s.labels, s.class_names, s.template, image_features=feats)[0]
 
 
 def _features(adapted: Any, pixels: Any) -> Any:

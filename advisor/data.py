@@ -276,6 +276,29 @@ def read_classnames(path: str | os.PathLike) -> list[str] | dict[str, str]:
     raise DatasetError(f"classnames file {path} must hold a non-empty list of names or a {{label: name}} object")
 
 
+def templates_option(spec: DatasetSpec, default: Sequence[str]) -> list[str]:
+    """The prompt templates of a dataset plugin's bundle: the spec's ``templates`` option (a JSON
+    file or a literal template, ``read_templates``), else ``default`` as it is. For third-party
+    dataset plugins too, so ``--templates`` means the same for every source."""
+    value = spec.option("templates")
+    return read_templates(value) if value else list(default)
+
+
+def classnames_option(spec: DatasetSpec, class_names: Sequence[str], what: str) -> list[str]:
+    """``class_names`` renamed by the spec's ``classnames`` option (``--classnames``: a JSON list in
+    class order, or {class name or label index: new name}, names it leaves out kept); a list of
+    another length is a one-line DatasetError naming ``what``. For third-party plugins too."""
+    cn = spec.option("classnames")
+    if not cn:
+        return list(class_names)
+    given = read_classnames(cn)
+    if isinstance(given, dict):
+        given = [given.get(c, given.get(str(i), c)) for i, c in enumerate(class_names)]
+    if len(given) != len(class_names):
+        raise DatasetError(f"{what} has {len(class_names)} classes but the classnames file {cn} gives {len(given)}")
+    return list(given)
+
+
 # --------------------------------------------------------------------------------------------
 # Splits and subsets
 # --------------------------------------------------------------------------------------------

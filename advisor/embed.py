@@ -1,6 +1,7 @@
 """Model + dataset split -> Embeddings, in one batched pass, cached on disk.
 
-- ``load_model`` resolves a ModelSpec through the model plugins, memoised per (spec, device).
+- ``load_model`` resolves a ModelSpec through the model plugins, once per (spec, device) in a
+  ``Session`` (``advisor.session``); no module keeps models of its own.
 - ``encode_images`` runs the image tower over an ImageSet: a torch DataLoader (workers, pinned
   memory on CUDA) over ``imageset.pil(i)`` + ``model.preprocess`` for files, and a vectorised
   path (``model.preprocess_batch`` on uint8 batches) for in-memory arrays, which is what makes
@@ -14,7 +15,6 @@ Embeddings are raw (unnormalised) joint-space features; metrics normalise as the
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any, Sequence
 
@@ -23,13 +23,12 @@ import numpy as np
 from . import cache
 from .config import resolve_device
 from .errors import DatasetError, ModelLoadError
+from .session import Session, session_or_new
 from .specs import DatasetSpec, Embeddings, ImageSet, ModelSpec, VisionLanguageModel
 from .terminal import phase, progress_bar
 
 #: Counters for tests and benchmarks: how often a model was really loaded and run.
 stats: dict[str, int] = {"model_loads": 0, "image_batches": 0, "text_batches": 0}
-
-_MODELS: dict[tuple[ModelSpec, str], Any] = {}
 
 #: Part of every cache key: bump when the preprocessing or pooling arithmetic changes.
 TRANSFORM_VERSION = "1"
@@ -53,21 +52,29 @@ def check_image_size(spec: ModelSpec) -> None:
 # ------------------------------------------------------------------------------ models
 
 
-def load_model(spec: ModelSpec | str, device: str | None = None, *, fresh: bool = False) -> Any:
+def load_model(spec: ModelSpec | str, device: str | None = None, *, fresh: bool = False,
+               session: Session | None = None) -> Any:
     """The VisionLanguageModel for ``spec`` on ``device``, in eval mode.
 
-    Memoised per (spec, device): signals and evaluation share one instance. Pass ``fresh=True``
-    for a private copy you intend to modify (fine-tuning), so the shared one stays pristine.
+    Loaded once per (spec, device) in ``session`` (a fresh session when none is given): signals
+    and evaluation share one instance. Pass ``fresh=True`` for a private copy you intend to
+    modify (fine-tuning), so the shared one stays pristine.
     """
-    from .plugins import get_model_source
-
     if isinstance(spec, str):
         spec = ModelSpec(name=spec)
     check_image_size(spec)
     device = resolve_device(device)
-    key = (spec, device)
-    if not fresh and key in _MODELS:
-        return _MODELS[key]
+    if fresh:
+        return open_model(spec, device)
+    return session_or_new(session).get("model", (spec, device), lambda: open_model(spec, device))
+
+
+def open_model(spec: ModelSpec, device: str) -> Any:
+    """Load the model now, on a device already resolved (``config.resolve_device``); a session
+    holds it under ("model", (spec, device)), as ``load_model`` does."""
+    from .plugins import get_model_source
+
+    check_image_size(spec)
     source = get_model_source(spec.name)
     with phase(f"loading model {spec.name}"):
         model = source.load(spec, device)
@@ -75,14 +82,7 @@ def load_model(spec: ModelSpec | str, device: str | None = None, *, fresh: bool 
     if not isinstance(model, VisionLanguageModel):
         raise ModelLoadError(f"model source {source.name!r} returned {type(model).__name__}, which lacks the VisionLanguageModel interface")
     model.eval()
-    if not fresh:
-        _MODELS[key] = model
     return model
-
-
-def clear_model_memo() -> None:
-    """Forget memoised models (tests; freeing memory between models in a sweep)."""
-    _MODELS.clear()
 
 
 def model_fingerprint(spec: ModelSpec) -> str:
@@ -408,17 +408,17 @@ def embed(
     with_layers: bool = False,
     quiet: bool = False,
     bundle: Any = None,
+    session: Session | None = None,
 ) -> Embeddings:
     """Embed one split of a dataset with one model; served from the disk cache when possible.
     ``bundle``: the dataset already loaded from ``dataset_spec`` (not loaded a second time).
+    ``session``: where the model is loaded once (``advisor.session``; a fresh one when None).
 
     ``meta`` records: model (name), model_identity, model_desc, dataset, dataset_fingerprint,
     dataset_desc, split, split_hash, shots, seed, n, d, image_size, transform, precision,
     device, cache_hit, cache_key, seconds (embedding time of the original pass), images_per_s,
     templates.
     """
-    from .data import dataset_descriptors
-
     if isinstance(model_spec, str):
         model_spec = ModelSpec(name=model_spec)
     check_image_size(model_spec)  # cheap checks first: before the dataset loads
@@ -435,7 +435,20 @@ def embed(
             hit.meta = {**hit.meta, "cache_hit": True, "cache_key": key}
             return hit
 
-    model = load_model(model_spec, device)
+    model = load_model(model_spec, device, session=session)
+    emb = _encode_pair(model, model_spec, bundle, images, device=device, batch_size=batch_size,
+                       num_workers=num_workers, quiet=quiet, with_layers=with_layers)
+    emb.meta = {**_embedding_meta(model, model_spec, bundle, images, emb, parts, split=split, shots=shots, seed=seed,
+                                  max_images=max_images, device=device, with_layers=with_layers),
+                "cache_key": key}
+    if use_cache:
+        cache.save(key, emb)
+    return emb
+
+
+def _encode_pair(model: Any, model_spec: ModelSpec, bundle: Any, images: ImageSet, *, device: str, batch_size: int,
+                 num_workers: int | None, quiet: bool, with_layers: bool) -> Embeddings:
+    """The images and the class prompts encoded (``meta`` holds only the timings here)."""
     t0 = time.perf_counter()
     res = encode_images(model, images, batch_size=batch_size, device=device, num_workers=num_workers, quiet=quiet, with_layers=with_layers)
     t_img = time.perf_counter() - t0
@@ -446,14 +459,31 @@ def embed(
     if with_layers:
         prompts = [format_prompt(t, c) for t in templates for c in bundle.class_names]
         _, text_layers = encode_texts(model, prompts, device=device, with_layers=True)
-    seconds = time.perf_counter() - t0
-    desc = model.describe()
-    meta = {
+    return Embeddings(
+        image=image,
+        text=text,
+        labels=np.asarray(images.labels, dtype=np.int64),
+        class_names=list(bundle.class_names),
+        image_layers=image_layers,
+        text_layers=text_layers,
+        meta={"seconds": time.perf_counter() - t0, "image_seconds": t_img},
+        text_layer_rows="prompts",
+    )
+
+
+def _embedding_meta(model: Any, model_spec: ModelSpec, bundle: Any, images: ImageSet, emb: Embeddings,
+                    parts: dict[str, Any], *, split: str, shots: int | None, seed: int, max_images: int | None,
+                    device: str, with_layers: bool) -> dict[str, Any]:
+    """What ``embed`` records about a fresh pass (see its docstring)."""
+    from .data import dataset_descriptors
+
+    image, seconds, t_img = emb.image, emb.meta["seconds"], emb.meta["image_seconds"]
+    return {
         "model": model_spec.name,
         "pretrained": model_spec.pretrained,
         "model_identity": model.identity(),
         "model_fingerprint": parts["model"],
-        "model_desc": desc,
+        "model_desc": model.describe(),
         "dataset": bundle.name,
         "dataset_fingerprint": bundle.fingerprint,
         "dataset_desc": dataset_descriptors(bundle),
@@ -471,25 +501,11 @@ def embed(
         "transform": parts["transform"],
         "precision": parts["precision"],
         "device": device,
-        "templates": templates,
+        "templates": list(bundle.templates),
         "with_layers": bool(with_layers),
         "seconds": round(seconds, 4),
         "image_seconds": round(t_img, 4),
         "images_per_s": round(len(images) / t_img, 2) if t_img > 0 else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "cache_hit": False,
-        "cache_key": key,
     }
-    emb = Embeddings(
-        image=image,
-        text=text,
-        labels=np.asarray(images.labels, dtype=np.int64),
-        class_names=list(bundle.class_names),
-        image_layers=image_layers,
-        text_layers=text_layers,
-        meta=meta,
-        text_layer_rows="prompts",
-    )
-    if use_cache:
-        cache.save(key, emb)
-    return emb

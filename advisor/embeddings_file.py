@@ -30,6 +30,7 @@ import numpy as np
 
 from .atomic import atomic_write, os_reason, short_path
 from .errors import InputFileError
+from .errors import one_line as _one_line
 from .specs import Embeddings
 
 #: Bump when the layout changes (the cache key includes it).
@@ -70,11 +71,6 @@ def write(emb: Embeddings, path: str | os.PathLike, *, fsync: bool = True) -> Pa
 
 
 # ---------------------------------------------------------------------------------- read
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _rows_kind(value: str, where: str) -> str:

@@ -8,6 +8,13 @@ its traceback.
 from __future__ import annotations
 
 
+def one_line(exc: BaseException) -> str:
+    """``TypeName: first line of the message`` (the type alone when there is no message): how a
+    caught exception is shown inside a one-line error or warning."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 class AdvisorError(Exception):
     """Base class: a one-line, user-facing problem."""
 
@@ -32,12 +39,12 @@ class InputFileError(AdvisorError):
     """A user-supplied file (history import, embeddings .npz) is malformed."""
 
 
-class MetricError(AdvisorError):
-    """A metric plugin failed or returned something that is not a finite float."""
-
-
 class TrainingError(AdvisorError):
     """A fine-tuning run cannot start or cannot finish (bad hyper-parameters, shots too large)."""
+
+
+class RecommendError(AdvisorError):
+    """Bad recommend arguments (objective, constraints, shots, device)."""
 
 
 class PredictorError(AdvisorError):

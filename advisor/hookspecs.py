@@ -9,16 +9,23 @@ plugin provides. Every hook is documented in docs/plugins.md; a test fails when 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from pluggy import HookimplMarker, HookspecMarker
+
+if TYPE_CHECKING:  # the floor above: only for the annotations
+    import click
+
+    from .specs import DatasetSource, Metric, ModelSource, RunResult, Tuner
+    from .sweep.executor import Executor
 
 hookspec = HookspecMarker("advisor")
 hookimpl = HookimplMarker("advisor")
 
 
 @hookspec
-def register_metrics(register: Callable[[Any], None]) -> None:
+def register_metrics(register: Callable[[Metric], None]) -> None:
     """Register pre-fine-tuning signals (``advisor.specs.Metric``).
 
     Example::
@@ -30,7 +37,7 @@ def register_metrics(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
-def register_tuners(register: Callable[[Any], None]) -> None:
+def register_tuners(register: Callable[[Tuner], None]) -> None:
     """Register fine-tuning methods (``advisor.specs.Tuner``).
 
     Example::
@@ -43,7 +50,7 @@ def register_tuners(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
-def register_datasets(register: Callable[[Any], None]) -> None:
+def register_datasets(register: Callable[[DatasetSource], None]) -> None:
     """Register dataset sources (``advisor.specs.DatasetSource``).
 
     Example::
@@ -55,7 +62,7 @@ def register_datasets(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
-def register_models(register: Callable[[Any], None]) -> None:
+def register_models(register: Callable[[ModelSource], None]) -> None:
     """Register model sources (``advisor.specs.ModelSource``).
 
     Example::
@@ -67,7 +74,7 @@ def register_models(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
-def register_executors(register: Callable[[Any], None]) -> None:
+def register_executors(register: Callable[[Executor], None]) -> None:
     """Register ways to run the jobs of ``advisor sweep`` (``advisor.sweep.executor.Executor``).
 
     ``local`` and ``slurm`` (submitit) are built-ins registered through this hook; Ray or
@@ -84,7 +91,7 @@ def register_executors(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
-def register_commands(cli: Any) -> None:
+def register_commands(cli: click.Group) -> None:
     """Add click commands or groups to the ``advisor`` command line. A command named like one
     that exists (a built-in ``recommend``) is ignored with a warning: the first one stays.
 
@@ -99,10 +106,16 @@ def register_commands(cli: Any) -> None:
 
 
 @hookspec
-def on_run_recorded(run: Any, run_id: str, db_url: str) -> None:
+def on_run_recorded(run: RunResult, run_id: str, db_url: str, row: Mapping[str, Any],
+                    adapter_file: Path | None) -> None:
     """Called after ``advisor run`` committed a run (an ``advisor.specs.RunResult``) to the
     history at ``db_url``. For notifications and mirroring (MLflow, a dashboard); the run is
     already committed, and an exception here is reported but does not undo it.
+
+    ``row`` is the run as the history committed it (a mapping: the flat row of ``advisor history
+    show``, with its recorded time and signal timings; read from the history when first looked
+    at) and ``adapter_file`` its trained adapter (None without one), so a plugin never opens the
+    history itself. An implementation may take any subset of the arguments.
 
     Example::
 

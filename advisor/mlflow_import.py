@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AdvisorError, InputFileError
+from .errors import one_line as _one_line
 from .history import io as hio
 from .history.keys import config_hash, dataset_desc_of, dataset_key, default_run_id, model_desc_of, model_key
 from .history.mlflow_fields import MappedRow, RowProblem, Rule, from_mlflow, parse_rules, sources_of
@@ -220,11 +221,6 @@ def _client(tracking_uri: str | None) -> tuple[Any, str]:
         return MlflowClient(tracking_uri=uri), uri
     except Exception as exc:  # noqa: BLE001 - MLflow refusing the URI: one line
         raise MlflowImportError(f"cannot read MLflow at {_safe(uri)}: {_one_line(exc)}") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def read_finished_runs(experiment: str, tracking_uri: str | None = None) -> tuple[list[FoundRun], str]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .session import Session, session_or_new
 from .specs import DatasetBundle, DatasetSpec, ModelSpec
 
 
@@ -110,6 +111,7 @@ def prepare_pair(
     check_random: bool = True,
     model: Any = None,
     bundle: DatasetBundle | None = None,
+    session: Session | None = None,
 ) -> PreparedPair:
     """Prepare the pair (see the module docstring).
 
@@ -119,7 +121,8 @@ def prepare_pair(
     signal set (an empty set is never stored). ``measure=False`` returns the descriptors only.
     ``model`` / ``bundle``: an already loaded model or dataset, described directly (``advisor
     run`` has both). ``check_random=False`` skips the random-weights refusal (a run records
-    what it measured).
+    what it measured). ``session``: where the model is loaded once (``advisor.session``; a
+    fresh one when None).
     """
     from .data import check_dataset_spec, dataset_descriptors, describe_dataset
     from .embed import check_image_size
@@ -141,47 +144,65 @@ def prepare_pair(
                     describe_dataset(dataset_spec) if lookup or not measure else None)
     pair = PreparedPair(model_spec, dataset_spec, mark(known, random) if known is not None else {},
                         dataset_desc or {}, random_weights=random)
+    stored = _StoredSignals(history, db)
+    if not measure or (lookup and known is not None and stored.fill(pair)):
+        return pair
+    _measure(pair, known, random, dataset_desc, stored, lookup=lookup, store=store, model=model, bundle=bundle,
+             session=session, shots=shots, seed=seed, max_images=max_images, device=device, use_cache=use_cache,
+             quiet=quiet, metrics=metrics)
+    return pair
 
-    def opened() -> Any:
-        nonlocal history
-        if history is None:
+
+class _StoredSignals:
+    """The history's signal sets for a pair, opened only when first needed."""
+
+    def __init__(self, history: Any, db: str | None) -> None:
+        self.history, self.db = history, db
+
+    def opened(self) -> Any:
+        if self.history is None:
             from .history import open_history
 
-            history = open_history(db)
-        return history
+            self.history = open_history(self.db)
+        return self.history
 
-    def from_history() -> bool:
+    def fill(self, pair: PreparedPair) -> bool:
+        """Whether the history holds signals for the pair (then they are the pair's)."""
         keys = pair.keys
-        found = opened().latest_signals(keys["model_key"], keys["dataset_key"])
+        found = self.opened().latest_signals(keys["model_key"], keys["dataset_key"])
         if found:
             pair.signals, pair.source = dict(found), "history"
         return bool(found)
 
-    if not measure or (lookup and known is not None and from_history()):
-        return pair
 
+def _measure(pair: PreparedPair, known: dict[str, Any] | None, random: bool, dataset_desc: dict[str, Any] | None,
+             stored: _StoredSignals, *, lookup: bool, store: bool, model: Any, bundle: DatasetBundle | None,
+             session: Session | None, max_images: int | None, **kwargs: Any) -> None:
+    """Measure the pair's signals (``kwargs``: compute_signals' sample options), describe what
+    was not described yet, and store a new signal set when asked."""
     from .config import resolve_device
     from .signals import compute_signals, describe_pair  # describe_pair: from the embeddings' metadata
+    from .weights import mark
 
-    device = resolve_device(device)
-    kwargs: dict[str, Any] = {"shots": shots, "seed": seed, "device": device, "quiet": quiet, "use_cache": use_cache,
-                              "metrics": metrics}
+    model_spec, dataset_spec = pair.model_spec, pair.dataset_spec
+    kwargs["device"] = device = resolve_device(kwargs["device"])
     if max_images is not None:
         kwargs["max_images"] = max_images
-    sig = compute_signals(model_spec, dataset_spec, bundle=bundle, **kwargs)  # a loaded dataset is not loaded again
+    session = session_or_new(session)
+    # a loaded dataset is not loaded again, a loaded model not again
+    sig = compute_signals(model_spec, dataset_spec, bundle=bundle, session=session, **kwargs)
     if model is None or dataset_desc is None:
-        measured_model, measured_dataset = describe_pair(model_spec, dataset_spec, sig.meta, device)
+        measured_model, measured_dataset = describe_pair(model_spec, dataset_spec, sig.meta, device, session)
     pair.model_desc = mark(known if model is not None else measured_model, random)
     pair.dataset_desc = dataset_desc if dataset_desc is not None else measured_dataset
     pair.signal_set, pair.split_hash = sig, str(sig.meta.get("split_hash") or "")
-    if lookup and from_history():
-        return pair
+    if lookup and stored.fill(pair):
+        return
     pair.signals = {k: float(v) for k, v in sig.values.items()}
     pair.versions, pair.source = dict(sig.versions), "computed"
     if store and pair.signals:
-        pair.stored = opened().store_signal_set(pair.model_desc, pair.dataset_desc, pair.split_hash, dict(pair.signals),
-                                               dict(sig.versions), dict(sig.seconds))
-    return pair
+        pair.stored = stored.opened().store_signal_set(pair.model_desc, pair.dataset_desc, pair.split_hash,
+                                                       dict(pair.signals), dict(sig.versions), dict(sig.seconds))
 
 
 def pair_from_embeddings(path: str, model_name: str | None, dataset_name: str | None,

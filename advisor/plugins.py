@@ -32,7 +32,7 @@ import os
 import re
 import sys
 from importlib import metadata
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
 
 import pluggy
 
@@ -40,6 +40,11 @@ from . import hookspecs
 from ._version import __version__
 from .errors import AdvisorError, UnknownNameError
 from .specs import DatasetSource, Metric, ModelSource, Tuner
+
+if TYPE_CHECKING:  # a floor above: only for the annotations
+    import click
+
+    from .sweep.executor import Executor
 
 
 class PluginError(AdvisorError):
@@ -75,6 +80,12 @@ pm.add_hookspecs(hookspecs)
 #: Plugins that failed to load or register: name -> one-line reason.
 load_errors: dict[str, str] = {}
 _loaded = False
+
+
+def is_builtin(plugin: str) -> bool:
+    """Whether ``plugin`` (a plugin name, as ``provider_of`` gives it) is one of advisor's own,
+    ``DEFAULT_PLUGINS``: trusted as the core is (no failure guard) and versioned with advisor."""
+    return plugin in DEFAULT_PLUGINS
 
 
 def _describe_exception(exc: BaseException) -> str:
@@ -254,7 +265,7 @@ def _collect(kind: str) -> tuple[dict[str, Any], dict[str, str]]:
                 print(f"Warning: plugin {_plugin!r} registered {kind[:-1]} {name!r}, already provided by "
                       f"{providers[name]!r}; ignored", file=sys.stderr)
                 return
-            found[name] = obj if _plugin in DEFAULT_PLUGINS else _guarded(obj, _plugin, kind)
+            found[name] = obj if is_builtin(_plugin) else _guarded(obj, _plugin, kind)
             providers[name] = _plugin
 
         try:
@@ -330,32 +341,32 @@ def reset_cache() -> None:
     _cache.clear()
 
 
-def get_metrics() -> dict[str, Any]:
-    return get_registered("metrics")
+def get_metrics() -> dict[str, Metric]:
+    return cast("dict[str, Metric]", get_registered("metrics"))
 
 
-def get_tuners() -> dict[str, Any]:
-    return get_registered("tuners")
+def get_tuners() -> dict[str, Tuner]:
+    return cast("dict[str, Tuner]", get_registered("tuners"))
 
 
-def get_executors() -> dict[str, Any]:
+def get_executors() -> dict[str, Executor]:
     """name -> ``advisor.sweep.executor.Executor`` (``local`` and ``slurm`` are built-ins)."""
-    return get_registered("executors")
+    return cast("dict[str, Executor]", get_registered("executors"))
 
 
-def get_executor(name: str) -> Any:
+def get_executor(name: str) -> Executor:
     executors = get_executors()
     if name not in executors:
         raise UnknownNameError(f"unknown executor {name!r} (available: {', '.join(sorted(executors))})")
     return executors[name]
 
 
-def get_datasets() -> dict[str, Any]:
-    return get_registered("datasets")
+def get_datasets() -> dict[str, DatasetSource]:
+    return cast("dict[str, DatasetSource]", get_registered("datasets"))
 
 
-def get_models() -> dict[str, Any]:
-    return get_registered("models")
+def get_models() -> dict[str, ModelSource]:
+    return cast("dict[str, ModelSource]", get_registered("models"))
 
 
 def _lookup(kind: str, name: str, hint: str) -> Any:
@@ -366,22 +377,22 @@ def _lookup(kind: str, name: str, hint: str) -> Any:
     raise UnknownNameError(f"unknown {kind[:-1]} {name!r} (known: {known}){hint}")
 
 
-def get_metric(name: str) -> Any:
-    return _lookup("metrics", name, "")
+def get_metric(name: str) -> Metric:
+    return cast(Metric, _lookup("metrics", name, ""))
 
 
-def get_tuner(name: str) -> Any:
+def get_tuner(name: str) -> Tuner:
     """The ``Tuner`` registration of a method: train/defaults, order, colour, family,
     reconstructed, declared hyper-parameters. Unknown name: a one-line UnknownNameError."""
-    return _lookup("tuners", name, "; see `advisor plugins`")
+    return cast(Tuner, _lookup("tuners", name, "; see `advisor plugins`"))
 
 
-def find_tuner(name: str) -> Any | None:
+def find_tuner(name: str) -> Tuner | None:
     """The registration, or None for a method whose plugin is not installed (history rows)."""
     return get_tuners().get(name)
 
 
-def list_tuners() -> list[Any]:
+def list_tuners() -> list[Tuner]:
     """Every registered tuner, in the declared ``order`` (then by name): the order of tables,
     plots and tie-breaks everywhere."""
     return sorted(get_tuners().values(), key=lambda t: (getattr(t, "order", 100), t.name))
@@ -393,15 +404,15 @@ def sort_methods(names: Iterable[str]) -> list[str]:
     return sorted(set(names), key=lambda m: (rank.get(m, len(rank)), m))
 
 
-def list_metrics() -> list[Any]:
+def list_metrics() -> list[Metric]:
     """Every registered metric, by name."""
     return [get_metrics()[n] for n in sorted(get_metrics())]
 
 
-def list_datasets(*, offline: bool | None = None, ood_reference: bool | None = None) -> list[Any]:
+def list_datasets(*, offline: bool | None = None, ood_reference: bool | None = None) -> list[DatasetSource]:
     """Registered dataset sources by name, optionally only those with the given ``offline`` /
     ``ood_reference`` flags (``advisor run``'s default OOD sets: ``ood_reference=True``)."""
-    out = []
+    out: list[DatasetSource] = []
     for name in sorted(get_datasets()):
         src = get_datasets()[name]
         if offline is not None and bool(getattr(src, "offline", True)) != offline:
@@ -412,12 +423,12 @@ def list_datasets(*, offline: bool | None = None, ood_reference: bool | None = N
     return out
 
 
-def list_models() -> list[Any]:
+def list_models() -> list[ModelSource]:
     """Every registered model source, by name."""
     return [get_models()[n] for n in sorted(get_models())]
 
 
-def get_dataset_source(name: str) -> Any:
+def get_dataset_source(name: str) -> DatasetSource:
     """Resolve a dataset name: an exact registered name, or ``prefix:argument``."""
     items = get_datasets()
     if name in items and not getattr(items[name], "prefix", False):
@@ -431,7 +442,7 @@ def get_dataset_source(name: str) -> Any:
     raise UnknownNameError(f"unknown dataset {name!r} (known: {known or 'none'})")
 
 
-def get_model_source(name: str) -> Any:
+def get_model_source(name: str) -> ModelSource:
     """Resolve a model name: an exact registered name first, then sources whose ``matches``
     accepts it (open_clip architectures, ``hf-hub:`` ids, checkpoint paths)."""
     items = get_models()
@@ -466,7 +477,7 @@ def plugin_info() -> list[dict[str, Any]]:
         if plugin is None:  # blocked
             continue
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
-        if name.startswith("advisor_plugins."):
+        if is_builtin(name):
             version = __version__
             package = "advisor"
         else:
@@ -480,7 +491,7 @@ def plugin_info() -> list[dict[str, Any]]:
     return out
 
 
-def register_commands(cli: Any) -> None:
+def register_commands(cli: click.Group) -> None:
     """Let each plugin add its click commands. One that raises (or calls ``sys.exit``) is
     reported by name and skipped, and the commands it half-added are removed, so ``--help``
     and every other command keep working. A command named like one already there (a built-in

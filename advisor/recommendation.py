@@ -37,21 +37,19 @@ from .decision import (
     ties,
     winner_sentence,
 )
-from .errors import AdvisorError, PredictorError
+from .errors import AdvisorError, PredictorError, RecommendError
 from .heuristic import anchor_prior_ranking, choose_heuristic, heuristic_ranking
 from .pair import pair_from_embeddings, prepare_pair
-from .specs import DatasetSpec, ModelSpec
+from .recommend_support import HistoryEvidence, history_configs, similar_runs, support_for
+from .specs import DatasetSpec, ModelSpec, RecommendRequest
+from .specs.recommend import check_device_name
 
 __all__ = ["OBJECTIVES", "MethodAdvice", "Recommendation", "RecommendError", "choose", "heuristic_ranking",
-           "history_configs", "recommend", "registered_methods", "similar_runs", "support_for", "winner_sentence"]
+           "history_configs", "recommend", "recommend_request", "registered_methods", "similar_runs", "support_for", "winner_sentence"]
 
 from .predictor import DEFAULT_PREDICTOR as PREDICTOR_NAME  # noqa: E402
 #: How many contributing features to show per method.
 TOP_CONTRIBUTIONS = 3
-
-
-class RecommendError(AdvisorError):
-    """Bad recommend arguments (objective, constraints, shots)."""
 
 
 @dataclass
@@ -162,74 +160,6 @@ def registered_methods(predictor_methods: Sequence[str] = ()) -> tuple[list[str]
     return names, {n: str(getattr(tuners[n], "family", "other")) for n in tuners}
 
 
-# ------------------------------------------------------------------------------------------
-# Support: how much of the history looks like this pair
-# ------------------------------------------------------------------------------------------
-
-
-def support_for(
-    model_desc: Mapping[str, Any], dataset_desc: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
-) -> tuple[dict[str, Any], list[str]]:
-    """(summary counts, warnings about the dataset's domain)."""
-    from .predictor import row_dataset, row_family, row_tower
-
-    case = {"model_desc": dict(model_desc), "model": model_desc.get("name")}
-    fam, tower = row_family(case), row_tower(case)
-    tags = set(dataset_desc.get("domain") or [])
-    name = dataset_desc.get("name")
-    same_family = same_tower = same_dataset = shared_domain = 0
-    seen_tags: set[str] = set()
-    for r in rows:
-        rtags = set((r.get("dataset_desc") or {}).get("domain") or [])
-        seen_tags |= rtags
-        same_family += row_family(r) == fam
-        same_tower += row_tower(r) == tower
-        d_same = row_dataset(r) == name
-        same_dataset += d_same
-        shared_domain += d_same or bool(tags & rtags)
-    warnings = []
-    if rows and same_dataset == 0 and tags and not (tags & seen_tags):
-        warnings.append(
-            f"no dataset in the history shares a domain with {name!r} ({', '.join(sorted(tags))}): predictions extrapolate"
-        )
-    summary = {
-        "runs": len(rows),
-        "same_model_family": same_family,
-        "same_image_tower": same_tower,
-        "same_dataset": same_dataset,
-        "shared_domain": shared_domain,
-        "datasets": len({row_dataset(r) for r in rows}),
-    }
-    return summary, warnings
-
-
-def history_configs(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], shots: int | None) -> dict[str, dict[str, Any]]:
-    """Per method, the configuration its predictions are for: the most common resolved
-    hyper-parameters of its runs in the history at these shots (else at the nearest shots it
-    has runs at, as the cost model's epochs). Methods without runs are left out."""
-    from .predictor import as_dict, row_method, row_shots
-
-    counts: dict[str, dict[int | None, dict[str, int]]] = {}
-    for r in rows:
-        hp = as_dict(r.get("hparams"))
-        if hp:
-            key = json.dumps(hp, sort_keys=True, default=str)
-            by_shots = counts.setdefault(row_method(r), {}).setdefault(row_shots(r), {})
-            by_shots[key] = by_shots.get(key, 0) + 1
-    out: dict[str, dict[str, Any]] = {}
-    for m in methods:
-        per = counts.get(m)
-        if not per:
-            continue
-        numeric = [k for k in per if k is not None]
-        if shots in per or shots is None or not numeric:
-            pick = per.get(shots) or per[next(iter(per))]
-        else:
-            pick = per[min(numeric, key=lambda k: (abs(math.log(k) - math.log(shots)), k))]
-        out[m] = json.loads(max(pick.items(), key=lambda kv: (kv[1], kv[0]))[0])
-    return out
-
-
 def run_overrides(method: str, hparams: Mapping[str, Any], shots: int | None) -> dict[str, Any]:
     """The ``--hparam`` values that make ``advisor run --method METHOD`` train ``hparams``: epochs
     and lr always (the schedule a prediction is for), then every other key whose value differs
@@ -247,72 +177,9 @@ def run_overrides(method: str, hparams: Mapping[str, Any], shots: int | None) ->
     return {k: hparams[k] for k in keep}
 
 
-def similar_runs(case: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, list[str]]:
-    """Per method, the history runs that really are similar to ``case``: the same image tower
-    or model family, and (signals, log2 shots) within the history's own typical distance
-    between neighbouring datasets (the median, over the history's (model, dataset) pairs, of
-    the standardised distance to the nearest pair of another dataset). Labels say which runs,
-    with the hyper-parameters and seed where they differ among a method's similar runs (two
-    runs that differ only in epochs or lr do not read as the same run twice)."""
-    from .predictor import SignalKNN, as_dict, row_dataset, row_family, row_method, row_model, row_shots, row_tower
-
-    out: dict[str, list[str]] = {m: [] for m in methods}
-    if not rows:
-        return out
-    knn = SignalKNN().fit(rows)
-    pairs: dict[tuple[str, str], int] = {}
-    for i, r in enumerate(rows):
-        pairs.setdefault((row_model(r), row_dataset(r)), i)
-    idx = list(pairs.values())
-    datasets = [row_dataset(rows[i]) for i in idx]
-    nearest = []
-    for a, i in enumerate(idx):
-        d = knn.distances(rows[i])
-        other = [d[j] for b, j in enumerate(idx) if datasets[b] != datasets[a]]
-        if other:
-            nearest.append(min(other))
-    radius = float(np.median(nearest)) if nearest else math.inf
-    d = knn.distances(case)
-    fam, tower = row_family(case), row_tower(case)
-    picked: dict[str, list[Mapping[str, Any]]] = {m: [] for m in methods}
-    for i, r in enumerate(rows):
-        if row_method(r) in out and (row_tower(r) == tower or row_family(r) == fam) and d[i] <= radius:
-            picked[row_method(r)].append(r)
-    for m, runs in picked.items():
-        hps = [as_dict(r.get("hparams")) for r in runs]
-        keys = sorted({k for hp in hps for k in hp})
-        differ = [k for k in keys if len({json.dumps(hp.get(k), sort_keys=True, default=str) for hp in hps}) > 1]
-        seeds = len({r.get("seed") for r in runs}) > 1
-        for r, hp in zip(runs, hps):
-            extra = [f"{k}={_short(hp.get(k))}" for k in differ]
-            if seeds:
-                extra.append(f"seed {r.get('seed')}")
-            out[m].append(f"{row_model(r).split('|')[0]} on {row_dataset(r)} ({', '.join([f'{row_shots(r)} shots', *extra])})")
-    return out
-
-
-def _short(v: Any) -> str:
-    """A hyper-parameter value in a label: numbers with up to 4 significant digits."""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return v if isinstance(v, str) else json.dumps(v, default=str)
-
-
 # ------------------------------------------------------------------------------------------
 # recommend()
 # ------------------------------------------------------------------------------------------
-
-
-def check_device_name(device: str, what: str = "--device") -> str:
-    """A device named as ``advisor run`` takes it (``cpu``, ``cuda``, ``cuda:N``, ``mps``), or a
-    one-line error; not checked against this machine, since recommend predicts the cost of a
-    run on the named device, which may be another machine's."""
-    from .config import DEVICE_KINDS
-
-    kind, _, index = device.strip().partition(":")
-    if kind not in DEVICE_KINDS or (index and not (index.isascii() and index.isdigit())):
-        raise RecommendError(f"{what} {device!r} is not a device (use auto, cpu, cuda, cuda:N or mps)")
-    return device.strip()
 
 
 def _default_device_kind(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -333,7 +200,6 @@ def recommend(
     max_forgetting: float | None = None,
     budget: float | None = None,
     shots: int | None = 16,
-    seed: int = 0,
     device: str | None = None,
     max_images: int | None = None,
     quiet: bool = False,
@@ -345,170 +211,213 @@ def recommend(
     ``max_forgetting`` is in accuracy units (0.02 = 2 points of mean OOD accuracy) and
     ``budget`` in seconds of training wall time. ``embeddings`` (a ``.npz`` with ``image``,
     ``text``, ``labels``) replaces loading the model and dataset: signals come from the file.
-    ``seed`` is accepted for symmetry with ``advisor run``: signals always use seed 0, as the
-    history's runs do, so they are comparable.
+    Signals always use seed 0, as the history's runs do, so they are comparable.
     """
-    from .data import shots_shortfall
+    return recommend_request(RecommendRequest.build(
+        model_spec, dataset_spec, db=db, objective=objective, max_forgetting=max_forgetting, budget=budget,
+        shots=shots, device=device, max_images=max_images, quiet=quiet, embeddings=embeddings,
+        allow_random_weights=allow_random_weights))
+
+
+@dataclass
+class _Predictor:
+    """The predictor a recommendation ranks with (None: cold start) and what it says about it."""
+
+    est: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Ranking:
+    """The ranked methods and how the winner was chosen among them."""
+
+    ranked: list[MethodAdvice]
+    winner: str | None
+    source: str
+    flags: list[tuple[str, str]]
+    interval: float = 0.8
+    tied: list[MethodAdvice] = field(default_factory=list)
+    tie_reason: str = ""
+
+
+def recommend_request(req: RecommendRequest) -> Recommendation:
+    """``recommend`` for a checked request: prepare the pair, load or train the predictor,
+    rank the methods, decide."""
     from .history import open_reader
-    from .predictor import FittedPredictor, history_ready, seed_noise, train_predictor, training_hash
-
-    if objective not in OBJECTIVES:
-        raise RecommendError(f"unknown objective {objective!r} (choose from {', '.join(OBJECTIVES)})")
-    if max_forgetting is not None and not (max_forgetting >= 0 and math.isfinite(max_forgetting)):
-        raise RecommendError(f"--max-forgetting must be a finite number >= 0 (got {max_forgetting})")
-    if budget is not None and not (budget > 0 and math.isfinite(budget)):
-        raise RecommendError(f"--budget must be a positive number of seconds (got {budget})")
-    if shots is not None and shots < 1:
-        raise RecommendError(f"--shots must be at least 1 (got {shots})")
-    if device is not None and device.strip() in ("", "auto"):
-        device = None
-    if device is not None:
-        device = check_device_name(device)
-    mspec = model_spec if isinstance(model_spec, ModelSpec) else ModelSpec(str(model_spec))
-
-    history = open_reader(db, must_exist=True)  # plain sqlite3 for the reads of a cached pair; writes go to the full History
     from .predictor.support import bounded_view
 
+    history = open_reader(req.db, must_exist=True)  # plain sqlite3 for the reads of a cached pair; writes go to the full History
     view = bounded_view(history, PREDICTOR_NAME)  # a stored predictor with its history summary: no run read in full
-    rows = [] if view is not None else history.training_rows()
-    if embeddings is not None:
-        dname = dataset_spec.name if isinstance(dataset_spec, DatasetSpec) else dataset_spec
-        pair = pair_from_embeddings(embeddings, mspec.name if model_spec else None, dname, rows, history)
-        what = f"from {embeddings}"
+    evidence = HistoryEvidence(history, view, [] if view is not None else history.training_rows())
+    pair = _prepare(req, evidence)
+    warnings, notes = _pair_warnings(req, pair)
+    summary, domain_warnings = evidence.support_for(pair.model_desc, pair.dataset_desc)
+    warnings[:0] = domain_warnings
+    predictor = _load_or_train(evidence, notes)
+    methods, families = registered_methods(predictor.est.schema.categories.get("method", [])
+                                           if predictor.est is not None else ())
+    device_kind = req.device_kind or _default_device_kind(evidence.device_rows())
+    case = {"shots": req.shots, "device": device_kind, "signals": dict(pair.signals), "model_desc": dict(pair.model_desc),
+            "dataset_desc": dict(pair.dataset_desc), "model": pair.model_desc.get("name")}
+    configs = evidence.history_configs(methods, req.shots)
+    if predictor.est is not None:
+        ranking = _rank_predicted(req, predictor.est, case, methods, configs, evidence, warnings, notes)
     else:
-        if dataset_spec is None:
+        ranking = _rank_cold_start(req, case, methods, families, evidence, notes)
+    similar = evidence.similar_runs(case, methods)
+    for a in ranking.ranked:
+        a.similar_runs = similar.get(a.method, [])
+        a.support_runs = len(a.similar_runs)
+        a.hparams = configs.get(a.method, {})
+    return _decide(req, pair, ranking, summary, warnings, notes, predictor.info, device_kind, configs)
+
+
+def _prepare(req: RecommendRequest, evidence: HistoryEvidence) -> Any:
+    """The pair's descriptors and signals: from the embeddings file, else from the history or
+    measured now and stored (seed 0 and the default sample, as the history's runs, so they compare)."""
+    if req.embeddings is not None:
+        dname = req.dataset.name if req.dataset is not None else None
+        pair = pair_from_embeddings(req.embeddings, req.model.name or None, dname, evidence.rows, evidence.history)
+        what = f"from {req.embeddings}"
+    else:
+        if req.dataset is None:
             raise RecommendError("give a dataset (or embeddings=FILE.npz)")
-        dspec = dataset_spec if isinstance(dataset_spec, DatasetSpec) else DatasetSpec(str(dataset_spec))
-        # Signals use seed 0 and the default sample, as the history's runs do, so they compare.
-        pair = prepare_pair(mspec, dspec, history=history, rows=rows, lookup=True, store=True, device=device,
-                            max_images=max_images, quiet=quiet, allow_random_weights=allow_random_weights)
+        pair = prepare_pair(req.model, req.dataset, history=evidence.history, rows=evidence.rows, lookup=True,
+                            store=True, device=req.device, max_images=req.max_images, quiet=req.quiet,
+                            allow_random_weights=req.allow_random_weights)
         what = "for the pair"
     if not pair.signals:
         errors = "; ".join(f"{k}: {v}" for k, v in (getattr(pair.signal_set, "errors", None) or {}).items())
         raise PredictorError(f"no signal could be computed {what} ({errors or 'no metric applies'})")
-    model_desc, dataset_desc, signals, signals_source = pair.model_desc, pair.dataset_desc, pair.signals, pair.source
-    random = bool(model_desc.get("random_weights"))
-    summary, warnings = view.support_for(model_desc, dataset_desc) if view else support_for(model_desc, dataset_desc, rows)
-    shortfall = shots_shortfall(dataset_desc, shots)  # more shots than the smallest class has
+    return pair
+
+
+def _pair_warnings(req: RecommendRequest, pair: Any) -> tuple[list[str], list[str]]:
+    """(warnings, notes) about the pair itself: more shots than a class has, random weights."""
+    from .data import shots_shortfall
+
+    warnings: list[str] = []
+    shortfall = shots_shortfall(pair.dataset_desc, req.shots)  # more shots than the smallest class has
     if shortfall:
         warnings.append(shortfall)
-    notes: list[str] = []
-    if random:
-        warnings.append(f"model {mspec.name!r} has randomly initialised weights (--allow-random-weights): "
+    if pair.model_desc.get("random_weights"):
+        warnings.append(f"model {req.model.name!r} has randomly initialised weights (--allow-random-weights): "
                         "its signals describe the initialisation, and no run in the history resembles it")
+    return warnings, []
 
-    est: FittedPredictor | None = None
-    pinfo: dict[str, Any] = {}
-    stored = view.stored if view else history.load_predictor(PREDICTOR_NAME)
+
+def _load_or_train(evidence: HistoryEvidence, notes: list[str]) -> _Predictor:
+    """The stored predictor; else one trained now when the history is ready; else none (cold start)."""
+    from .predictor import FittedPredictor, history_ready, train_predictor
+
+    stored = evidence.stored_predictor(PREDICTOR_NAME)
     if stored is not None:
         est = FittedPredictor.from_stored(stored)
-        pinfo = {"name": PREDICTOR_NAME, "created_at": stored.get("created_at"), "n_runs": est.n_runs,
-                 "training_hash": est.training_hash, "trained_now": False}
-        if view.changed() if view else rows and est.training_hash != training_hash(rows):
+        if evidence.changed_since(est.training_hash):
             notes.append(
                 f"the history changed since the predictor was trained on {est.n_runs} runs "
-                f"(now {view.count() if view else len(rows)}): run `advisor predictor train` to refresh it"
+                f"(now {evidence.count()}): run `advisor predictor train` to refresh it"
             )
-    else:
-        ok, why = history_ready(rows)
-        if ok:
-            info = train_predictor(history, name=PREDICTOR_NAME, evaluate=False)
-            est = FittedPredictor.from_stored(history.load_predictor(PREDICTOR_NAME))
-            pinfo = {"name": PREDICTOR_NAME, "n_runs": info["n_runs"], "training_hash": info["training_hash"],
-                     "trained_now": True}
-            notes.append(
-                f"no trained predictor was stored: trained one now on {info['n_runs']} runs over "
-                f"{len(info['datasets'])} datasets (`advisor predictor evaluate` scores it)"
-            )
-        else:
-            notes.append(f"cold start: {why}")
+        return _Predictor(est, {"name": PREDICTOR_NAME, "created_at": stored.get("created_at"), "n_runs": est.n_runs,
+                                "training_hash": est.training_hash, "trained_now": False})
+    ok, why = history_ready(evidence.rows)
+    if not ok:
+        notes.append(f"cold start: {why}")
+        return _Predictor()
+    info = train_predictor(evidence.history, name=PREDICTOR_NAME, evaluate=False)
+    est = FittedPredictor.from_stored(evidence.history.load_predictor(PREDICTOR_NAME))
+    notes.append(
+        f"no trained predictor was stored: trained one now on {info['n_runs']} runs over "
+        f"{len(info['datasets'])} datasets (`advisor predictor evaluate` scores it)"
+    )
+    return _Predictor(est, {"name": PREDICTOR_NAME, "n_runs": info["n_runs"], "training_hash": info["training_hash"],
+                            "trained_now": True})
 
-    methods, families = registered_methods(est.schema.categories.get("method", []) if est is not None else ())
-    device_kind = (device.split(":", 1)[0] if device else None) or _default_device_kind(view.device_rows() if view else rows)
-    case = {"shots": shots, "device": device_kind, "signals": dict(signals), "model_desc": dict(model_desc),
-            "dataset_desc": dict(dataset_desc), "model": model_desc.get("name")}
-    similar = view.similar_runs(case, methods) if view else similar_runs(case, rows, methods)
-    configs = view.history_configs(methods, shots) if view else history_configs(rows, methods, shots)
-    flags: list[tuple[str, str]] = []
-    interval = 0.8
-    tied: list[MethodAdvice] = []
-    tie_reason = ""
-    if est is not None:
-        interval = est.interval
-        missing, unused = est.signal_drift(signals)
-        if missing and len(missing) == len(est.schema.signals):
-            raise PredictorError(
-                f"predictor {PREDICTOR_NAME!r} was trained on signals {', '.join(missing)}, none of which the pair has; "
-                "run `advisor predictor train`"
-            )
-        if missing:
-            warnings.append(f"signals the predictor uses are missing for this pair (treated as missing): {', '.join(missing)}")
-        if unused:
-            notes.append(f"signals not used by the predictor (retrain to use them): {', '.join(unused)}")
-        if est.spaces.get("id_gain") == "headroom" and "zero_shot_acc" not in signals:
-            warnings.append("the pair has no zero_shot_acc signal: the ID gain (learned as a share of the headroom "
-                            "above zero-shot) cannot be predicted")
-        flags = est.flags([case])[0]
-        if random:
-            flags.append(("weights", "randomly initialised weights"))
-        advice = _predict_methods(est, methods, case, [kind for kind, _ in flags], configs)
-        ranked, best = choose(advice, objective, max_forgetting=max_forgetting, budget=budget)
-        tied, tie_reason = ties(ranked, objective_noise(view.seed_noise if view else seed_noise(rows), objective))
-        winner = cheapest(tied).method if len(tied) > 1 else best
-        source = "predictor"
-    else:
-        zs = signals.get("zero_shot_acc")
-        prior = anchor_prior_ranking(signals, rows, methods, shots, zs)
-        if prior is not None:
-            advice, note = prior
-            source = "anchor-prior"
-        else:
-            advice, note = heuristic_ranking(signals, rows, methods, objective, families)
-            source = "iimm-heuristic"
-        notes.append(note)
-        if budget is not None:
-            notes.append("--budget ignored: the cold-start answer has no cost model")
-        ranked, winner = choose_heuristic(advice, objective, max_forgetting)
-        notes.append(f"fell back to the {'anchor and per-method priors' if prior is not None else 'IIMM heuristic'}; "
-                     "record runs with `advisor run` and `advisor predictor train`")
-        if est is None:
-            from .predictor import HistorySupport
 
-            flags = HistorySupport.from_rows(rows).flags(case) if rows else []
-    for a in ranked:
-        a.similar_runs = similar.get(a.method, [])
-        a.support_runs = len(a.similar_runs)
-        a.hparams = configs.get(a.method, {})
+def _rank_predicted(req: RecommendRequest, est: Any, case: Mapping[str, Any], methods: Sequence[str],
+                    configs: Mapping[str, Mapping[str, Any]], evidence: HistoryEvidence,
+                    warnings: list[str], notes: list[str]) -> _Ranking:
+    """Rank by the predictor, saying which of its signals the pair lacks or it does not use."""
+    signals = case["signals"]
+    missing, unused = est.signal_drift(signals)
+    if missing and len(missing) == len(est.schema.signals):
+        raise PredictorError(
+            f"predictor {PREDICTOR_NAME!r} was trained on signals {', '.join(missing)}, none of which the pair has; "
+            "run `advisor predictor train`"
+        )
+    if missing:
+        warnings.append(f"signals the predictor uses are missing for this pair (treated as missing): {', '.join(missing)}")
+    if unused:
+        notes.append(f"signals not used by the predictor (retrain to use them): {', '.join(unused)}")
+    if est.spaces.get("id_gain") == "headroom" and "zero_shot_acc" not in signals:
+        warnings.append("the pair has no zero_shot_acc signal: the ID gain (learned as a share of the headroom "
+                        "above zero-shot) cannot be predicted")
+    flags = est.flags([case])[0]
+    if case["model_desc"].get("random_weights"):
+        flags.append(("weights", "randomly initialised weights"))
+    advice = _predict_methods(est, methods, case, [kind for kind, _ in flags], configs)
+    ranked, best = choose(advice, req.objective, max_forgetting=req.max_forgetting, budget=req.budget)
+    tied, tie_reason = ties(ranked, objective_noise(evidence.seed_noise(), req.objective))
+    winner = cheapest(tied).method if len(tied) > 1 else best
+    return _Ranking(ranked, winner, "predictor", flags, est.interval, tied, tie_reason)
+
+
+def _rank_cold_start(req: RecommendRequest, case: Mapping[str, Any], methods: Sequence[str],
+                     families: Mapping[str, str], evidence: HistoryEvidence, notes: list[str]) -> _Ranking:
+    """Rank without a predictor: the anchor and per-method priors, else the IIMM heuristic."""
+    from .predictor import HistorySupport
+
+    signals, rows = case["signals"], evidence.rows
+    prior = anchor_prior_ranking(signals, rows, methods, req.shots, signals.get("zero_shot_acc"))
+    if prior is not None:
+        (advice, note), source = prior, "anchor-prior"
+    else:
+        (advice, note), source = heuristic_ranking(signals, rows, methods, req.objective, families), "iimm-heuristic"
+    notes.append(note)
+    if req.budget is not None:
+        notes.append("--budget ignored: the cold-start answer has no cost model")
+    ranked, winner = choose_heuristic(advice, req.objective, req.max_forgetting)
+    notes.append(f"fell back to the {'anchor and per-method priors' if prior is not None else 'IIMM heuristic'}; "
+                 "record runs with `advisor run` and `advisor predictor train`")
+    flags = HistorySupport.from_rows(rows).flags(case) if rows else []
+    return _Ranking(ranked, winner, source, flags)
+
+
+def _decide(req: RecommendRequest, pair: Any, ranking: _Ranking, summary: dict[str, Any], warnings: list[str],
+            notes: list[str], pinfo: dict[str, Any], device_kind: str,
+            configs: Mapping[str, Mapping[str, Any]]) -> Recommendation:
+    """The decision (keep zero-shot or not, the sentence, the run to measure it) as a Recommendation."""
+    ranked, winner, tied, objective = ranking.ranked, ranking.winner, ranking.tied, req.objective
     keep = keeps_zero_shot(ranked, winner, objective, tied)
-    sentence = winner_sentence(ranked, winner, objective, source, tied, tie_reason, interval)
+    sentence = winner_sentence(ranked, winner, objective, ranking.source, tied, ranking.tie_reason, ranking.interval)
     run_method = (None if keep else winner) or next((a.method for a in ranked if a.eligible), None)
-    dataset_name = str(dataset_desc.get("name"))
+    model_desc, signals = pair.model_desc, pair.signals
     return Recommendation(
-        model=mspec.name if embeddings is None else str(model_desc.get("name")),
-        dataset=dataset_name,
+        model=req.model.name if req.embeddings is None else str(model_desc.get("name")),
+        dataset=str(pair.dataset_desc.get("name")),
         objective=objective,
-        shots=shots,
+        shots=req.shots,
         winner=None if keep else winner,
         sentence=sentence,
-        source=source,
+        source=ranking.source,
         methods=ranked,
         signals=dict(sorted(signals.items())),
-        signals_source=signals_source,
+        signals_source=pair.source,
         support=summary,
         warnings=warnings,
         notes=notes,
         predictor=pinfo,
-        max_forgetting=max_forgetting,
-        budget=budget,
-        out_of_support=[text for _, text in flags],
+        max_forgetting=req.max_forgetting,
+        budget=req.budget,
+        out_of_support=[text for _, text in ranking.flags],
         tied=[a.method for a in tied] if len(tied) > 1 else [],
-        interval=interval,
-        random_weights=random,
+        interval=ranking.interval,
+        random_weights=bool(model_desc.get("random_weights")),
         device=device_kind,
         keep_zero_shot=keep,
         run_method=run_method,
-        run_hparams=run_overrides(run_method, configs.get(run_method, {}), shots) if run_method else {},
-        anchors=pair_anchors(signals, shots),
+        run_hparams=run_overrides(run_method, configs.get(run_method, {}), req.shots) if run_method else {},
+        anchors=pair_anchors(signals, req.shots),
     )
 
 

@@ -2,7 +2,8 @@
 
 A bad option found after 10-15 s of model loading and preprocessing wastes the user's time, and
 one found after training throws the measured run away. Everything that can be checked from the
-arguments alone is checked here, at the top of ``run_finetune``: the device against this
+arguments alone is checked here, once per ``RunRequest`` (``check_request``), before the run
+starts: the tuner's own ``check_hparams`` (the one hyper-parameter validator), the device against this
 machine, the hyper-parameters against the tuner's own defaults (the same ``resolve_hparams`` the
 tuner calls), finite numbers, sample sizes, image size, model and dataset names; and what the
 history will accept of the run (a seed its 32-bit column holds), so a measured run is never
@@ -14,10 +15,11 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .errors import TrainingError
-from .specs import ModelSpec, TrainContext, Tuner
+from .specs import ModelSpec, RunRequest, TrainContext, Tuner
 
 #: More epochs than this are refused (``--epochs 1000000000`` would run for years, ``2**63``
 #: overflows): the shipped history's runs use 10-20, the papers' GPU schedules up to 200.
@@ -33,6 +35,35 @@ def check_finite(method: str, values: Mapping[str, Any]) -> None:
     for key, value in values.items():
         if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(float(value)):
             raise TrainingError(f"{method}: {key} must be a finite number (got {value!r})")
+
+
+@dataclass(frozen=True)
+class CheckedRun:
+    """A request that passed ``check_request``: its tuner, its device (resolved on this machine
+    when the run will happen here) and the hyper-parameters the tuner will resolve."""
+
+    request: RunRequest
+    tuner: Tuner
+    device: str
+    resolved: Mapping[str, Any]
+
+
+def check_request(req: RunRequest, *, planning: bool = False) -> CheckedRun:
+    """Check a run request once, before anything loads; raise a one-line AdvisorError for
+    anything the run would reject later. ``planning=True`` (a sweep planning runs that workers,
+    maybe elsewhere, will make) leaves the device as given, unresolved, and leaves the OOD sets
+    against the dataset to the worker."""
+    from .config import resolve_device
+    from .plugins import get_tuner
+
+    tuner = get_tuner(req.method)  # unknown method: one line before any work
+    tuner.check_hparams(req.given_hparams)  # names, types and bounds, as the tuner declares them
+    device = str(req.device or "cpu") if planning else resolve_device(req.device)
+    resolved = check_run_options(req.model, req.method, tuner, shots=req.shots, seed=req.seed, epochs=req.epochs,
+                                 lr=req.lr, batch_size=req.batch_size, hparams=req.hparams, ood=req.ood,
+                                 device=device, max_test=req.max_test, max_ood=req.max_ood,
+                                 dataset=None if planning else req.dataset.name)
+    return CheckedRun(req, tuner, device, resolved)
 
 
 def check_run_options(

@@ -9,7 +9,6 @@ every step succeeded, so a crash or Ctrl-C leaves the history unchanged.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import resource
@@ -23,23 +22,20 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import DatasetError, HistoryError, TrainingError
 from .curves import CURVE_VERSION
-from .specs import DatasetBundle, DatasetSpec, ImageSet, ModelSpec, RunResult, TrainContext
+from .errors import DatasetError, HistoryError, TrainingError
+from .history.spool import RunSpooled
+from .run_checks import CheckedRun
+from .session import Session, session_or_new
+from .specs import DatasetBundle, DatasetSpec, ImageSet, ModelSpec, RunRequest, RunResult, TrainContext
+from .specs.run import DEFAULT_MAX_OOD, DEFAULT_MAX_TEST
 
-#: Test images per dataset used for accuracy before/after. A fixed sample (seed 0) so runs with
-#: different training seeds are measured on the same images.
-DEFAULT_MAX_TEST = 500
-DEFAULT_MAX_OOD = 500
+__all__ = ["DEFAULT_MAX_OOD", "DEFAULT_MAX_TEST", "TEST_SAMPLE_SEED", "RunSpooled", "run_finetune", "run_request"]
+
+#: Test images per dataset used for accuracy before/after (``DEFAULT_MAX_TEST``,
+#: ``DEFAULT_MAX_OOD``): a fixed sample (seed 0) so runs with different training seeds are
+#: measured on the same images.
 TEST_SAMPLE_SEED = 0
-
-
-class RunSpooled(HistoryError):
-    """The run was measured but the history could not be written: it waits in the spool."""
-
-    def __init__(self, message: str, path: Path) -> None:
-        super().__init__(message)
-        self.path = path
 
 
 @dataclass
@@ -70,35 +66,58 @@ def _check_promptable(name: str, class_names: Sequence[str], template: str) -> N
         raise DatasetError(f"dataset {name!r}: classes cannot be prompted (empty class names)")
 
 
-#: In-process memo: (model identity, dataset, max images) -> EvalSet / zero-shot measurement.
-#: A sweep that runs every method on one pair prepares and measures the test sets once.
-_eval_sets: dict[tuple[str, str, int], EvalSet] = {}
-_zero_shot: dict[tuple[str, str, int], tuple[float, float]] = {}
-_base_features: dict[tuple[str, str, int], Any] = {}
-_ood_bundles: dict[tuple[str, tuple[str, ...] | None], dict[str, DatasetBundle]] = {}
-_pairs: dict[tuple[Any, ...], Any] = {}  # (model spec, dataset spec, device) -> PreparedPair with signals
+def check_promptable(session: Session, name: str, bundle: DatasetBundle) -> str:
+    """The dataset's prompt template, its classes and template checked once per session."""
+    template = bundle.templates[0] if bundle.templates else ""
+    key = (name, repr(list(bundle.class_names)), template)
+    session.get("promptable", key, lambda: _check_promptable(name, bundle.class_names, template))
+    return template
 
 
-def load_eval_set(model: Any, spec: DatasetSpec, max_images: int, bundle: DatasetBundle | None = None) -> EvalSet:
-    """The test split of a dataset, sampled to ``max_images`` with a fixed seed (memoised).
-    Pass the already loaded ``bundle`` so the dataset is not loaded a second time."""
-    key = (model.identity(), spec.name, max_images)
-    if key not in _eval_sets:
-        _eval_sets[key] = _load_eval_set(model, spec, max_images, bundle)
-    return _eval_sets[key]
+def _eval_key(model: Any, ev_name: str, n: int) -> tuple[str, str, int]:
+    return (model.identity(), ev_name, n)
 
 
-def measure_zero_shot(model: Any, ev: EvalSet, device: str) -> tuple[float, float]:
-    """``measure`` of the untouched model, memoised per (model identity, eval set); its image
-    features are kept for ``measure_adapted``."""
+def load_eval_set(model: Any, spec: DatasetSpec, max_images: int, bundle: DatasetBundle | None = None,
+                  session: Session | None = None) -> EvalSet:
+    """The test split of a dataset, sampled to ``max_images`` with a fixed seed, once per
+    session. Pass the already loaded ``bundle`` so the dataset is not loaded a second time."""
+    session = session_or_new(session)
+    return session.get("eval_set", _eval_key(model, spec.name, max_images),
+                       lambda: _load_eval_set(model, spec, max_images, bundle, session))
+
+
+def _load_eval_set(model: Any, spec: DatasetSpec, max_images: int, bundle: DatasetBundle | None,
+                   session: Session) -> EvalSet:
+    from .data import get_split, sample
+
+    bundle = bundle if bundle is not None else load_bundle(session, spec)
+    template = check_promptable(session, spec.name, bundle)
+    test = sample(get_split(bundle, "test"), max_images, TEST_SAMPLE_SEED)
+    return EvalSet(spec.name, list(bundle.class_names), template, preprocess_images(model, test), np.asarray(test.labels))
+
+
+def load_bundle(session: Session, spec: DatasetSpec) -> DatasetBundle:
+    """The dataset ``spec`` loaded once per session."""
+    from .data import load_dataset
+
+    return session.get("dataset", spec, lambda: load_dataset(spec))
+
+
+def measure_zero_shot(model: Any, ev: EvalSet, device: str, session: Session | None = None) -> tuple[float, float]:
+    """``measure_eval_set`` of the untouched model, once per (model identity, eval set) in the
+    session; its image features are kept there for ``measure_adapted``."""
     from .tuning import ZeroShotAdapted, image_features_of
 
-    key = (model.identity(), ev.name, len(ev.labels))
-    if key not in _zero_shot:
+    session = session_or_new(session)
+    key = _eval_key(model, ev.name, len(ev.labels))
+
+    def make() -> tuple[float, float]:
         adapted = ZeroShotAdapted(model, device=device)
-        _base_features[key] = image_features_of(adapted, ev.pixels)
-        _zero_shot[key] = measure(adapted, ev, image_features=_base_features[key])
-    return _zero_shot[key]
+        feats = session.get("base_features", key, lambda: image_features_of(adapted, ev.pixels))
+        return measure_eval_set(adapted, ev, image_features=feats)
+
+    return session.get("zero_shot", key, make)
 
 
 def image_tower_unchanged(base: Any, adapted: Any, ev: EvalSet, device: str, probe: int = 8) -> bool:
@@ -115,26 +134,20 @@ def image_tower_unchanged(base: Any, adapted: Any, ev: EvalSet, device: str, pro
     return a.shape == b.shape and bool(torch.equal(a, b))
 
 
-def measure_adapted(base: Any, adapted: Any, ev: EvalSet, reuse_image_features: bool) -> tuple[float, float]:
-    """``measure`` of a trained model; with ``reuse_image_features`` the untouched model's
-    cached image features stand in for re-encoding (only the text side changed)."""
-    feats = _base_features.get((base.identity(), ev.name, len(ev.labels))) if reuse_image_features else None
-    return measure(adapted, ev, image_features=feats)
+def measure_adapted(base: Any, adapted: Any, ev: EvalSet, reuse_image_features: bool,
+                    session: Session | None = None) -> tuple[float, float]:
+    """``measure_eval_set`` of a trained model; with ``reuse_image_features`` the untouched
+    model's image features held by the session stand in for re-encoding (only the text side
+    changed)."""
+    feats = None
+    if reuse_image_features and session is not None:
+        feats = session.peek("base_features", _eval_key(base, ev.name, len(ev.labels)))
+    return measure_eval_set(adapted, ev, image_features=feats)
 
 
-def _load_eval_set(model: Any, spec: DatasetSpec, max_images: int, bundle: DatasetBundle | None) -> EvalSet:
-    from .data import get_split, load_dataset, sample
-
-    bundle = bundle if bundle is not None else load_dataset(spec)
-    template = bundle.templates[0] if bundle.templates else ""
-    _check_promptable(spec.name, bundle.class_names, template)
-    test = sample(get_split(bundle, "test"), max_images, TEST_SAMPLE_SEED)
-    return EvalSet(spec.name, list(bundle.class_names), template, preprocess_images(model, test), np.asarray(test.labels))
-
-
-def measure(adapted: Any, ev: EvalSet, batch_size: int = 256, image_features: Any = None) -> tuple[float, float]:
+def measure_eval_set(adapted: Any, ev: EvalSet, batch_size: int = 256, image_features: Any = None) -> tuple[float, float]:
     """Top-1 accuracy and modality gap of an adapted model on one evaluation set."""
-    from .tuning import measure as measure_pixels
+    from .tuning import measure_pixels
 
     return measure_pixels(adapted, ev.pixels, ev.labels, ev.class_names, ev.template, batch_size,
                           image_features=image_features)
@@ -145,21 +158,23 @@ def standard_error(acc: float, n: int) -> float | None:
     return math.sqrt(max(acc * (1.0 - acc), 0.0) / n) if n > 0 else None
 
 
-def _ood_references(source: str, names: Sequence[str] | None) -> dict[str, DatasetBundle]:
-    """The OOD reference sets, loaded once: ``names`` when given, else one per *other* source
-    (the offline built-in base sets whose source is not the task's: a task derived from MNIST
-    is not measured "out of domain" on MNIST). Memoised per process, so a sweep worker loads
-    each reference set once for all its runs."""
-    from .data import load_dataset
+def ood_references(source: str, names: Sequence[str] | None, session: Session | None = None) -> dict[str, DatasetBundle]:
+    """The OOD reference sets, loaded once per session: ``names`` when given, else one per
+    *other* source (the offline built-in base sets whose source is not the task's: a task
+    derived from MNIST is not measured "out of domain" on MNIST). A sweep worker's session
+    loads each reference set once for all its runs."""
+    session = session_or_new(session)
+    key = (source, tuple(names) if names is not None else None)
+    return session.get("ood", key, lambda: _load_ood_references(source, names, session))
+
+
+def _load_ood_references(source: str, names: Sequence[str] | None, session: Session) -> dict[str, DatasetBundle]:
     from .plugins import list_datasets
 
-    key = (source, tuple(names) if names is not None else None)
-    if key in _ood_bundles:
-        return _ood_bundles[key]
     out: dict[str, DatasetBundle] = {}
     for name in (names if names is not None else [src.name for src in list_datasets(ood_reference=True)]):
         try:
-            bundle = load_dataset(DatasetSpec(name))
+            bundle = load_bundle(session, DatasetSpec(name))
         except DatasetError as exc:
             if names is not None:
                 raise
@@ -171,7 +186,6 @@ def _ood_references(source: str, names: Sequence[str] | None) -> dict[str, Datas
             raise DatasetError(f"--ood {name}: it comes from the same source as the dataset ({source}), so it is "
                                "not out-of-domain; choose a set from another source")
         out[name] = bundle
-    _ood_bundles[key] = out
     return out
 
 
@@ -184,199 +198,283 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_finetune(
-    model_spec: ModelSpec,
-    dataset_spec: DatasetSpec,
-    method: str,
-    *,
-    shots: int | None = 16,
-    seed: int = 0,
-    epochs: int | None = None,
-    lr: float | None = None,
-    batch_size: int | None = None,
-    hparams: dict[str, Any] | None = None,
-    ood: Sequence[str] | None = None,
-    device: str | None = None,
-    db: str | None = None,
-    max_test: int = DEFAULT_MAX_TEST,
-    max_ood: int = DEFAULT_MAX_OOD,
-    signals: bool = True,
-    record: bool = True,
-    save_adapter: bool = True,
-    adapters_dir: str | None = None,
-    spool_dir: str | None = None,
-    provenance_extra: dict[str, Any] | None = None,
-    quiet: bool = False,
-    on_step: Callable[[int, int, float], None] | None = None,
-    stop_after_epochs: int | None = None,
-) -> RunResult:
-    """Train ``method`` on the pair, measure before/after, and record one run (see module doc).
+# ------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class RunInputs:
+    """What the run loaded: the dataset, its training part, the OOD reference sets, the model
+    and the preprocessed images."""
+
+    bundle: DatasetBundle
+    template: str
+    train_split: ImageSet
+    train: ImageSet
+    base: Any
+    id_set: EvalSet
+    ood_sets: list[EvalSet]
+    train_pixels: Any
+    train_labels: Any
+    t_prepare: float
+
+
+@dataclass
+class Before:
+    """The untouched model's measurements and the pair's descriptors and signals."""
+
+    id_acc: float
+    gap: float
+    ood: dict[str, float]
+    pair: Any
+    prepare_s: float
+
+
+@dataclass
+class Trained:
+    """The tuner's result, the learning curve and the training time."""
+
+    result: Any
+    recorder: Any
+    wall: float
+
+
+@dataclass
+class After:
+    """The adapted model's measurements."""
+
+    id_acc: float
+    gap: float
+    ood: dict[str, float]
+    reuse: bool
+    evaluate_s: float
+
+
+def run_finetune(model_spec: ModelSpec, dataset_spec: DatasetSpec, method: str, *,
+                 on_step: Callable[[int, int, float], None] | None = None, session: Session | None = None,
+                 **options: Any) -> RunResult:
+    """Compatibility wrapper: ``RunRequest(model_spec, dataset_spec, method, **options)``,
+    checked (``check_request``) and run (``run_request``). ``options`` are RunRequest's fields."""
+    from .run_checks import check_request
+
+    req = RunRequest(model_spec, dataset_spec, method, **options)
+    return run_request(check_request(req), session, on_step=on_step)
+
+
+def run_request(checked: CheckedRun, session: Session | None = None, *,
+                on_step: Callable[[int, int, float], None] | None = None) -> RunResult:
+    """Train the checked request's method on the pair, measure before/after and record one run
+    (see module doc). ``session`` holds what is loaded (a sweep worker passes one for all its
+    runs).
 
     The trained adapter is written only for a recorded run, into ``adapters_dir`` or the
     directory beside the history (``config.adapters_dir``); the row stores its path relative
     to that directory, and the returned run's ``adapter_path`` is the file the row points to."""
-    import torch
+    req, session = checked.request, session_or_new(session)
+    adapter_folder = check_destinations(req)
+    inputs = load_inputs(req, checked.device, session)
+    before = measure_before(req, checked.device, inputs, session)
+    trained = train(checked, inputs, on_step, session)
+    after = measure_after(inputs, trained, checked.device, session)
+    run_id = uuid.uuid4().hex[:16]
+    adapter_path, adapter_file = save_adapter(req, trained, adapter_folder, run_id)
+    run = run_result(checked, inputs, before, trained, after, run_id, adapter_path)
+    if req.record:
+        record_or_spool(req, run, run_id, adapter_file)
+    return run
 
-    from .config import resolve_device
-    from .data import few_shot, get_split, load_dataset
-    from .embed import load_model
-    from .plugins import get_tuner
-    from .provenance import provenance
 
-    from .run_checks import check_run_options
-
-    tuner = get_tuner(method)  # unknown method: one-line error before any work
-    device = resolve_device(device)
-    resolved = check_run_options(model_spec, method, tuner, shots=shots, seed=seed, epochs=epochs, lr=lr,
-                                 batch_size=batch_size, hparams=hparams, ood=ood, device=device, max_test=max_test,
-                                 max_ood=max_ood, dataset=dataset_spec.name)
-    if record:  # an unreachable or read-only history is refused now, not after the training
+def check_destinations(req: RunRequest) -> Path | None:
+    """Refuse now, not after the training, an unreachable or read-only history and an adapters
+    directory that cannot be written; return that directory (None: no adapter is written)."""
+    if req.record:
         from .history import open_history
 
-        with open_history(db) as history:
+        with open_history(req.db) as history:
             history.check_writable()
-    adapter_folder = None
-    if save_adapter and record:  # an adapters directory that cannot be written: refused now too
-        from .config import adapters_dir as adapters_dir_for
-        from .history.location import location
+    if not (req.save_adapter and req.record):
+        return None
+    from .config import adapters_dir as adapters_dir_for
+    from .history.location import location
 
-        where = location(db)
-        adapter_folder = adapters_dir_for(None if "://" in where else Path(where), adapters_dir)
-        check_writable_dir(adapter_folder, "the adapters directory", "--adapters-dir")
-    bundle = load_dataset(dataset_spec)
-    template = bundle.templates[0] if bundle.templates else ""
-    _check_promptable(dataset_spec.name, bundle.class_names, template)
-    train_split = train = get_split(bundle, "train")
-    if shots is not None:
-        train = few_shot(train, shots, seed, class_names=bundle.class_names)
-    ood_bundles = _ood_references(bundle.source or dataset_spec.name, list(ood) if ood is not None else None)
+    where = location(req.db)
+    folder = adapters_dir_for(None if "://" in where else Path(where), req.adapters_dir)
+    check_writable_dir(folder, "the adapters directory", "--adapters-dir")
+    return folder
 
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    t_prepare = time.perf_counter()
-    base = load_model(model_spec, device)
+
+def load_inputs(req: RunRequest, device: str, session: Session) -> RunInputs:
+    """Load the dataset, its few-shot training part, the OOD reference sets and the model, and
+    preprocess the test and training images (each once per session)."""
+    import torch
+
+    from .data import few_shot, get_split
+    from .embed import open_model
     from .terminal import phase
 
-    with phase(f"preparing test images ({dataset_spec.name} and {len(ood_bundles)} OOD sets)"):
-        id_set = load_eval_set(base, dataset_spec, max_test, bundle)
-        ood_sets = [load_eval_set(base, DatasetSpec(n), max_ood, b) for n, b in ood_bundles.items()]
+    bundle = load_bundle(session, req.dataset)
+    template = check_promptable(session, req.dataset.name, bundle)
+    train_split = train = get_split(bundle, "train")
+    if req.shots is not None:
+        train = few_shot(train, req.shots, req.seed, class_names=bundle.class_names)
+    ood_bundles = ood_references(bundle.source or req.dataset.name, req.ood, session)
+
+    torch.manual_seed(req.seed)
+    np.random.seed(req.seed)
+    t_prepare = time.perf_counter()
+    # the device was resolved by check_request; the key is load_model's
+    base = session.get("model", (req.model, device), lambda: open_model(req.model, device))
+    with phase(f"preparing test images ({req.dataset.name} and {len(ood_bundles)} OOD sets)"):
+        id_set = load_eval_set(base, req.dataset, req.max_test, bundle, session)
+        ood_sets = [load_eval_set(base, DatasetSpec(n), req.max_ood, b, session) for n, b in ood_bundles.items()]
     with phase(f"preparing {len(train)} training images"):
         train_pixels = preprocess_images(base, train)
     train_labels = torch.as_tensor(np.asarray(train.labels), dtype=torch.long)
+    return RunInputs(bundle, template, train_split, train, base, id_set, ood_sets, train_pixels, train_labels,
+                     t_prepare)
 
-    id_before, gap_before = measure_zero_shot(base, id_set, device)
-    ood_before = {ev.name: measure_zero_shot(base, ev, device)[0] for ev in ood_sets}
 
+def measure_before(req: RunRequest, device: str, inputs: RunInputs, session: Session) -> Before:
+    """The untouched model on the test sets, and the pair's descriptors and signals: measured
+    once per (model, dataset, device) in the session (a sweep worker reuses them); a run records
+    what it measured, random weights included."""
     from .pair import prepare_pair
 
-    # The pair's descriptors, and its signals measured once per (model, dataset) pair in a
-    # process (a sweep reuses them); a run records what it measured, random weights included.
-    pkey = (model_spec, dataset_spec, device)
-    pair = _pairs.get(pkey) if signals else None
-    if pair is None:
-        pair = prepare_pair(model_spec, dataset_spec, measure=signals, check_random=False, device=device,
-                            quiet=quiet, model=base, bundle=bundle)
-        if signals:
-            _pairs[pkey] = pair
-    prepare_s = time.perf_counter() - t_prepare
+    base = inputs.base
+    id_acc, gap = measure_zero_shot(base, inputs.id_set, device, session)
+    ood = {ev.name: measure_zero_shot(base, ev, device, session)[0] for ev in inputs.ood_sets}
 
+    def pair() -> Any:
+        return prepare_pair(req.model, req.dataset, measure=req.signals, check_random=False, device=device,
+                            quiet=req.quiet, model=base, bundle=inputs.bundle, session=session)
+
+    prepared = session.get("pair", (req.model, req.dataset, device), pair) if req.signals else pair()
+    return Before(id_acc, gap, ood, prepared, time.perf_counter() - inputs.t_prepare)
+
+
+def train(checked: CheckedRun, inputs: RunInputs, on_step: Callable[[int, int, float], None] | None,
+          session: Session) -> Trained:
+    """Train a copy of the model (the session's stays pristine) with the tuner, recording the
+    learning curve; the curve's measurements are not training time."""
+    import torch
+
+    from .terminal import phase
+
+    req, device = checked.request, checked.device
     with phase("preparing the learning-curve sets"):
-        recorder = curve_recorder(base, bundle, train_split, train, id_set, ood_sets, device, shots)
-    model = copy.deepcopy(base)  # the tuner mutates weights; the memoised base must stay pristine
-    progress = on_step or _progress_bar(quiet)
+        recorder = curve_recorder(inputs.base, inputs.bundle, inputs.train_split, inputs.train, inputs.id_set,
+                                  inputs.ood_sets, device, req.shots, session)
+    progress = on_step or _progress_bar(req.quiet)
     ctx = TrainContext(
-        model=model, class_names=list(bundle.class_names), template=template,
-        train_pixels=train_pixels, train_labels=train_labels, device=device, seed=seed,
-        epochs=epochs, lr=lr, batch_size=batch_size, shots=shots, hparams=dict(hparams or {}),
-        progress=progress, on_epoch=recorder, stop_after_epochs=stop_after_epochs,
+        model=copy.deepcopy(inputs.base), class_names=list(inputs.bundle.class_names), template=inputs.template,
+        train_pixels=inputs.train_pixels, train_labels=inputs.train_labels, device=device, seed=req.seed,
+        epochs=req.epochs, lr=req.lr, batch_size=req.batch_size, shots=req.shots, hparams=dict(req.hparams),
+        progress=progress, on_epoch=recorder, stop_after_epochs=req.stop_after_epochs,
     )
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0, measured_before = time.perf_counter(), recorder.measure_s
-    result = tuner.train(ctx)
+    result = checked.tuner.train(ctx)
     wall = time.perf_counter() - t0 - (recorder.measure_s - measured_before)  # the curve's points excluded
     _close_progress(progress)
-    check_converged(method, result.losses, result.hparams.get("lr", resolved.get("lr")))
+    check_converged(req.method, result.losses, result.hparams.get("lr", checked.resolved.get("lr")))
+    return Trained(result, recorder, wall)
 
+
+def measure_after(inputs: RunInputs, trained: Trained, device: str, session: Session) -> After:
+    """The adapted model on the same test sets (the untouched model's image features reused
+    when the image tower is bitwise unchanged)."""
     t_eval = time.perf_counter()
-    reuse = image_tower_unchanged(base, result.adapted, id_set, device)
-    id_after, gap_after = measure_adapted(base, result.adapted, id_set, reuse)
-    ood_after = {ev.name: measure_adapted(base, result.adapted, ev, reuse)[0] for ev in ood_sets}
-    evaluate_s = time.perf_counter() - t_eval
-    measurement = {
+    adapted, base = trained.result.adapted, inputs.base
+    reuse = image_tower_unchanged(base, adapted, inputs.id_set, device)
+    id_acc, gap = measure_adapted(base, adapted, inputs.id_set, reuse, session)
+    ood = {ev.name: measure_adapted(base, adapted, ev, reuse, session)[0] for ev in inputs.ood_sets}
+    return After(id_acc, gap, ood, reuse, time.perf_counter() - t_eval)
+
+
+def save_adapter(req: RunRequest, trained: Trained, folder: Path | None, run_id: str) -> tuple[str | None, Path | None]:
+    """Write the trained adapter (a recorded run only): its path as the history stores it
+    (relative to the adapters directory) and the file; (None, None) when none was written."""
+    if folder is None:  # --no-record writes no file
+        return None, None
+    state = {k: v.detach().contiguous().cpu() for k, v in trained.result.adapted.adapter_state().items()}
+    if not state:
+        return None, None
+    path = f"{run_id}-{req.method}.safetensors"
+    if not _save_adapter(state, folder / path, {"method": req.method, "model": req.model.name,
+                                                "dataset": req.dataset.name}):
+        return None, None  # the measured run is kept, without its adapter
+    return path, folder / path
+
+
+def _measurement(req: RunRequest, inputs: RunInputs, before: Before, trained: Trained, after: After) -> dict[str, Any]:
+    """How the run was measured: sample sizes, standard errors, the curve's sets."""
+    id_n, recorder = len(inputs.id_set.labels), trained.recorder
+    out: dict[str, Any] = {
         "eval_sample_seed": TEST_SAMPLE_SEED,
-        "id_n": int(len(id_set.labels)),
-        "ood_n": {ev.name: int(len(ev.labels)) for ev in ood_sets},
-        "id_se_before": standard_error(id_before, len(id_set.labels)),
-        "id_se_after": standard_error(id_after, len(id_set.labels)),
-        "ood_se_before": {ev.name: standard_error(ood_before[ev.name], len(ev.labels)) for ev in ood_sets},
-        "ood_se_after": {ev.name: standard_error(ood_after[ev.name], len(ev.labels)) for ev in ood_sets},
-        "image_features_reused": reuse,
+        "id_n": int(id_n),
+        "ood_n": {ev.name: int(len(ev.labels)) for ev in inputs.ood_sets},
+        "id_se_before": standard_error(before.id_acc, id_n),
+        "id_se_after": standard_error(after.id_acc, id_n),
+        "ood_se_before": {ev.name: standard_error(before.ood[ev.name], len(ev.labels)) for ev in inputs.ood_sets},
+        "ood_se_after": {ev.name: standard_error(after.ood[ev.name], len(ev.labels)) for ev in inputs.ood_sets},
+        "image_features_reused": after.reuse,
         "curve_version": CURVE_VERSION,
         "val_n": 0 if recorder.val is None else int(len(recorder.val.labels)),
         "ood_proxy_n": int(sum(len(p.labels) for p in recorder.ood)),
     }
-    if stop_after_epochs is not None:
-        measurement["stopped_after_epochs"] = len(result.losses)
-    epochs_done = result.hparams.get("epochs") or epochs or 1
-    run_id = uuid.uuid4().hex[:16]
-    adapter_path = None  # as the history stores it: relative to the adapters directory
-    adapter_file = None
-    if adapter_folder is not None:  # --no-record writes no file
-        state = {k: v.detach().contiguous().cpu() for k, v in result.adapted.adapter_state().items()}
-        if state:
-            adapter_path = f"{run_id}-{method}.safetensors"
-            adapter_file = adapter_folder / adapter_path
-            if not _save_adapter(state, adapter_file, {"method": method, "model": model_spec.name,
-                                                       "dataset": dataset_spec.name}):
-                adapter_path = adapter_file = None  # the measured run is kept, without its adapter
+    if req.stop_after_epochs is not None:
+        out["stopped_after_epochs"] = len(trained.result.losses)
+    return out
 
-    run = RunResult(
-        model=model_spec.name, pretrained=model_spec.pretrained, dataset=dataset_spec.name, method=method,
-        shots=shots, seed=seed, hparams=dict(result.hparams), split_hash=train.split_hash(),
-        id_acc_before=id_before, id_acc_after=id_after, ood_before=ood_before, ood_after=ood_after,
-        gap_before=gap_before, gap_after=gap_after, wall_time_s=wall,
-        train_images_per_s=(len(train) * float(epochs_done) / wall) if wall > 0 else None,
+
+def run_result(checked: CheckedRun, inputs: RunInputs, before: Before, trained: Trained, after: After,
+               run_id: str, adapter_path: str | None) -> RunResult:
+    """The measured run, as the history records it."""
+    from .provenance import provenance
+
+    req, device, result, wall, pair = checked.request, checked.device, trained.result, trained.wall, before.pair
+    epochs_done = result.hparams.get("epochs") or req.epochs or 1
+    timing = {"prepare_s": round(before.prepare_s, 3), "train_s": round(wall, 3),
+              "evaluate_s": round(after.evaluate_s, 3), "curve_s": round(trained.recorder.measure_s, 3)}
+    return RunResult(
+        model=req.model.name, pretrained=req.model.pretrained, dataset=req.dataset.name, method=req.method,
+        shots=req.shots, seed=req.seed, hparams=dict(result.hparams), split_hash=inputs.train.split_hash(),
+        id_acc_before=before.id_acc, id_acc_after=after.id_acc, ood_before=before.ood, ood_after=after.ood,
+        gap_before=before.gap, gap_after=after.gap, wall_time_s=wall,
+        train_images_per_s=(len(inputs.train) * float(epochs_done) / wall) if wall > 0 else None,
         peak_memory_mb=_peak_memory_mb(device), trainable_params=int(result.trainable_params), device=device,
-        provenance={**provenance(device, seed), **(provenance_extra or {}), "measurement": measurement,
-                    "timing": {"prepare_s": round(prepare_s, 3), "train_s": round(wall, 3),
-                               "evaluate_s": round(evaluate_s, 3), "curve_s": round(recorder.measure_s, 3)}},
+        provenance={**provenance(device, req.seed), **(req.provenance_extra or {}),
+                    "measurement": _measurement(req, inputs, before, trained, after), "timing": timing},
         signals=dict(pair.signals), signal_versions=dict(pair.versions),
         model_desc=dict(pair.model_desc), dataset_desc=dict(pair.dataset_desc), losses=[float(x) for x in result.losses],
-        curve=list(recorder.points), adapter_path=adapter_path, run_id=run_id,
+        curve=list(trained.recorder.points), adapter_path=adapter_path, run_id=run_id,
     )
-    if record:
-        from .history import open_history
 
-        try:
-            with open_history(db) as history:
-                run.run_id = history.record_run(run)
-                if run.run_id != run_id:  # a retry: the history keeps the first run and its adapter
-                    run.adapter_path = history.get_run(run.run_id).get("adapter_path")
-        except HistoryError as exc:
-            # Measured but not writable (database down, locked, read-only): keep the run.
-            from .history.spool import spool_document, write_spool
 
-            try:
-                path = write_spool(run, spool_dir, reason=str(exc))
-            except OSError as spool_exc:
-                # Neither the history nor the spool: the measurement goes to stderr, whole.
-                print(json.dumps(spool_document(run, str(exc)), allow_nan=True), file=sys.stderr, flush=True)
-                raise HistoryError(
-                    f"{exc}; the spool cannot be written either ({spool_exc.strerror or spool_exc}): the measured "
-                    "run is the JSON line above on stderr (save it as NAME.run.json in a spool directory and run "
-                    "`advisor history import-spool`)") from None
-            raise RunSpooled(f"{exc}; the measured run was saved to {path} "
-                             "(add it with `advisor history import-spool`)", path=path) from None
-        except BaseException:
-            if adapter_file is not None:
-                adapter_file.unlink(missing_ok=True)  # no row points at it
-            raise
-        if run.run_id != run_id and adapter_file is not None:
-            adapter_file.unlink(missing_ok=True)
-        if run.adapter_path and adapter_file is not None and not Path(run.adapter_path).is_absolute():
-            run.adapter_path = str(adapter_file.parent / run.adapter_path)
-    return run
+def record_or_spool(req: RunRequest, run: RunResult, run_id: str, adapter_file: Path | None) -> None:
+    """Record the run in one transaction; when the history cannot be written, spool it (and
+    when the spool cannot be written either, print it on stderr). A retry keeps the history's
+    first run and its adapter."""
+    from .history import open_history
+
+    try:
+        with open_history(req.db) as history:
+            run.run_id = history.record_run(run)
+            if run.run_id != run_id:  # a retry: the history keeps the first run and its adapter
+                run.adapter_path = history.get_run(run.run_id).get("adapter_path")
+    except HistoryError as exc:
+        # Measured but not writable (database down, locked, read-only): keep the run.
+        from .history.spool import spool_run
+
+        spool_run(run, req.spool_dir, exc)
+    except BaseException:
+        if adapter_file is not None:
+            adapter_file.unlink(missing_ok=True)  # no row points at it
+        raise
+    if run.run_id != run_id and adapter_file is not None:
+        adapter_file.unlink(missing_ok=True)
+    if run.adapter_path and adapter_file is not None and not Path(run.adapter_path).is_absolute():
+        run.adapter_path = str(adapter_file.parent / run.adapter_path)
 
 
 def check_writable_dir(folder: Path, what: str, option: str) -> None:
@@ -426,7 +524,7 @@ def _save_adapter(state: dict[str, Any], path: Path, metadata: dict[str, str]) -
 
 
 def curve_recorder(base: Any, bundle: DatasetBundle, train_split: ImageSet, shots_part: ImageSet, id_set: EvalSet,
-                   ood_sets: Sequence[EvalSet], device: str, shots: int | None) -> Any:
+                   ood_sets: Sequence[EvalSet], device: str, shots: int | None, session: Session | None = None) -> Any:
     """The learning-curve recorder of a run (``advisor.curves``): a validation part of the
     training split that the shots leave unused, and the first images of each OOD reference
     set's fixed sample, with the untouched model's features; point 0 measured."""
@@ -443,7 +541,7 @@ def curve_recorder(base: Any, bundle: DatasetBundle, train_split: ImageSet, shot
     proxies = []
     for ev in ood_sets:
         n = min(OOD_PROXY_PER_SET, len(ev.labels))
-        feats = _base_features.get((base.identity(), ev.name, len(ev.labels)))
+        feats = session.peek("base_features", _eval_key(base, ev.name, len(ev.labels))) if session else None
         if feats is None:
             feats = image_features_of(base_adapted, ev.pixels)
         proxies.append(ProxySet(ev.name, ev.class_names, ev.template, ev.pixels[:n], ev.labels[:n], feats[:n]))

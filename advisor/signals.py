@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .errors import one_line
 from .specs import DatasetSpec, Embeddings, Metric, ModelSpec
 from .terminal import phase
 
@@ -64,11 +65,6 @@ class SignalSet:
         }
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def _as_float(value: Any) -> float:
     """A finite real number as a Python float, else ValueError (bools and complex are refused)."""
     if isinstance(value, (bool, np.bool_)) or isinstance(value, (complex, np.complexfloating)):
@@ -84,7 +80,9 @@ def _as_float(value: Any) -> float:
     return out
 
 
-def _outputs(metric: Metric, result: Any) -> dict[str, float]:
+def metric_outputs(metric: Metric, result: Any) -> dict[str, float]:
+    """A metric's result as {signal name: finite float}, as the engine accepts it, else ValueError
+    (a mapping of names to real numbers, or one real number named after the metric)."""
     if isinstance(result, Mapping):
         if not result:
             raise ValueError("returned an empty mapping")
@@ -184,7 +182,7 @@ def run_metrics(emb: Embeddings, names: list[str] | None = None, device: str | N
     CUDA when available, else numpy). ``meta["signal_device"]`` records the choice.
     Unknown names raise UnknownNameError; everything a metric does wrong lands in ``errors``.
     """
-    from .plugins import get_metric, get_metrics, provider_of
+    from .plugins import get_metric, get_metrics, is_builtin, provider_of
 
     if names:
         metrics = {n: get_metric(n) for n in names}
@@ -192,7 +190,7 @@ def run_metrics(emb: Embeddings, names: list[str] | None = None, device: str | N
         # Built-in metrics first: when a third-party metric reports a signal name a built-in
         # already reports, the third-party one is the metric in error, not IIMM.
         registered = dict(get_metrics())
-        order = sorted(registered, key=lambda n: not provider_of("metrics", n).startswith("advisor_plugins."))
+        order = sorted(registered, key=lambda n: not is_builtin(provider_of("metrics", n)))
         metrics = {n: registered[n] for n in order}
     available = emb.available
     out = SignalSet(meta=dict(emb.meta))
@@ -227,9 +225,9 @@ def _run_each(views: Mapping[bool, Embeddings], metrics: Mapping[str, Metric], a
             continue
         start = time.perf_counter()
         try:
-            values = _outputs(metric, metric.compute(emb))
+            values = metric_outputs(metric, metric.compute(emb))
         except Exception as exc:  # noqa: BLE001 - a broken metric must not stop the others
-            out.errors[name] = _one_line(exc)
+            out.errors[name] = one_line(exc)
             continue
         elapsed = time.perf_counter() - start
         clash = sorted(k for k in values if k in out.values)
@@ -263,9 +261,11 @@ def compute_signals(
     use_cache: bool = True,
     metrics: list[str] | None = None,
     bundle: Any = None,
+    session: Any = None,
 ) -> SignalSet:
     """Embed the pair's training split once (cached) and run every metric on it (``bundle``:
-    the dataset already loaded from ``dataset_spec``, so it is not loaded again).
+    the dataset already loaded from ``dataset_spec``, so it is not loaded again; ``session``:
+    where the model is loaded once, ``advisor.session``).
 
     The returned SignalSet's ``meta`` holds the embeddings' metadata (``split_hash``, model
     identity, dataset fingerprint, cache hit, embedding seconds).
@@ -279,13 +279,14 @@ def compute_signals(
     if isinstance(dataset_spec, str):
         dataset_spec = DatasetSpec(name=dataset_spec)
     emb = embed(model_spec, dataset_spec, split="train", shots=shots, seed=seed, max_images=max_images,
-                device=device, use_cache=use_cache, with_layers=with_layers, quiet=quiet, bundle=bundle)
+                device=device, use_cache=use_cache, with_layers=with_layers, quiet=quiet, bundle=bundle,
+                session=session)
     with phase(f"computing signals on {len(emb.labels)} images"):
         return run_metrics(emb, metrics, device=device)
 
 
 def describe_pair(model_spec: ModelSpec, dataset_spec: DatasetSpec, meta: Mapping[str, Any],
-                  device: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                  device: str | None = None, session: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The history's model and dataset descriptors for a pair, keyed exactly as ``advisor run``
     keys them (name and pretrained from the spec, the model's working image size).
 
@@ -295,7 +296,7 @@ def describe_pair(model_spec: ModelSpec, dataset_spec: DatasetSpec, meta: Mappin
     if not isinstance(model_desc, Mapping):
         from .embed import load_model
 
-        model_desc = load_model(model_spec, device).describe()
+        model_desc = load_model(model_spec, device, session=session).describe()
     model_desc = dict(model_desc)
     model_desc.update(name=model_spec.name, pretrained=model_spec.pretrained,
                       image_size=model_desc.get("image_size") or model_spec.image_size)

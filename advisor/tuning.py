@@ -9,7 +9,7 @@ what they train and which loss they minimise. (Training the *predictor* lives in
 - ``clip_logits`` / ``clip_loss``: CE over ``exp(logit_scale)·norm(img)·norm(txt)ᵀ``, the IIMM
   repo's classification loss against fixed class prompts.
 - ``ZeroShotAdapted`` / ``ModelAdapted``: the ``Adapted`` protocol for the untouched model and
-  for a model whose own weights were tuned; ``evaluate`` gives top-1 accuracy of any ``Adapted``.
+  for a model whose own weights were tuned; ``top1_accuracy`` gives top-1 accuracy of any ``Adapted``.
 
 Models are kept in ``eval()`` mode while training: dropout is off and normalisation statistics
 (EfficientNet's BatchNorm) stay fixed, so the only tensors that change are the ones a tuner
@@ -173,7 +173,7 @@ def encode_class_texts(model: Any, class_names: Sequence[str], template: str, de
 
 
 @torch.no_grad()
-def encode_images(model: Any, pixels: torch.Tensor, device: str, batch_size: int = 128) -> torch.Tensor:
+def encode_frozen_images(model: Any, pixels: torch.Tensor, device: str, batch_size: int = 128) -> torch.Tensor:
     """(N,d) image features of a frozen image tower, computed once (float32, on ``device``)."""
     out = []
     for i in range(0, pixels.shape[0], batch_size):
@@ -193,7 +193,7 @@ def frozen_image_features(ctx: TrainContext, pixels: torch.Tensor, batch_size: i
         return feats
     if pixels is None:
         raise TrainingError("neither training pixels nor cached image features were given")
-    return encode_images(ctx.model, pixels, ctx.device, batch_size)
+    return encode_frozen_images(ctx.model, pixels, ctx.device, batch_size)
 
 
 def logit_scale_value(model: Any) -> torch.Tensor:
@@ -381,7 +381,7 @@ def _module_device(model: Any) -> str:
 
 
 @torch.no_grad()
-def measure(adapted: Any, pixels: Any, labels: Any, class_names: Sequence[str], template: str,
+def measure_pixels(adapted: Any, pixels: Any, labels: Any, class_names: Sequence[str], template: str,
             batch_size: int = 256, image_features: torch.Tensor | None = None) -> tuple[float, float]:
     """Top-1 accuracy and modality gap of ``adapted`` on (pixels, labels).
 
@@ -409,10 +409,10 @@ def image_features_of(adapted: Any, pixels: Any, batch_size: int = 256) -> torch
     return torch.cat(feats)
 
 
-def evaluate(adapted: Any, pixels: Any, labels: Any, class_names: Sequence[str], template: str,
-             batch_size: int = 256) -> float:
+def top1_accuracy(adapted: Any, pixels: Any, labels: Any, class_names: Sequence[str], template: str,
+                  batch_size: int = 256) -> float:
     """Top-1 accuracy of ``adapted`` on (pixels, labels) against prompts for ``class_names``."""
-    return measure(adapted, pixels, labels, class_names, template, batch_size)[0]
+    return measure_pixels(adapted, pixels, labels, class_names, template, batch_size)[0]
 
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:

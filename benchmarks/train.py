@@ -78,13 +78,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def forward_rate() -> float:
         t0 = time.perf_counter()
-        T.encode_images(base, pixels, args.device, 32)
+        T.encode_frozen_images(base, pixels, args.device, 32)
         return n / (time.perf_counter() - t0)
 
     # The machine may be shared: the forward pass is timed right before every training run and
     # each row is compared with its neighbour; the forward row reports the median.
-    T.encode_images(base, pixels[:32], args.device, 32)  # warm-up
-    acc0 = T.evaluate(T.ZeroShotAdapted(base), pixels, labels, bundle.class_names, template)
+    T.encode_frozen_images(base, pixels[:32], args.device, 32)  # warm-up
+    acc0 = T.top1_accuracy(T.ZeroShotAdapted(base), pixels, labels, bundle.class_names, template)
     rows = []
     forward_rates = []
     methods = [m for m in args.methods.split(",") if m] if args.methods else [t.name for t in list_tuners()]
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         result = tuner.train(ctx)
         wall = time.perf_counter() - t0
-        acc = T.evaluate(result.adapted, pixels, labels, bundle.class_names, template)
+        acc = T.top1_accuracy(result.adapted, pixels, labels, bundle.class_names, template)
         rows.append({"method": method, "epochs": epochs, "images_per_s": n * epochs / wall, "wall_s": wall,
                      "forward_images_per_s_adjacent": fwd, "vs_forward": n * epochs / wall / fwd,
                      "trainable_params": result.trainable_params, "loss_first": result.losses[0],

@@ -64,11 +64,8 @@ def test_run_reports_model_load_evaluation_and_training(cli, tmp_path):
     """ADVISOR_PROGRESS=1 stands in for a terminal (CliRunner's stderr is not one)."""
     args = ["run", "--method", "coop", "--model", "tiny-vit", "--dataset", "digits", "--shots", "1", "--epochs", "1",
             "--max-images", "20", "--ood", "faces", "--device", "cpu", "--no-record", "--db", str(tmp_path / "h.db")]
-    # A cold start: its own cache (else an earlier test's signals for this pair are reused) and
-    # no model memoised in this process by an earlier test (else nothing is "loading").
-    from advisor.embed import clear_model_memo
-
-    clear_model_memo()
+    # A cold start: its own cache (else an earlier test's signals for this pair are reused); the
+    # run's session is its own, so the model is always loaded (and reported) by this run.
     env = {"ADVISOR_PROGRESS": "1", "ADVISOR_CACHE": str(tmp_path / "cache")}
     result = cli(*args, env=env)
     assert result.exit_code == 0, result.stderr

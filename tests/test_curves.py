@@ -17,6 +17,7 @@ from conftest import make_run
 from advisor.curves import check_curve, curve_epochs
 from advisor.history import open_history
 from advisor.runner import run_finetune
+from advisor.session import Session
 from advisor.specs import DatasetSpec, ModelSpec, TrainContext
 
 POINT = {"epoch": 1, "step": 5, "train_loss": 0.5, "val_acc": 0.75, "ood_proxy_acc": 0.5, "train_s": 0.25}
@@ -29,10 +30,15 @@ def test_curve_epochs_cover_the_probe_lengths_and_the_quarters() -> None:
     assert curve_epochs(1) == [1]
 
 
+#: One session for these runs on one pair, as a sweep worker or the probe work keeps one: the
+#: model, the test sets and the zero-shot measurements load once.
+_SESSION = Session()
+
+
 def _run(method: str, epochs: int, stop: int | None = None):
     return run_finetune(ModelSpec("lit-offline"), DatasetSpec("digits"), method, shots=4, seed=3, record=False,
                         quiet=True, hparams={"epochs": epochs}, stop_after_epochs=stop, signals=False, max_test=100,
-                        max_ood=40)
+                        max_ood=40, session=_SESSION)
 
 
 @pytest.mark.parametrize("method", ["tpc_cma", "lora"])

@@ -133,7 +133,6 @@ def test_cache_hit_returns_identical_arrays_without_loading_the_model(fresh_cach
     kw = dict(split="test", max_images=40, device="cpu", quiet=True, with_layers=True)
     first = E.embed(ModelSpec("tiny-rn"), DatasetSpec("digits"), **kw)
     assert first.meta["cache_hit"] is False and len(list((fresh_cache / "embeddings").glob("*.npz"))) == 1
-    E.clear_model_memo()
     loads, batches = E.stats["model_loads"], E.stats["image_batches"]
     second = E.embed(ModelSpec("tiny-rn"), DatasetSpec("digits"), **kw)
     assert (E.stats["model_loads"], E.stats["image_batches"]) == (loads, batches)  # the model never ran

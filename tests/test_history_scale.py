@@ -43,14 +43,14 @@ def _orm_training_rows(h: Any) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
     from advisor.history.rows import training_row
-    from advisor.history.schema import SignalSet, SignalValue
+    from advisor.history.schema import SignalSetRow, SignalValue
 
     with h._read() as s:
         runs = list(s.scalars(h._run_query(None, None, None)))
         latest: dict[Any, dict[str, Any]] = {}
         for m, d, name, value, version in s.execute(
-            select(SignalSet.model_id, SignalSet.dataset_id, SignalValue.name, SignalValue.value, SignalValue.version)
-            .join(SignalSet, SignalValue.signal_set_id == SignalSet.id).order_by(SignalSet.created_at, SignalSet.id)
+            select(SignalSetRow.model_id, SignalSetRow.dataset_id, SignalValue.name, SignalValue.value, SignalValue.version)
+            .join(SignalSetRow, SignalValue.signal_set_id == SignalSetRow.id).order_by(SignalSetRow.created_at, SignalSetRow.id)
         ):
             latest.setdefault((m, d), {})[name] = (value, version)
         return [training_row(r, {**latest.get((r.model_id, r.dataset_id), {}),

@@ -118,7 +118,7 @@ def test_advisor_error_is_raised_for_unknown_dataset() -> None:
 
 
 def test_a_run_loads_its_dataset_once_signals_included(monkeypatch: pytest.MonkeyPatch) -> None:
-    from advisor import data, runner
+    from advisor import data
 
     real, loaded = data.load_dataset, []
 
@@ -127,7 +127,6 @@ def test_a_run_loads_its_dataset_once_signals_included(monkeypatch: pytest.Monke
         return real(spec)
 
     monkeypatch.setattr(data, "load_dataset", counting)
-    monkeypatch.setattr(runner, "_pairs", {})  # measure this run's signals, not an earlier test's
     run = run_finetune(ModelSpec("tiny-vit"), DatasetSpec("digits"), "coop", record=False, **FAST)
     assert run.signals and run.dataset_desc["name"] == "digits"
     assert loaded.count("digits") == 1

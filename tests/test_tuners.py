@@ -140,7 +140,7 @@ def test_evaluate_matches_a_direct_computation(tiny: torch.nn.Module) -> None:
         img = F.normalize(tiny.encode_image(pixels), dim=-1).numpy()
         txt = F.normalize(tiny.encode_text(tiny.tokenize([TEMPLATE.format(n) for n in NAMES])), dim=-1).numpy()
     expected = float(np.mean((img @ txt.T).argmax(1) == labels.numpy()))
-    assert T.evaluate(adapted, pixels, labels, NAMES, TEMPLATE, batch_size=7) == pytest.approx(expected)
+    assert T.top1_accuracy(adapted, pixels, labels, NAMES, TEMPLATE, batch_size=7) == pytest.approx(expected)
 
 
 def test_split_attention_computes_what_multihead_attention_computes() -> None:
@@ -265,8 +265,8 @@ def test_loss_falls_and_accuracy_rises_on_lit_offline(method: str, epochs: int, 
     result = get_tuner(method).train(ctx)
     assert len(result.losses) == epochs and all(np.isfinite(result.losses))
     assert result.losses[-1] < result.losses[0] - 0.05
-    acc = T.evaluate(result.adapted, pixels, labels, NAMES, TEMPLATE)
-    assert acc > T.evaluate(T.ZeroShotAdapted(lit), pixels, labels, NAMES, TEMPLATE)
+    acc = T.top1_accuracy(result.adapted, pixels, labels, NAMES, TEMPLATE)
+    assert acc > T.top1_accuracy(T.ZeroShotAdapted(lit), pixels, labels, NAMES, TEMPLATE)
     if frozen_towers:
         assert T.changed(before, T.snapshot(lit)) == set()
     if method == "lora":  # MiniLM's query/value and the image projection (EfficientNet has no attention)

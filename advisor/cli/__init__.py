@@ -8,7 +8,7 @@ Every command is registered here, in one place: the built-in ones from the modul
 package (``plugins``, ``history``, ``embed`` with ``cache``, ``signals``, ``run``, ``predictor``,
 ``recommend``, ``report``), the sweep commands from ``advisor.sweep.cli``, and third-party ones
 through the ``register_commands`` hook. The shared options and output helpers live one floor
-down in ``advisor.cli_options`` (re-exported here).
+down in ``advisor.cli_options`` (``DEFAULT_SHOTS`` and ``ENVIRONMENT`` re-exported here).
 """
 
 from __future__ import annotations
@@ -16,27 +16,7 @@ from __future__ import annotations
 import click
 
 from .._version import __version__
-from ..cli_options import (  # noqa: F401  (re-exported: advisor.cli.db_option and friends)
-    DEFAULT_DATASET,
-    DEFAULT_MODEL,
-    DEFAULT_SHOTS,
-    ENVIRONMENT,
-    AdvisorGroup,
-    _discard_stdout,
-    _fmt,
-    _json_default,
-    dataset_options,
-    dataset_source_options,
-    db_option,
-    device_option,
-    emit_json,
-    import_torch,
-    json_option,
-    mlflow_option,
-    model_options,
-    print_table,
-    shots_option,
-)
+from ..cli_options import DEFAULT_SHOTS, ENVIRONMENT, AdvisorGroup  # noqa: F401  (the first two re-exported)
 from .embed import cache_group, embed_command
 from .history import history_group
 from .plugins import plugins_command

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -88,10 +89,10 @@ def history_list(model: str | None, dataset: str | None, method: str | None, lim
     rows = [
         {
             "run_id": p(r["run_id"]), "recorded": (r["recorded_at"] or "")[:10], "model": p(r["model"]),
-            "dataset": p(r["dataset"]), "method": p(r["method"]), "shots": r["shots"], "seed": r["seed"],
+            "dataset": p(r["dataset"]), "method": p(" ".join(filter(None, (r["method"], differs[i])))),
+            "shots": r["shots"], "seed": r["seed"],
             "acc_before": r["id_acc_before"], "acc_after": r["id_acc_after"],
             "gain": r["id_acc_after"] - r["id_acc_before"],
-            **({"config": p(differs[i])} if any(differs) else {}),
         }
         for i, r in enumerate(runs)
     ]
@@ -304,7 +305,7 @@ def history_update(dry_run: bool, train: bool, quiet: bool, db: str | None, as_j
 @json_option
 def history_path(db: str | None, as_json: bool) -> None:
     """Print where the history database is (a file path, or a URL without its password)."""
-    from ..history.store import location
+    from ..history.location import location
 
     if as_json:
         emit_json({"path": location(db)})

@@ -16,6 +16,7 @@ from ..cli_options import (
     quiet_option,
     shots_option,
 )
+from ..decision import OBJECTIVES
 
 
 def _interval(v: Any, lo: Any, hi: Any, fmt: str = "{:+.3f}") -> str:
@@ -41,7 +42,7 @@ def _contributions(a: Any) -> str:
 @shots_option
 @click.option("--max-images", type=click.IntRange(min=1), default=None,
               help="Cap on images embedded when the pair's signals must be computed (default 2000, seed 0).")
-@click.option("--objective", type=click.Choice(["gain", "balanced", "retain"]), default="balanced", show_default=True,
+@click.option("--objective", type=click.Choice(list(OBJECTIVES)), default="balanced", show_default=True,
               help="gain: largest in-domain gain; balanced: gain + OOD change; retain: least forgetting among gainers.")
 @click.option("--max-forgetting", type=float, default=None, metavar="X",
               help="Drop methods whose predicted mean OOD accuracy drop exceeds X (accuracy units: 0.02 = 2 points).")
@@ -68,24 +69,28 @@ def recommend_command(model: str, pretrained: str | None, image_size: int | None
     Each prediction is for the configuration the history ran the method with (its epochs and
     lr in the table, every hyper-parameter in --json); the answer ends with the `advisor run`
     command that trains it."""
-    from ..recommendation import recommend
-    from ..specs import ModelSpec
+    from ..recommendation import recommend_request
+    from ..specs import ModelSpec, RecommendRequest
     from ..terminal import set_quiet
 
     set_quiet(as_json or quiet)
-
-    rec = recommend(
+    request = RecommendRequest(
         ModelSpec(model, pretrained, image_size, weights_dir), dataset, db=db, objective=objective,
-        max_forgetting=max_forgetting, budget=budget, shots=shots,
-        device=None if device == "auto" else device, max_images=max_images, quiet=as_json or quiet,
-        embeddings=from_embeddings, allow_random_weights=allow_random_weights,
+        max_forgetting=max_forgetting, budget=budget, shots=shots, device=device, max_images=max_images,
+        quiet=as_json or quiet, embeddings=from_embeddings, allow_random_weights=allow_random_weights,
     )
+    rec = recommend_request(request)
     model_args = ["--model", model] + (["--pretrained", pretrained] if pretrained else []) \
         + (["--image-size", str(image_size)] if image_size else [])
     command = rec.run_command(model_args, None if from_embeddings else dataset.name)
     if as_json:
         emit_json({**rec.to_dict(), "run_command": command})
         return
+    _print_recommendation(rec, command)
+
+
+def _print_recommendation(rec: Any, command: str | None) -> None:
+    """The ranked table, what it rests on, the warnings and notes, the sentence and the run command."""
     src = {"predictor": "learned predictor", "anchor-prior": "anchor and per-method priors (cold start)"}.get(
         rec.source, "IIMM heuristic (cold start)")
     sig = {"history": "signals from the history", "computed": "signals computed now and stored",

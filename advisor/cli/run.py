@@ -96,29 +96,27 @@ def run_command(model: str, pretrained: str | None, image_size: int | None, weig
     is never lost: when the history cannot be written it goes to the spool, and when the spool
     cannot be written either its JSON is printed on stderr; an adapter that cannot be written
     after training is a warning and the run is recorded without it."""
-    from ..plugins import get_tuner
-    from ..runner import run_finetune, summarize
-    from ..specs import ModelSpec
+    from ..run_checks import check_request
+    from ..runner import run_request, summarize
+    from ..specs import ModelSpec, RunRequest
 
     extra = _parse_hparams(hparams)
     if alpha_target is not None:
         click.echo("Warning: --alpha-target is deprecated; use --hparam alpha_target=X", err=True)
         extra["alpha_target"] = alpha_target
+    request = RunRequest(ModelSpec(model, pretrained, image_size, weights_dir), dataset, method, shots=shots,
+                         seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, hparams=extra, ood=ood or None,
+                         device=device, db=db, max_test=max_images, record=not no_record, quiet=quiet,
+                         adapters_dir=adapters_dir)
     # Unknown methods, unknown hyper-parameters and bad values: one line, before any model loads.
-    given = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
-    get_tuner(method).check_hparams({**{k: v for k, v in given.items() if v is not None}, **extra})
+    checked = check_request(request)
     from ..terminal import TrainingProgress, set_quiet
 
     set_quiet(quiet)
     import_torch()
     training = TrainingProgress(quiet)  # status lines and bars on stderr, when it is a terminal
     try:
-        run = run_finetune(
-            ModelSpec(model, pretrained, image_size, weights_dir), dataset, method,
-            shots=shots, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, hparams=extra,
-            ood=list(ood) if ood else None, device=device, db=db, max_test=max_images, record=not no_record,
-            quiet=quiet, adapters_dir=adapters_dir, on_step=training,
-        )
+        run = run_request(checked, on_step=training)
     finally:
         training.close()
     summary = summarize(run)

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import stat
-import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable
 
@@ -308,21 +307,6 @@ def write_file(path: str | os.PathLike[str], write: Callable[[IO[str]], int]) ->
     if st is not None and not stat.S_ISREG(st.st_mode):
         with open(target, "w", encoding="utf-8", newline="") as f:
             return write(f)
-    if st is not None:
-        mode = stat.S_IMODE(st.st_mode)
-    else:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=".tmp", dir=target.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            n = write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n
+    from ..atomic import replace_file
+
+    return replace_file(target, st, write, newline="", prefix=40)

@@ -67,7 +67,7 @@ class Dataset(Base):
     created_at: Mapped[str]
 
 
-class SignalSet(Base):
+class SignalSetRow(Base):
     """The signals measured for one (model, dataset split); identical sets are stored once."""
 
     __tablename__ = "signal_sets"
@@ -100,7 +100,7 @@ class SignalValue(Base):
     version: Mapped[str | None]
     seconds: Mapped[float | None] = mapped_column(Float)
 
-    signal_set: Mapped[SignalSet] = relationship(back_populates="values")
+    signal_set: Mapped[SignalSetRow] = relationship(back_populates="values")
 
 
 class Run(Base):
@@ -150,7 +150,7 @@ class Run(Base):
 
     model: Mapped[Model] = relationship()
     dataset: Mapped[Dataset] = relationship()
-    signal_set: Mapped[SignalSet | None] = relationship()
+    signal_set: Mapped[SignalSetRow | None] = relationship()
 
 
 class Predictor(Base):

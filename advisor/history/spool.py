@@ -22,6 +22,32 @@ from ..specs import RunResult
 SUFFIX = ".run.json"
 
 
+class RunSpooled(HistoryError):
+    """The run was measured but the history could not be written: it waits in the spool."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def spool_run(run: RunResult, spool_dir: str | os.PathLike[str] | None, exc: HistoryError) -> None:
+    """A measured run the history refused (``exc``): write it to the spool and raise
+    ``RunSpooled``; when the spool cannot be written either, print it whole on stderr and raise
+    a HistoryError that says so. Nothing measured is lost."""
+    import sys
+
+    try:
+        path = write_spool(run, spool_dir, reason=str(exc))
+    except OSError as spool_exc:
+        print(json.dumps(spool_document(run, str(exc)), allow_nan=True), file=sys.stderr, flush=True)
+        raise HistoryError(
+            f"{exc}; the spool cannot be written either ({spool_exc.strerror or spool_exc}): the measured "
+            "run is the JSON line above on stderr (save it as NAME.run.json in a spool directory and run "
+            "`advisor history import-spool`)") from None
+    raise RunSpooled(f"{exc}; the measured run was saved to {path} "
+                     "(add it with `advisor history import-spool`)", path=path) from None
+
+
 def default_spool_dir() -> Path:
     """``ADVISOR_SPOOL`` or ``<user data dir>/spool``."""
     env = os.environ.get("ADVISOR_SPOOL")

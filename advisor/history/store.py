@@ -27,32 +27,29 @@ from sqlalchemy.orm import Session, selectinload
 from ..errors import HistoryError
 from ..specs import RunResult
 from . import io as hio
-from .database import TIMEOUT_ENV, db_timeout, make_engines, quick_check, translate  # noqa: F401
-from .keys import (  # noqa: F401  (re-exported: older imports from advisor.history.store)
+from .database import db_timeout, make_engines, quick_check, translate
+from .keys import (
     config_hash,
     dataset_desc_of,
     dataset_key,
-    default_run_id,
     model_desc_of,
     model_key,
     run_id_of,
     signal_content_hash,
 )
-from .location import (  # noqa: F401  (re-exported likewise)
-    DEFAULT_NAME,
+from .location import (
     default_path,
     ensure_default_db,
-    location,
     require_existing,
     resolve_url,
     sqlite_file,
     sqlite_url,
 )
-from .migrations import SCHEMA_VERSION, applied_migrations, check_version, migrate, pending  # noqa: F401
+from .migrations import applied_migrations, check_version, migrate, pending
 from .rows import DATASET_FIELDS, MODEL_FIELDS, ImportRecord, TrainingRows, flat_row, jsonable
 from .rows import dataset_desc as stored_dataset_desc
 from .rows import model_desc as stored_model_desc
-from .schema import Dataset, Model, Predictor, Run, SignalSet, SignalValue
+from .schema import Dataset, Model, Predictor, Run, SignalSetRow, SignalValue
 from .validate import lone_surrogate, normal_name, validate_run
 
 T = TypeVar("T")
@@ -235,9 +232,11 @@ class History:
                 trans.rollback()
 
     def close(self) -> None:
-        self.engine.dispose()
+        # Readers first: the writable connection closes last, so SQLite checkpoints and removes
+        # the -wal file (a read-only connection closing last would leave it behind).
         if self._read_engine is not self.engine:
             self._read_engine.dispose()
+        self.engine.dispose()
 
     def __enter__(self) -> "History":
         return self
@@ -257,59 +256,31 @@ class History:
     # -- models, datasets, signal sets ---------------------------------------------------
 
     def _upsert_model(self, s: Session, desc: dict[str, Any]) -> Model:
-        key = model_key(desc)
-        known = {f: desc.get(f) for f in MODEL_FIELDS}
-        extra = {k: v for k, v in desc.items() if k not in MODEL_FIELDS and k not in ("name", "pretrained")}
-        row = s.scalar(select(Model).where(Model.key == key))
-        if row is None:
-            row = Model(key=key, name=desc["name"], pretrained=desc.get("pretrained"), extra=extra,
-                        created_at=_now(), **known)
-            s.add(row)
-            s.flush()
-            return row
-        for f, v in known.items():  # newest non-empty descriptor wins; empty never erases
-            if v is not None:
-                setattr(row, f, v)
-        if extra:
-            row.extra = {**(row.extra or {}), **extra}
-        return row
+        return _upsert(s, Model, model_key(desc), desc, MODEL_FIELDS, {"name": desc["name"],
+                                                                      "pretrained": desc.get("pretrained")})
 
     def _upsert_dataset(self, s: Session, desc: dict[str, Any]) -> Dataset:
-        key = dataset_key(desc)
-        known = {f: desc.get(f) for f in DATASET_FIELDS}
-        extra = {k: v for k, v in desc.items() if k not in DATASET_FIELDS and k != "name"}
-        row = s.scalar(select(Dataset).where(Dataset.key == key))
-        if row is None:
-            row = Dataset(key=key, name=desc["name"], extra=extra, created_at=_now(), **known)
-            s.add(row)
-            s.flush()
-            return row
-        for f, v in known.items():
-            if v is not None:
-                setattr(row, f, v)
-        if extra:
-            row.extra = {**(row.extra or {}), **extra}
-        return row
+        return _upsert(s, Dataset, dataset_key(desc), desc, DATASET_FIELDS, {"name": desc["name"]})
 
     def _signal_set(self, s: Session, model: Model, dataset: Dataset, split_hash: str | None,
                     values: dict[str, float], versions: dict[str, str], seconds: dict[str, float],
-                    created_at: str | None = None) -> SignalSet | None:
+                    created_at: str | None = None) -> SignalSetRow | None:
         if not values:
             return None
         versions = {k: v for k, v in versions.items() if k in values and v is not None}
         seconds = {k: v for k, v in seconds.items() if k in values and v is not None}
         chash = signal_content_hash(values, versions, seconds)
         existing = s.scalar(
-            select(SignalSet).where(
-                SignalSet.model_id == model.id,
-                SignalSet.dataset_id == dataset.id,
-                SignalSet.split_hash.is_not_distinct_from(split_hash),
-                SignalSet.content_hash == chash,
-            ).order_by(SignalSet.id.desc()).limit(1)
+            select(SignalSetRow).where(
+                SignalSetRow.model_id == model.id,
+                SignalSetRow.dataset_id == dataset.id,
+                SignalSetRow.split_hash.is_not_distinct_from(split_hash),
+                SignalSetRow.content_hash == chash,
+            ).order_by(SignalSetRow.id.desc()).limit(1)
         )
         if existing is not None:
             return existing
-        ss = SignalSet(model_id=model.id, dataset_id=dataset.id, split_hash=split_hash, content_hash=chash,
+        ss = SignalSetRow(model_id=model.id, dataset_id=dataset.id, split_hash=split_hash, content_hash=chash,
                        created_at=created_at or _now())
         ss.values = [SignalValue(name=k, value=float(v), version=versions.get(k), seconds=seconds.get(k))
                      for k, v in sorted(values.items())]
@@ -358,11 +329,11 @@ class History:
         with self._read() as s:
             rows = s.execute(
                 select(SignalValue.name, SignalValue.value)
-                .join(SignalSet, SignalValue.signal_set_id == SignalSet.id)
-                .join(Model, SignalSet.model_id == Model.id)
-                .join(Dataset, SignalSet.dataset_id == Dataset.id)
+                .join(SignalSetRow, SignalValue.signal_set_id == SignalSetRow.id)
+                .join(Model, SignalSetRow.model_id == Model.id)
+                .join(Dataset, SignalSetRow.dataset_id == Dataset.id)
                 .where(Model.key == model_key, Dataset.key == dataset_key)
-                .order_by(SignalSet.created_at, SignalSet.id)
+                .order_by(SignalSetRow.created_at, SignalSetRow.id)
             ).all()
         if not rows:
             return None
@@ -415,7 +386,7 @@ class History:
 
         run_id, inserted = self._write(tx)
         if inserted:
-            _call_run_hooks(run, run_id, self.url)
+            self._call_run_hooks(run, run_id, clean.adapter_path)
         return run_id
 
     def record_runs(self, runs: Sequence[RunResult]) -> list[tuple[str, bool]]:
@@ -458,10 +429,28 @@ class History:
             return out
 
         result = self._write(tx)
-        for run, (rid, inserted) in zip(runs, result):
+        for run, done, (rid, inserted) in zip(runs, clean, result):
             if inserted:
-                _call_run_hooks(run, rid, self.url)
+                self._call_run_hooks(run, rid, done.adapter_path)
         return result
+
+    def _call_run_hooks(self, run: RunResult, run_id: str, adapter_path: str | None) -> None:
+        """``on_run_recorded`` after the commit, with the committed row (read when a hook first
+        looks at it) and the adapter file: a failing hook is reported, the run stays."""
+        from ..config import adapters_dir
+        from ..plugins import _describe_exception, call_one, load_plugins
+
+        row = _CommittedRow(self, run_id)
+        adapter = None
+        if adapter_path:
+            adapter = Path(adapter_path) if Path(adapter_path).is_absolute() else adapters_dir(self.path) / adapter_path
+        for impl in reversed(load_plugins().hook.on_run_recorded.get_hookimpls()):
+            try:  # through the plugin manager, so ADVISOR_TRACE_PLUGINS sees it
+                call_one("on_run_recorded", impl, run=run, run_id=run_id, db_url=self.url, row=row,
+                         adapter_file=adapter)
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - sys.exit in a hook must not end the command
+                print(f"Warning: plugin {impl.plugin_name!r} on_run_recorded failed ({_describe_exception(exc)}); "
+                      "the run was recorded", file=sys.stderr)
 
     @staticmethod
     def _already_present(s: Session, rec: ImportRecord, cfg: str, rid: str, skip_existing: bool) -> bool:
@@ -597,8 +586,8 @@ class History:
         if len(mids) > BATCH or len(dids) > BATCH:
             return out  # looked up one by one instead
         for sid, m, d, split, chash in s.execute(
-                select(SignalSet.id, SignalSet.model_id, SignalSet.dataset_id, SignalSet.split_hash, SignalSet.content_hash)
-                .where(SignalSet.model_id.in_(mids), SignalSet.dataset_id.in_(dids)).order_by(SignalSet.id)):
+                select(SignalSetRow.id, SignalSetRow.model_id, SignalSetRow.dataset_id, SignalSetRow.split_hash, SignalSetRow.content_hash)
+                .where(SignalSetRow.model_id.in_(mids), SignalSetRow.dataset_id.in_(dids)).order_by(SignalSetRow.id)):
             out[(m, d, split, chash)] = sid
         return out
 
@@ -647,7 +636,7 @@ class History:
             .join(Model, Run.model_id == Model.id)
             .join(Dataset, Run.dataset_id == Dataset.id)
             .options(selectinload(Run.model), selectinload(Run.dataset),
-                     selectinload(Run.signal_set).selectinload(SignalSet.values))
+                     selectinload(Run.signal_set).selectinload(SignalSetRow.values))
             .order_by(Run.created_at, Run.id)
         )
         if model:
@@ -728,7 +717,7 @@ class History:
         pair's signals with changed metric code); returns how many runs now point at it."""
 
         def tx(s: Session) -> int:
-            ss = s.get(SignalSet, signal_set_id)
+            ss = s.get(SignalSetRow, signal_set_id)
             if ss is None:
                 raise HistoryError(f"no signal set {signal_set_id} in {self.display}")
             runs = list(s.scalars(select(Run).where(Run.model_id == ss.model_id, Run.dataset_id == ss.dataset_id)))
@@ -821,8 +810,8 @@ class History:
         has runs. Runs are only ever added, and new signals always come as a new set."""
         with self._read() as s:
             runs = s.scalar(select(func.max(Run.id)))
-            sets = s.scalar(select(func.max(SignalSet.id)).where(
-                select(Run.id).where(Run.model_id == SignalSet.model_id, Run.dataset_id == SignalSet.dataset_id)
+            sets = s.scalar(select(func.max(SignalSetRow.id)).where(
+                select(Run.id).where(Run.model_id == SignalSetRow.model_id, Run.dataset_id == SignalSetRow.dataset_id)
                 .limit(1).exists()))
         return {"max_run": runs, "max_signal_set": sets}
 
@@ -904,6 +893,56 @@ class History:
 # ------------------------------------------------------------------------------- helpers
 
 
+R = TypeVar("R", Model, Dataset)
+
+
+class _CommittedRow(Mapping[str, Any]):
+    """A recorded run as ``History.get_run`` gives it, read on first use: what ``on_run_recorded``
+    hooks receive, so one that never looks at it (the MLflow mirror when it is off) costs no query."""
+
+    def __init__(self, history: History, run_id: str) -> None:
+        self._history, self._run_id = history, run_id
+        self._row: dict[str, Any] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        if self._row is None:
+            self._row = self._history.get_run(self._run_id)
+        return self._row
+
+    def __getitem__(self, key: str) -> Any:
+        return self._load()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def __repr__(self) -> str:
+        return f"<committed row of run {self._run_id}>"
+
+
+def _upsert(s: Session, table: type[R], key: str, desc: Mapping[str, Any], fields: Sequence[str],
+            identity: dict[str, Any]) -> R:
+    """The ``models`` or ``datasets`` row of ``key``, created from ``desc`` (its ``identity``
+    columns, the descriptor ``fields``, every other key in ``extra``) or updated: the newest
+    non-empty descriptor wins, an empty one never erases, extras are merged."""
+    known = {f: desc.get(f) for f in fields}
+    extra = {k: v for k, v in desc.items() if k not in fields and k not in identity}
+    row = s.scalar(select(table).where(table.key == key))
+    if row is None:
+        row = table(key=key, extra=extra, created_at=_now(), **identity, **known)
+        s.add(row)
+        s.flush()
+        return row
+    for f, v in known.items():
+        if v is not None:
+            setattr(row, f, v)
+    if extra:
+        row.extra = {**(row.extra or {}), **extra}
+    return row
+
+
 def _signal_maps(s: Session) -> tuple[dict[tuple[int, int], dict[str, tuple[float, str | None]]],
                                        dict[int, dict[str, tuple[float, str | None]]]]:
     """(per (model id, dataset id): each metric's newest (value, version); per signal set: its
@@ -911,10 +950,10 @@ def _signal_maps(s: Session) -> tuple[dict[tuple[int, int], dict[str, tuple[floa
     latest: dict[tuple[int, int], dict[str, tuple[float, str | None]]] = {}
     own: dict[int, dict[str, tuple[float, str | None]]] = {}
     for set_id, ss_model, ss_dataset, name, value, version in s.execute(
-        select(SignalSet.id, SignalSet.model_id, SignalSet.dataset_id, SignalValue.name, SignalValue.value,
+        select(SignalSetRow.id, SignalSetRow.model_id, SignalSetRow.dataset_id, SignalValue.name, SignalValue.value,
                SignalValue.version)
-        .join(SignalSet, SignalValue.signal_set_id == SignalSet.id)
-        .order_by(SignalSet.created_at, SignalSet.id)
+        .join(SignalSetRow, SignalValue.signal_set_id == SignalSetRow.id)
+        .order_by(SignalSetRow.created_at, SignalSetRow.id)
     ):
         latest.setdefault((ss_model, ss_dataset), {})[name] = (value, version)
         own.setdefault(set_id, {})[name] = (value, version)
@@ -926,16 +965,3 @@ def _spellings(name: str, what: str) -> list[str]:
     normalised), so either spelling finds the runs; a lone surrogate is a one-line error."""
     nfc = normal_name(name, what)
     return sorted({nfc, unicodedata.normalize("NFD", nfc)})
-
-
-def _call_run_hooks(run: RunResult, run_id: str, url: str) -> None:
-    """``on_run_recorded`` after the commit: a failing hook is reported, the run stays."""
-    from ..plugins import _describe_exception, call_one, load_plugins
-
-    pm = load_plugins()
-    for impl in reversed(pm.hook.on_run_recorded.get_hookimpls()):
-        try:
-            call_one("on_run_recorded", impl, run=run, run_id=run_id, db_url=url)  # traced (ADVISOR_TRACE_PLUGINS)
-        except (Exception, SystemExit) as exc:  # noqa: BLE001 - sys.exit in a hook must not end the command
-            print(f"Warning: plugin {impl.plugin_name!r} on_run_recorded failed ({_describe_exception(exc)}); "
-                  "the run was recorded", file=sys.stderr)

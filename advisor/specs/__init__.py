@@ -6,7 +6,7 @@ history database. Data flows one way: ModelSpec + DatasetSpec -> Embeddings -> s
 predictor -> recommendation; ``advisor run``: DatasetBundle -> TrainContext -> Adapted -> RunResult.
 
 One module per concept: ``requests`` (ModelSpec, DatasetSpec), ``datasets``, ``models``,
-``embeddings`` (Embeddings, Metric), ``tuners`` (TrainContext ... RunResult), ``hashing``.
+``embeddings`` (Embeddings, Metric), ``recommend`` (RecommendRequest), ``run`` (RunRequest), ``tuners`` (TrainContext ... RunResult), ``hashing``.
 Import every name from ``advisor.specs``: the modules are where they are defined.
 """
 
@@ -14,9 +14,11 @@ from .datasets import WIDE_MODES, DatasetBundle, DatasetSource, ImageSet, to_rgb
 from .embeddings import Embeddings, Metric
 from .hashing import stable_hash
 from .models import ModelSource, VisionLanguageModel
+from .recommend import RecommendRequest
 from .requests import DatasetSpec, ModelSpec
+from .run import RunRequest
 from .tuners import LOOP_HPARAMS, TUNER_FAMILIES, Adapted, EpochEnd, HParam, RunResult, TrainContext, TrainResult, Tuner
 
 __all__ = ["LOOP_HPARAMS", "TUNER_FAMILIES", "WIDE_MODES", "Adapted", "DatasetBundle", "DatasetSource", "DatasetSpec", "Embeddings", "HParam",
-           "EpochEnd", "ImageSet", "Metric", "ModelSource", "ModelSpec", "RunResult", "TrainContext", "TrainResult", "Tuner",
+           "EpochEnd", "ImageSet", "Metric", "ModelSource", "ModelSpec", "RecommendRequest", "RunRequest", "RunResult", "TrainContext", "TrainResult", "Tuner",
            "VisionLanguageModel", "stable_hash", "to_rgb"]

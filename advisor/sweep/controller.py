@@ -66,16 +66,14 @@ class SweepSummary:
 
 
 def validate_grid(jobs: list[JobConfig], shares_machine: bool = True) -> dict[str, dict[str, Any]]:
-    """Every job checked as ``advisor run`` checks its options (``run_checks.check_run_options``:
+    """Every job checked as ``advisor run`` checks its request (``run_checks.check_request``:
     model, image size, shots, sample sizes, OOD sets, hyper-parameters against the tuner),
     its seed against the history's seed column and its device, before anything starts.
     Returns each job's resolved hyper-parameters (the tuner's defaults for the shots with the
     job's overrides), by job key."""
     from ..history.rows import BY_NAME
     from ..plugins import get_dataset_source, get_model_source, get_tuner
-    from ..run_checks import check_run_options
-    from ..runner import DEFAULT_MAX_OOD, DEFAULT_MAX_TEST
-    from ..specs import ModelSpec
+    from ..run_checks import check_request
 
     for name in sorted({j.method for j in jobs}):
         get_tuner(name)
@@ -96,13 +94,7 @@ def validate_grid(jobs: list[JobConfig], shares_machine: bool = True) -> dict[st
         combo = repr((j.model, j.pretrained, j.image_size, j.method, j.shots, j.seed, sorted(j.hparams.items()),
                       j.run.get("ood"), j.run.get("max_images"), j.run.get("max_ood")))
         if combo not in checked:  # names, types and bounds, as the tuner declares them
-            tuner = get_tuner(j.method)
-            tuner.check_hparams(j.hparams)
-            checked[combo] = check_run_options(
-                ModelSpec(j.model, j.pretrained, j.image_size), j.method, tuner, shots=j.shots, seed=j.seed,
-                epochs=None, lr=None, batch_size=None, hparams=dict(j.hparams), ood=j.run.get("ood"),
-                device=str(j.run.get("device") or "cpu"), max_test=int(j.run.get("max_images", DEFAULT_MAX_TEST)),
-                max_ood=int(j.run.get("max_ood", DEFAULT_MAX_OOD)))
+            checked[combo] = dict(check_request(j.request(), planning=True).resolved)
         resolved[j.key] = checked[combo]
     return resolved
 

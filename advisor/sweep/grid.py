@@ -35,22 +35,13 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import AdvisorError
-from ..specs import stable_hash
+from ..specs import DatasetSpec, ModelSpec, RunRequest, stable_hash
 
 
 class SweepSpecError(AdvisorError):
     """A sweep grid or sweep file that cannot be expanded."""
 
 
-#: Options of ``advisor run`` a sweep may set for every run, with their types.
-RUN_OPTIONS: dict[str, type] = {
-    "max_images": int,
-    "max_ood": int,
-    "device": str,
-    "save_adapter": bool,
-    "signals": bool,
-    "ood": list,  # OOD reference sets (default: one per other offline source)
-}
 BLOCK_KEYS = {"models", "datasets", "methods", "shots", "seeds", "hparams", "method_hparams", "pretrained",
               "image_size"}
 
@@ -89,6 +80,13 @@ class JobConfig:
     def pair(self) -> str:
         """The (model, dataset) pair: a worker keeps it loaded for the next job of the same pair."""
         return f"{self.model}|{self.pretrained or ''}|{self.image_size or ''}|{self.dataset}"
+
+    def request(self, **where: Any) -> RunRequest:
+        """This job as a ``RunRequest`` (its pair, method, shots, seed, overrides and the sweep's
+        run options); ``where``: the request's other fields (db, spool_dir, record ...)."""
+        request = RunRequest(ModelSpec(self.model, self.pretrained, self.image_size), DatasetSpec(self.dataset),
+                             self.method, shots=self.shots, seed=self.seed, hparams=dict(self.hparams), **where)
+        return request.with_sweep_options(self.run)
 
     def label(self) -> str:
         hp = " ".join(f"{k}={v}" for k, v in sorted(self.hparams.items()))
@@ -206,12 +204,14 @@ def _shots(value: Any) -> int | None:
     return k
 
 
-def check_run_options(run: Mapping[str, Any]) -> dict[str, Any]:
+def check_sweep_options(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A sweep's ``[run]`` options, each one ``RunRequest.SWEEP_OPTIONS`` declares, with its type."""
+    known = RunRequest.SWEEP_OPTIONS
     out: dict[str, Any] = {}
     for key, value in run.items():
-        if key not in RUN_OPTIONS:
-            raise SweepSpecError(f"unknown run option {key!r} in the sweep (known: {', '.join(sorted(RUN_OPTIONS))})")
-        typ = RUN_OPTIONS[key]
+        if key not in known:
+            raise SweepSpecError(f"unknown run option {key!r} in the sweep (known: {', '.join(sorted(known))})")
+        typ = known[key][0]
         if typ is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise SweepSpecError(f"run option {key} must be a positive whole number (got {value!r})")
         if typ is bool and not isinstance(value, bool):
@@ -242,7 +242,7 @@ def load_sweep_file(path: str | Path) -> SweepGrid:
     blocks = data.get("block")
     if not isinstance(blocks, list) or not blocks:
         raise SweepSpecError(f"sweep file {p} has no [[block]] table")
-    grid = SweepGrid(blocks=[dict(b) for b in blocks], run=check_run_options(data.get("run") or {}),
+    grid = SweepGrid(blocks=[dict(b) for b in blocks], run=check_sweep_options(data.get("run") or {}),
                      name=data.get("name"))
     grid.jobs()  # validate every block now, before anything is submitted
     return grid
@@ -287,7 +287,7 @@ def grid_from_options(models: Sequence[str], datasets: Sequence[str], methods: S
         block["pretrained"] = pretrained
     if image_size is not None:
         block["image_size"] = image_size
-    grid = SweepGrid(blocks=[block], run=check_run_options(dict(run or {})))
+    grid = SweepGrid(blocks=[block], run=check_sweep_options(dict(run or {})))
     grid.jobs()
     return grid
 

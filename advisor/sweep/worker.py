@@ -19,6 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..session import Session
 from .grid import JobConfig
 
 #: Seconds between heartbeats; a running job is stale after ``STALE_FACTOR`` missed beats.
@@ -90,21 +91,16 @@ def _log_path(folder: str | None) -> str | None:
         return None
 
 
-def execute(config: JobConfig, db: str, spool_dir: str | None, provenance: dict[str, Any]) -> Any:
+def execute(config: JobConfig, db: str, spool_dir: str | None, provenance: dict[str, Any],
+            session: Session | None = None) -> Any:
     """Run and record one planned job with the code behind ``advisor run`` (a run the history
-    cannot take is spooled and raises ``RunSpooled``); returns the RunResult."""
-    from ..runner import DEFAULT_MAX_OOD, DEFAULT_MAX_TEST, run_finetune
-    from ..specs import DatasetSpec, ModelSpec
+    cannot take is spooled and raises ``RunSpooled``); returns the RunResult. ``session``: what
+    the worker has loaded for its earlier runs (``advisor.session``), reused."""
+    from ..run_checks import check_request
+    from ..runner import run_request
 
-    opts = config.run
-    return run_finetune(
-        ModelSpec(config.model, config.pretrained, config.image_size), DatasetSpec(config.dataset),
-        config.method, shots=config.shots, seed=config.seed, hparams=dict(config.hparams),
-        ood=opts.get("ood"), device=opts.get("device"), max_test=int(opts.get("max_images", DEFAULT_MAX_TEST)),
-        max_ood=int(opts.get("max_ood", DEFAULT_MAX_OOD)), signals=bool(opts.get("signals", True)),
-        record=True, db=db, spool_dir=spool_dir, provenance_extra=provenance,
-        save_adapter=bool(opts.get("save_adapter", True)), quiet=True,
-    )
+    request = config.request(record=True, db=db, spool_dir=spool_dir, provenance_extra=provenance, quiet=True)
+    return run_request(check_request(request), session)
 
 
 def work(req: WorkerRequest) -> dict[str, Any]:
@@ -126,6 +122,7 @@ def work(req: WorkerRequest) -> dict[str, Any]:
     every = heartbeat_seconds()
     tally = {"done": 0, "failed": 0, "spooled": 0}
     last_pair: str | None = None
+    session = Session()  # one for all this worker's runs: a pair's model, test sets and signals load once
     while True:
         job = claim(history, req.sweep_id, worker, last_pair, req.keys)
         if job is None:
@@ -137,7 +134,7 @@ def work(req: WorkerRequest) -> dict[str, Any]:
         t0 = time.perf_counter()
         sweep_note = {"sweep": {"sweep_id": req.sweep_id, "job_key": job["job_key"], "attempt": job["attempts"]}}
         try:
-            run = execute(config, req.db, req.spool_dir, sweep_note)
+            run = execute(config, req.db, req.spool_dir, sweep_note, session)
         except (KeyboardInterrupt, SystemExit):
             beat.stop()
             requeue(history, job["id"])

@@ -26,7 +26,7 @@ import numpy as np
 
 from advisor.atomic import os_reason, short_path
 from advisor.hookspecs import hookimpl
-from advisor.data import DEFAULT_TEMPLATE, nfc, read_classnames, read_templates
+from advisor.data import DEFAULT_TEMPLATE, nfc, read_classnames, templates_option
 from advisor.errors import DatasetError
 from advisor.specs import DatasetBundle, DatasetSource, DatasetSpec, ImageSet, stable_hash
 
@@ -184,7 +184,7 @@ def _load(spec: DatasetSpec, path: Path) -> DatasetBundle:
 
     cn = spec.option("classnames")
     class_names, labels = _labels_to_classes(raw_labels, read_classnames(cn) if cn else None, str(cn))
-    templates = read_templates(spec.option("templates")) if spec.option("templates") else [DEFAULT_TEMPLATE]
+    templates = templates_option(spec, [DEFAULT_TEMPLATE])
     lab = np.asarray(labels, dtype=np.int64)
     everything = ImageSet(images=paths, labels=lab, ids=ids)
     if cs is not None and any(is_test):

@@ -47,7 +47,7 @@ from advisor.errors import DatasetError, UnknownNameError
 from advisor.hookspecs import hookimpl
 from advisor.specs import DatasetBundle, DatasetSource, DatasetSpec, ImageSet, stable_hash
 
-from . import assets, offline  # assets adds the asset sources its tasks derive from
+from . import assets, offline  # noqa: F401 - assets adds the asset sources its tasks derive from
 
 #: Bump when the derivation code changes meaning: it is part of every fingerprint.
 DERIVE_VERSION = "1"
@@ -274,7 +274,7 @@ def derive(name: str) -> tuple[DatasetBundle, ImageSet, ImageSet]:
 
 def load(name: str, spec: DatasetSpec) -> DatasetBundle:
     """Load a derived task. Option: ``templates`` (a JSON file or a literal template)."""
-    from advisor.data import read_templates
+    from advisor.data import templates_option
 
     task = _task(name)
     unknown = sorted(k for k, _ in spec.options if k != "templates")
@@ -282,7 +282,7 @@ def load(name: str, spec: DatasetSpec) -> DatasetBundle:
         raise DatasetError(f"derived dataset {name} takes no option {unknown[0]!r} (only templates)")
     base, train, test = derive(name)
     class_names = list(task.keep) if task.keep else list(base.class_names)
-    templates = read_templates(spec.option("templates")) if spec.option("templates") else list(base.templates)
+    templates = templates_option(spec, base.templates)
     fingerprint = stable_hash({"base": base.fingerprint, "recipe": task.recipe(), "templates": templates})
     return DatasetBundle(
         name=name,

@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from advisor.hookspecs import hookimpl
-from advisor.data import TEST_FRACTION, read_classnames, read_templates, stratified_split
+from advisor.data import TEST_FRACTION, classnames_option, stratified_split, templates_option
 from advisor.errors import DatasetError, UnknownNameError
 from advisor.specs import DatasetBundle, DatasetSource, DatasetSpec, ImageSet, stable_hash
 
@@ -447,14 +447,8 @@ def load(name: str, spec: DatasetSpec) -> DatasetBundle:
     src = _source(name)
     p = parts(name, spec.option("root"))
     class_names = list(src.class_names)
-    if spec.option("classnames"):
-        given = read_classnames(spec.option("classnames"))
-        if isinstance(given, dict):
-            given = [given.get(c, given.get(str(i), c)) for i, c in enumerate(class_names)]
-        if len(given) != len(class_names):
-            raise DatasetError(f"{name} has {len(class_names)} classes but the classnames file gives {len(given)}")
-        class_names = list(given)
-    templates = read_templates(spec.option("templates")) if spec.option("templates") else [src.template]
+    class_names = classnames_option(spec, class_names, name)
+    templates = templates_option(spec, [src.template])
     fingerprint = stable_hash(
         {"source": name, "data": p.digest, "layout": LAYOUT_VERSION, "classes": class_names, "templates": templates}
     )

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from advisor.hookspecs import hookimpl
-from advisor.data import DEFAULT_TEMPLATE, read_classnames, read_templates
+from advisor.data import DEFAULT_TEMPLATE, classnames_option, templates_option
 from advisor.errors import DatasetError, UnknownNameError
 from advisor.specs import DatasetBundle, DatasetSource, DatasetSpec, ImageSet, stable_hash
 
@@ -146,15 +146,8 @@ def load(spec: DatasetSpec) -> DatasetBundle:
     n_classes = int(max(train.labels.max(), test.labels.max() if test is not None and len(test) else 0)) + 1
     classes = getattr(train_ds, "classes", None)
     class_names = [str(c) for c in classes] if classes else [str(i) for i in range(n_classes)]
-    cn = spec.option("classnames")
-    if cn:
-        given = read_classnames(cn)
-        if isinstance(given, dict):
-            given = [given.get(c, given.get(str(i), c)) for i, c in enumerate(class_names)]
-        if len(given) != len(class_names):
-            raise DatasetError(f"{label} has {len(class_names)} classes but the classnames file {cn} gives {len(given)}")
-        class_names = list(given)
-    templates = read_templates(spec.option("templates")) if spec.option("templates") else [DEFAULT_TEMPLATE]
+    class_names = classnames_option(spec, class_names, label)
+    templates = templates_option(spec, [DEFAULT_TEMPLATE])
     fingerprint = stable_hash({
         "torchvision": cls.__name__,
         "train": _digest(train),

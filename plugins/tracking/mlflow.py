@@ -22,8 +22,9 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+from advisor.errors import one_line
 from advisor.hookspecs import hookimpl
 
 ENABLE_ENV = "ADVISOR_MLFLOW"
@@ -60,14 +61,14 @@ def experiment_words() -> str:
 
 
 @hookimpl
-def on_run_recorded(run: Any, run_id: str, db_url: str) -> None:
+def on_run_recorded(run_id: str, row: Mapping[str, Any], adapter_file: Path | None) -> None:
     if not enabled():
         return
     try:
-        mirror_run(run, run_id, db_url)
+        mirror_run(dict(row), run_id, adapter_file)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the run is committed; MLflow is a mirror
         print(f"Warning: run {run_id} is in the history but was not logged to MLflow "
-              f"({_where()}): {_one_line(exc)}", file=sys.stderr)
+              f"({_where()}): {one_line(exc)}", file=sys.stderr)
 
 
 def _experiment(client: Any, parent: Any) -> tuple[str, str]:
@@ -118,12 +119,12 @@ def derived_metrics(row: dict[str, Any]) -> dict[str, float]:
     return {k: float(targets[k]) for k in DERIVED_METRICS if math.isfinite(targets[k])}
 
 
-def mirror_run(run: Any, run_id: str, db_url: str) -> str:
-    """Log one recorded run to MLflow; returns the MLflow run id. Raises on any failure."""
+def mirror_run(row: dict[str, Any], run_id: str, adapter: Path | None) -> str:
+    """Log one recorded run (its committed history row, so MLflow -> import gives the same row
+    back) to MLflow; returns the MLflow run id. Raises on any failure."""
     from advisor.history.mlflow_fields import to_mlflow
     from advisor.mlflow_import import quiet_mlflow
 
-    row, adapter = _stored_row(run_id, db_url)
     rec = to_mlflow(row)
     for key, value in derived_metrics(row).items():
         rec.metrics.setdefault(key, value)
@@ -137,7 +138,7 @@ def _log(rec: Any, run_id: str, adapter: Path | None) -> str:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    parent_id = _env(MLFLOW_RUN_ID_ENV)
+    parent_id = os.environ.get("MLFLOW_RUN_ID", "").strip()  # MLFLOW_RUN_ID_ENV, read as _env does
     parent = client.get_run(parent_id) if parent_id else None  # a missing parent: one warning line
     experiment_id, name = _experiment(client, parent)
     start_tags = {PARENT_TAG: parent_id} if parent_id else {}
@@ -169,22 +170,6 @@ def _log(rec: Any, run_id: str, adapter: Path | None) -> str:
     return ml_id
 
 
-def _stored_row(run_id: str, db_url: str) -> tuple[dict[str, Any], Path | None]:
-    """The run as the history committed it (with its recorded time and signal timings, which
-    the RunResult does not carry), so MLflow -> import gives the same row back; and its adapter
-    file (the row stores it relative to the history's adapters directory)."""
-    from advisor.config import adapters_dir
-    from advisor.history import open_history
-
-    with open_history(db_url) as h:
-        row = h.get_run(run_id)
-        stored = row.get("adapter_path")
-        if not stored:
-            return row, None
-        path = Path(stored)
-        return row, path if path.is_absolute() else adapters_dir(h.path) / path
-
-
 def _safe_uri(uri: str) -> str:
     """A tracking URI without its user:password part."""
     return re.sub(r"//[^/@]*@", "//", uri)
@@ -195,6 +180,3 @@ def _where() -> str:
     return f"{uri}, experiment {experiment_words()}"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -1,0 +1,175 @@
+"""How much of the history looks like a pair, read from the training rows themselves: the
+summary counts (``support_for``), the configurations the history ran each method with
+(``history_configs``) and the similar runs (``similar_runs``). ``advisor.predictor.support``
+answers the same questions from the summary stored with a predictor, without reading every run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+
+def support_for(
+    model_desc: Mapping[str, Any], dataset_desc: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, Any], list[str]]:
+    """(summary counts, warnings about the dataset's domain)."""
+    from .predictor import row_dataset, row_family, row_tower
+
+    case = {"model_desc": dict(model_desc), "model": model_desc.get("name")}
+    fam, tower = row_family(case), row_tower(case)
+    tags = set(dataset_desc.get("domain") or [])
+    name = dataset_desc.get("name")
+    same_family = same_tower = same_dataset = shared_domain = 0
+    seen_tags: set[str] = set()
+    for r in rows:
+        rtags = set((r.get("dataset_desc") or {}).get("domain") or [])
+        seen_tags |= rtags
+        same_family += row_family(r) == fam
+        same_tower += row_tower(r) == tower
+        d_same = row_dataset(r) == name
+        same_dataset += d_same
+        shared_domain += d_same or bool(tags & rtags)
+    warnings = []
+    if rows and same_dataset == 0 and tags and not (tags & seen_tags):
+        warnings.append(
+            f"no dataset in the history shares a domain with {name!r} ({', '.join(sorted(tags))}): predictions extrapolate"
+        )
+    summary = {
+        "runs": len(rows),
+        "same_model_family": same_family,
+        "same_image_tower": same_tower,
+        "same_dataset": same_dataset,
+        "shared_domain": shared_domain,
+        "datasets": len({row_dataset(r) for r in rows}),
+    }
+    return summary, warnings
+
+
+def history_configs(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], shots: int | None) -> dict[str, dict[str, Any]]:
+    """Per method, the configuration its predictions are for: the most common resolved
+    hyper-parameters of its runs in the history at these shots (else at the nearest shots it
+    has runs at, as the cost model's epochs). Methods without runs are left out."""
+    from .predictor import as_dict, row_method, row_shots
+
+    counts: dict[str, dict[int | None, dict[str, int]]] = {}
+    for r in rows:
+        hp = as_dict(r.get("hparams"))
+        if hp:
+            key = json.dumps(hp, sort_keys=True, default=str)
+            by_shots = counts.setdefault(row_method(r), {}).setdefault(row_shots(r), {})
+            by_shots[key] = by_shots.get(key, 0) + 1
+    out: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        per = counts.get(m)
+        if not per:
+            continue
+        numeric = [k for k in per if k is not None]
+        if shots in per or shots is None or not numeric:
+            pick = per.get(shots) or per[next(iter(per))]
+        else:
+            pick = per[min(numeric, key=lambda k: (abs(math.log(k) - math.log(shots)), k))]
+        out[m] = json.loads(max(pick.items(), key=lambda kv: (kv[1], kv[0]))[0])
+    return out
+
+
+def similar_runs(case: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, list[str]]:
+    """Per method, the history runs that really are similar to ``case``: the same image tower
+    or model family, and (signals, log2 shots) within the history's own typical distance
+    between neighbouring datasets (the median, over the history's (model, dataset) pairs, of
+    the standardised distance to the nearest pair of another dataset). Labels say which runs,
+    with the hyper-parameters and seed where they differ among a method's similar runs (two
+    runs that differ only in epochs or lr do not read as the same run twice)."""
+    from .predictor import SignalKNN, as_dict, row_dataset, row_family, row_method, row_model, row_shots, row_tower
+
+    out: dict[str, list[str]] = {m: [] for m in methods}
+    if not rows:
+        return out
+    knn = SignalKNN().fit(rows)
+    pairs: dict[tuple[str, str], int] = {}
+    for i, r in enumerate(rows):
+        pairs.setdefault((row_model(r), row_dataset(r)), i)
+    idx = list(pairs.values())
+    datasets = [row_dataset(rows[i]) for i in idx]
+    nearest = []
+    for a, i in enumerate(idx):
+        d = knn.distances(rows[i])
+        other = [d[j] for b, j in enumerate(idx) if datasets[b] != datasets[a]]
+        if other:
+            nearest.append(min(other))
+    radius = float(np.median(nearest)) if nearest else math.inf
+    d = knn.distances(case)
+    fam, tower = row_family(case), row_tower(case)
+    picked: dict[str, list[Mapping[str, Any]]] = {m: [] for m in methods}
+    for i, r in enumerate(rows):
+        if row_method(r) in out and (row_tower(r) == tower or row_family(r) == fam) and d[i] <= radius:
+            picked[row_method(r)].append(r)
+    for m, runs in picked.items():
+        hps = [as_dict(r.get("hparams")) for r in runs]
+        keys = sorted({k for hp in hps for k in hp})
+        differ = [k for k in keys if len({json.dumps(hp.get(k), sort_keys=True, default=str) for hp in hps}) > 1]
+        seeds = len({r.get("seed") for r in runs}) > 1
+        for r, hp in zip(runs, hps):
+            extra = [f"{k}={_short(hp.get(k))}" for k in differ]
+            if seeds:
+                extra.append(f"seed {r.get('seed')}")
+            out[m].append(f"{row_model(r).split('|')[0]} on {row_dataset(r)} ({', '.join([f'{row_shots(r)} shots', *extra])})")
+    return out
+
+
+def _short(v: Any) -> str:
+    """A hyper-parameter value in a label: numbers with up to 4 significant digits."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return v if isinstance(v, str) else json.dumps(v, default=str)
+
+
+class HistoryEvidence:
+    """The history as ``recommend`` reads it: the bounded view of a stored predictor's summary
+    (``advisor.predictor.support.bounded_view``) when there is one, else every training row.
+    Each question is asked the same way whichever it holds."""
+
+    def __init__(self, history: Any, view: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.history, self.view, self.rows = history, view, list(rows)
+
+    def support_for(self, model_desc: Mapping[str, Any], dataset_desc: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        if self.view is not None:
+            return self.view.support_for(model_desc, dataset_desc)
+        return support_for(model_desc, dataset_desc, self.rows)
+
+    def stored_predictor(self, name: str) -> Any:
+        return self.view.stored if self.view is not None else self.history.load_predictor(name)
+
+    def changed_since(self, training_hash: str) -> bool:
+        """Whether runs or signals were added since a predictor with ``training_hash`` was trained."""
+        if self.view is not None:
+            return self.view.changed()
+        from .predictor import training_hash as hash_of
+
+        return bool(self.rows) and training_hash != hash_of(self.rows)
+
+    def count(self) -> int:
+        return self.view.count() if self.view is not None else len(self.rows)
+
+    def device_rows(self) -> Sequence[Mapping[str, Any]]:
+        return self.view.device_rows() if self.view is not None else self.rows
+
+    def similar_runs(self, case: Mapping[str, Any], methods: Sequence[str]) -> dict[str, list[str]]:
+        if self.view is not None:
+            return self.view.similar_runs(case, methods)
+        return similar_runs(case, self.rows, methods)
+
+    def history_configs(self, methods: Sequence[str], shots: int | None) -> dict[str, dict[str, Any]]:
+        if self.view is not None:
+            return self.view.history_configs(methods, shots)
+        return history_configs(self.rows, methods, shots)
+
+    def seed_noise(self) -> Any:
+        if self.view is not None:
+            return self.view.seed_noise
+        from .predictor import seed_noise
+
+        return seed_noise(self.rows)

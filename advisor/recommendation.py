@@ -349,7 +349,7 @@ def _rank_predicted(req: RecommendRequest, est: Any, case: Mapping[str, Any], me
         warnings.append(f"signals the predictor uses are missing for this pair (treated as missing): {', '.join(missing)}")
     if unused:
         notes.append(f"signals not used by the predictor (retrain to use them): {', '.join(unused)}")
-    if est.spaces.get("id_gain") == "headroom" and "zero_shot_acc" not in signals:
+    if est.spaces.get("id_gain") in ("headroom", "anchor", "anchor-offset") and "zero_shot_acc" not in signals:
         warnings.append("the pair has no zero_shot_acc signal: the ID gain (learned as a share of the headroom "
                         "above zero-shot) cannot be predicted")
     flags = est.flags([case])[0]

@@ -195,8 +195,10 @@ def torch_view(emb: Embeddings) -> Embeddings:
 def test_numpy_path_keeps_the_values_of_the_code_before_the_torch_path(case):
     sig = run_metrics(synthetic(**CASES[case]))
     assert sig.errors == {} and sig.meta["signal_device"] == "numpy"
-    assert set(sig.values) == BUILTIN_SIGNALS
-    assert_same(FROZEN[case], sig.values, 1e-9)
+    # The anchor metric came later than these frozen values (its own tests: test_anchors.py).
+    values = {k: v for k, v in sig.values.items() if not k.startswith("anchor_")}
+    assert set(values) == BUILTIN_SIGNALS
+    assert_same(FROZEN[case], values, 1e-9)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -156,6 +156,9 @@ def register_metrics(register: Any) -> None:
         compute=anchors,
         needs=frozenset({"image", "text", "labels"}),
         version="1",
+        # Accepts torch tensors (on any device) too: the small probe problems are solved on the
+        # host in float64 either way, so both paths give the same values.
+        array_api=True,
         description="Few-shot linear probe, prototype, kNN and zero-shot accuracy of the frozen features at 1, 4, 16 and 64 shots",
         higher_is="more accuracy within reach of the frozen features",
     ))

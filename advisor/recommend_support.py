@@ -83,7 +83,8 @@ def similar_runs(case: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], met
     the standardised distance to the nearest pair of another dataset). Labels say which runs,
     with the hyper-parameters and seed where they differ among a method's similar runs (two
     runs that differ only in epochs or lr do not read as the same run twice)."""
-    from .predictor import SignalKNN, as_dict, row_dataset, row_family, row_method, row_model, row_shots, row_tower
+    from .predictor import SignalKNN, row_dataset, row_family, row_method, row_model, row_tower
+    from .predictor.support import similar_run_labels
 
     out: dict[str, list[str]] = {m: [] for m in methods}
     if not rows:
@@ -108,23 +109,8 @@ def similar_runs(case: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], met
         if row_method(r) in out and (row_tower(r) == tower or row_family(r) == fam) and d[i] <= radius:
             picked[row_method(r)].append(r)
     for m, runs in picked.items():
-        hps = [as_dict(r.get("hparams")) for r in runs]
-        keys = sorted({k for hp in hps for k in hp})
-        differ = [k for k in keys if len({json.dumps(hp.get(k), sort_keys=True, default=str) for hp in hps}) > 1]
-        seeds = len({r.get("seed") for r in runs}) > 1
-        for r, hp in zip(runs, hps):
-            extra = [f"{k}={_short(hp.get(k))}" for k in differ]
-            if seeds:
-                extra.append(f"seed {r.get('seed')}")
-            out[m].append(f"{row_model(r).split('|')[0]} on {row_dataset(r)} ({', '.join([f'{row_shots(r)} shots', *extra])})")
+        out[m].extend(similar_run_labels(runs, lambda r: (row_model(r).split("|")[0], row_dataset(r))))
     return out
-
-
-def _short(v: Any) -> str:
-    """A hyper-parameter value in a label: numbers with up to 4 significant digits."""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return v if isinstance(v, str) else json.dumps(v, default=str)
 
 
 class HistoryEvidence:

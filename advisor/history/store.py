@@ -349,17 +349,7 @@ class History:
         m = self._upsert_model(s, model_desc_of(run))
         d = self._upsert_dataset(s, dataset_desc_of(run))
         when = recorded_at or _now()
-        ss = self._signal_set(s, m, d, run.split_hash or None, run.signals, run.signal_versions, seconds, when)
-        s.add(Run(
-            run_id=rid, config_hash=cfg, model_id=m.id, dataset_id=d.id, signal_set_id=ss.id if ss else None,
-            method=run.method, shots=run.shots, seed=run.seed, hparams=run.hparams or {},
-            split_hash=run.split_hash or None, id_acc_before=run.id_acc_before, id_acc_after=run.id_acc_after,
-            ood_before=run.ood_before or {}, ood_after=run.ood_after or {}, gap_before=run.gap_before,
-            gap_after=run.gap_after, wall_time_s=run.wall_time_s, train_images_per_s=run.train_images_per_s,
-            peak_memory_mb=run.peak_memory_mb, trainable_params=run.trainable_params, device=run.device or None,
-            provenance=run.provenance or {}, losses=list(run.losses or []), curve=list(run.curve) or None,
-            adapter_path=run.adapter_path or None, created_at=when,
-        ))
+        s.add(Run(**self._run_values(s, run, cfg, rid, m, d, when, seconds, {})))
         s.flush()
         return rid
 

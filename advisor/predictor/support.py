@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .rows import as_dict, as_float, device_kind, row_family, row_method, row_shots, row_signals, row_tower
 
@@ -332,11 +332,7 @@ class HistorySummary:
         """As ``advisor.recommendation.similar_runs`` on every training row, with at most
         ``limit`` runs per method (the oldest): the index finds the similar (model, dataset,
         signal set, shots) points, ``history.group_runs`` reads their first runs."""
-        import json
-
         import numpy as np
-
-        from .rows import as_dict
 
         out: dict[str, list[str]] = {m: [] for m in methods}
         if not self.n_runs or not self.points:
@@ -355,16 +351,29 @@ class HistorySummary:
         for m in methods:
             groups = [p for p in near if p["methods"].get(m)]
             runs = history.group_runs(m, groups, limit) if groups else []
-            hps = [as_dict(r.get("hparams")) for r in runs]
-            keys = sorted({k for hp in hps for k in hp})
-            differ = [k for k in keys if len({json.dumps(hp.get(k), sort_keys=True, default=str) for hp in hps}) > 1]
-            seeds = len({r.get("seed") for r in runs}) > 1
-            for r, hp in zip(runs, hps):
-                extra = [f"{k}={_short(hp.get(k))}" for k in differ]
-                if seeds:
-                    extra.append(f"seed {r.get('seed')}")
-                out[m].append(f"{r['model']} on {r['dataset']} ({', '.join([f'{row_shots(r)} shots', *extra])})")
+            out[m].extend(similar_run_labels(runs, lambda r: (r["model"], r["dataset"])))
         return out
+
+
+def similar_run_labels(runs: Sequence[Mapping[str, Any]],
+                       names: Callable[[Mapping[str, Any]], tuple[str, str]]) -> list[str]:
+    """``<model> on <dataset> (<shots> shots, lr=..., seed N)`` for one method's similar runs:
+    the hyper-parameters (and the seed) that differ among them, so no two rows look identical.
+    ``names(run)`` gives the (model, dataset) names of a run."""
+    import json
+
+    hps = [as_dict(r.get("hparams")) for r in runs]
+    keys = sorted({k for hp in hps for k in hp})
+    differ = [k for k in keys if len({json.dumps(hp.get(k), sort_keys=True, default=str) for hp in hps}) > 1]
+    seeds = len({r.get("seed") for r in runs}) > 1
+    out = []
+    for r, hp in zip(runs, hps):
+        extra = [f"{k}={_short(hp.get(k))}" for k in differ]
+        if seeds:
+            extra.append(f"seed {r.get('seed')}")
+        model, dataset = names(r)
+        out.append(f"{model} on {dataset} ({', '.join([f'{row_shots(r)} shots', *extra])})")
+    return out
 
 
 def _short(v: Any) -> str:

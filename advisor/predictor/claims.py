@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .evaluation import spearman
 from .rows import as_dict, row_dataset, row_method, row_model, row_shots, row_signals, row_targets, row_zero_shot
 
 SHOTS = 16
@@ -29,15 +30,6 @@ N_BOOT = 1000
 LEVEL = 0.95
 SEED = 0
 TOWER_FAMILIES = ("full", "low-rank")
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return math.nan
-    return float(spearmanr(x[ok], y[ok]).statistic)
 
 
 def _r2(x: np.ndarray, y: np.ndarray) -> float:
@@ -98,9 +90,9 @@ def claims(rows: Sequence[Mapping[str, Any]], families: Mapping[str, str]) -> li
         out.append({"claim": claim, "statistic": statistic, "value": value, "lo": lo, "hi": hi,
                     "n_runs": n, "n_pairs": len(gs)})
 
-    add("IIMM predicts in-domain gain (all methods)", "spearman", groups, lambda i: _spearman(iimm[i], gain[i]))
-    add("IIMM predicts in-domain gain (full, LoRA)", "spearman", tower_groups, lambda i: _spearman(iimm[i], gain[i]))
-    add("IIMM predicts forgetting (full, LoRA)", "spearman", tower_groups, lambda i: _spearman(iimm[i], drop[i]))
+    add("IIMM predicts in-domain gain (all methods)", "spearman", groups, lambda i: spearman(iimm[i], gain[i]))
+    add("IIMM predicts in-domain gain (full, LoRA)", "spearman", tower_groups, lambda i: spearman(iimm[i], gain[i]))
+    add("IIMM predicts forgetting (full, LoRA)", "spearman", tower_groups, lambda i: spearman(iimm[i], drop[i]))
 
     # One point per pair for the gap claim: the pair's signals and zero-shot accuracy.
     first = [g[0] for g in groups]

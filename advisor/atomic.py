@@ -9,6 +9,8 @@ but is not a regular file (``/dev/stdout``, a FIFO, ``/dev/full``) is written di
 refused. Every failure of the file system (a missing folder, a full disk, a name too long) is a
 ``FileWriteError``: one line naming the file, and still an ``OSError`` for callers that catch
 those.
+
+``npz_cached`` reads an ``.npz`` cache file, or builds its arrays and writes it this way.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, TypeVar
+from typing import IO, Any, Callable, Sequence, TypeVar
 
 from .errors import AdvisorError
 
@@ -143,3 +145,31 @@ def replace_file(target: Path, existing: os.stat_result | None, write: Callable[
         Path(tmp).unlink(missing_ok=True)
         raise
     return result
+
+
+def npz_cached(path: str | os.PathLike[str], keys: Sequence[str], build: Callable[[], Sequence[Any]]) -> tuple[Any, ...]:
+    """The arrays ``keys`` of the ``.npz`` cache file ``path``; when it is absent or damaged,
+    ``build()``'s arrays (one per key, in order), then written to ``path`` through
+    ``atomic_write`` (folder made, no fsync: concurrent processes never read half a file, and a
+    file a crash truncated is rebuilt). The write is best effort: a cache that cannot be written
+    only costs the next call the build again. No pickles are ever loaded."""
+    import zipfile
+
+    import numpy as np
+
+    target = Path(path)
+    if target.is_file():
+        try:
+            with np.load(target, allow_pickle=False) as z:
+                return tuple(z[k] for k in keys)
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            pass  # a damaged cache file (a truncated zip included) is rebuilt below
+    arrays = tuple(build())
+    if len(arrays) != len(keys):
+        raise ValueError(f"npz_cached: build() gave {len(arrays)} arrays for {len(keys)} keys")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda f: np.savez(f, **dict(zip(keys, arrays))), binary=True, fsync=False)
+    except OSError:
+        pass  # FileWriteError included
+    return arrays

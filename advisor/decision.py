@@ -52,6 +52,24 @@ class MethodAdvice:
     support_runs: int = 0
     similar_runs: list[str] = field(default_factory=list)  # "<model> on <dataset> (<shots> shots)"
     hparams: dict[str, Any] = field(default_factory=dict)  # the configuration the prediction is for
+    #: The candidate model (``recommend --model A --model B``); None when one model is ranked.
+    model: str | None = None
+    #: Configurations of this method the predictor compared (the best one is shown).
+    configurations_searched: int = 0
+    #: This configuration's inputs outside the history's support (its hyper-parameters).
+    out_of_support: list[str] = field(default_factory=list)
+    #: The other configurations compared, best first: hparams, id_gain, ood_change, cost_s,
+    #: score and eligible of each.
+    alternatives: list[dict[str, Any]] = field(default_factory=list)
+    #: Where the numbers come from: ``predicted`` (the pair's static signals), ``probed``
+    #: (predicted from a probe's partial curve too) or ``measured`` (its whole run fitted in the
+    #: probe budget: the intervals are the measurement itself).
+    basis: str = "predicted"
+
+    @property
+    def key(self) -> str:
+        """What the decision names: ``method``, or ``model + method`` when models are compared."""
+        return self.method if self.model is None else f"{self.model} + {self.method}"
 
 
 def _score(a: MethodAdvice, objective: str) -> tuple[float | None, float | None, float | None]:
@@ -99,7 +117,7 @@ def choose(
     ranked = sorted(advice, key=lambda a: (not a.eligible, -(a.score if a.score is not None else -math.inf)))
     for i, a in enumerate(ranked, 1):
         a.rank = i
-    winner = ranked[0].method if ranked and ranked[0].eligible else None
+    winner = ranked[0].key if ranked and ranked[0].eligible else None
     return ranked, winner
 
 
@@ -140,7 +158,7 @@ def keeps_zero_shot(ranked: list[MethodAdvice], winner: str | None, objective: s
     the objective's own score. False for the rule-based heuristic (no numbers)."""
     if winner is None:
         return False
-    w = next(a for a in ranked if a.method == winner)
+    w = next(a for a in ranked if a.key == winner)
     if w.id_gain is None:
         return False
     group = tied if tied and len(tied) > 1 else [w]
@@ -152,24 +170,24 @@ def winner_sentence(ranked: list[MethodAdvice], winner: str | None, objective: s
                     tied: list[MethodAdvice] | None = None, tie_reason: str = "", interval: float = 0.8) -> str:
     """The decision in one sentence, with its reason."""
     if winner is None:
-        reasons = "; ".join(f"{a.method}: {a.excluded}" for a in ranked if a.excluded)
+        reasons = "; ".join(f"{a.key}: {a.excluded}" for a in ranked if a.excluded)
         return f"No method qualifies ({reasons or 'no predictions'}); keep the zero-shot model or relax the constraints."
-    w = next(a for a in ranked if a.method == winner)
+    w = next(a for a in ranked if a.key == winner)
     if w.id_gain is None:  # rule-based heuristic: no numbers
         return f"Use {winner}: the IIMM heuristic ranks it first for the {objective!r} objective (no trained predictor yet)."
     how = {"predictor": "predicted", "anchor-prior": "anchor-prior"}.get(source, "IIMM-heuristic")
     level = f"{interval:.0%}"
     best = ranked[0]
     if tied and len(tied) > 1:
-        names = ", ".join(a.method for a in tied[:-1]) + f" and {tied[-1].method}"
+        names = ", ".join(a.key for a in tied[:-1]) + f" and {tied[-1].key}"
         cost = f", predicted {w.cost_s:.0f} s" if w.cost_s is not None else ""
-        head = (f"{names} cannot be told apart here ({tie_reason}; best {how} score {best.method} "
+        head = (f"{names} cannot be told apart here ({tie_reason}; best {how} score {best.key} "
                 f"{pct(best.score)})")
         if keeps_zero_shot(ranked, winner, objective, tied):
             return f"No method is predicted to improve on zero-shot: {head}; keep the zero-shot model."
         return f"Use {winner}, the cheapest of them{cost}: {head}."
     others = [a for a in ranked if a is not w and a.eligible and a.score is not None]
-    nxt = f", ahead of {others[0].method} ({pct(others[0].score)})" if others else ""
+    nxt = f", ahead of {others[0].key} ({pct(others[0].score)})" if others else ""
     interval_text = (f" ({level} interval {pct(w.id_gain_lo)} to {pct(w.id_gain_hi)})"
                      if w.id_gain_lo is not None else "")
     if objective == "gain":

@@ -53,7 +53,16 @@ def history_configs(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], s
     """Per method, the configuration its predictions are for: the most common resolved
     hyper-parameters of its runs in the history at these shots (else at the nearest shots it
     has runs at, as the cost model's epochs). Methods without runs are left out."""
+    return {m: c[0] for m, c in config_candidates(rows, methods, shots).items()}
+
+
+def config_candidates(rows: Sequence[Mapping[str, Any]], methods: Sequence[str],
+                      shots: int | None) -> dict[str, list[dict[str, Any]]]:
+    """Per method, every configuration its runs used at these shots (else at the nearest
+    shots), most used first: what ``recommend`` searches among, with the tuner's declared
+    search space within the same ranges."""
     from .predictor import as_dict, row_method, row_shots
+    from .predictor.support import configs_by_count
 
     counts: dict[str, dict[int | None, dict[str, int]]] = {}
     for r in rows:
@@ -62,18 +71,7 @@ def history_configs(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], s
             key = json.dumps(hp, sort_keys=True, default=str)
             by_shots = counts.setdefault(row_method(r), {}).setdefault(row_shots(r), {})
             by_shots[key] = by_shots.get(key, 0) + 1
-    out: dict[str, dict[str, Any]] = {}
-    for m in methods:
-        per = counts.get(m)
-        if not per:
-            continue
-        numeric = [k for k in per if k is not None]
-        if shots in per or shots is None or not numeric:
-            pick = per.get(shots) or per[next(iter(per))]
-        else:
-            pick = per[min(numeric, key=lambda k: (abs(math.log(k) - math.log(shots)), k))]
-        out[m] = json.loads(max(pick.items(), key=lambda kv: (kv[1], kv[0]))[0])
-    return out
+    return configs_by_count(counts, methods, shots)
 
 
 def similar_runs(case: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, list[str]]:
@@ -152,6 +150,19 @@ class HistoryEvidence:
         if self.view is not None:
             return self.view.history_configs(methods, shots)
         return history_configs(self.rows, methods, shots)
+
+    def config_candidates(self, methods: Sequence[str], shots: int | None) -> dict[str, list[dict[str, Any]]]:
+        if self.view is not None:
+            return self.view.config_candidates(methods, shots)
+        return config_candidates(self.rows, methods, shots)
+
+    def shot_counts(self, method: str) -> list[int]:
+        """The shot counts the history ran ``method`` at."""
+        if self.view is not None:
+            return sorted(int(s) for s, _ in self.view.summary.configs.get(method, []) if s is not None)
+        from .predictor import row_method, row_shots
+
+        return sorted({s for r in self.rows if row_method(r) == method and (s := row_shots(r)) is not None})
 
     def seed_noise(self) -> Any:
         if self.view is not None:

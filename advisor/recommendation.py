@@ -88,6 +88,22 @@ class Recommendation:
     #: probe, prototype and kNN accuracy, the probe's spread over draws, zero-shot accuracy on
     #: the same images; empty when the pair has no anchor signals.
     anchors: dict[str, float] = field(default_factory=dict)
+    #: The candidate models (``--model`` given several times), in the order asked.
+    models: list[str] = field(default_factory=list)
+    #: ``--model/--pretrained/--image-size`` of the model ``run_command`` trains.
+    run_model_args: list[str] = field(default_factory=list)
+    #: The same arguments for every candidate model, by its label in ``models``.
+    model_args: dict[str, list[str]] = field(default_factory=dict)
+    #: The ranking's names (``MethodAdvice.key``: ``method``, or ``model + method`` when models
+    #: are compared) of the winner and of what ``run_command`` trains.
+    winner_key: str | None = None
+    run_key: str | None = None
+    #: What more labels buy: the recommended configuration predicted at each shot count the
+    #: history covers (ID gain, OOD change, cost with intervals, and the anchor there).
+    shots_curve: list[dict[str, Any]] = field(default_factory=list)
+    #: Probe runs (``--probe``): each candidate's first epochs on the pair, what they cost and
+    #: measured (``advisor.probe.ProbeResult.to_dict``).
+    probes: list[dict[str, Any]] = field(default_factory=list)
 
     def anchor_sentence(self) -> str | None:
         """"A linear probe on your 16 shots reaches 0.97 ...": the anchors as evidence."""
@@ -113,7 +129,9 @@ class Recommendation:
 
         if self.run_method is None:
             return None
-        model_args = ["--model", self.model] if model_args is None else list(model_args)
+        if model_args is None:
+            model_args = self.run_model_args or ["--model", self.model]
+        model_args = list(model_args)
         args = ["advisor", "run", *model_args, "--dataset", dataset or self.dataset, "--method", self.run_method]
         if self.shots is not None:
             args += ["--shots", str(self.shots)]
@@ -121,16 +139,22 @@ class Recommendation:
             args += ["--hparam", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
         return " ".join(shlex.quote(a) for a in args)
 
+    def advice(self, key: str | None) -> MethodAdvice | None:
+        """The ranked advice named ``key`` (``MethodAdvice.key``)."""
+        return next((a for a in self.methods if a.key == key), None)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["run_command"] = self.run_command()
         d["anchor_sentence"] = self.anchor_sentence()
-        for m in d["methods"]:
+        for m, a in zip(d["methods"], self.methods):
             m["contributions"] = [{"feature": f, "value": v} for f, v in m["contributions"]]
+            m["key"] = a.key
         return d
 
     def to_dataframe(self) -> Any:
-        """One row per method (ranked), the columns of ``MethodAdvice``; needs pandas."""
+        """One row per ranked (model,) method, the columns of ``MethodAdvice`` and its ``key``
+        (the index: ``method``, or ``model + method`` when models are compared); needs pandas."""
         try:
             import pandas as pd
         except ImportError:
@@ -140,8 +164,9 @@ class Recommendation:
             row = asdict(a)
             row["contributions"] = ", ".join(f"{f} {v:+.3f}" for f, v in a.contributions)
             row["similar_runs"] = "; ".join(a.similar_runs)
+            row["key"] = a.key
             rows.append(row)
-        return pd.DataFrame(rows).set_index("method")
+        return pd.DataFrame(rows).set_index("key")
 
 
 # ------------------------------------------------------------------------------------------
@@ -205,6 +230,10 @@ def recommend(
     quiet: bool = False,
     embeddings: str | None = None,
     allow_random_weights: bool = False,
+    other_models: Sequence[ModelSpec | str] = (),
+    hparams: Mapping[str, Any] | Sequence[str] = (),
+    probe: int | None = None,
+    probe_budget: float | None = None,
 ) -> Recommendation:
     """Rank the registered fine-tuning methods for the pair (see the module docstring).
 
@@ -212,11 +241,15 @@ def recommend(
     ``budget`` in seconds of training wall time. ``embeddings`` (a ``.npz`` with ``image``,
     ``text``, ``labels``) replaces loading the model and dataset: signals come from the file.
     Signals always use seed 0, as the history's runs do, so they are comparable.
+    ``other_models`` are more candidate models ranked on the same scale; ``hparams`` pins
+    hyper-parameters (``{"lr": 1e-3}`` or ``["lora:lr=1e-3"]``); ``probe`` runs each
+    candidate's first epochs on the pair first (``probe_budget`` seconds in all).
     """
     return recommend_request(RecommendRequest.build(
         model_spec, dataset_spec, db=db, objective=objective, max_forgetting=max_forgetting, budget=budget,
         shots=shots, device=device, max_images=max_images, quiet=quiet, embeddings=embeddings,
-        allow_random_weights=allow_random_weights))
+        allow_random_weights=allow_random_weights, other_models=other_models, hparams=hparams, probe=probe,
+        probe_budget=probe_budget))
 
 
 @dataclass
@@ -238,62 +271,100 @@ class _Ranking:
     interval: float = 0.8
     tied: list[MethodAdvice] = field(default_factory=list)
     tie_reason: str = ""
+    probes: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Candidate:
+    """One candidate model's prepared pair and the case the predictor is asked about."""
+
+    spec: ModelSpec
+    pair: Any
+    case: dict[str, Any]
+    summary: dict[str, Any]
+    label: str | None  # the model's name in the ranking; None when one model is ranked
 
 
 def recommend_request(req: RecommendRequest) -> Recommendation:
-    """``recommend`` for a checked request: prepare the pair, load or train the predictor,
-    rank the methods, decide."""
+    """``recommend`` for a checked request: prepare each candidate model's pair, load or train
+    the predictor, search each method's configurations, rank (model, method, configuration)
+    together, decide, and say what more labels would buy."""
     from .history import open_reader
     from .predictor.support import bounded_view
 
     history = open_reader(req.db, must_exist=True)  # plain sqlite3 for the reads of a cached pair; writes go to the full History
     view = bounded_view(history, PREDICTOR_NAME)  # a stored predictor with its history summary: no run read in full
     evidence = HistoryEvidence(history, view, [] if view is not None else history.training_rows())
-    pair = _prepare(req, evidence)
-    warnings, notes = _pair_warnings(req, pair)
-    summary, domain_warnings = evidence.support_for(pair.model_desc, pair.dataset_desc)
-    warnings[:0] = domain_warnings
+    several = len(req.models) > 1
+    warnings: list[str] = []
+    candidates = []
+    for spec in req.models:
+        pair = _prepare(req, evidence, spec)
+        pair_warnings = _pair_warnings(req, pair, spec)
+        summary, domain_warnings = evidence.support_for(pair.model_desc, pair.dataset_desc)
+        prefix = f"{spec.label()}: " if several else ""
+        warnings += [prefix + w for w in domain_warnings + pair_warnings]
+        case = {"shots": req.shots, "signals": dict(pair.signals), "model_desc": dict(pair.model_desc),
+                "dataset_desc": dict(pair.dataset_desc), "model": pair.model_desc.get("name")}
+        candidates.append(_Candidate(spec, pair, case, summary, spec.label() if several else None))
+    notes: list[str] = []
     predictor = _load_or_train(evidence, notes)
     methods, families = registered_methods(predictor.est.schema.categories.get("method", [])
                                            if predictor.est is not None else ())
     device_kind = req.device_kind or _default_device_kind(evidence.device_rows())
-    case = {"shots": req.shots, "device": device_kind, "signals": dict(pair.signals), "model_desc": dict(pair.model_desc),
-            "dataset_desc": dict(pair.dataset_desc), "model": pair.model_desc.get("name")}
+    for c in candidates:
+        c.case["device"] = device_kind
     configs = evidence.history_configs(methods, req.shots)
     if predictor.est is not None:
-        ranking = _rank_predicted(req, predictor.est, case, methods, configs, evidence, warnings, notes)
+        space = config_space(methods, evidence.config_candidates(methods, req.shots), predictor.est.support,
+                             req.hparams)
+        ranking = _rank_predicted(req, predictor.est, candidates, methods, space, evidence, warnings, notes)
     else:
-        ranking = _rank_cold_start(req, case, methods, families, evidence, notes)
-    similar = evidence.similar_runs(case, methods)
+        if several:
+            notes.append(f"cold start: only the first model ({candidates[0].spec.label()}) is ranked; comparing "
+                         "models needs a trained predictor")
+        ranking = _rank_cold_start(req, candidates[0].case, methods, families, evidence, notes)
+        for a in ranking.ranked:
+            a.hparams = apply_pins(a.method, configs.get(a.method, {}), req.hparams)
+    if req.probe is not None:
+        if predictor.est is None:
+            notes.append("--probe needs a trained predictor (cold start): no probe was run")
+        else:
+            ranking = _apply_probes(req, evidence, candidates, ranking, warnings, notes)
+    by_label = {c.label: c for c in candidates}
+    similar = {c.label: evidence.similar_runs(c.case, methods) for c in candidates}
     for a in ranking.ranked:
-        a.similar_runs = similar.get(a.method, [])
+        a.similar_runs = similar.get(a.model, {}).get(a.method, [])
         a.support_runs = len(a.similar_runs)
-        a.hparams = configs.get(a.method, {})
-    return _decide(req, pair, ranking, summary, warnings, notes, predictor.info, device_kind, configs)
+    rec, run = _decide(req, ranking, warnings, notes, predictor.info, device_kind, by_label)
+    rec.probes = ranking.probes
+    if predictor.est is not None and run is not None and run.id_gain is not None:
+        rec.shots_curve = shots_curve(predictor.est, by_label[run.model].case, run, evidence.shot_counts(run.method))
+    return rec
 
 
-def _prepare(req: RecommendRequest, evidence: HistoryEvidence) -> Any:
+def _prepare(req: RecommendRequest, evidence: HistoryEvidence, spec: ModelSpec) -> Any:
     """The pair's descriptors and signals: from the embeddings file, else from the history or
     measured now and stored (seed 0 and the default sample, as the history's runs, so they compare)."""
     if req.embeddings is not None:
         dname = req.dataset.name if req.dataset is not None else None
-        pair = pair_from_embeddings(req.embeddings, req.model.name or None, dname, evidence.rows, evidence.history)
+        pair = pair_from_embeddings(req.embeddings, spec.name or None, dname, evidence.rows, evidence.history)
         what = f"from {req.embeddings}"
     else:
         if req.dataset is None:
             raise RecommendError("give a dataset (or embeddings=FILE.npz)")
-        pair = prepare_pair(req.model, req.dataset, history=evidence.history, rows=evidence.rows, lookup=True,
+        pair = prepare_pair(spec, req.dataset, history=evidence.history, rows=evidence.rows, lookup=True,
                             store=True, device=req.device, max_images=req.max_images, quiet=req.quiet,
                             allow_random_weights=req.allow_random_weights)
-        what = "for the pair"
+        what = "for the pair" if len(req.models) == 1 else f"for {spec.label()}"
     if not pair.signals:
         errors = "; ".join(f"{k}: {v}" for k, v in (getattr(pair.signal_set, "errors", None) or {}).items())
         raise PredictorError(f"no signal could be computed {what} ({errors or 'no metric applies'})")
     return pair
 
 
-def _pair_warnings(req: RecommendRequest, pair: Any) -> tuple[list[str], list[str]]:
-    """(warnings, notes) about the pair itself: more shots than a class has, random weights."""
+def _pair_warnings(req: RecommendRequest, pair: Any, spec: ModelSpec) -> list[str]:
+    """Warnings about the pair itself: more shots than a class has, random weights."""
     from .data import shots_shortfall
 
     warnings: list[str] = []
@@ -301,9 +372,78 @@ def _pair_warnings(req: RecommendRequest, pair: Any) -> tuple[list[str], list[st
     if shortfall:
         warnings.append(shortfall)
     if pair.model_desc.get("random_weights"):
-        warnings.append(f"model {req.model.name!r} has randomly initialised weights (--allow-random-weights): "
+        warnings.append(f"model {spec.name!r} has randomly initialised weights (--allow-random-weights): "
                         "its signals describe the initialisation, and no run in the history resembles it")
-    return warnings, []
+    return warnings
+
+
+# ------------------------------------------------------------------------------------------
+# Configurations: what each method is searched over
+# ------------------------------------------------------------------------------------------
+
+#: Points of a declared search range (log-spaced for positive ranges), ends included.
+SEARCH_POINTS = 5
+
+
+def _grid(lo: float, hi: float, n: int = SEARCH_POINTS) -> list[float]:
+    """``n`` values from ``lo`` to ``hi`` (log-spaced when both are positive), 3 significant
+    digits; one value when the range is a point."""
+    if lo == hi:
+        return [lo]
+    if lo > 0:
+        values = np.exp(np.linspace(math.log(lo), math.log(hi), n))
+    else:
+        values = np.linspace(lo, hi, n)
+    return [float(f"{v:.3g}") for v in values]
+
+
+def apply_pins(method: str, config: Mapping[str, Any], pins: Sequence[tuple[str | None, str, Any]]) -> dict[str, Any]:
+    """``config`` with the ``--hparam`` pins that apply to ``method`` (its own, and the
+    method-less ones its tuner declares)."""
+    from .plugins import get_tuners
+
+    tuner = get_tuners().get(method)
+    declared = tuner.hparam_specs() if tuner is not None else {}
+    out = dict(config)
+    for pin_method, name, value in pins:
+        if pin_method == method or (pin_method is None and name in declared):
+            out[name] = value
+    return out
+
+
+def config_space(methods: Sequence[str], seen: Mapping[str, Sequence[Mapping[str, Any]]], support: Any,
+                 pins: Sequence[tuple[str | None, str, Any]] = ()) -> dict[str, list[dict[str, Any]]]:
+    """Per method, the configurations ``recommend`` compares: every configuration the history
+    ran it with at these shots, and the tuner's declared ``search`` ranges (``Tuner.search``)
+    sampled on the most used one, limited to the values the method's runs span (a range the
+    history never tried is not searched: it would be guessed, not predicted). ``--hparam``
+    pins then replace their hyper-parameter in every configuration; a pinned value outside the
+    history's support is kept and flagged by the predictor's support (``config_flags``)."""
+    import json
+
+    from .plugins import get_tuners
+
+    tuners = get_tuners()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for m in methods:
+        configs = [dict(c) for c in seen.get(m) or []]
+        if not configs:
+            configs = [{}]
+        ranges = (getattr(support, "method_hparam_ranges", None) or {}).get(m, {})
+        declared = getattr(tuners.get(m), "search", None) or {}
+        for name, (lo, hi) in declared.items():
+            span = ranges.get(name)
+            if span is None or name not in configs[0]:
+                continue
+            a, b = max(float(lo), span[0]), min(float(hi), span[1])
+            if a <= b:
+                configs += [dict(configs[0], **{name: v}) for v in _grid(a, b)]
+        unique: dict[str, dict[str, Any]] = {}
+        for c in configs:
+            c = apply_pins(m, c, pins)
+            unique.setdefault(json.dumps(c, sort_keys=True, default=str), c)
+        out[m] = list(unique.values())
+    return out
 
 
 def _load_or_train(evidence: HistoryEvidence, notes: list[str]) -> _Predictor:
@@ -334,32 +474,155 @@ def _load_or_train(evidence: HistoryEvidence, notes: list[str]) -> _Predictor:
                             "trained_now": True})
 
 
-def _rank_predicted(req: RecommendRequest, est: Any, case: Mapping[str, Any], methods: Sequence[str],
-                    configs: Mapping[str, Mapping[str, Any]], evidence: HistoryEvidence,
+def _rank_predicted(req: RecommendRequest, est: Any, candidates: Sequence[_Candidate], methods: Sequence[str],
+                    space: Mapping[str, Sequence[Mapping[str, Any]]], evidence: HistoryEvidence,
                     warnings: list[str], notes: list[str]) -> _Ranking:
-    """Rank by the predictor, saying which of its signals the pair lacks or it does not use."""
-    signals = case["signals"]
+    """Rank every (model, method, configuration) by the predictor on one scale, keep each
+    (model, method)'s best configuration, and say which of its signals a pair lacks or it
+    does not use."""
+    advice: list[MethodAdvice] = []
+    flags: list[tuple[str, str]] = []
+    for cand in candidates:
+        prefix = f"{cand.label}: " if cand.label else ""
+        _check_signals(est, cand.case["signals"], prefix, warnings, notes)
+        case_flags = est.flags([cand.case])[0]
+        if cand.case["model_desc"].get("random_weights"):
+            case_flags.append(("weights", "randomly initialised weights"))
+        flags += [(kind, prefix + text) for kind, text in case_flags]
+        pairs = [(m, dict(c)) for m in methods for c in space.get(m) or [{}]]
+        for a in _predict_configs(est, pairs, cand.case, [kind for kind, _ in case_flags]):
+            a.model = cand.label
+            advice.append(a)
+    every, _ = choose(advice, req.objective, max_forgetting=req.max_forgetting, budget=req.budget)
+    ranked = best_configurations(every)
+    best = ranked[0].key if ranked and ranked[0].eligible else None
+    tied, tie_reason = ties(ranked, objective_noise(evidence.seed_noise(), req.objective))
+    winner = cheapest(tied).key if len(tied) > 1 else best
+    return _Ranking(ranked, winner, "predictor", flags, est.interval, tied, tie_reason)
+
+
+def _check_signals(est: Any, signals: Mapping[str, float], prefix: str, warnings: list[str], notes: list[str]) -> None:
+    """Warn about the predictor's signals a pair lacks (refuse when it has none of them)."""
     missing, unused = est.signal_drift(signals)
     if missing and len(missing) == len(est.schema.signals):
         raise PredictorError(
-            f"predictor {PREDICTOR_NAME!r} was trained on signals {', '.join(missing)}, none of which the pair has; "
-            "run `advisor predictor train`"
+            f"{prefix}predictor {PREDICTOR_NAME!r} was trained on signals {', '.join(missing)}, none of which the pair "
+            "has; run `advisor predictor train`"
         )
     if missing:
-        warnings.append(f"signals the predictor uses are missing for this pair (treated as missing): {', '.join(missing)}")
+        warnings.append(f"{prefix}signals the predictor uses are missing for this pair (treated as missing): "
+                        f"{', '.join(missing)}")
     if unused:
-        notes.append(f"signals not used by the predictor (retrain to use them): {', '.join(unused)}")
+        notes.append(f"{prefix}signals not used by the predictor (retrain to use them): {', '.join(unused)}")
     if est.spaces.get("id_gain") in ("headroom", "anchor", "anchor-offset") and "zero_shot_acc" not in signals:
-        warnings.append("the pair has no zero_shot_acc signal: the ID gain (learned as a share of the headroom "
-                        "above zero-shot) cannot be predicted")
-    flags = est.flags([case])[0]
-    if case["model_desc"].get("random_weights"):
-        flags.append(("weights", "randomly initialised weights"))
-    advice = _predict_methods(est, methods, case, [kind for kind, _ in flags], configs)
-    ranked, best = choose(advice, req.objective, max_forgetting=req.max_forgetting, budget=req.budget)
+        warnings.append(f"{prefix}the pair has no zero_shot_acc signal: the ID gain (learned as a share of the "
+                        "headroom above zero-shot) cannot be predicted")
+
+
+#: Without ``--probe-budget``, all probes together may take this share of the predicted cost
+#: of the runs they probe (so each method's probe about this share of its own run).
+PROBE_SHARE = 0.15
+
+
+def _apply_probes(req: RecommendRequest, evidence: HistoryEvidence, candidates: Sequence[_Candidate],
+                  ranking: _Ranking, warnings: list[str], notes: list[str]) -> _Ranking:
+    """Run each eligible (model, method)'s best configuration for its first ``req.probe``
+    epochs on the pair (``advisor.probe``), predict it again from the probe's partial curve with
+    the probe predictor (``probe-K``), take the measured outcome of a method whose whole run fit
+    the budget, and rank again; the notes say what the probes cost and what they changed."""
+    from .predictor.training import load_or_train_probe_predictor
+    from .probe import run_probes
+
+    k = int(req.probe)
+    probed = [a for a in ranking.ranked if a.eligible and a.id_gain is not None]
+    if not probed:
+        notes.append("--probe: no eligible method to probe")
+        return ranking
+    try:
+        est, note = load_or_train_probe_predictor(evidence.history, k)
+    except PredictorError as exc:  # no run of the history has a curve to learn from
+        est, note = None, None
+        warnings.append(f"the probes' curves cannot feed a prediction ({exc}); only whole runs that fit the "
+                        "budget are used (measured)")
+    if note:
+        notes.append(note)
+    predicted_cost = sum(a.cost_s or 0.0 for a in probed)
+    budget = req.probe_budget if req.probe_budget is not None else (PROBE_SHARE * predicted_cost or None)
+    before = [a.key for a in ranking.ranked if a.eligible]
+    results: list[Any] = []
+    by_label = {c.label: c for c in candidates}
+    spent = 0.0
+    for i, cand in enumerate(candidates):
+        mine = [a for a in probed if a.model == cand.label]
+        if not mine:
+            continue
+        share = None if budget is None else max(budget - spent, 0.0) * len(mine) / sum(
+            1 for a in probed if candidates.index(by_label[a.model]) >= i)
+        if share is not None and share <= 0:
+            notes.append(f"--probe: the budget was spent before {cand.spec.label()}'s methods were probed")
+            continue
+        out = run_probes(cand.spec, req.dataset, {a.method: a.hparams for a in mine}, epochs=k, budget_s=share,
+                         shots=req.shots, device=req.device, quiet=req.quiet, history=evidence.history)
+        spent += sum(r.cost_s + r.setup_s for r in out)
+        for a, r in zip(mine, out):
+            results.append((a, r, cand))
+    for a, r, cand in results:
+        if r.error:
+            warnings.append(f"probe of {a.key} failed: {r.error}")
+            continue
+        if r.measured and r.id_gain is not None:
+            a.basis = "measured"
+            a.id_gain = a.id_gain_lo = a.id_gain_hi = float(r.id_gain)
+            if r.ood_change is not None:
+                a.ood_change = a.ood_change_lo = a.ood_change_hi = float(r.ood_change)
+            if r.train_s is not None:
+                a.cost_s = a.cost_s_lo = a.cost_s_hi = float(r.train_s)
+            a.contributions, a.contribution_base, a.contribution_other = [], None, None
+            continue
+        if not r.curve or est is None:
+            continue
+        case = dict(cand.case, curve=r.curve)
+        kinds = [kind for kind, _ in est.flags([cand.case])[0]]
+        (new,) = _predict_configs(est, [(a.method, a.hparams)], case, kinds)
+        for name in ("id_gain", "id_gain_lo", "id_gain_hi", "ood_change", "ood_change_lo", "ood_change_hi",
+                     "contributions", "contribution_base", "contribution_other"):
+            setattr(a, name, getattr(new, name))
+        a.basis = "probed"
+    ranked, _ = choose(ranking.ranked, req.objective, max_forgetting=req.max_forgetting, budget=req.budget)
+    for i, a in enumerate(ranked, 1):
+        a.rank = i
+    best = ranked[0].key if ranked and ranked[0].eligible else None
     tied, tie_reason = ties(ranked, objective_noise(evidence.seed_noise(), req.objective))
-    winner = cheapest(tied).method if len(tied) > 1 else best
-    return _Ranking(ranked, winner, "predictor", flags, est.interval, tied, tie_reason)
+    winner = cheapest(tied).key if len(tied) > 1 else best
+    after = [a.key for a in ranked if a.eligible]
+    cost = sum(r.cost_s + r.setup_s for _, r, _ in results)
+    top = probed[0]
+    share = f" ({cost / top.cost_s:.0%} of {top.key}'s predicted run)" if top.cost_s else ""
+    measured = [a.key for a, r, _ in results if a.basis == "measured"]
+    notes.append(f"probes: {len(results)} of {k} epoch(s) each took {cost:.0f} s in all{share}"
+                 + (f", within a budget of {budget:.0f} s" if budget is not None else "")
+                 + (f"; measured whole: {', '.join(measured)}" if measured else ""))
+    notes.append("the probes changed nothing in the ranking" if before == after else
+                 f"the probes changed the ranking: before {' > '.join(before[:4])}; after {' > '.join(after[:4])}")
+    return _Ranking(ranked, winner, "predictor", ranking.flags, ranking.interval, tied, tie_reason,
+                    [dict(r.to_dict(), key=a.key) for a, r, _ in results])
+
+
+def best_configurations(ranked: Sequence[MethodAdvice]) -> list[MethodAdvice]:
+    """From advice ranked over every configuration, the best one per (model, method), ranked
+    again from 1; the others become its ``alternatives`` (best first)."""
+    best: dict[str, MethodAdvice] = {}
+    for a in ranked:
+        first = best.setdefault(a.key, a)
+        first.configurations_searched += 1
+        if first is not a:
+            first.alternatives.append({"hparams": a.hparams, "id_gain": a.id_gain, "ood_change": a.ood_change,
+                                       "cost_s": a.cost_s, "score": a.score, "eligible": a.eligible,
+                                       "out_of_support": a.out_of_support})
+    out = list(best.values())
+    for i, a in enumerate(out, 1):
+        a.rank = i
+    return out
 
 
 def _rank_cold_start(req: RecommendRequest, case: Mapping[str, Any], methods: Sequence[str],
@@ -383,42 +646,51 @@ def _rank_cold_start(req: RecommendRequest, case: Mapping[str, Any], methods: Se
     return _Ranking(ranked, winner, source, flags)
 
 
-def _decide(req: RecommendRequest, pair: Any, ranking: _Ranking, summary: dict[str, Any], warnings: list[str],
-            notes: list[str], pinfo: dict[str, Any], device_kind: str,
-            configs: Mapping[str, Mapping[str, Any]]) -> Recommendation:
-    """The decision (keep zero-shot or not, the sentence, the run to measure it) as a Recommendation."""
+def _decide(req: RecommendRequest, ranking: _Ranking, warnings: list[str], notes: list[str], pinfo: dict[str, Any],
+            device_kind: str, candidates: Mapping[str | None, _Candidate]) -> tuple[Recommendation, MethodAdvice | None]:
+    """The decision (keep zero-shot or not, the sentence, the run to measure it) as a
+    Recommendation, and the advice whose configuration ``run_command`` trains."""
     ranked, winner, tied, objective = ranking.ranked, ranking.winner, ranking.tied, req.objective
     keep = keeps_zero_shot(ranked, winner, objective, tied)
     sentence = winner_sentence(ranked, winner, objective, ranking.source, tied, ranking.tie_reason, ranking.interval)
-    run_method = (None if keep else winner) or next((a.method for a in ranked if a.eligible), None)
+    run_key = (None if keep else winner) or next((a.key for a in ranked if a.eligible), None)
+    run = next((a for a in ranked if a.key == run_key), None)
+    cand = candidates.get(run.model if run is not None else None) or next(iter(candidates.values()))
+    pair, spec = cand.pair, cand.spec
     model_desc, signals = pair.model_desc, pair.signals
+    win = next((a for a in ranked if a.key == winner), None) if winner is not None and not keep else None
     return Recommendation(
-        model=req.model.name if req.embeddings is None else str(model_desc.get("name")),
+        model=spec.name if req.embeddings is None else str(model_desc.get("name")),
         dataset=str(pair.dataset_desc.get("name")),
         objective=objective,
         shots=req.shots,
-        winner=None if keep else winner,
+        winner=win.method if win is not None else None,
         sentence=sentence,
         source=ranking.source,
         methods=ranked,
         signals=dict(sorted(signals.items())),
         signals_source=pair.source,
-        support=summary,
+        support=cand.summary,
         warnings=warnings,
         notes=notes,
         predictor=pinfo,
         max_forgetting=req.max_forgetting,
         budget=req.budget,
         out_of_support=[text for _, text in ranking.flags],
-        tied=[a.method for a in tied] if len(tied) > 1 else [],
+        tied=[a.key for a in tied] if len(tied) > 1 else [],
         interval=ranking.interval,
         random_weights=bool(model_desc.get("random_weights")),
         device=device_kind,
         keep_zero_shot=keep,
-        run_method=run_method,
-        run_hparams=run_overrides(run_method, configs.get(run_method, {}), req.shots) if run_method else {},
+        run_method=run.method if run is not None else None,
+        run_hparams=run_overrides(run.method, run.hparams, req.shots) if run is not None else {},
         anchors=pair_anchors(signals, req.shots),
-    )
+        models=[c.spec.label() for c in candidates.values()],
+        model_args={c.spec.label(): c.spec.cli_args() for c in candidates.values()} if req.embeddings is None else {},
+        winner_key=win.key if win is not None else None,
+        run_key=run.key if run is not None else None,
+        run_model_args=spec.cli_args() if req.embeddings is None else [],
+    ), run
 
 
 def pair_anchors(signals: Mapping[str, float], shots: int | None) -> dict[str, float]:
@@ -444,24 +716,29 @@ def _finite(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def _predict_methods(est: Any, methods: Sequence[str], case: Mapping[str, Any],
-                     flag_kinds: Sequence[str], configs: Mapping[str, Mapping[str, Any]] | None = None) -> list[MethodAdvice]:
-    """Predictions with intervals (widened once per kind of out-of-support input) and the top
-    contributions with their base value, for every method; each for the configuration of
-    ``configs`` (the history's, ``history_configs``) where it names the epochs."""
+def _predict_configs(est: Any, configs: Sequence[tuple[str, Mapping[str, Any]]], case: Mapping[str, Any],
+                     flag_kinds: Sequence[str]) -> list[MethodAdvice]:
+    """Predictions with intervals (widened once per kind of out-of-support input, a
+    configuration the history never ran included) and the top contributions with their base
+    value, for every (method, configuration); epochs not in a configuration are the ones the
+    method's runs used at these shots."""
     from .predictor import TARGETS
 
     support = est.support
     family = str((case.get("model_desc") or {}).get("family") or "")
     cases = []
-    for m in methods:
+    for m, hp in configs:
         c = dict(case, method=m)
+        hp = dict(hp)
+        epochs = hp.get("epochs")
+        if support is not None and not (isinstance(epochs, (int, float)) and not isinstance(epochs, bool)):
+            hp["epochs"] = support.epochs_for(m, case.get("shots"))
+        c["hparams"] = hp
         if support is not None:
-            epochs = (configs or {}).get(m, {}).get("epochs")
-            c["hparams"] = {"epochs": epochs if isinstance(epochs, (int, float)) and not isinstance(epochs, bool)
-                            else support.epochs_for(m, case.get("shots"))}
             c["trainable_params"] = support.trainable_for(m, family, (case.get("model_desc") or {}).get("params"))
         cases.append(c)
+    if not cases:
+        return []
     X = est.rows_matrix(cases)
     extra = [k for k in flag_kinds if k == "weights"]
     widen = np.array([support.widening(c, extra) if support is not None else 1.0 for c in cases])
@@ -476,12 +753,14 @@ def _predict_methods(est: Any, methods: Sequence[str], case: Mapping[str, Any],
     ti = {t: i for i, t in enumerate(TARGETS)}
     names = est.feature_names
     out = []
-    for k, m in enumerate(methods):
-        a = MethodAdvice(method=m)
+    for k, (m, hp) in enumerate(configs):
+        a = MethodAdvice(method=m, hparams=dict(cases[k]["hparams"]))
         if m not in known:
             a.eligible, a.excluded = False, "no runs of this method in the history the predictor was trained on"
             out.append(a)
             continue
+        if support is not None:
+            a.out_of_support = [text for _, text in support.config_flags(cases[k])]
         o, c = ti["ood_change"], ti["cost"]
         a.id_gain, a.id_gain_lo, a.id_gain_hi = _finite(mean_t[k, g]), _finite(lo_t[k, g]), _finite(hi_t[k, g])
         a.ood_change, a.ood_change_lo, a.ood_change_hi = _finite(mean_t[k, o]), _finite(lo_t[k, o]), _finite(hi_t[k, o])
@@ -497,4 +776,24 @@ def _predict_methods(est: Any, methods: Sequence[str], case: Mapping[str, Any],
             a.contribution_base = float(contrib[k, -1])
             a.contribution_other = float(np.nansum(row) - sum(row[j] for j in shown))
         out.append(a)
+    return out
+
+
+def shots_curve(est: Any, case: Mapping[str, Any], advice: MethodAdvice, shots: Sequence[int]) -> list[dict[str, Any]]:
+    """What more labels buy: ``advice``'s configuration predicted at each shot count the
+    history ran its method at (the case's own shots too), with intervals and the anchor (the
+    frozen features' linear-probe accuracy) interpolated there."""
+    from .predictor.anchors import anchor_at
+
+    counts = sorted({int(s) for s in shots} | ({int(case["shots"])} if case.get("shots") is not None else set()))
+    out = []
+    for s in counts:
+        c = dict(case, shots=s)
+        (a,) = _predict_configs(est, [(advice.method, advice.hparams)], c, [])
+        probe = anchor_at(case.get("signals") or {}, "anchor_probe", s)
+        out.append({"shots": s, "id_gain": a.id_gain, "id_gain_lo": a.id_gain_lo, "id_gain_hi": a.id_gain_hi,
+                    "ood_change": a.ood_change, "ood_change_lo": a.ood_change_lo, "ood_change_hi": a.ood_change_hi,
+                    "cost_s": a.cost_s, "cost_s_lo": a.cost_s_lo, "cost_s_hi": a.cost_s_hi,
+                    "anchor_probe": round(float(probe), 4) if math.isfinite(probe) else None,
+                    "out_of_support": a.out_of_support})
     return out

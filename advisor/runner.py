@@ -274,13 +274,31 @@ def run_request(checked: CheckedRun, session: Session | None = None, *,
     inputs = load_inputs(req, checked.device, session)
     before = measure_before(req, checked.device, inputs, session)
     trained = train(checked, inputs, on_step, session)
-    after = measure_after(inputs, trained, checked.device, session)
+    partial = stopped_early(trained)
+    # A run stopped before the end of its schedule (a probe) is measured by its curve only and
+    # never recorded: it would be mistaken for a whole run.
+    after = not_measured(inputs) if partial else measure_after(inputs, trained, checked.device, session)
     run_id = uuid.uuid4().hex[:16]
-    adapter_path, adapter_file = save_adapter(req, trained, adapter_folder, run_id)
+    adapter_path, adapter_file = save_adapter(req, trained, None if partial else adapter_folder, run_id)
     run = run_result(checked, inputs, before, trained, after, run_id, adapter_path)
-    if req.record:
+    if req.record and partial:
+        print(f"Warning: the run stopped after {len(run.losses)} of its {run.hparams.get('epochs')} epochs: "
+              "not recorded", file=sys.stderr)
+    elif req.record:
         record_or_spool(req, run, run_id, adapter_file)
     return run
+
+
+def stopped_early(trained: Trained) -> bool:
+    """Whether the tuner stopped before the end of its schedule (``stop_after_epochs`` or the
+    probe budget): fewer epoch losses than the resolved epochs."""
+    epochs = trained.result.hparams.get("epochs")
+    return isinstance(epochs, int) and len(trained.result.losses) < epochs
+
+
+def not_measured(inputs: RunInputs) -> After:
+    """The after-measurement of a run stopped early: not taken (NaN)."""
+    return After(math.nan, math.nan, {ev.name: math.nan for ev in inputs.ood_sets}, False, 0.0)
 
 
 def check_destinations(req: RunRequest) -> Path | None:
@@ -372,6 +390,8 @@ def train(checked: CheckedRun, inputs: RunInputs, on_step: Callable[[int, int, f
     )
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    if req.probe_budget_s is not None:  # from here: the tuner's own set-up counts against it
+        ctx.deadline = time.monotonic() + float(req.probe_budget_s)
     t0, measured_before = time.perf_counter(), recorder.measure_s
     result = checked.tuner.train(ctx)
     wall = time.perf_counter() - t0 - (recorder.measure_s - measured_before)  # the curve's points excluded
@@ -422,8 +442,10 @@ def _measurement(req: RunRequest, inputs: RunInputs, before: Before, trained: Tr
         "val_n": 0 if recorder.val is None else int(len(recorder.val.labels)),
         "ood_proxy_n": int(sum(len(p.labels) for p in recorder.ood)),
     }
-    if req.stop_after_epochs is not None:
+    if req.stop_after_epochs is not None or req.probe_budget_s is not None:
         out["stopped_after_epochs"] = len(trained.result.losses)
+    if req.probe_budget_s is not None:
+        out["probe_budget_s"] = float(req.probe_budget_s)
     return out
 
 
@@ -535,9 +557,14 @@ def curve_recorder(base: Any, bundle: DatasetBundle, train_split: ImageSet, shot
     val = None
     part = validation_part(train_split, shots_part, len(bundle.class_names)) if shots is not None else None
     if part is not None:
-        pixels = preprocess_images(base, part)
-        val = ProxySet("validation", id_set.class_names, id_set.template, pixels, np.asarray(part.labels),
-                       image_features_of(base_adapted, pixels))
+        def make_val() -> ProxySet:
+            pixels = preprocess_images(base, part)
+            return ProxySet("validation", id_set.class_names, id_set.template, pixels, np.asarray(part.labels),
+                            image_features_of(base_adapted, pixels))
+
+        # once per session (the probes of a pair share it): read only by the recorder
+        key = (base.identity(), id_set.name, part.split_hash())
+        val = session.get("curve_validation", key, make_val) if session is not None else make_val()
     proxies = []
     for ev in ood_sets:
         n = min(OOD_PROXY_PER_SET, len(ev.labels))

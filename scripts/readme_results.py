@@ -15,6 +15,10 @@ markers in the README:
   says where the predictor does not win without anyone having to read the tables for it);
 - ``evaluate-headroom`` / ``verdict-headroom``: the same for ``--holdout headroom`` (trained on
   the pairs with the least headroom, tested on the top fifth);
+- ``config-choice-source`` / ``model-choice-source``: the configuration-choice and
+  model-choice tables of the same ``--holdout source`` evaluation (a (method, configuration)
+  per held-out (model, dataset, shots) group beside the constant rules; a model per (dataset,
+  shots) group with several models), rendered from its ``--json`` document;
 - ``ablation-source``: ``advisor predictor evaluate --holdout source --ablate`` (every feature,
   without the seed papers' signals, without the anchors, the anchors alone);
 - ``claims``: the seed papers' claims tested on the history (``advisor.predictor.claims``).
@@ -35,12 +39,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from advisor.cli.predictor import ablation_text, evaluation_text
+from advisor.cli.predictor import ablation_text, config_choice_text, evaluation_text, model_choice_text
 from advisor.history import open_history
 from advisor.plugins import sort_methods
 from advisor.predictor import row_targets
 
 HOLDOUTS = ("source", "tower", "headroom")
+#: The hold-out whose configuration-choice and model-choice tables get their own blocks.
+CHOICE_HOLDOUT = "source"
 # (score key in the JSON baselines, label, True when higher is better)
 SCORES = (
     ("id_gain_spearman", "ID-gain Spearman", True),
@@ -150,9 +156,16 @@ def sections(db: str) -> dict[str, str]:
         except Refused as exc:
             out[f"evaluate-{holdout}"] = f"```\n$ advisor predictor evaluate --holdout {holdout}\n{exc}\n```"
             out[f"verdict-{holdout}"] = "- Not evaluated on this history (see above)."
+            if holdout == CHOICE_HOLDOUT:
+                for kind in ("config-choice", "model-choice"):
+                    out[f"{kind}-{holdout}"] = out[f"evaluate-{holdout}"]
             continue
-        out[f"evaluate-{holdout}"] = "```\n" + evaluation_text(ev) + "\n```"
+        # The choice tables go to blocks of their own (for CHOICE_HOLDOUT), not into this one.
+        out[f"evaluate-{holdout}"] = "```\n" + evaluation_text(ev, choices=False) + "\n```"
         out[f"verdict-{holdout}"] = verdict(ev)
+        if holdout == CHOICE_HOLDOUT:
+            out[f"config-choice-{holdout}"] = _code(config_choice_text(ev))
+            out[f"model-choice-{holdout}"] = _code(model_choice_text(ev))
     try:
         ab = json.loads(_advisor("predictor", "evaluate", "--db", db, "--holdout", "source", "--ablate", "--json"))
         out["ablation-source"] = "```\n" + ablation_text(ab) + "\n```"
@@ -160,6 +173,10 @@ def sections(db: str) -> dict[str, str]:
         out["ablation-source"] = f"```\n$ advisor predictor evaluate --holdout source --ablate\n{exc}\n```"
     out["claims"] = claims_block(db)
     return out
+
+
+def _code(text: str) -> str:
+    return "```\n" + text + "\n```" if text else "- Not evaluated on this history."
 
 
 def claims_block(db: str) -> str:
@@ -171,8 +188,8 @@ def claims_block(db: str) -> str:
     return claims_table(claims(rows, {t.name: t.family for t in list_tuners()}))
 
 
-BLOCKS = ("measured", *(f"{kind}-{h}" for h in HOLDOUTS for kind in ("evaluate", "verdict")), "ablation-source",
-          "claims")
+BLOCKS = ("measured", *(f"{kind}-{h}" for h in HOLDOUTS for kind in ("evaluate", "verdict")),
+          *(f"{kind}-{CHOICE_HOLDOUT}" for kind in ("config-choice", "model-choice")), "ablation-source", "claims")
 
 
 def _block_pattern(name: str) -> re.Pattern[str]:

@@ -57,7 +57,8 @@ def record_synthetic(db: str, rows) -> None:
     for r in rows:
         h.record_run(RunResult(
             model=r["model"], pretrained=None, dataset=r["dataset"], method=r["method"], shots=r["shots"],
-            seed=r["seed"], hparams={"synthetic": True, "epochs": r.get("hparams", {}).get("epochs", 10)}, split_hash="synthetic", id_acc_before=r["id_acc_before"],
+            seed=r["seed"], hparams={"synthetic": True, "epochs": 10, **r.get("hparams", {})}, split_hash="synthetic",
+            id_acc_before=r["id_acc_before"],
             id_acc_after=min(1.0, r["id_acc_after"]), ood_before=r["ood_before"],
             ood_after={k: max(0.0, v) for k, v in r["ood_after"].items()}, gap_before=None, gap_after=None,
             wall_time_s=r["wall_time_s"], train_images_per_s=None, peak_memory_mb=None, trainable_params=1,

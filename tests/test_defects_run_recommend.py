@@ -123,7 +123,7 @@ def test_recommend_table_fits_100_columns_one_line_per_method(cli, registry):
     body = lines[rule + 1: rule + 6]
     assert [line.split()[0] for line in body] == ["1", "2", "3", "4", "5"]
     assert max(len(line) for line in lines[rule - 1: rule + 6]) <= 100
-    assert lines[rule + 6].startswith(("Each prediction", "ID gain", "*", "Excluded"))
+    assert lines[rule + 6].startswith(("Each method", "ID gain", "*", "Excluded"))
 
 
 def test_out_of_support_values_print_three_significant_digits():

@@ -54,6 +54,19 @@ def test_a_run_at_another_learning_rate_does_not_make_a_default_job_done(cli: An
     assert [(j["method"], j["hparams"]) for j in plan["would_start"]] == [("coop", {})]
 
 
+def test_a_stored_default_contcoop_run_counts_as_recorded(cli: Any, tmp_path: Path) -> None:
+    """The shipped history's ContCoOp runs store n_ctx 4 (the default ctx_init's length, which
+    sets the context); with the tuner declaring 16, a default ContCoOp job never matched them."""
+    stored = {"batch_size": 32, "ctx_init": "a photo of a", "epochs": 20, "heads": 1, "init_std": 0.02,
+              "kd_weight": 8.0, "lr": 0.002, "momentum": 0.9, "n_ctx": 4, "optimizer": "sgd", "warmup_epochs": 1,
+              "warmup_lr": 1e-05, "warmup_type": "constant", "weight_decay": 0.0005}  # as in registry.db
+    db = tmp_path / "h.db"
+    with open_history(str(db)) as h:
+        h.record_run(make_run(model="lit-offline", method="contcoop", shots=16, seed=0, hparams=stored))
+    plan = _plan(cli, db, "--methods", "contcoop", "--hparam", "epochs=20")
+    assert (plan["already_recorded"], plan["to_run"]) == (1, 0)
+
+
 def test_dry_run_lists_the_runs_it_would_start(cli: Any, tmp_path: Path) -> None:
     db = tmp_path / "h.db"
     res = cli(*SWEEP, "--methods", "lora,coop", "--seeds", "0,1", "--hparam", "lr=1e-3", "--db", str(db), "--dry-run")
@@ -132,6 +145,43 @@ def test_slurm_without_sbatch_registers_no_job(cli: Any, tmp_path: Path, monkeyp
         "(run the sweep on a Slurm login node, or use --executor local)"]
     status = cli("sweep", "status", "--db", str(db), "--json")
     assert status.exit_code == 0 and json.loads(status.stdout)["sweeps"] == []
+
+
+def _script(path: Path, body: str) -> None:
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+
+
+def test_a_failing_sbatch_marks_the_jobs_failed_and_a_new_start_requeues_them(
+        cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sbatch is on PATH but refuses the array (a real executable, run by submitit as a real
+    subprocess): one error line with sbatch's own message, the jobs failed with it in ``sweep
+    status``, and the same sweep started again (sbatch now accepting) re-queues and submits them."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _script(bin_dir / "sbatch", "echo 'sbatch: error: Batch job submission failed: Invalid partition name specified' >&2\n"
+                                "exit 1")
+    _script(bin_dir / "srun", "exit 0")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    db = tmp_path / "h.db"
+    args = (*SWEEP, "--methods", "lora,coop", "--executor", "slurm", "--slurm-time", "30", "--db", str(db))
+    res = cli(*args)
+    assert res.exit_code == 1
+    said = "sbatch failed (exit status 1): sbatch: error: Batch job submission failed: Invalid partition name specified"
+    assert [ln for ln in res.stderr.splitlines() if not ln.startswith("Warning: ")] == [
+        f"Error: executor 'slurm' could not launch the sweep's jobs: {said} "
+        "(2 jobs marked failed; run the same sweep again to retry them)"]
+    (row,) = json.loads(cli("sweep", "status", "--db", str(db), "--json").stdout)["sweeps"]
+    assert (row["queued"], row["failed"]) == (0, 2)
+    info = json.loads(cli("sweep", "status", row["sweep_id"], "--db", str(db), "--json").stdout)
+    assert [j["error"] for j in info["failed"]] == [f"not launched: executor 'slurm' could not launch it: {said}"] * 2
+    assert "Invalid partition name specified" in cli("sweep", "status", row["sweep_id"], "--db", str(db)).stdout
+
+    _script(bin_dir / "sbatch", "echo 'Submitted batch job 4242'")
+    again = cli(*args, "--detach")
+    assert again.exit_code == 0, again.output
+    (row,) = json.loads(cli("sweep", "status", "--db", str(db), "--json").stdout)["sweeps"]
+    assert (row["queued"], row["failed"]) == (2, 0)
 
 
 def test_sweep_status_shows_the_last_activity_as_updated_at(cli: Any, tmp_path: Path) -> None:

@@ -87,6 +87,15 @@ def test_predictor_recovers_planted_relation_better_than_random():
     # every baseline is evaluated on the same groups
     assert len({b["groups_gain"] for b in ev["baselines"]}) == 1
     assert set(by) == {"predictor", "anchor-only", "best-single-method", "zero-shot-only", "iimm-linear", "knn", "random"}
+    # the configuration choice (each method run one way here) judges every recommender and rule on
+    # the same groups, and the planted relation shows there too
+    cc = {b["name"]: b for b in ev["config_choice"]["recommenders"]}
+    assert set(cc) == set(by) | {"best-single-config", "default-lr-of-best-method",
+                                 "always-full", "always-lora", "always-coop", "always-contcoop", "always-tpc_cma"}
+    assert {b["groups_gain"] for b in cc.values()} == {ev["config_choice"]["n_groups"]["gain"]} == {12}
+    assert cc["predictor"]["regret_gain"] < cc["random"]["regret_gain"] / 2
+    assert cc["predictor"]["nregret_gain"] < cc["random"]["nregret_gain"] / 2
+    assert ev["model_choice"]["n_groups"]["gain"] == 0  # one model
     json.dumps(ev)  # plain JSON (NaN cleaned to null)
 
 

@@ -319,6 +319,41 @@ def test_contcoop_starts_as_coop_and_conditions_on_class_names(tiny: torch.nn.Mo
     assert not torch.allclose(moved[0], moved[1])  # each class gets its own context
 
 
+def test_contcoop_defaults_are_the_configuration_of_its_stored_runs() -> None:
+    """Issue 27: the shipped history's ContCoOp runs (default configuration, at the CPU
+    schedule's 20 epochs) hold n_ctx 4, the length of the default ctx_init; the tuner declared
+    16, so a default run resolved to a configuration no stored run holds."""
+    import json
+    import sqlite3
+    from pathlib import Path
+
+    registry = Path(__file__).resolve().parent.parent / "registry.db"
+    if not registry.is_file():
+        pytest.skip("no registry.db in this checkout")
+    con = sqlite3.connect(f"file:{registry}?mode=ro", uri=True)
+    stored = con.execute("SELECT DISTINCT shots, hparams FROM runs WHERE method = 'contcoop'").fetchall()
+    con.close()
+    assert stored
+    tuner = get_tuner("contcoop")
+    for shots, text in stored:
+        hp = json.loads(text)
+        ctx = TrainContext(model=None, class_names=[], template="", train_pixels=None, train_labels=None,
+                           device="cpu", seed=0, epochs=hp["epochs"], shots=shots)
+        assert T.resolve_hparams(tuner, tuner.defaults(shots), ctx) == hp
+
+
+def test_contcoop_records_the_configuration_it_resolved_and_refuses_an_ignored_n_ctx(lit: torch.nn.Module) -> None:
+    pixels, labels = _digits(lit, 2)
+    ctx = _ctx(lit, pixels, labels, epochs=1, batch_size=8)
+    resolved = T.resolve_hparams(get_tuner("contcoop"), get_tuner("contcoop").defaults(ctx.shots), ctx)
+    result = get_tuner("contcoop").train(ctx)
+    assert result.hparams == resolved and result.hparams["n_ctx"] == 4  # "a photo of a": 4 context vectors
+    with pytest.raises(TrainingError, match=r"^contcoop: n_ctx=8 contradicts ctx_init 'a photo of a', which sets 4 "):
+        _train("contcoop", lit, pixels, labels, epochs=1, batch_size=8, hparams={"n_ctx": 8})
+    random = _train("contcoop", lit, pixels, labels, epochs=1, batch_size=8, hparams={"ctx_init": "", "n_ctx": 8})
+    assert random.hparams["n_ctx"] == 8 and random.adapted.learner.ctx.shape[0] == 8
+
+
 # ------------------------------------------------------------------------------ LoRA details
 
 

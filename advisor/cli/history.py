@@ -108,20 +108,17 @@ def history_list(model: str | None, dataset: str | None, method: str | None, lim
 
 def differing_hparams(runs: list[dict[str, Any]]) -> list[str]:
     """Per run, ``key=value`` for the hyper-parameters that differ among the listed runs of its
-    method (two LoRA runs at lr 5e-3 and 2e-2 read ``lr=0.005`` and ``lr=0.02``), so rows that
-    differ only in their configuration do not look identical."""
-    by_method: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        by_method.setdefault(str(r.get("method")), []).append(r.get("hparams") or {})
-    varying: dict[str, list[str]] = {}
-    for m, hps in by_method.items():
-        keys = sorted({k for hp in hps for k in hp})
-        varying[m] = [k for k in keys if len({json.dumps(hp.get(k), sort_keys=True) for hp in hps}) > 1]
-    out = []
-    for r in runs:
-        hp = r.get("hparams") or {}
-        out.append(" ".join(f"{k}={_fmt(hp.get(k)) if not isinstance(hp.get(k), float) else f'{hp[k]:g}'}"
-                            for k in varying[str(r.get("method"))]))
+    method (``advisor.predictor.support.differing_hparams``, as "Similar runs" decides it), so
+    rows that differ only in their configuration do not look identical."""
+    from ..predictor.support import differing_hparams as differing
+
+    by_method: dict[str, list[int]] = {}
+    for i, r in enumerate(runs):
+        by_method.setdefault(str(r.get("method")), []).append(i)
+    out = [""] * len(runs)
+    for rows in by_method.values():
+        for i, pairs in zip(rows, differing([runs[i].get("hparams") for i in rows])):
+            out[i] = " ".join(pairs)
     return out
 
 

@@ -66,8 +66,9 @@ def holdout_title(holdout: str) -> str:
     return f"Leave-one-{holdout}-out"
 
 
-def evaluation_text(ev: dict[str, Any]) -> str:
-    """What ``advisor predictor evaluate`` prints for its ``--json`` document ``ev``."""
+def evaluation_text(ev: dict[str, Any], choices: bool = True) -> str:
+    """What ``advisor predictor evaluate`` prints for its ``--json`` document ``ev``; with
+    ``choices``, the configuration-choice and model-choice tables after the others."""
     holdout = ev.get("holdout") or "dataset"
     if holdout == "headroom":
         fold = (ev.get("folds") or [{}])[0]
@@ -75,7 +76,117 @@ def evaluation_text(ev: dict[str, Any]) -> str:
                 f"({fold.get('n_test', 0)} runs), trained on the other {fold.get('n_train', 0)}.")
     else:
         head = f"{ev['n_runs']} runs; {ev['n_held_out']} {holdout}s held out one at a time."
-    return head + "\n\n" + scores_text(ev)
+    text = head + "\n\n" + scores_text(ev)
+    if choices:
+        text += "".join("\n\n" + t for t in (config_choice_text(ev), model_choice_text(ev)) if t)
+    return text
+
+
+def _choice_row(b: dict[str, Any], sub: str = "", normalised: bool = True) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": b["name"]}
+    for o, short in (("gain", "gain"), ("balanced", "bal.")):
+        row[f"top-1 {short}"] = b.get(f"top1_{o}{sub}")
+        row[f"regret {short}"] = b.get(f"regret_{o}{sub}")
+        if normalised:
+            row[f"norm. {short}"] = b.get(f"nregret_{o}{sub}")
+    row["groups"] = b.get(f"groups_gain{sub}")
+    return row
+
+
+def config_choice_text(ev: dict[str, Any]) -> str:
+    """The configuration-choice tables of an evaluation (``ev["config_choice"]``); empty
+    without one."""
+    cc = ev.get("config_choice") or {}
+    if not cc.get("recommenders"):
+        return ""
+    varying = ", ".join(f"{m}: {', '.join(v)}" for m, v in (cc.get("varying_hparams") or {}).items() if v) or "none"
+    out = [f"Choosing a (method, configuration) per held-out (model, dataset, shots) group "
+           f"({(cc.get('n_groups') or {}).get('gain', 0)} groups; a configuration is a method with its values of "
+           f"the hyper-parameters that vary among its runs: {varying}; seeds averaged). Constant rules are fitted "
+           f"on the training folds; regret in accuracy units, norm. = regret / (best - worst measured) in the group:"]
+    out += table_lines([_choice_row(b) for b in cc["recommenders"]])
+    n_hp = (cc.get("n_groups_hp") or {}).get("gain", 0)
+    if n_hp:
+        out += ["", f"The same over the {n_hp} groups where a method ran with several configurations:"]
+        out += table_lines([_choice_row(b, "_hp") for b in cc["recommenders"]])
+    return "\n".join(out)
+
+
+def model_choice_text(ev: dict[str, Any]) -> str:
+    """The model-choice table of an evaluation (``ev["model_choice"]``); empty without one."""
+    mc = ev.get("model_choice") or {}
+    if not mc.get("recommenders"):
+        return ""
+    n = (mc.get("n_groups") or {}).get("gain", 0)
+    if not n:
+        return "Choosing the model: no held-out (dataset, shots) group has runs of two models."
+    spread = mc.get("spread")
+    n_res = mc.get("n_resolved", 0)
+    resolved = (f"{n_res} group{'' if n_res == 1 else 's'} whose two best models' ID gains differ by more than the seed "
+                f"spread ({spread:.3g}: the pooled seed standard deviation of ID gain over configurations run "
+                f"with several seeds)" if spread is not None else "n/a: no configuration was run with several seeds")
+    out = [f"Choosing the model per held-out (dataset, shots) group with several models ({n} groups): the model of "
+           f"the best predicted (model, method, configuration); a model counts by its best measured configuration "
+           f"(seeds averaged). Resolved: the {resolved}:"]
+    rows = []
+    for b in mc["recommenders"]:
+        rows.append({"name": b["name"], "top-1 gain": b.get("top1_gain"), "regret gain": b.get("regret_gain"),
+                     "top-1 gain resolved": b.get("top1_gain_resolved"),
+                     "regret gain resolved": b.get("regret_gain_resolved"),
+                     "top-1 bal.": b.get("top1_balanced"), "regret bal.": b.get("regret_balanced"),
+                     "groups": b.get("groups_gain"), "resolved": b.get("groups_gain_resolved")})
+    return "\n".join(out + table_lines(rows))
+
+
+def probe_text(pc: dict[str, Any]) -> str:
+    """What ``advisor predictor evaluate --probe K`` prints: the predictor without and with the
+    probe, side by side, per K."""
+    out: list[str] = []
+    for p in pc["probe"]:
+        k = p["probe_epochs"]
+        cols = (("without probe", p["without"]), (f"with {k}-epoch probe", p["with"]))
+        if out:
+            out.append("")
+        out.append(f"{holdout_title(pc['holdout'])} on the {p['n_runs']} runs with a learning-curve point at epoch "
+                   f"{k}, the predictor without and with the probe:")
+        rows = []
+        for label, get in _PROBE_SCORES:
+            rows.append({"score": label, **{c: get(ev) for c, ev in cols}})
+        out += table_lines(rows)
+    return "\n".join(out)
+
+
+def _predictor_entry(section: dict[str, Any] | None) -> dict[str, Any]:
+    return next((b for b in (section or {}).get("recommenders") or [] if b["name"] == "predictor"), {})
+
+
+_PROBE_SCORES: tuple[tuple[str, Any], ...] = (
+    ("ID-gain MAE", lambda ev: ev["targets"]["id_gain"]["mae"]),
+    ("ID-gain Spearman", lambda ev: ev["targets"]["id_gain"]["spearman"]),
+    ("ID-gain coverage", lambda ev: ev["targets"]["id_gain"]["coverage"]),
+    ("OOD-change MAE", lambda ev: ev["targets"]["ood_change"]["mae"]),
+    ("cost MAE", lambda ev: ev["targets"]["cost"]["mae"]),
+    ("method top-1 (gain)", lambda ev: next(b for b in ev["baselines"] if b["name"] == "predictor").get("top1_gain")),
+    ("method regret (gain)", lambda ev: next(b for b in ev["baselines"] if b["name"] == "predictor").get("regret_gain")),
+    ("configuration top-1 (gain)", lambda ev: _predictor_entry(ev.get("config_choice")).get("top1_gain")),
+    ("configuration regret (gain)", lambda ev: _predictor_entry(ev.get("config_choice")).get("regret_gain")),
+    ("configuration norm. regret (gain)", lambda ev: _predictor_entry(ev.get("config_choice")).get("nregret_gain")),
+    ("model top-1 (gain)", lambda ev: _predictor_entry(ev.get("model_choice")).get("top1_gain")),
+    ("model regret (gain)", lambda ev: _predictor_entry(ev.get("model_choice")).get("regret_gain")),
+)
+
+
+def parse_probe(values: tuple[str, ...]) -> list[int]:
+    """``--probe 1 --probe 2,5`` -> [1, 2, 5] (positive epochs, each once, in order)."""
+    out: list[int] = []
+    for v in values:
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part.isdigit() or int(part) < 1:
+                raise click.BadParameter(f"{part!r} is not a positive number of epochs", param_hint="--probe")
+            if int(part) not in out:
+                out.append(int(part))
+    return out
 
 
 def ablation_text(ab: dict[str, Any]) -> str:
@@ -91,16 +202,20 @@ def ablation_text(ab: dict[str, Any]) -> str:
 
 
 @predictor_group.command(name="train")
+@click.option("--probe", "probe", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Also learn from the first K epochs of each run's learning curve (probe features: what "
+                   "`advisor recommend --probe` measures); stored as the predictor `probe-K`, beside `default`. "
+                   "Runs without a curve take part with those features missing.")
 @quiet_option(expose=False)
 @db_option
 @json_option
-def predictor_train(db: str | None, as_json: bool) -> None:
+def predictor_train(probe: int | None, db: str | None, as_json: bool) -> None:
     """Fit the predictor on every run in the history, score it leave-one-dataset-out, store it.
     Progress (phases, one step per held-out fold) goes to stderr on a terminal."""
     from ..history import open_history
     from ..predictor import train_predictor
 
-    info = train_predictor(open_history(db, must_exist=True))
+    info = train_predictor(open_history(db, must_exist=True), probe=probe)
     if as_json:
         emit_json(info)
         return
@@ -108,6 +223,9 @@ def predictor_train(db: str | None, as_json: bool) -> None:
         f"Trained predictor {info['name']!r} on {info['n_runs']} runs over {len(info['datasets'])} datasets "
         f"({info['n_features']} features; signals: {', '.join(info['signals']) or 'none'})."
     )
+    if probe is not None:
+        click.echo(f"Probe features from the first {probe} epochs of the learning curves of "
+                   f"{info['scores'].get('n_with_curve', 0)} of those runs (the others have none).")
     click.echo(f"Shots monotone for: {', '.join(info['scores'].get('monotone_shots') or []) or 'no target'}.")
     click.echo("")
     click.echo(scores_text(info["scores"]))
@@ -125,22 +243,45 @@ def predictor_train(db: str | None, as_json: bool) -> None:
 @click.option("--gain-target", type=click.Choice(["headroom", "gain", "anchor", "anchor-offset"]), default=None,
               help="The space the ID gain is learned in (default: the predictor's): a share of 1 - zero-shot, the "
                    "raw gain, a share of the anchor's headroom, or accuracy after minus the anchor.")
+@click.option("--probe", "probe", multiple=True, metavar="K[,K...]",
+              help="Also evaluate the predictor with a probe of K epochs (repeatable, or K=1,2,5), beside the same "
+                   "predictor without it, on the runs whose learning curve has a point at epoch K.")
 @quiet_option(expose=False)
 @db_option
 @json_option
-def predictor_evaluate(holdout: str, ablate: bool, gain_target: str | None, db: str | None, as_json: bool) -> None:
+def predictor_evaluate(holdout: str, ablate: bool, gain_target: str | None, probe: tuple[str, ...], db: str | None,
+                       as_json: bool) -> None:
     """Held-out scores of the predictor and of the baselines (the anchor alone, best single
     method, zero-shot-only, IIMM-only linear fit, kNN on signals, random) in one loop: Spearman,
-    MAE, interval coverage, top-1 and regret, beside the history's seed noise. Progress (one step
-    per held-out fold) goes to stderr on a terminal."""
+    MAE, interval coverage, top-1 and regret, beside the history's seed noise; then the choice
+    of a (method, configuration) per group beside constant rules (the best single
+    configuration, the default learning rate of the best single method, always one method), and
+    the choice of a model, with top-1, regret and normalised regret. Progress (one step per
+    held-out fold) goes to stderr on a terminal."""
     from ..history import open_history
     from ..predictor import ablation, evaluate
     from ..predictor.estimator import AdvisorPredictor
     from ..terminal import phase
 
+    probe_epochs = parse_probe(probe)
+    if probe_epochs and ablate:
+        raise click.UsageError("--probe and --ablate cannot be combined")
+    est = AdvisorPredictor(**({"gain_target": gain_target} if gain_target else {}))
+    if probe_epochs:
+        from ..predictor.evaluation import EvaluationError, probe_comparison
+
+        if "probe_epochs" not in est.get_params():  # before reading the history
+            raise EvaluationError("this predictor has no probe features yet")
+        with phase("reading the history"):
+            rows = open_history(db, must_exist=True).training_rows()
+        pc = probe_comparison(rows, probe_epochs, holdout=holdout, estimator=est)
+        if as_json:
+            emit_json(pc)
+            return
+        click.echo(probe_text(pc))
+        return
     with phase("reading the history"):
         rows = open_history(db, must_exist=True).training_rows()
-    est = AdvisorPredictor(**({"gain_target": gain_target} if gain_target else {}))
     if ablate:
         ab = ablation(rows, holdout=holdout, estimator=est)
         if as_json:

@@ -7,11 +7,11 @@ from typing import Any
 import click
 
 from ..cli_options import (
+    DEFAULT_MODEL,
     dataset_source_options,
     db_option,
     emit_json,
     json_option,
-    model_options,
     print_table,
     quiet_option,
     shots_option,
@@ -36,8 +36,55 @@ def _contributions(a: Any) -> str:
     return " ".join(parts[:1] + [f"+ {p}" for p in parts[1:]])
 
 
+def candidate_models(models: tuple[str, ...], pretrained: tuple[str, ...], image_size: tuple[int, ...],
+                     weights_dir: str | None, models_file: str | None) -> list[Any]:
+    """The ``ModelSpec`` of each candidate: ``--model`` (repeatable; ``--pretrained`` and
+    ``--image-size`` pair with them by position, or one value serves every model), then the
+    lines of ``--models-file`` (``NAME [PRETRAINED [IMAGE_SIZE]]``, ``#`` comments)."""
+    from ..errors import RecommendError
+    from ..specs import ModelSpec
+
+    def paired(values: tuple[Any, ...], what: str) -> list[Any]:
+        if not values:
+            return [None] * len(models)
+        if len(values) == 1:
+            return list(values) * len(models)
+        if len(values) != len(models):
+            raise RecommendError(f"{len(values)} {what} values for {len(models)} --model values: give one, or one per model")
+        return list(values)
+
+    specs = [ModelSpec(m, p, s, weights_dir)
+             for m, p, s in zip(models, paired(pretrained, "--pretrained"), paired(image_size, "--image-size"))]
+    if models_file:
+        try:
+            lines = open(models_file, encoding="utf-8").read().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecommendError(f"--models-file {models_file}: {getattr(exc, 'strerror', None) or exc}") from None
+        for n, line in enumerate(lines, 1):
+            parts = line.split("#", 1)[0].split()
+            if not parts:
+                continue
+            if len(parts) > 3 or (len(parts) == 3 and not parts[2].isdigit()):
+                raise RecommendError(f"--models-file {models_file}:{n}: expected NAME [PRETRAINED [IMAGE_SIZE]], got {line.strip()!r}")
+            specs.append(ModelSpec(parts[0], parts[1] if len(parts) > 1 and parts[1] != "-" else None,
+                                   int(parts[2]) if len(parts) > 2 else None, weights_dir))
+    if not specs:
+        raise RecommendError("give a model (--model or --models-file)")
+    return specs
+
+
 @click.command(name="recommend")
-@model_options
+@click.option("--weights-dir", "weights_dir", default=None, metavar="DIR",
+              help="Where open_clip / Hugging Face model weights are downloaded to and looked up (default: their own caches).")
+@click.option("--image-size", "image_size", type=click.IntRange(min=1), multiple=True,
+              help="Working resolution in pixels (default: the model's); one per --model, or one for all.")
+@click.option("--pretrained", "pretrained", multiple=True,
+              help="open_clip pretrained tag or checkpoint path; one per --model, or one for all.")
+@click.option("--model", "models", multiple=True, default=[DEFAULT_MODEL], show_default=True, envvar="ADVISOR_MODEL",
+              show_envvar=True, help="Model name: lit-offline, an open_clip architecture, hf-hub:ORG/REPO, or a checkpoint. "
+                                     "Repeat it to rank several candidate models together.")
+@click.option("--models-file", "models_file", default=None, metavar="FILE", type=click.Path(dir_okay=False),
+              help="More candidate models, one per line: NAME [PRETRAINED [IMAGE_SIZE]] (use - for no tag).")
 @dataset_source_options
 @shots_option
 @click.option("--max-images", type=click.IntRange(min=1), default=None,
@@ -56,33 +103,42 @@ def _contributions(a: Any) -> str:
                    "its meta_json, else from --model / --dataset names. No model or dataset is loaded.")
 @click.option("--allow-random-weights", is_flag=True,
               help="Go on with a model whose weights are randomly initialised (refused otherwise).")
+@click.option("--hparam", "hparams", multiple=True, metavar="[METHOD:]NAME=VALUE",
+              help="Pin a hyper-parameter instead of searching it (lr=1e-3 for every method that has one, "
+                   "lora:lr=1e-3 for one); a value the history never ran is predicted and flagged. Repeatable.")
+@click.option("--probe", "probe", is_flag=False, flag_value=1, default=None, type=click.IntRange(min=1), metavar="[K]",
+              help="Before predicting, run each candidate's first K epochs (default 1) of its real schedule on your "
+                   "shots; the partial curves feed the predictor, and a run that fits the budget is measured.")
+@click.option("--probe-budget", "probe_budget", type=float, default=None, metavar="SECONDS",
+              help="Seconds all probes may take together (default: 15% of the best candidate's predicted run).")
 @quiet_option
 @db_option
 @json_option
-def recommend_command(model: str, pretrained: str | None, image_size: int | None, weights_dir: str | None,
-                      dataset: Any, shots: int, max_images: int | None, objective: str,
-                      max_forgetting: float | None, budget: float | None, device: str,
-                      from_embeddings: str | None, allow_random_weights: bool, quiet: bool, db: str | None,
-                      as_json: bool) -> None:
-    """Rank the fine-tuning methods for a model and dataset, with predicted gain, forgetting,
-    cost, their uncertainty and the signals behind them (signals use seed 0, as the history's).
-    Each prediction is for the configuration the history ran the method with (its epochs and
-    lr in the table, every hyper-parameter in --json); the answer ends with the `advisor run`
-    command that trains it."""
+def recommend_command(models: tuple[str, ...], pretrained: tuple[str, ...], image_size: tuple[int, ...],
+                      weights_dir: str | None, models_file: str | None, dataset: Any, shots: int,
+                      max_images: int | None, objective: str, max_forgetting: float | None, budget: float | None,
+                      device: str, from_embeddings: str | None, allow_random_weights: bool,
+                      hparams: tuple[str, ...], probe: int | None, probe_budget: float | None, quiet: bool,
+                      db: str | None, as_json: bool) -> None:
+    """Rank the fine-tuning plans for a dataset: which model (several --model), which method
+    and which configuration (learning rate, epochs), with predicted gain, forgetting, cost,
+    their uncertainty and the signals behind them (signals use seed 0, as the history's). Each
+    method's configurations are searched within what the history ran; the answer ends with
+    what more labels would buy and the `advisor run` command that trains the plan."""
     from ..recommendation import recommend_request
-    from ..specs import ModelSpec, RecommendRequest
+    from ..specs import RecommendRequest
     from ..terminal import set_quiet
 
     set_quiet(as_json or quiet)
+    specs = candidate_models(models, pretrained, image_size, weights_dir, models_file)
     request = RecommendRequest(
-        ModelSpec(model, pretrained, image_size, weights_dir), dataset, db=db, objective=objective,
+        specs[0], dataset, db=db, objective=objective,
         max_forgetting=max_forgetting, budget=budget, shots=shots, device=device, max_images=max_images,
         quiet=as_json or quiet, embeddings=from_embeddings, allow_random_weights=allow_random_weights,
+        other_models=tuple(specs[1:]), hparams=hparams, probe=probe, probe_budget=probe_budget,
     )
     rec = recommend_request(request)
-    model_args = ["--model", model] + (["--pretrained", pretrained] if pretrained else []) \
-        + (["--image-size", str(image_size)] if image_size else [])
-    command = rec.run_command(model_args, None if from_embeddings else dataset.name)
+    command = rec.run_command(None, None if from_embeddings else dataset.name)
     if as_json:
         emit_json({**rec.to_dict(), "run_command": command})
         return
@@ -100,41 +156,61 @@ def _print_recommendation(rec: Any, command: str | None) -> None:
     click.echo(f"{rec.model} on {rec.dataset}, {rec.shots} shots, objective {rec.objective!r} ({score}); {sig}; "
                f"ranking by the {src}.")
     level = f"{rec.interval:.0%}"
-    chosen = rec.winner if rec.winner is not None and rec.methods and rec.methods[0].method != rec.winner else None
+    several = len(rec.models) > 1
+    win = rec.advice(rec.winner_key)
+    chosen = win.key if win is not None and rec.methods and rec.methods[0] is not win else None
     rows = []
     for a in rec.methods:
         rows.append({
             "#": a.rank,
-            "method": a.method + ("*" if a.method == chosen else ""),
+            **({"model": a.model} if several else {}),
+            "method": a.method + ("*" if a.key == chosen else "") + {"measured": " =", "probed": " ~"}.get(a.basis, ""),
             f"ID gain [{level}]": _interval(a.id_gain, a.id_gain_lo, a.id_gain_hi),
             f"OOD change [{level}]": _interval(a.ood_change, a.ood_change_lo, a.ood_change_hi),
             "score": "" if a.score is None or a.id_gain is None else f"{a.score:+.3f}",
             "cost s": _interval(a.cost_s, a.cost_s_lo, a.cost_s_hi, "{:.0f}"),
-            "epochs, lr": _config(a.hparams),
+            "epochs, lr": _config(a.hparams) + ("!" if a.out_of_support else ""),
         })
     print_table(rows)
+    if any(a.basis != "predicted" for a in rec.methods):
+        click.echo("~ predicted from its probe's first epochs too; = measured: its whole run fitted the probe budget.")
     if chosen is not None:
         click.echo(f"* recommended: {chosen}, the cheapest of the methods that cannot be told apart from the first.")
     for a in rec.methods:
         if a.excluded:
-            click.echo(f"Excluded: {a.method}: {a.excluded}.")
+            click.echo(f"Excluded: {a.key}: {a.excluded}.")
     if any(a.cost_extrapolated for a in rec.methods):
         click.echo(f"Costs are extrapolated: the history has no runs on device {rec.device!r}.")
-    if any(a.hparams for a in rec.methods):
-        click.echo(f"Each prediction is for the method's configuration in the history at {rec.shots} shots "
-                   "(epochs, lr above; every hyper-parameter in --json).")
+    if any(a.configurations_searched for a in rec.methods):
+        n = sum(a.configurations_searched for a in rec.methods)
+        click.echo(f"Each method's row is its best predicted configuration of {n} searched (those the history ran "
+                   "it with, and its declared learning-rate range within the history's; every hyper-parameter and "
+                   "the alternatives in --json).")
+    for a in rec.methods:
+        for text in a.out_of_support:
+            click.echo(f"! {a.key}: {text} (predicted anyway, interval widened).")
     explained = [a for a in rec.methods if a.contribution_base is not None]
     if explained:
         click.echo("ID gain = base + the features that moved it most + the others:")
         for a in explained:
-            click.echo(f"  {a.method}: {_contributions(a)}")
+            click.echo(f"  {a.key}: {_contributions(a)}")
     if rec.anchor_sentence():
         click.echo(rec.anchor_sentence())
     if rec.out_of_support:
         click.echo("Outside the history (intervals widened): " + "; ".join(rec.out_of_support))
     for a in rec.methods:
         if a.similar_runs:
-            click.echo(f"Similar runs of {a.method}: {_similar(a.similar_runs)}")
+            click.echo(f"Similar runs of {a.key}: {_similar(a.similar_runs)}")
+    if rec.shots_curve:
+        run = rec.advice(rec.run_key)
+        click.echo(f"What more labels buy ({rec.model} + {rec.run_method} at epochs, lr "
+                   f"{_config(run.hparams) if run is not None else '?'}), predicted per shot count the history covers:")
+        print_table([{"shots": p["shots"],
+                      f"ID gain [{level}]": _interval(p["id_gain"], p["id_gain_lo"], p["id_gain_hi"]),
+                      f"OOD change [{level}]": _interval(p["ood_change"], p["ood_change_lo"], p["ood_change_hi"]),
+                      "cost s": _interval(p["cost_s"], p["cost_s_lo"], p["cost_s_hi"], "{:.0f}"),
+                      "linear probe": "" if p.get("anchor_probe") is None else f"{p['anchor_probe']:.3f}"}
+                     for p in rec.shots_curve])
     s = rec.support
     click.echo(f"History: {s['runs']} runs over {s['datasets']} datasets; {s['same_model_family']} with this model "
                f"family, {s['same_dataset']} on this dataset, {s['shared_domain']} on this dataset or one sharing a domain.")

@@ -35,6 +35,10 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
     LightGBM thread per booster and fixed seeds (the same history gives the same predictor, bit
     for bit). ``n_jobs`` threads fit independent boosters side by side (-1: one per CPU); it
     changes how long a fit takes, never what it learns.
+
+    ``probe_epochs`` (None: off) adds the probe features of the rows' learning curves at that
+    many epochs (``advisor.predictor.probes``); with None the predictor is the one it was
+    before probes existed, bit for bit.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
         linear_tree: bool = False,
         random_state: int = 0,
         n_jobs: int | None = -1,
+        probe_epochs: int | None = None,
     ) -> None:
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -72,6 +77,7 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
         self.linear_tree = linear_tree
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.probe_epochs = probe_epochs
 
     def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
         tags = super().__sklearn_tags__()
@@ -312,7 +318,10 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
             raise PredictorError(f"feature_set must be one of {', '.join(FEATURE_SETS)} (got {self.feature_set!r})")
         if self.cost_target not in ("per-image-epoch", "seconds"):
             raise PredictorError(f"cost_target must be 'per-image-epoch' or 'seconds' (got {self.cost_target!r})")
-        schema = FeatureSchema.from_rows(rows, self.feature_set)
+        try:
+            schema = FeatureSchema.from_rows(rows, self.feature_set, probe_epochs=self.probe_epochs)
+        except ValueError as exc:
+            raise PredictorError(str(exc)) from None
         X = schema.matrix(rows)
         spaces = {"id_gain": self.gain_target, "ood_change": "change", "cost": self.cost_target}
         if np.mean(np.isfinite(cost_offset(rows))) < 0.5:  # most runs lack epochs: seconds as measured

@@ -13,10 +13,18 @@ regret of the recommended method, for the ``gain`` (ID gain) and ``balanced`` (I
 change) objectives. For the predictor also the empirical coverage of its intervals at the
 nominal level and at ``CALIBRATION_LEVELS`` (the calibration curve). Beside them the history's
 seed-to-seed noise (``rows.seed_noise``): the MAE no predictor can beat.
+
+Then the choices judged as Quick-Tune judges them (``config_choice``, ``model_choice``): per
+held-out (model, dataset, shots) group the (method, configuration) to run, where a
+configuration is the run's values of the hyper-parameters that vary among its method's runs
+(``varying_hparams``), beside constant rules fitted on the training folds (``ConfigRules``);
+and per held-out (dataset, shots) group with several models the model to start from. Top-1,
+raw regret and normalised regret (raw / (best - worst measured) in the group).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from typing import Any, Callable, Mapping, Sequence
@@ -29,6 +37,8 @@ from .intervals import coverage
 from .rows import (
     HOLDOUT_KEYS,
     TARGETS,
+    as_dict,
+    as_float,
     row_dataset,
     row_method,
     row_model,
@@ -130,9 +140,12 @@ def evaluate(
     estimator: Any = None,
     knn_k: int = 3,
     progress: Callable[[str], None] | None = None,
+    defaults: Callable[[str, int | None], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Scores of the predictor and of every baseline with one ``holdout`` group left out at a
-    time (see the module docstring). Plain JSON (NaN -> None)."""
+    time (see the module docstring). ``defaults(method, shots)`` gives a method's default
+    hyper-parameters for the ``default-lr-of-best-method`` rule (default: the installed tuners'
+    ``defaults``). Plain JSON (NaN -> None)."""
     rows = list(rows)
     folds = holdout_folds(rows, holdout)
     if holdout == "headroom" and not folds:
@@ -156,6 +169,10 @@ def evaluate(
     n_flags = np.zeros(n, dtype=int)
     folds_out = []
     conformal_by = "dataset" if holdout == "headroom" else holdout
+    varying = varying_hparams(rows)
+    candidates = [(row_method(r), config_of(r, varying)) for r in rows]
+    fold_of = np.full(n, -1)
+    rules: list[ConfigRules | None] = []
     from ..terminal import progress_bar
 
     bar = progress_bar(len(folds), f"held-out {holdout}s", "fold")  # on stderr, where progress shows
@@ -167,8 +184,11 @@ def evaluate(
         train = [rows[i] for i in train_idx]
         test = [rows[i] for i in test_idx]
         folds_out.append({"held_out": group, "n_train": len(train), "n_test": len(test)})
+        rules.append(None)
         if len(train) < 2:
             continue
+        fold_of[test_idx] = len(rules) - 1
+        rules[-1] = ConfigRules([candidates[i] for i in train_idx], Y[train_idx], defaults)
         fitted = clone(base).fit_rows(train, group_by=conformal_by).model_
         for lv in levels:
             p = fitted.predict_rows(test, level=lv)
@@ -220,6 +240,7 @@ def evaluate(
             "dataset": row_dataset(r),
             "model": row_model(r),
             "method": row_method(r),
+            "configuration": config_label(candidates[i]),
             "shots": row_shots(r),
             "seed": r.get("seed"),
             "out_of_support": int(n_flags[i]),
@@ -243,6 +264,8 @@ def evaluate(
         "seed_noise": seed_noise(rows),
         "baselines": recommenders,
         "n_groups": {o: sum(1 for g in groups if g["valid"][o]) for o in OBJECTIVES},
+        "config_choice": config_choice(rows, Y, pred, candidates, fold_of, rules, varying, [f[0] for f in folds]),
+        "model_choice": model_choice(rows, Y, pred, candidates, fold_of),
         "predictions": predictions,
     })
 
@@ -350,3 +373,373 @@ def _choice_scores(groups: list[dict[str, Any]], name: str, objective: str) -> d
         f"regret_{objective}": float(np.mean(regrets)) if regrets else None,
         f"groups_{objective}": len(hits),
     }
+
+
+# ------------------------------------------------------------------------------------------
+# Choosing a configuration and a model, judged as Quick-Tune is (top-1, raw and normalised regret)
+# ------------------------------------------------------------------------------------------
+
+#: A candidate of the configuration choice: (method, configuration key of ``config_of``).
+Candidate = tuple[str, str]
+#: Constant configuration rules, fitted on the training folds (``ConfigRules``); one
+#: ``always-<method>`` rule per method of the training folds follows them.
+CONFIG_RULES: tuple[str, ...] = ("best-single-config", "default-lr-of-best-method")
+#: Predicted scores within this of the best tie; a tie is scored as a uniform draw among the
+#: tied candidates (a recommender blind to a hyper-parameter predicts the same for its values).
+TIE = 1e-12
+_ABSENT = "\0absent"
+
+
+def varying_hparams(rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """Per method, the names of the hyper-parameters (``row["hparams"]``) whose values differ
+    among its runs in ``rows``; a name some of its runs lack counts as differing."""
+    by_m: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_m.setdefault(row_method(r), []).append(as_dict(r.get("hparams")))
+    out = {}
+    for m, hps in by_m.items():
+        names = set().union(*hps)
+        out[m] = tuple(sorted(k for k in names if len({_text(hp[k]) if k in hp else _ABSENT for hp in hps}) > 1))
+    return out
+
+
+def config_of(row: Mapping[str, Any], varying: Mapping[str, Sequence[str]]) -> str:
+    """The run's configuration: JSON of its values of the hyper-parameters that vary among its
+    method's runs (``varying_hparams``), keys sorted; ``{}`` for a method run one way only."""
+    hp = as_dict(row.get("hparams"))
+    return json.dumps({k: hp.get(k) for k in varying.get(row_method(row), ())}, sort_keys=True, default=str)
+
+
+def config_label(candidate: Candidate) -> str:
+    """``lora lr=0.02`` for (``lora``, ``{"lr": 0.02}``); the method alone for ``{}``."""
+    method, config = candidate
+    values = json.loads(config)
+    shown = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    return f"{method} {shown}" if shown else method
+
+
+def tuner_defaults(method: str, shots: int | None) -> Mapping[str, Any]:
+    """The installed tuner's default hyper-parameters at ``shots`` ({} for a method whose
+    plugin is not installed)."""
+    from ..plugins import find_tuner
+
+    tuner = find_tuner(method)
+    return tuner.defaults(shots) if tuner is not None else {}
+
+
+class ConfigRules:
+    """The constant configuration rules, fitted on the training runs' candidates and measured
+    targets ``Y`` (rows of ``targets_matrix``). Each ranks every training candidate, the same
+    for every case (``default-lr-of-best-method`` per shots); in a group it chooses the
+    first-ranked candidate that was run there:
+
+    - ``best-single-config``: candidates by their mean measured objective over the training runs
+      (per target means, then the objective);
+    - ``default-lr-of-best-method``: methods by the mean measured objective of all their runs;
+      within a method first its configurations at its tuner's default learning rate for the
+      group's shots (``defaults(method, shots)["lr"]``; without one, the method's most common
+      learning rate in training; a method whose learning rate never varies matches), then its
+      other configurations, most run first;
+    - ``always-<method>``: that method's configurations, most run in training first, then the
+      other candidates as ``best-single-config`` ranks them.
+    """
+
+    def __init__(self, candidates: Sequence[Candidate], Y: np.ndarray,
+                 defaults: Callable[[str, int | None], Mapping[str, Any]] | None = None) -> None:
+        idx: dict[Candidate, list[int]] = {}
+        by_m: dict[str, list[int]] = {}
+        for i, c in enumerate(candidates):
+            idx.setdefault(c, []).append(i)
+            by_m.setdefault(c[0], []).append(i)
+        self.means_ = {c: _mean_pair(Y, ix) for c, ix in idx.items()}
+        self.method_means_ = {m: _mean_pair(Y, ix) for m, ix in by_m.items()}
+        self.counts_ = {c: len(ix) for c, ix in idx.items()}
+        self.methods_ = sorted(by_m)
+        self.defaults = defaults or tuner_defaults
+        self._ranked: dict[tuple[str, str, int | None], list[Candidate]] = {}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*CONFIG_RULES, *(f"always-{m}" for m in self.methods_))
+
+    def default_lr(self, method: str, shots: int | None) -> float:
+        """The tuner's default learning rate at ``shots``, else the most common one among the
+        method's training runs (NaN when neither exists)."""
+        lr = as_float((self.defaults(method, shots) or {}).get("lr"))
+        if math.isfinite(lr):
+            return lr
+        counts: dict[float, int] = {}
+        for (m, config), n in self.counts_.items():
+            v = as_float(json.loads(config).get("lr")) if m == method else math.nan
+            if math.isfinite(v):
+                counts[v] = counts.get(v, 0) + n
+        return max(sorted(counts), key=counts.__getitem__) if counts else math.nan
+
+    def ranking(self, name: str, objective: str, shots: int | None = None) -> list[Candidate]:
+        """Every training candidate, the rule's first choice first."""
+        key = (name, objective, shots if name == "default-lr-of-best-method" else None)
+        if key not in self._ranked:
+            self._ranked[key] = self._rank(name, objective, shots)
+        return self._ranked[key]
+
+    def _rank(self, name: str, objective: str, shots: int | None) -> list[Candidate]:
+        def worse(v: tuple[float, float]) -> float:
+            s = objective_value(*v, objective)
+            return -s if math.isfinite(s) else math.inf
+
+        by_mean = sorted(self.means_, key=lambda c: (worse(self.means_[c]), c))
+        if name == "best-single-config":
+            return by_mean
+        if name == "default-lr-of-best-method":
+            out: list[Candidate] = []
+            for m in sorted(self.method_means_, key=lambda m: (worse(self.method_means_[m]), m)):
+                lr = self.default_lr(m, shots)
+                out += sorted((c for c in self.means_ if c[0] == m),
+                              key=lambda c: (not _lr_matches(c[1], lr), -self.counts_[c], c[1]))
+            return out
+        if name.startswith("always-") and name[len("always-"):] in self.method_means_:
+            m = name[len("always-"):]
+            mine = sorted((c for c in self.means_ if c[0] == m), key=lambda c: (-self.counts_[c], c[1]))
+            return mine + [c for c in by_mean if c[0] != m]
+        raise ValueError(f"unknown configuration rule {name!r}")
+
+    def choose(self, name: str, present: Sequence[Candidate], objective: str, shots: int | None) -> Candidate | None:
+        """The rule's choice among the candidates ``present`` in a group (None: it ranks none)."""
+        if name not in self.names:
+            return None
+        there = set(present)
+        return next((c for c in self.ranking(name, objective, shots) if c in there), None)
+
+
+def config_choice(rows: Sequence[Mapping[str, Any]], Y: np.ndarray, pred: Mapping[str, np.ndarray],
+                  candidates: Sequence[Candidate], fold_of: np.ndarray, rules: Sequence[ConfigRules | None],
+                  varying: Mapping[str, Sequence[str]], fold_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Choosing a configuration per held-out (model, dataset, shots) group: the candidates are
+    the (method, configuration) pairs measured there (seeds averaged); each recommender picks
+    the candidate with the best predicted objective (its held-out predictions averaged over the
+    candidate's runs), each constant rule as ``ConfigRules`` says, ``random`` uniformly (exact
+    expectation). Per objective, over the groups with at least two candidates measured: top-1
+    (the choice is the best measured candidate), raw regret (best measured - the choice's
+    measured) and normalised regret (raw / (best - worst measured); groups where best == worst
+    are left out of it); ``_hp`` keys: the same over the groups where some method was measured
+    with several configurations (the hyper-parameter choice matters)."""
+    groups = _candidate_groups(rows, Y, pred, candidates, fold_of,
+                               lambda r: (row_model(r), row_dataset(r), row_shots(r)))
+    rule_names = list(CONFIG_RULES) + sorted({n for r in rules if r is not None for n in r.names} - set(CONFIG_RULES))
+    names = [*pred, *rule_names, "random"]
+    scores: dict[tuple[str, str, str], list[tuple[float, float, float]]] = {}
+    n_groups = {o: 0 for o in OBJECTIVES}
+    n_hp = {o: 0 for o in OBJECTIVES}
+    for g in groups:
+        for o in OBJECTIVES:
+            measured = _measured(g, o)
+            if len(measured) < 2:
+                continue
+            methods = [m for m, _ in measured]
+            hp = len(set(methods)) < len(methods)
+            n_groups[o] += 1
+            n_hp[o] += hp
+            rule = rules[g["fold"]]
+            for name in names:
+                if name == "random":
+                    chosen = list(measured)
+                elif name in pred:
+                    chosen = _argmax(g["pred"][name], measured, o)
+                else:
+                    c = rule.choose(name, list(measured), o, g["key"][-1]) if rule is not None else None
+                    chosen = [c] if c is not None else []
+                if not chosen:
+                    continue
+                s = _score(measured, chosen)
+                scores.setdefault((name, o, ""), []).append(s)
+                if hp:
+                    scores.setdefault((name, o, "_hp"), []).append(s)
+    return {
+        "varying_hparams": {m: list(v) for m, v in sorted(varying.items())},
+        "n_groups": n_groups,
+        "n_groups_hp": n_hp,
+        "recommenders": [{"name": n, **_summary(scores, n, ("", "_hp"))} for n in names],
+        "rule_choices": [
+            {"held_out": fold_names[i] if fold_names else i, **{o: {"best-single-config": config_label(r.ranking("best-single-config", o)[0]),
+                               "best-method": r.ranking("default-lr-of-best-method", o)[0][0]} for o in OBJECTIVES}}
+            for i, r in enumerate(rules) if r is not None and r.means_
+        ],
+    }
+
+
+def config_seed_noise(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Candidate]) -> dict[str, Any]:
+    """``rows.seed_noise`` per configuration (method and the hyper-parameters that vary), not
+    per method: runs of one method at two learning rates are not seeds of one configuration."""
+    return seed_noise([{**r, "method": f"{c[0]} {c[1]}"} for r, c in zip(rows, candidates)])
+
+
+def model_choice(rows: Sequence[Mapping[str, Any]], Y: np.ndarray, pred: Mapping[str, np.ndarray],
+                 candidates: Sequence[Candidate], fold_of: np.ndarray) -> dict[str, Any]:
+    """Choosing the model per held-out (dataset, shots) group where at least two models were
+    measured: the candidates are (model, method, configuration); the recommended model is the
+    model of the best predicted candidate; a model's measured value is its best measured
+    candidate (seeds averaged). Per objective: top-1 (the recommended model is the best
+    measured model) and regret (best model's value - the recommended model's value); ``random``
+    picks a model uniformly (exact expectation). ``_resolved`` keys: the same over the groups
+    whose best and second-best models' values differ by more than the seed spread: the pooled
+    seed standard deviation of ID gain over configurations run with several seeds
+    (``config_seed_noise``; the same groups for both objectives). NaN spread: not reported."""
+    spread = (config_seed_noise(rows, candidates).get("id_gain") or {}).get("sd")
+    keyed = [(row_model(r), c) for r, c in zip(rows, candidates)]
+    groups = _candidate_groups(rows, Y, pred, keyed, fold_of, lambda r: (row_dataset(r), row_shots(r)))
+    names = [*pred, "random"]
+    scores: dict[tuple[str, str, str], list[tuple[float, float, float]]] = {}
+    n_groups = {o: 0 for o in OBJECTIVES}
+    n_resolved = 0
+    for g in groups:
+        best_gain = _model_best(_measured(g, "gain"))
+        top = sorted(best_gain.values(), reverse=True)
+        resolved = spread is not None and len(top) >= 2 and top[0] - top[1] > spread
+        n_resolved += resolved
+        for o in OBJECTIVES:
+            measured = _measured(g, o)
+            best_of = _model_best(measured)
+            if len(best_of) < 2:
+                continue
+            n_groups[o] += 1
+            for name in names:
+                chosen = list(best_of) if name == "random" else [m for m, _ in _argmax(g["pred"][name], measured, o)]
+                if not chosen:
+                    continue
+                s = _score(best_of, chosen)
+                scores.setdefault((name, o, ""), []).append(s)
+                if resolved:
+                    scores.setdefault((name, o, "_resolved"), []).append(s)
+    return {
+        "spread": spread,
+        "spread_of": "id_gain sd over configurations run with several seeds",
+        "n_groups": n_groups,
+        "n_resolved": n_resolved,
+        "recommenders": [{"name": n, **_summary(scores, n, ("", "_resolved"), normalised=False)} for n in names],
+    }
+
+
+def probe_rows(rows: Sequence[Mapping[str, Any]], epochs: int) -> list[Mapping[str, Any]]:
+    """The runs whose learning curve (``row["curve"]``, a list of dicts with ``epoch``) has a
+    point at ``epochs``: the rows a probe of that many epochs can be evaluated on."""
+    out = []
+    for r in rows:
+        curve = r.get("curve")
+        if isinstance(curve, str):
+            try:
+                curve = json.loads(curve)
+            except ValueError:
+                curve = None
+        if isinstance(curve, list) and any(isinstance(p, Mapping) and as_float(p.get("epoch")) == epochs
+                                           for p in curve):
+            out.append(r)
+    return out
+
+
+def _text(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def _lr_matches(config: str, lr: float) -> bool:
+    values = json.loads(config)
+    if "lr" not in values:
+        return True
+    v = as_float(values["lr"])
+    return math.isfinite(v) and math.isfinite(lr) and math.isclose(v, lr, rel_tol=1e-6)
+
+
+def _mean_pair(A: np.ndarray, idx: Sequence[int]) -> tuple[float, float]:
+    """Mean (ID gain, OOD change) over ``idx`` (NaN skipped)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmean(A[idx, 0])), float(np.nanmean(A[idx, 1]))
+
+
+def _candidate_groups(rows: Sequence[Mapping[str, Any]], Y: np.ndarray, pred: Mapping[str, np.ndarray],
+                      candidates: Sequence[Any], fold_of: np.ndarray,
+                      key: Callable[[Mapping[str, Any]], tuple]) -> list[dict[str, Any]]:
+    """Held-out rows (``fold_of >= 0``) grouped by ``key``, then by candidate: measured and
+    predicted (gain, OOD change) per candidate, seeds averaged. ``fold``: the fold of the
+    group's first row (a (model, dataset, shots) group lies in one fold in every hold-out)."""
+    by: dict[tuple, dict[Any, list[int]]] = {}
+    for i, r in enumerate(rows):
+        if fold_of[i] >= 0:
+            by.setdefault(key(r), {}).setdefault(candidates[i], []).append(i)
+    return [{"key": k, "fold": int(fold_of[next(iter(cands.values()))[0]]),
+             "measured": {c: _mean_pair(Y, ix) for c, ix in cands.items()},
+             "pred": {n: {c: _mean_pair(P, ix) for c, ix in cands.items()} for n, P in pred.items()}}
+            for k, cands in by.items()]
+
+
+def _measured(g: Mapping[str, Any], objective: str) -> dict[Any, float]:
+    out = {c: objective_value(*v, objective) for c, v in g["measured"].items()}
+    return {c: v for c, v in out.items() if math.isfinite(v)}
+
+
+def _argmax(predicted: Mapping[Any, tuple[float, float]], measured: Mapping[Any, float], objective: str) -> list:
+    """The measured candidates with the best finite predicted objective (all of them on a tie)."""
+    scores = {c: objective_value(*predicted[c], objective) for c in measured}
+    finite = {c: s for c, s in scores.items() if math.isfinite(s)}
+    if not finite:
+        return []
+    top = max(finite.values())
+    return sorted(c for c, s in finite.items() if s >= top - TIE)
+
+
+def _model_best(measured: Mapping[tuple[str, Candidate], float]) -> dict[str, float]:
+    """Per model, its best measured candidate's value."""
+    out: dict[str, float] = {}
+    for (model, _), v in measured.items():
+        out[model] = max(out.get(model, -math.inf), v)
+    return out
+
+
+def _score(measured: Mapping[Any, float], chosen: Sequence[Any]) -> tuple[float, float, float]:
+    """(top-1, raw regret, normalised regret) of a uniform draw among ``chosen``; normalised
+    regret NaN where the best and worst measured values are equal."""
+    best, worst = max(measured.values()), min(measured.values())
+    vals = [measured[c] for c in chosen]
+    raw = float(np.mean([best - v for v in vals]))
+    return (float(np.mean([v == best for v in vals])), raw, raw / (best - worst) if best > worst else math.nan)
+
+
+def _summary(scores: Mapping[tuple[str, str, str], list[tuple[float, float, float]]], name: str,
+             subsets: Sequence[str], normalised: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for o in OBJECTIVES:
+        for sub in subsets:
+            s = np.array(scores.get((name, o, sub), []), dtype=float).reshape(-1, 3)
+            out[f"top1_{o}{sub}"] = float(s[:, 0].mean()) if len(s) else None
+            out[f"regret_{o}{sub}"] = float(s[:, 1].mean()) if len(s) else None
+            out[f"groups_{o}{sub}"] = len(s)
+            if normalised:
+                ok = np.isfinite(s[:, 2])
+                out[f"nregret_{o}{sub}"] = float(s[ok, 2].mean()) if ok.any() else None
+                out[f"groups_nregret_{o}{sub}"] = int(ok.sum())
+    return out
+
+
+def probe_comparison(rows: Sequence[Mapping[str, Any]], probe_epochs: Sequence[int], *, holdout: str = "dataset",
+                     estimator: Any = None, defaults: Callable[[str, int | None], Mapping[str, Any]] | None = None
+                     ) -> dict[str, Any]:
+    """Per probe length K: ``evaluate`` without the probe (``probe_epochs=None``) and with it
+    (``probe_epochs=K``) on the same rows, the runs with a learning-curve point at epoch K
+    (``probe_rows``). One-line error when the estimator has no ``probe_epochs`` parameter."""
+    from sklearn.base import clone
+
+    from .estimator import AdvisorPredictor
+
+    base = estimator if estimator is not None else AdvisorPredictor()
+    if "probe_epochs" not in base.get_params():
+        raise EvaluationError("this predictor has no probe features yet")
+    out = []
+    for k in probe_epochs:
+        sub = probe_rows(rows, k)
+        if not sub:
+            raise EvaluationError(f"no run in the history has a learning-curve point at epoch {k}")
+        out.append({"probe_epochs": k, "n_runs": len(sub),
+                    "without": evaluate(sub, holdout=holdout, estimator=clone(base).set_params(probe_epochs=None),
+                                        defaults=defaults),
+                    "with": evaluate(sub, holdout=holdout, estimator=clone(base).set_params(probe_epochs=k),
+                                     defaults=defaults)})
+    return {"holdout": holdout, "n_runs": len(rows), "probe": out}

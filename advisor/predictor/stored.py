@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import PredictorError
-from .features import ANCHOR_PREFIX, CORE_FEATURES, DOMAIN_PREFIX, SIGNAL_PREFIX, FeatureSchema
+from .features import CORE_FEATURES, FeatureSchema
 from .intervals import bag_spread, half_width
 from .rows import TARGETS
 from .spaces import contributions_to_targets, to_targets
@@ -225,7 +225,7 @@ class FittedPredictor:
         """
         fp = cls.from_json(stored["blob"])
         features = list(stored.get("features") or fp.feature_names)
-        core = [f for f in features if not f.startswith((SIGNAL_PREFIX, DOMAIN_PREFIX, ANCHOR_PREFIX))]
+        core = [f for f in features if ":" not in f]  # prefixed families (sig:, hp:, anc: ...) may differ
         if core != list(CORE_FEATURES):
             missing = sorted(set(CORE_FEATURES) - set(core))
             extra = sorted(set(core) - set(CORE_FEATURES))

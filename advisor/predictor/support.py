@@ -23,6 +23,40 @@ from .rows import as_dict, as_float, device_kind, row_family, row_method, row_sh
 WIDENING_PER_FLAG = 0.5
 
 
+def config_values(r: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric hyper-parameters of a run or a case's configuration, epochs included (the
+    values a configuration's support is judged on)."""
+    from .features import row_hparam_values
+
+    out = row_hparam_values(r)
+    e = as_float(as_dict(r.get("hparams")).get("epochs"))
+    if math.isfinite(e):
+        out["epochs"] = e
+    return out
+
+
+def configs_by_count(counts: Mapping[str, Mapping[Any, Mapping[str, int]]], methods: Sequence[str],
+                     shots: int | None) -> dict[str, list[dict[str, Any]]]:
+    """Per method, the configurations (decoded hyper-parameter dicts) its runs used at these
+    shots, else at the nearest shots it has runs at, most used first (ties: the greater JSON
+    first, as ``max`` over (count, JSON) picks).
+    ``counts`` is method -> shots -> JSON of the hyper-parameters -> runs."""
+    import json
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for m in methods:
+        per = counts.get(m)
+        if not per:
+            continue
+        numeric = [k for k in per if k is not None]
+        if shots in per or shots is None or not numeric:
+            pick = per.get(shots) or per[next(iter(per))]
+        else:
+            pick = per[min(numeric, key=lambda k: (abs(math.log(k) - math.log(shots)), k))]
+        out[m] = [json.loads(k) for k, _ in sorted(pick.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
+    return out
+
+
 def exact(v: float, *near: float) -> str:
     """``v`` with 3 significant digits, more only where needed to tell it apart from ``near``
     (the bound it lies outside): "1 lies outside [1, 8.03]" cannot be printed for a value that
@@ -45,6 +79,8 @@ class HistorySupport:
     method_epochs: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> shots -> epochs
     method_trainable: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> family -> params
     method_trainable_share: dict[str, float] = field(default_factory=dict)  # method -> trainable / model params
+    #: method -> hyper-parameter -> [min, max] of the numeric values its runs used (epochs too)
+    method_hparam_ranges: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     @classmethod
     def from_rows(cls, rows: Sequence[Mapping[str, Any]]) -> "HistorySupport":
@@ -52,11 +88,15 @@ class HistorySupport:
         epochs: dict[str, dict[str, list[float]]] = {}
         trainable: dict[str, dict[str, list[float]]] = {}
         share: dict[str, list[float]] = {}
+        hp_ranges: dict[str, dict[str, list[float]]] = {}
         for r in rows:
             for k, v in row_signals(r).items():
                 lo_hi = sig.setdefault(k, [v, v])
                 lo_hi[0], lo_hi[1] = min(lo_hi[0], v), max(lo_hi[1], v)
             m = row_method(r)
+            for k, v in config_values(r).items():
+                span = hp_ranges.setdefault(m, {}).setdefault(k, [v, v])
+                span[0], span[1] = min(span[0], v), max(span[1], v)
             e = as_float(as_dict(r.get("hparams")).get("epochs"))
             if math.isfinite(e):
                 epochs.setdefault(m, {}).setdefault(str(row_shots(r)), []).append(e)
@@ -77,6 +117,7 @@ class HistorySupport:
             method_epochs={m: {s: med(v) for s, v in by.items()} for m, by in epochs.items()},
             method_trainable={m: {f: med(v) for f, v in by.items()} for m, by in trainable.items()},
             method_trainable_share={m: med(v) for m, v in share.items()},
+            method_hparam_ranges=hp_ranges,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,7 +153,8 @@ class HistorySupport:
 
     def flags(self, case: Mapping[str, Any]) -> list[tuple[str, str]]:
         """(kind, one line) per input of ``case`` outside the history's support; kinds are
-        ``family``, ``tower``, ``device``, ``shots`` and ``signal``."""
+        ``family``, ``tower``, ``device``, ``shots``, ``config`` (a hyper-parameter of the
+        case's method outside the values that method's runs used) and ``signal``."""
         out = []
         fam, tower = row_family(case), row_tower(case)
         if self.families and fam not in self.families:
@@ -126,11 +168,31 @@ class HistorySupport:
         shots = row_shots(case)
         if shots is not None and self.shots and not self.shots[0] <= shots <= self.shots[1]:
             out.append(("shots", f"shots={shots} lies outside the history's shots [{self.shots[0]}, {self.shots[1]}]"))
+        out += self.config_flags(case)
         for k, v in sorted(row_signals(case).items()):
             rng = self.signal_ranges.get(k)
             if rng and not rng[0] <= v <= rng[1]:
                 out.append(("signal", f"{k}={exact(v, *rng)} lies outside the history's range "
                                       f"[{exact(rng[0], v)}, {exact(rng[1], v)}]"))
+        return out
+
+    def config_flags(self, case: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """("config", line) per numeric hyper-parameter of the case's configuration outside the
+        range its method's runs used (or one the method's runs never set), so a configuration
+        the history never tried is flagged as a signal outside its range is."""
+        method = case.get("method")
+        ranges = self.method_hparam_ranges.get(str(method)) if method is not None else None
+        if not ranges:
+            return []
+        out = []
+        for k, v in sorted(config_values(case).items()):
+            rng = ranges.get(k)
+            if rng is None:
+                out.append(("config", f"{method} {k}={exact(v)}: no run of {method} in the history sets {k}"))
+            elif not rng[0] <= v <= rng[1]:
+                seen = exact(rng[0], v) if rng[0] == rng[1] else f"[{exact(rng[0], v)}, {exact(rng[1], v)}]"
+                out.append(("config", f"{method} {k}={exact(v, *rng)} lies outside the history's {k} for {method} "
+                                      f"({seen})"))
         return out
 
     def signal_excess(self, case: Mapping[str, Any]) -> float:
@@ -306,21 +368,12 @@ class HistorySummary:
 
     def history_configs(self, methods: Sequence[str], shots: int | None) -> dict[str, dict[str, Any]]:
         """As ``advisor.recommendation.history_configs`` on every training row."""
-        import json
+        return {m: c[0] for m, c in self.config_candidates(methods, shots).items()}
 
-        out: dict[str, dict[str, Any]] = {}
-        for m in methods:
-            entries = self.configs.get(m)
-            if not entries:
-                continue
-            per = {s: dict(by) for s, by in entries}
-            numeric = [k for k in per if k is not None]
-            if shots in per or shots is None or not numeric:
-                pick = per.get(shots) or per[next(iter(per))]
-            else:
-                pick = per[min(numeric, key=lambda k: (abs(math.log(k) - math.log(shots)), k))]
-            out[m] = json.loads(max(pick.items(), key=lambda kv: (kv[1], kv[0]))[0])
-        return out
+    def config_candidates(self, methods: Sequence[str], shots: int | None) -> dict[str, list[dict[str, Any]]]:
+        """As ``advisor.recommend_support.config_candidates`` on every training row."""
+        return configs_by_count({m: {s: dict(by) for s, by in entries} for m, entries in self.configs.items()},
+                                methods, shots)
 
     def changed(self, history: Any) -> bool:
         """Whether runs or signals were added since training (two primary-key maxima)."""
@@ -360,20 +413,37 @@ def similar_run_labels(runs: Sequence[Mapping[str, Any]],
     """``<model> on <dataset> (<shots> shots, lr=..., seed N)`` for one method's similar runs:
     the hyper-parameters (and the seed) that differ among them, so no two rows look identical.
     ``names(run)`` gives the (model, dataset) names of a run."""
-    import json
-
-    hps = [as_dict(r.get("hparams")) for r in runs]
-    keys = sorted({k for hp in hps for k in hp})
-    differ = [k for k in keys if len({json.dumps(hp.get(k), sort_keys=True, default=str) for hp in hps}) > 1]
+    differ = differing_hparams([r.get("hparams") for r in runs])
     seeds = len({r.get("seed") for r in runs}) > 1
     out = []
-    for r, hp in zip(runs, hps):
-        extra = [f"{k}={_short(hp.get(k))}" for k in differ]
+    for r, extra in zip(runs, differ):
         if seeds:
             extra.append(f"seed {r.get('seed')}")
         model, dataset = names(r)
         out.append(f"{model} on {dataset} ({', '.join([f'{row_shots(r)} shots', *extra])})")
     return out
+
+
+def differing_hparams(hparams: Sequence[Any]) -> list[list[str]]:
+    """Per run (its ``hparams``: a mapping, or the JSON text of one), ``key=value`` for each
+    hyper-parameter whose value differs among ``hparams``, keys sorted: two LoRA runs at lr 5e-3
+    and 2e-2 read ``lr=0.005`` and ``lr=0.02``, so runs that differ only in their configuration
+    never read alike (``similar_run_labels``, ``advisor history list``). A key a run lacks reads
+    ``null``. Values are written as ``_short`` writes them, or in full (JSON) for a key whose
+    short forms would make two different values read alike."""
+    import json
+
+    hps = [as_dict(h) for h in hparams]
+    columns = []
+    for k in sorted({k for hp in hps for k in hp}):
+        exact = [json.dumps(hp.get(k), sort_keys=True, default=str) for hp in hps]
+        if len(set(exact)) < 2:
+            continue
+        shown = [_short(hp.get(k)) for hp in hps]
+        if len(set(shown)) < len(set(exact)):  # 0.0012344 and 0.0012341 both read 0.001234
+            shown = exact
+        columns.append([f"{k}={v}" for v in shown])
+    return [[col[i] for col in columns] for i in range(len(hps))]
 
 
 def _short(v: Any) -> str:
@@ -402,6 +472,9 @@ class BoundedView:
 
     def history_configs(self, methods: Sequence[str], shots: int | None) -> dict[str, dict[str, Any]]:
         return self.summary.history_configs(methods, shots)
+
+    def config_candidates(self, methods: Sequence[str], shots: int | None) -> dict[str, list[dict[str, Any]]]:
+        return self.summary.config_candidates(methods, shots)
 
     def similar_runs(self, case: Mapping[str, Any], methods: Sequence[str]) -> dict[str, list[str]]:
         return self.summary.similar_runs(case, methods, self.history)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from ..decision import OBJECTIVES
 from ..errors import RecommendError
@@ -23,6 +24,45 @@ def check_device_name(device: str, what: str = "--device") -> str:
     return device.strip()
 
 
+def parse_pin(text: str) -> tuple[str | None, str, Any]:
+    """``lr=0.001`` or ``lora:lr=0.001`` -> (method or None, name, value as JSON or text)."""
+    import json
+
+    head, eq, value = text.partition("=")
+    method, colon, name = head.rpartition(":")
+    name = name.strip()
+    if not eq or not name or not value.strip():
+        raise RecommendError(f"--hparam {text!r} is not NAME=VALUE or METHOD:NAME=VALUE")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value.strip()
+    return (method.strip() or None) if colon else None, name, parsed
+
+
+def check_pins(pins: Any) -> tuple[tuple[str | None, str, Any], ...]:
+    """Pins as given to ``RecommendRequest.hparams``: checked against the tuners' declared
+    hyper-parameters (an unknown method or a name no method declares is refused by name)."""
+    from ..plugins import get_tuners
+
+    out = []
+    tuners = get_tuners()
+    for pin in pins or ():
+        method, name, value = parse_pin(pin) if isinstance(pin, str) else pin
+        if method is not None and method not in tuners:
+            raise RecommendError(f"--hparam {method}:{name}: no tuner named {method!r} (known: {', '.join(sorted(tuners))})")
+        owners = [tuners[method]] if method is not None else list(tuners.values())
+        specs = [t.hparam_specs()[name] for t in owners if name in t.hparam_specs()]
+        if not specs:
+            raise RecommendError(f"--hparam {name}: no {'tuner' if method is None else method} declares {name!r}")
+        try:
+            value = specs[0].parse(value)
+        except ValueError as exc:
+            raise RecommendError(f"--hparam {name}: {exc}") from None
+        out.append((method, name, value))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class RecommendRequest:
     """One ``advisor recommend`` call: the pair, where its signals come from, and the decision's
@@ -32,6 +72,12 @@ class RecommendRequest:
     in seconds of training wall time. ``embeddings`` (a ``.npz`` with ``image``, ``text``,
     ``labels``) replaces loading the model and dataset: signals come from the file. ``device``
     ``None`` (or ``auto``) predicts the cost on the device most history runs used.
+
+    ``other_models`` are further candidate models ranked with ``model`` on one scale.
+    ``hparams`` pins hyper-parameters: ``(method or None, name, value)``; None applies the pin
+    to every method that declares ``name``. A pinned configuration the history never ran is
+    predicted anyway and flagged. ``probe`` runs each candidate's first ``probe`` epochs on the
+    pair (``advisor.probe``) within ``probe_budget`` seconds in all.
     """
 
     model: ModelSpec
@@ -46,6 +92,10 @@ class RecommendRequest:
     quiet: bool = False
     embeddings: str | None = None
     allow_random_weights: bool = False
+    other_models: tuple[ModelSpec, ...] = ()
+    hparams: tuple[tuple[str | None, str, Any], ...] = ()
+    probe: int | None = None
+    probe_budget: float | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -57,6 +107,17 @@ class RecommendRequest:
             raise RecommendError(f"--budget must be a positive number of seconds (got {budget})")
         if self.shots is not None and self.shots < 1:
             raise RecommendError(f"--shots must be at least 1 (got {self.shots})")
+        if self.probe is not None and self.probe < 1:
+            raise RecommendError(f"--probe must be at least 1 epoch (got {self.probe})")
+        pb = self.probe_budget
+        if pb is not None and not (pb > 0 and math.isfinite(pb)):
+            raise RecommendError(f"--probe-budget must be a positive number of seconds (got {pb})")
+        if self.other_models and self.embeddings is not None:
+            raise RecommendError("several --model candidates need the models themselves, not --from-embeddings")
+        keys = [m.key() for m in self.models]
+        if len(set(keys)) < len(keys):
+            raise RecommendError(f"a candidate model is named twice: {', '.join(sorted({k for k in keys if keys.count(k) > 1}))}")
+        object.__setattr__(self, "hparams", check_pins(self.hparams))
         device = self.device
         if device is not None:
             device = None if device.strip() in ("", "auto") else check_device_name(device)
@@ -66,8 +127,19 @@ class RecommendRequest:
     def build(cls, model: ModelSpec | str, dataset: DatasetSpec | str | None = None, **terms: Any) -> RecommendRequest:
         """A request from names or specs (``advisor.recommend``'s arguments)."""
         mspec = model if isinstance(model, ModelSpec) else ModelSpec(str(model))
+        if "other_models" in terms:
+            terms["other_models"] = tuple(m if isinstance(m, ModelSpec) else ModelSpec(str(m))
+                                          for m in terms["other_models"] or ())
+        if "hparams" in terms:
+            hp = terms["hparams"] or ()
+            terms["hparams"] = tuple(f"{k}={json.dumps(v)}" for k, v in hp.items()) if isinstance(hp, Mapping) else tuple(hp)
         dspec = dataset if isinstance(dataset, DatasetSpec) or dataset is None else DatasetSpec(str(dataset))
         return cls(mspec, dspec, **terms)
+
+    @property
+    def models(self) -> tuple[ModelSpec, ...]:
+        """Every candidate model, ``model`` first."""
+        return (self.model, *self.other_models)
 
     @property
     def device_kind(self) -> str | None:

@@ -25,6 +25,15 @@ class ModelSpec:
     def key(self) -> str:
         return f"{self.name}|{self.pretrained or ''}|{self.image_size or ''}"
 
+    def label(self) -> str:
+        """``ViT-B-32/openai@224``: the name with the pretrained tag and size when given."""
+        return self.name + (f"/{self.pretrained}" if self.pretrained else "") + (f"@{self.image_size}" if self.image_size else "")
+
+    def cli_args(self) -> list[str]:
+        """The ``--model/--pretrained/--image-size`` arguments that name this model."""
+        return (["--model", self.name] + (["--pretrained", self.pretrained] if self.pretrained else [])
+                + (["--image-size", str(self.image_size)] if self.image_size else []))
+
 
 @dataclass(frozen=True)
 class DatasetSpec:

@@ -22,7 +22,9 @@ class RunRequest:
     ``hparams`` are the user's overrides (the tuner fills in the rest); ``epochs``, ``lr`` and
     ``batch_size`` are the command line's own overrides of the same keys. ``ood=None`` means the
     default OOD reference sets. ``signals=False`` records the pair's descriptors only.
-    ``stop_after_epochs`` stops the run's real schedule early (probe runs)."""
+    ``stop_after_epochs`` stops the run's real schedule early (probe runs); ``probe_budget_s``
+    bounds its training's wall seconds: the loop ends after the epoch during which that many
+    seconds have passed since the tuner started (``TrainContext.deadline``)."""
 
     model: ModelSpec
     dataset: DatasetSpec
@@ -44,6 +46,7 @@ class RunRequest:
     adapters_dir: str | None = None
     spool_dir: str | None = None
     stop_after_epochs: int | None = None
+    probe_budget_s: float | None = None
     provenance_extra: Mapping[str, Any] | None = None
     quiet: bool = False
 

@@ -192,7 +192,10 @@ class Tuner:
     ``family`` (a ``TUNER_FAMILIES`` key) drives the cold-start heuristic; ``order`` sorts
     methods in tables and plots (smaller first); ``colour`` is the method's plot colour
     (``#rrggbb``; None: one picked from the name). ``reconstructed`` marks a method that is
-    this project's reconstruction from a paper's text, not its official code.
+    this project's reconstruction from a paper's text, not its official code. ``search``
+    declares, per numeric hyper-parameter, the (low, high) range worth searching (positive
+    ranges are searched log-spaced): ``advisor recommend`` picks the best predicted
+    configuration in it, within the values the history ran the method with.
     """
 
     name: str
@@ -205,6 +208,7 @@ class Tuner:
     colour: str | None = None
     hparams: tuple[HParam, ...] = ()
     loop_hparams: bool = True
+    search: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def hparam_specs(self) -> dict[str, HParam]:
         """Every hyper-parameter this tuner accepts, by name (its own override the loop's)."""

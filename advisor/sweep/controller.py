@@ -270,11 +270,8 @@ def execute_sweep(plan: SweepPlan, history: Any, *, executor: str, max_parallel:
             try:
                 handles = ex.launch(LaunchRequest(worker=work, template=template, keys=queued,
                                                   max_parallel=max_parallel, folder=log_dir, options=options))
-            except AdvisorError:
-                raise
             except Exception as exc:  # noqa: BLE001 - an engine that cannot start: one line, naming it
-                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise SweepError(f"executor {executor!r} could not launch the sweep's jobs: {msg}") from None
+                raise _launch_failed(history, plan.sweep_id, executor, queued, exc) from None
             if detach:
                 return SweepSummary(plan.sweep_id, counts(history, plan.sweep_id), seconds=time.perf_counter() - t0,
                                     detached=True)
@@ -321,6 +318,43 @@ def execute_sweep(plan: SweepPlan, history: Any, *, executor: str, max_parallel:
     failed = [{"run": JobConfig.from_dict(j["config"]).label(), "error": j["error"], "log": j["log_path"],
                "attempts": j["attempts"]} for j in info["failed"]]
     return SweepSummary(plan.sweep_id, info["counts"], failed, time.perf_counter() - t0)
+
+
+def _launch_failed(history: Any, sweep_id: str, executor: str, keys: list[str], exc: Exception) -> SweepError:
+    """The error of a launch that failed (``sbatch`` refused the array, a local worker could not
+    start): the jobs it was given that are still queued become failed with that error, so
+    ``advisor sweep status`` shows them and the next ``advisor sweep`` re-queues them."""
+    msg = _first_line(exc)
+    try:
+        n = _fail_queued(history, sweep_id, keys, f"not launched: executor {executor!r} could not launch it: {msg}")
+        then = f"{n} job{'' if n == 1 else 's'} marked failed; run the same sweep again to retry them"
+    except Exception as also:  # noqa: BLE001 - the history went too: say so, keep the launch's reason
+        then = f"its jobs stay queued, as they could not be marked failed: {_first_line(also)}"
+    return SweepError(f"executor {executor!r} could not launch the sweep's jobs: {msg} ({then})")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _fail_queued(history: Any, sweep_id: str, keys: list[str], error: str) -> int:
+    """Mark the jobs among ``keys`` that are still queued failed with ``error``; how many."""
+    from sqlalchemy import update
+
+    from ..history.schema import SweepJob
+    from ..history.sweeps import FAILED, QUEUED
+
+    def tx(s: Any) -> int:
+        n = 0
+        for i in range(0, len(keys), 500):  # bounded IN lists, whatever the sweep's size
+            res = s.execute(update(SweepJob).where(
+                SweepJob.sweep_id == sweep_id, SweepJob.status == QUEUED, SweepJob.job_key.in_(keys[i:i + 500])
+            ).values(status=FAILED, error=error[:2000], finished_at=time.time(), worker=None))
+            n += int(res.rowcount or 0)
+        return n
+
+    return int(history._write(tx))
 
 
 def _elapsed(seconds: float) -> str:

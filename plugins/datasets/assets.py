@@ -22,13 +22,13 @@ the history made on the five built-ins.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from advisor.atomic import atomic_write
 from advisor.errors import DatasetError
 from advisor.hookspecs import hookimpl
 from advisor.specs import DatasetSource
@@ -65,6 +65,24 @@ def _files(list_items: Callable[[], list[Item]]) -> Callable[[str | None], list[
         return list(dict.fromkeys(it.path for it in items)) or None
 
     return files
+
+
+def _declare(name: str, class_names: Sequence[str], items: Callable[[], list[Item]],
+             render: Callable[[Item], np.ndarray], settings: dict, *,
+             order: Callable[[Item], Any] | None = None, **about: str) -> offline.OfflineSource:
+    """Declare an asset source and make it known to ``offline``: ``items()`` lists its images
+    (a DatasetError when its package is missing), ``render`` draws one, ``settings`` (sizes,
+    margins, caps) key its render cache, ``order`` sorts the listing before rendering; ``about``
+    holds the rest of its ``OfflineSource`` (template, domain, description, needs, origin).
+    Its ``raw()`` is decoded once per process (``raw.cache_clear()`` forgets it)."""
+
+    @functools.lru_cache(maxsize=1)
+    def raw() -> offline.Raw:
+        listed = items()
+        return _raw(name, sorted(listed, key=order) if order else listed, render, settings, len(class_names))
+
+    return offline.add_source(offline.OfflineSource(name=name, class_names=tuple(class_names), raw=raw,
+                                                    files=_files(items), **about))
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,10 +132,8 @@ def _font_files() -> tuple[Path, ...]:
     if changed:
         try:
             memo_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(memo, sort_keys=True), encoding="utf-8")
-            tmp.replace(memo_path)
-        except OSError:
+            atomic_write(memo_path, lambda f: f.write(json.dumps(memo, sort_keys=True)), fsync=False)
+        except OSError:  # FileWriteError included
             pass  # a read-only cache only costs the next load the cmap reads
     return tuple(p for p in fonts if verdicts[p])
 
@@ -141,25 +157,16 @@ def _render_glyph(it: Item) -> np.ndarray:
     return glyph(_font(it.path), it.what, GLYPH_SIDE, GLYPH_MARGIN)
 
 
-@functools.lru_cache(maxsize=1)
-def _raw_font_letters() -> offline.Raw:
-    items = sorted(_font_items(), key=lambda it: (str(it.path), it.label, it.what))  # one font open at a time
-    return _raw("font-letters", items, _render_glyph,
-                {"side": GLYPH_SIDE, "margin": GLYPH_MARGIN, "pt": GLYPH_PT}, len(LETTERS))
-
-
-FONT_LETTERS = offline.add_source(offline.OfflineSource(
-    name="font-letters",
-    class_names=LETTERS,
+FONT_LETTERS = _declare(
+    "font-letters", LETTERS, _font_items, _render_glyph, {"side": GLYPH_SIDE, "margin": GLYPH_MARGIN, "pt": GLYPH_PT},
+    order=lambda it: (str(it.path), it.label, it.what),  # one font open at a time
     template='the letter "{}" printed in a font.',
     domain=("grayscale", "rendered", "line-art", "letters", "fonts"),
     description="The 26 Latin letters, upper and lower case, in each font of four Debian font packages "
                 "(URW base35, DejaVu, Liberation, FreeFont): 64x64 grey, black on white",
     needs="apt-get install fonts-urw-base35 fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf",
-    raw=_raw_font_letters,
     origin="Debian packages fonts-urw-base35, fonts-dejavu, fonts-liberation, fonts-freefont-ttf",
-    files=_files(_font_items),
-))
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,15 +183,24 @@ class FolderClass:
     folders: tuple[str, ...]
 
 
-def _folder_items(root: Path, classes: Sequence[FolderClass], cap: int,
-                  pick: Callable[[Path, str], list[Path]]) -> list[Item]:
-    """Items of every class: ``pick(root, folder)`` lists a folder's images in a fixed order;
-    a class keeps at most ``cap`` of them, spread evenly."""
-    items: list[Item] = []
-    for k, cls in enumerate(classes):
-        paths = [p for f in cls.folders for p in pick(root, f)]
-        items += [Item(k, str(p.relative_to(root)), p) for p in _evenly(paths, cap)]
-    return items
+def _folder_source(name: str, root: Path, classes: Sequence[FolderClass], pick: Callable[[Path, str], list[Path]],
+                   side: int, cap: int, margin: int | None = None, **about: str) -> offline.OfflineSource:
+    """Declare a folder-per-class source (``_declare``): ``pick(root, folder)`` lists a class
+    folder's images in a fixed order; a class keeps at most ``cap`` of them, spread evenly;
+    each is fitted into a white ``side`` square (``margin`` pixels inside its edge)."""
+
+    def items() -> list[Item]:
+        if not root.is_dir():
+            raise DatasetError(f"{name} needs `{about['needs']}` (missing {root})")
+        listed: list[Item] = []
+        for k, cls in enumerate(classes):
+            paths = [p for f in cls.folders for p in pick(root, f)]
+            listed += [Item(k, str(p.relative_to(root)), p) for p in _evenly(paths, cap)]
+        return listed
+
+    settings = {"side": side, "cap": cap} if margin is None else {"side": side, "margin": margin, "cap": cap}
+    return _declare(name, [c.name for c in classes], items, lambda it: image_file(it.path, side, margin or 0),
+                    settings, **about)
 
 
 # ---------------------------------------------------------------- oxygen-icons
@@ -215,30 +231,15 @@ def _oxygen_pick(root: Path, folder: str) -> list[Path]:
     return [best[n] for n in sorted(best)]
 
 
-def _oxygen_items() -> list[Item]:
-    if not OXYGEN_ROOT.is_dir():
-        raise DatasetError(f"oxygen-icons needs `{OXYGEN_ICONS.needs}` (missing {OXYGEN_ROOT})")
-    return _folder_items(OXYGEN_ROOT, OXYGEN_CLASSES, ICON_CAP, _oxygen_pick)
-
-
-@functools.lru_cache(maxsize=1)
-def _raw_oxygen() -> offline.Raw:
-    return _raw("oxygen-icons", _oxygen_items(), lambda it: image_file(it.path, ICON_SIDE),
-                {"side": ICON_SIDE, "cap": ICON_CAP}, len(OXYGEN_CLASSES))
-
-
-OXYGEN_ICONS = offline.add_source(offline.OfflineSource(
-    name="oxygen-icons",
-    class_names=tuple(c.name for c in OXYGEN_CLASSES),
+OXYGEN_ICONS = _folder_source(
+    "oxygen-icons", OXYGEN_ROOT, OXYGEN_CLASSES, _oxygen_pick, ICON_SIDE, ICON_CAP,
     template="a {} icon from a desktop icon theme.",
     domain=("colour", "icons", "rendered"),
     description="KDE Oxygen desktop icons by category (actions, apps, devices, mimetypes, places, status), "
                 "at most 200 per class, 64x64 colour over white (Debian oxygen-icon-theme)",
     needs="apt-get install oxygen-icon-theme",
-    raw=_raw_oxygen,
     origin="Debian package oxygen-icon-theme",
-    files=_files(_oxygen_items),
-))
+)
 
 
 # ---------------------------------------------------------------- wesnoth-units
@@ -271,30 +272,15 @@ def _png_tree(root: Path, folder: str) -> list[Path]:
     return sorted((p for p in d.rglob("*.png") if p.is_file()), key=lambda p: str(p.relative_to(d))) if d.is_dir() else []
 
 
-def _wesnoth_items() -> list[Item]:
-    if not WESNOTH_ROOT.is_dir():
-        raise DatasetError(f"wesnoth-units needs `{WESNOTH_UNITS.needs}` (missing {WESNOTH_ROOT})")
-    return _folder_items(WESNOTH_ROOT, WESNOTH_CLASSES, SPRITE_CAP, _png_tree)
-
-
-@functools.lru_cache(maxsize=1)
-def _raw_wesnoth() -> offline.Raw:
-    return _raw("wesnoth-units", _wesnoth_items(), lambda it: image_file(it.path, SPRITE_SIDE),
-                {"side": SPRITE_SIDE, "cap": SPRITE_CAP}, len(WESNOTH_CLASSES))
-
-
-WESNOTH_UNITS = offline.add_source(offline.OfflineSource(
-    name="wesnoth-units",
-    class_names=tuple(c.name for c in WESNOTH_CLASSES),
+WESNOTH_UNITS = _folder_source(
+    "wesnoth-units", WESNOTH_ROOT, WESNOTH_CLASSES, _png_tree, SPRITE_SIDE, SPRITE_CAP,
     template="a fantasy game sprite of a {}.",
     domain=("colour", "game-sprites", "rendered", "fantasy"),
     description="Battle for Wesnoth unit sprites and animation frames by race (17 classes), at most 120 per "
                 "class, 72x72 colour over white (Debian wesnoth-1.16-data)",
     needs="apt-get install wesnoth-1.16-data",
-    raw=_raw_wesnoth,
     origin="Debian package wesnoth-1.16-data",
-    files=_files(_wesnoth_items),
-))
+)
 
 
 # ---------------------------------------------------------------- tuxpaint-clipart
@@ -326,30 +312,15 @@ def _stamp_tree(root: Path, folder: str) -> list[Path]:
     return [stamps[k] for k in sorted(stamps)]
 
 
-def _tuxpaint_items() -> list[Item]:
-    if not TUXPAINT_ROOT.is_dir():
-        raise DatasetError(f"tuxpaint-clipart needs `{TUXPAINT_CLIPART.needs}` (missing {TUXPAINT_ROOT})")
-    return _folder_items(TUXPAINT_ROOT, TUXPAINT_CLASSES, CLIPART_CAP, _stamp_tree)
-
-
-@functools.lru_cache(maxsize=1)
-def _raw_tuxpaint() -> offline.Raw:
-    return _raw("tuxpaint-clipart", _tuxpaint_items(), lambda it: image_file(it.path, CLIPART_SIDE, CLIPART_MARGIN),
-                {"side": CLIPART_SIDE, "margin": CLIPART_MARGIN, "cap": CLIPART_CAP}, len(TUXPAINT_CLASSES))
-
-
-TUXPAINT_CLIPART = offline.add_source(offline.OfflineSource(
-    name="tuxpaint-clipart",
-    class_names=tuple(c.name for c in TUXPAINT_CLASSES),
+TUXPAINT_CLIPART = _folder_source(
+    "tuxpaint-clipart", TUXPAINT_ROOT, TUXPAINT_CLASSES, _stamp_tree, CLIPART_SIDE, CLIPART_CAP, CLIPART_MARGIN,
     template="a clip art drawing of a {}.",
     domain=("colour", "clip-art", "rendered", "objects"),
     description="Tux Paint stamps (clip art of real-world things) in 6 categories, 96x96 colour over white "
                 "(Debian tuxpaint-stamps-default; SVG-only stamps need PyPI cairosvg)",
     needs="apt-get install tuxpaint-stamps-default && pip install cairosvg",
-    raw=_raw_tuxpaint,
     origin="Debian package tuxpaint-stamps-default",
-    files=_files(_tuxpaint_items),
-))
+)
 
 SOURCES: tuple[offline.OfflineSource, ...] = (FONT_LETTERS, OXYGEN_ICONS, WESNOTH_UNITS, TUXPAINT_CLIPART)
 

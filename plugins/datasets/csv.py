@@ -24,13 +24,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from advisor.atomic import os_reason, short_path
 from advisor.hookspecs import hookimpl
 from advisor.data import DEFAULT_TEMPLATE, nfc, read_classnames, templates_option
 from advisor.errors import DatasetError
 from advisor.specs import DatasetBundle, DatasetSource, DatasetSpec, ImageSet, stable_hash
 
-from .folder import domain_option
+from .folder import argument_path, domain_option, load_from_path
 
 IMAGE_COLUMNS = ("image", "path", "filepath", "file", "filename", "image_path", "img")
 LABEL_COLUMNS = ("label", "class", "target", "category", "y")
@@ -110,24 +109,11 @@ def _labels_to_classes(raw: list[str], given: list[str] | dict[str, str] | None,
 
 def check(spec: DatasetSpec) -> Path:
     """The csv file, or a one-line DatasetError (cheap: the file is not read)."""
-    if not spec.argument:
-        raise DatasetError("csv dataset needs a path: csv:PATH")
-    path = Path(spec.argument).expanduser()
-    try:
-        if not path.is_file():
-            raise DatasetError(f"csv file {short_path(path)} does not exist")
-        return path.resolve()
-    except OSError as exc:  # a path longer than the file system allows, a permission
-        raise DatasetError(f"csv file {short_path(path)} cannot be read: {os_reason(exc)}") from None
+    return argument_path(spec, directory=False)
 
 
 def load(spec: DatasetSpec) -> DatasetBundle:
-    path = check(spec)
-    try:
-        return _load(spec, path)
-    except OSError as exc:  # a listed image that cannot be read, the table itself
-        where = getattr(exc, "filename", None) or path
-        raise DatasetError(f"cannot read {short_path(where)} (csv {short_path(path)}): {os_reason(exc)}") from None
+    return load_from_path(spec, _load, directory=False)
 
 
 def _load(spec: DatasetSpec, path: Path) -> DatasetBundle:

@@ -49,6 +49,12 @@ def _warn(message: str) -> None:
     print(f"Warning: {message}", file=sys.stderr)
 
 
+def _holds(folder: str, path: str) -> bool:
+    """Whether the real path ``folder`` is the real path ``path`` or a folder above it: a link
+    to it from inside ``path`` is a loop."""
+    return folder == path or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def _images_under(path: Path, walked: set[str], top: str = "") -> list[Path]:
     """Image files anywhere below ``path`` (ImageFolder searches recursively), sorted. Linked
     folders are followed unless they resolve to a folder in ``walked`` (the folders walked so
@@ -61,7 +67,7 @@ def _images_under(path: Path, walked: set[str], top: str = "") -> list[Path]:
         for d in sorted(d for d in dirnames if not d.startswith(".")):
             full = os.path.join(dirpath, d)
             real = os.path.realpath(full)
-            if real in walked or (top and top.startswith(real.rstrip(os.sep) + os.sep)):
+            if real in walked or (top and _holds(real, top)):
                 _warn(f"skipped {short_path(full)}: a link to a folder already part of the dataset (a loop)")
                 continue
             walked.add(real)
@@ -84,7 +90,7 @@ def _scan(path: Path) -> dict[str, list[Path]]:
     classes = []
     for d in _subdirs(path):
         real = os.path.realpath(d)
-        if real == top or top.startswith(real.rstrip(os.sep) + os.sep):
+        if _holds(real, top):
             _warn(f"skipped {short_path(d)}: a link to the dataset folder or one above it (a loop)")
             continue
         classes.append(d)
@@ -159,28 +165,46 @@ def domain_option(spec: DatasetSpec) -> tuple[str, ...]:
     return tuple(x.strip() for x in items if x.strip())
 
 
+def argument_path(spec: DatasetSpec, *, directory: bool) -> Path:
+    """The path of ``folder:PATH`` (``directory``) or ``csv:PATH`` (a file), resolved through
+    symbolic links, or a one-line DatasetError (cheap: nothing is listed or read): no path, a
+    path that does not exist (a dangling link included) or is not of its kind, a path the file
+    system refuses (longer than it allows, a permission)."""
+    kind, noun = ("folder", "folder") if directory else ("csv", "csv file")
+    if not spec.argument:
+        raise DatasetError(f"{kind} dataset needs a path: {kind}:PATH")
+    path = Path(spec.argument).expanduser()
+    try:
+        if not path.exists():
+            raise DatasetError(f"{noun} {short_path(path)} does not exist")
+        if not (path.is_dir() if directory else path.is_file()):
+            raise DatasetError(f"{kind}:{short_path(path)} is not a {'directory' if directory else 'file'}")
+        return path.resolve()
+    except OSError as exc:
+        raise DatasetError(f"{noun} {short_path(path)} cannot be read: {os_reason(exc)}") from None
+
+
+def load_from_path(spec: DatasetSpec, load: Callable[[DatasetSpec, Path], DatasetBundle], *,
+                   directory: bool) -> DatasetBundle:
+    """``load(spec, path)`` on ``argument_path``'s path; an OSError while reading (a listed image
+    that cannot be read, a file that vanished while listing, the csv table itself) becomes one
+    line naming the file and the dataset."""
+    path = argument_path(spec, directory=directory)
+    try:
+        return load(spec, path)
+    except OSError as exc:
+        where = short_path(getattr(exc, "filename", None) or path)
+        within = f"in folder {short_path(path)}" if directory else f"(csv {short_path(path)})"
+        raise DatasetError(f"cannot read {where} {within}: {os_reason(exc)}") from None
+
+
 def check(spec: DatasetSpec) -> Path:
     """The dataset folder, or a one-line DatasetError (cheap: no file is listed)."""
-    if not spec.argument:
-        raise DatasetError("folder dataset needs a path: folder:PATH")
-    root = Path(spec.argument).expanduser()
-    try:
-        if not root.exists():
-            raise DatasetError(f"folder {short_path(root)} does not exist")
-        if not root.is_dir():
-            raise DatasetError(f"folder:{short_path(root)} is not a directory")
-        return root.resolve()
-    except OSError as exc:  # a path longer than the file system allows, a permission
-        raise DatasetError(f"folder {short_path(root)} cannot be read: {os_reason(exc)}") from None
+    return argument_path(spec, directory=True)
 
 
 def load(spec: DatasetSpec) -> DatasetBundle:
-    root = check(spec)
-    try:
-        return _load(spec, root)
-    except OSError as exc:  # a file that vanished or cannot be read while listing
-        where = getattr(exc, "filename", None) or root
-        raise DatasetError(f"cannot read {short_path(where)} in folder {short_path(root)}: {os_reason(exc)}") from None
+    return load_from_path(spec, _load, directory=True)
 
 
 def _load(spec: DatasetSpec, root: Path) -> DatasetBundle:

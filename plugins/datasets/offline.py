@@ -34,6 +34,7 @@ from typing import Callable
 
 import numpy as np
 
+from advisor.atomic import npz_cached
 from advisor.hookspecs import hookimpl
 from advisor.data import TEST_FRACTION, classnames_option, stratified_split, templates_option
 from advisor.errors import DatasetError, UnknownNameError
@@ -155,18 +156,12 @@ def _decoded_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     st = path.stat()
     cached = cache_dir() / "datasets" / f"mnist5k-u8-{st.st_size}-{int(st.st_mtime)}.npz"
-    if cached.is_file():
-        try:
-            with np.load(cached, allow_pickle=False) as z:
-                return z["images"], z["labels"]
-        except (OSError, KeyError, ValueError):
-            pass  # a damaged cache file is rebuilt below
-    table = np.loadtxt(path, delimiter=",", dtype=np.float64)
-    images, labels = _to_images(table[:, :-1], table[:, -1])
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=images, labels=labels)
-    os.replace(tmp, cached)  # atomic: concurrent processes never read half a file
+
+    def decode() -> tuple[np.ndarray, np.ndarray]:
+        table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+        return _to_images(table[:, :-1], table[:, -1])
+
+    images, labels = npz_cached(cached, ("images", "labels"), decode)
     return images, labels
 
 

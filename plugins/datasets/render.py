@@ -9,13 +9,13 @@ reads one file.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from advisor.atomic import npz_cached
 from advisor.errors import DatasetError
 from advisor.specs import stable_hash
 
@@ -126,20 +126,10 @@ def cached_render(tag: str, items: Sequence[Item], render: Callable[[Item], np.n
             stats[it.path] = [st.st_size, st.st_mtime_ns]
     key = stable_hash({"version": RENDER_VERSION, "pillow": PIL.__version__, "settings": settings,
                        "items": [[it.id, it.label, str(it.path), it.what, *stats[it.path]] for it in items]}, n=24)
-    cached = cache_dir() / "datasets" / f"{tag}-{key}.npz"
-    if cached.is_file():
-        try:
-            with np.load(cached, allow_pickle=False) as z:
-                return z["images"], z["labels"]
-        except (OSError, KeyError, ValueError):
-            pass  # a damaged cache file is rebuilt below
-    images = np.stack([render(it) for it in items]) if items else np.zeros((0, 1, 1), dtype=np.uint8)
-    labels = np.asarray([it.label for it in items], dtype=np.int64)
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=images, labels=labels)
-        os.replace(tmp, cached)  # atomic: concurrent processes never read half a file
-    except OSError:
-        pass  # a read-only cache only costs the next load the rendering
+
+    def build() -> tuple[np.ndarray, np.ndarray]:
+        images = np.stack([render(it) for it in items]) if items else np.zeros((0, 1, 1), dtype=np.uint8)
+        return images, np.asarray([it.label for it in items], dtype=np.int64)
+
+    images, labels = npz_cached(cache_dir() / "datasets" / f"{tag}-{key}.npz", ("images", "labels"), build)
     return images, labels

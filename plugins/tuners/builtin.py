@@ -6,6 +6,9 @@ Each tuner's module (``full``, ``lora``, ``coop``, ``contcoop``, ``tpc_cma``) im
 peft, which costs seconds, so it is imported on the first call to ``train`` or ``defaults``:
 ``advisor --help``, ``advisor plugins`` and ``advisor recommend`` stay fast. The modules take
 their declared defaults from here (``declared_defaults``), so each value is written once.
+``search`` is the learning-rate range ``advisor recommend`` searches (log-spaced), the range
+the third-edition sweep ran each method over (sweeps/registry-v3.toml): from barely moving the
+weights to over-fitting on 16 shots.
 """
 
 from __future__ import annotations
@@ -37,13 +40,13 @@ _INIT_STD = HParam("init_std", float, 0.02, "std of the normal initialisation of
 _N_CTX = HParam("n_ctx", int, 16, "number of learned context vectors (ctx_init's length wins when given)", minimum=1)
 
 FULL = _builtin(
-    "full", order=10, colour="#d62728", family="full",
+    "full", order=10, colour="#d62728", family="full", search={"lr": (2e-6, 1e-4)},
     description="Full fine-tuning of both towers and the temperature: CE against fixed class prompts, AdamW, "
                 "warm-up + cosine.",
 )
 
 LORA = _builtin(
-    "lora", order=20, colour="#1f77b4", family="low-rank",
+    "lora", order=20, colour="#1f77b4", family="low-rank", search={"lr": (1e-3, 2e-2)},
     description="LoRA (peft) on Q/V of both towers' attention, rank 4, scaling 0.2 (IIMM code defaults).",
     hparams=(
         HParam("rank", int, 4, "LoRA rank r", minimum=1),
@@ -56,7 +59,7 @@ LORA = _builtin(
 )
 
 COOP = _builtin(
-    "coop", order=30, colour="#2ca02c", family="prompt",
+    "coop", order=30, colour="#2ca02c", family="prompt", search={"lr": (5e-4, 1e-2)},
     description="CoOp: 16 learnable context vectors in the text tower's token-embedding space, both towers "
                 "frozen (Zhou et al. 2022).",
     hparams=(
@@ -67,13 +70,17 @@ COOP = _builtin(
 )
 
 CONTCOOP = _builtin(
-    "contcoop", order=40, colour="#17becf", family="prompt", reconstructed=True,
+    "contcoop", order=40, colour="#17becf", family="prompt", reconstructed=True, search={"lr": (5e-4, 1e-2)},
     description="ContCoOp: CoOp context conditioned on class-name embeddings by an attention "
                 "layer, CE + 8.0 x KgCoOp distillation.",
     hparams=(
-        _N_CTX,
+        # 4: the length of the default ctx_init, which sets the context's length (16 random
+        # vectors would be CoOp's, with an empty ctx_init), so the default is what a run trains.
+        HParam("n_ctx", int, 4, "number of learned context vectors: ctx_init's length when given (its default "
+                                "'a photo of a' is 4), else this many random ones", minimum=1),
         _INIT_STD,
-        HParam("ctx_init", str, "a photo of a", "initialise the context from these words' embeddings (null: random)"),
+        HParam("ctx_init", str, "a photo of a", "initialise the context from these words' embeddings (empty: "
+                                                "n_ctx random vectors)"),
         HParam("kd_weight", float, 8.0, "weight of the distillation to the zero-shot text features (KgCoOp's 8.0)",
                minimum=0),
         HParam("heads", int, 1, "attention heads of the conditioning layer (must divide the token width)",
@@ -82,7 +89,7 @@ CONTCOOP = _builtin(
 )
 
 TPC_CMA = _builtin(
-    "tpc_cma", order=50, colour="#9467bd", family="output-map", reconstructed=True,
+    "tpc_cma", order=50, colour="#9467bd", family="output-map", reconstructed=True, search={"lr": (2e-4, 5e-3)},
     description="TPC-CMA: CE + alpha(t)*(centroid gap^2 + covariance gap), three-phase "
                 "gradient-aware curriculum, alpha_target 0.05.",
     hparams=(

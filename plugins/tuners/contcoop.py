@@ -11,7 +11,11 @@ available (methods.md section 6), so the following is a design decision of this 
   anchors the learned text features to the zero-shot ones, and a random context starts far from
   them. Measured on lit-offline-mnist / fashion-mnist, 16 shots, 200 epochs: ID accuracy
   0.168 -> 0.528 with this initialisation against 0.168 -> 0.322 with CoOp's random N(0, 0.02)
-  16-vector context (``ctx_init=None``), OOD change -0.8 and -0.9 points;
+  16-vector context (an empty ``ctx_init``, ``n_ctx=16``), OOD change -0.8 and -0.9 points. The
+  context's length is ctx_init's (``n_ctx`` counts random vectors only): the declared default
+  ``n_ctx`` 4 is the length of the default ctx_init, so a default run's resolved
+  hyper-parameters are the ones it records, and an ``n_ctx`` given with a ctx_init of another
+  length is refused rather than ignored;
 - one attention layer (``nn.MultiheadAttention``, 1 head, width D) conditions it on each class's
   name-token embeddings E_k taken from the *current* model's embedding table:
   ``P_k = P + Attn(Q=P, K=E_k, V=E_k)``; the output projection starts at zero, so training starts
@@ -47,7 +51,7 @@ from .coop import defaults as coop_defaults
 
 def defaults(shots: int | None) -> dict[str, Any]:
     hp = coop_defaults(shots)
-    hp.update(CONTCOOP.declared_defaults())  # kd_weight 8.0, heads 1, ctx_init "a photo of a"
+    hp.update(CONTCOOP.declared_defaults())  # n_ctx 4, kd_weight 8.0, heads 1, ctx_init "a photo of a"
     return hp
 
 
@@ -99,7 +103,10 @@ def train(ctx: TrainContext) -> TrainResult:
     with T.frozen(model):
         learner = ConditionedPromptLearner(model, int(hp["n_ctx"]), float(hp["init_std"]), generator, ctx.device,
                                            heads=int(hp["heads"]), ctx_init=hp.get("ctx_init"))
-        hp["n_ctx"] = learner.n_ctx
+        if hp.get("ctx_init") and "n_ctx" in (ctx.hparams or {}) and int(hp["n_ctx"]) != learner.n_ctx:
+            raise TrainingError(f"contcoop: n_ctx={hp['n_ctx']} contradicts ctx_init {hp['ctx_init']!r}, which sets "
+                                f"{learner.n_ctx} context vectors; give an empty ctx_init for {hp['n_ctx']} random ones")
+        hp["n_ctx"] = learner.n_ctx  # what was trained: ctx_init's length
         n_trainable = T.count_trainable(learner)
         with torch.no_grad():
             zero_shot = F.normalize(T.encode_class_texts(model, ctx.class_names, ctx.template, ctx.device), dim=-1)

@@ -98,12 +98,16 @@ class CurveRecorder:
     measure_s: float = 0.0
     _probe_base: Any = None
 
-    def start(self) -> None:
-        """Point 0: the untouched model (its accuracies come from the cached features)."""
+    def start(self, first: dict[str, Any] | None = None) -> None:
+        """Point 0: the untouched model (its accuracies come from the cached features), or
+        ``first``, the same point measured already (the probes of one pair share it)."""
         t0 = time.perf_counter()
-        val = self._accuracy(self.val, self.base_adapted, reuse=True) if self.val is not None else None
-        ood = self._ood(self.base_adapted, reuse=True)
-        self.points = [point(0, 0, None, val, ood, 0.0)]
+        if first is not None:
+            self.points = [dict(first)]
+        else:
+            val = self._accuracy(self.val, self.base_adapted, reuse=True) if self.val is not None else None
+            ood = self._ood(self.base_adapted, reuse=True)
+            self.points = [point(0, 0, None, val, ood, 0.0)]
         probe = self._probe_pixels()
         if probe is not None:
             self._probe_base = _features(self.base_adapted, probe)

@@ -9,8 +9,9 @@ epochs, so ``advisor.predictor.probes`` reads both the same way.
 
 **One preparation, shared.** Before the first probe the pair is prepared once in one
 ``Session``: the model, the dataset, the fixed test sample (``max_images``) and the OOD
-reference samples, preprocessed, and the untouched model's features and zero-shot accuracies on
-them, and the learning curve's validation part (encoded by the untouched model). Every probe
+reference samples, preprocessed, and the learning curve's validation part (encoded by the
+untouched model). A probe stopped before the end of its schedule needs no test or OOD accuracy
+(its curve is what it measures), so none is measured; a whole run measures them when it runs. Every probe
 takes them from the session (``Session.loads`` counts one load of each); a probe itself still
 preprocesses its shots. The preparation's seconds are ``setup_s`` of the first result; they are not part of any
 probe's ``cost_s`` or of the budget.
@@ -155,7 +156,7 @@ def _prepare(checked: Any, session: Session) -> float:
     t0 = time.perf_counter()
     req, device = checked.request, checked.device
     inputs = load_inputs(req, device, session)
-    measure_before(req, device, inputs, session)
+    measure_before(req, device, inputs, session, zero_shot=False)  # a probe needs its curve only
     # the learning curve's validation part, encoded once (every probe of the pair uses the same)
     curve_recorder(inputs.base, inputs.bundle, inputs.train_split, inputs.train, inputs.id_set, inputs.ood_sets,
                    device, req.shots, session)

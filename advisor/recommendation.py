@@ -519,11 +519,6 @@ def _check_signals(est: Any, signals: Mapping[str, float], prefix: str, warnings
                         "headroom above zero-shot) cannot be predicted")
 
 
-#: Without ``--probe-budget``, all probes together may take this share of the predicted cost
-#: of the runs they probe (so each method's probe about this share of its own run).
-PROBE_SHARE = 0.15
-
-
 def _apply_probes(req: RecommendRequest, evidence: HistoryEvidence, candidates: Sequence[_Candidate],
                   ranking: _Ranking, warnings: list[str], notes: list[str]) -> _Ranking:
     """Run each eligible (model, method)'s best configuration for its first ``req.probe``
@@ -546,8 +541,7 @@ def _apply_probes(req: RecommendRequest, evidence: HistoryEvidence, candidates: 
                         "budget are used (measured)")
     if note:
         notes.append(note)
-    predicted_cost = sum(a.cost_s or 0.0 for a in probed)
-    budget = req.probe_budget if req.probe_budget is not None else (PROBE_SHARE * predicted_cost or None)
+    budget = req.probe_budget
     before = [a.key for a in ranking.ranked if a.eligible]
     results: list[Any] = []
     by_label = {c.label: c for c in candidates}
@@ -561,7 +555,8 @@ def _apply_probes(req: RecommendRequest, evidence: HistoryEvidence, candidates: 
         if share is not None and share <= 0:
             notes.append(f"--probe: the budget was spent before {cand.spec.label()}'s methods were probed")
             continue
-        out = run_probes(cand.spec, req.dataset, {a.method: a.hparams for a in mine}, epochs=k, budget_s=share,
+        configs = {a.method: run_overrides(a.method, a.hparams, req.shots) for a in mine}  # as `run_command` runs it
+        out = run_probes(cand.spec, req.dataset, configs, epochs=k, budget_s=share,
                          shots=req.shots, device=req.device, quiet=req.quiet, history=evidence.history)
         spent += sum(r.cost_s + r.setup_s for r in out)
         for a, r in zip(mine, out):
@@ -596,8 +591,8 @@ def _apply_probes(req: RecommendRequest, evidence: HistoryEvidence, candidates: 
     winner = cheapest(tied).key if len(tied) > 1 else best
     after = [a.key for a in ranked if a.eligible]
     cost = sum(r.cost_s + r.setup_s for _, r, _ in results)
-    top = probed[0]
-    share = f" ({cost / top.cost_s:.0%} of {top.key}'s predicted run)" if top.cost_s else ""
+    top = next((a for a in ranked if a.key == winner), probed[0])
+    share = f" ({cost / top.cost_s:.0%} of the predicted training time of {top.key})" if top.cost_s else ""
     measured = [a.key for a, r, _ in results if a.basis == "measured"]
     notes.append(f"probes: {len(results)} of {k} epoch(s) each took {cost:.0f} s in all{share}"
                  + (f", within a budget of {budget:.0f} s" if budget is not None else "")

@@ -272,7 +272,11 @@ def run_request(checked: CheckedRun, session: Session | None = None, *,
     req, session = checked.request, session_or_new(session)
     adapter_folder = check_destinations(req)
     inputs = load_inputs(req, checked.device, session)
-    before = measure_before(req, checked.device, inputs, session)
+    schedule = checked.resolved.get("epochs")
+    probe = req.stop_after_epochs is not None and isinstance(schedule, int) and req.stop_after_epochs < schedule
+    # A probe is measured by its curve alone: the untouched model's test and OOD accuracies
+    # (encoding every test image) would be thrown away with the run.
+    before = measure_before(req, checked.device, inputs, session, zero_shot=not probe)
     trained = train(checked, inputs, on_step, session)
     partial = stopped_early(trained)
     # A run stopped before the end of its schedule (a probe) is measured by its curve only and
@@ -351,15 +355,20 @@ def load_inputs(req: RunRequest, device: str, session: Session) -> RunInputs:
                      t_prepare)
 
 
-def measure_before(req: RunRequest, device: str, inputs: RunInputs, session: Session) -> Before:
+def measure_before(req: RunRequest, device: str, inputs: RunInputs, session: Session,
+                   zero_shot: bool = True) -> Before:
     """The untouched model on the test sets, and the pair's descriptors and signals: measured
     once per (model, dataset, device) in the session (a sweep worker reuses them); a run records
-    what it measured, random weights included."""
+    what it measured, random weights included. ``zero_shot=False`` (a probe stopped before the
+    end of its schedule) leaves the accuracies unmeasured (NaN)."""
     from .pair import prepare_pair
 
     base = inputs.base
-    id_acc, gap = measure_zero_shot(base, inputs.id_set, device, session)
-    ood = {ev.name: measure_zero_shot(base, ev, device, session)[0] for ev in inputs.ood_sets}
+    if zero_shot:
+        id_acc, gap = measure_zero_shot(base, inputs.id_set, device, session)
+        ood = {ev.name: measure_zero_shot(base, ev, device, session)[0] for ev in inputs.ood_sets}
+    else:
+        id_acc, gap, ood = math.nan, math.nan, {ev.name: math.nan for ev in inputs.ood_sets}
 
     def pair() -> Any:
         return prepare_pair(req.model, req.dataset, measure=req.signals, check_random=False, device=device,
@@ -569,11 +578,26 @@ def curve_recorder(base: Any, bundle: DatasetBundle, train_split: ImageSet, shot
     for ev in ood_sets:
         n = min(OOD_PROXY_PER_SET, len(ev.labels))
         feats = session.peek("base_features", _eval_key(base, ev.name, len(ev.labels))) if session else None
-        if feats is None:
-            feats = image_features_of(base_adapted, ev.pixels)
+        if feats is None:  # not measured (a probe): encode the proxy's images only, not the whole sample
+            proxy = (lambda ev=ev, n=n: image_features_of(base_adapted, ev.pixels[:n]))
+            feats = session.get("curve_proxy", (base.identity(), ev.name, len(ev.labels), n), proxy) if session \
+                else proxy()
         proxies.append(ProxySet(ev.name, ev.class_names, ev.template, ev.pixels[:n], ev.labels[:n], feats[:n]))
     recorder = CurveRecorder(val=val, ood=proxies, base_adapted=base_adapted)
-    recorder.start()
+    if session is None:
+        recorder.start()
+        return recorder
+    # point 0 is the untouched model on the same images for every run of the pair at these shots
+    key = (base.identity(), id_set.name, part.split_hash() if part is not None else None,
+           tuple((p.name, len(p.labels)) for p in proxies))
+
+    def first() -> dict[str, Any]:
+        recorder.start()
+        return dict(recorder.points[0])
+
+    point0 = session.get("curve_point0", key, first)
+    if not recorder.points:
+        recorder.start(point0)
     return recorder
 
 

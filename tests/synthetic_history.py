@@ -64,5 +64,6 @@ def record_synthetic(db: str, rows) -> None:
             wall_time_s=r["wall_time_s"], train_images_per_s=None, peak_memory_mb=None, trainable_params=1,
             device=r["device"], provenance={"synthetic": True}, signals=r["signals"],
             model_desc=r["model_desc"], dataset_desc=r["dataset_desc"], run_id=r["run_id"],
+            curve=list(r.get("curve") or []),
         ))
 

@@ -110,7 +110,8 @@ def candidate_models(models: tuple[str, ...], pretrained: tuple[str, ...], image
               help="Before predicting, run each candidate's first K epochs (default 1) of its real schedule on your "
                    "shots; the partial curves feed the predictor, and a run that fits the budget is measured.")
 @click.option("--probe-budget", "probe_budget", type=float, default=None, metavar="SECONDS",
-              help="Seconds all probes may take together (default: 15% of the best candidate's predicted run).")
+              help="Seconds all probes may take together, shared over the methods; a method whose whole run fits "
+                   "its share is run in full and measured (default: no limit, K epochs each, nothing run in full).")
 @quiet_option
 @db_option
 @json_option

@@ -3,8 +3,9 @@
 Features are every signal present in the history (``sig:<name>``, so a third-party metric
 becomes a feature at the next ``advisor predictor train`` with no code change), model and
 dataset descriptors, the method (categorical), shots and the device kind, every numeric
-hyper-parameter whose value varies among the training runs (``hp:<name>``: the learning rate
-first; epochs is a core feature), and the anchors at the run's shots (``anc:<name>``, ``advisor.predictor.anchors``; the anchor metric's per-shot
+hyper-parameter whose value varies among the training runs of one method (``hp:<name>``: the
+learning rate first; epochs is a core feature; a value that is constant per method, such as a
+prompt method's context length, would only name the method again), and the anchors at the run's shots (``anc:<name>``, ``advisor.predictor.anchors``; the anchor metric's per-shot
 signals themselves are not features). With ``probe_epochs=k`` the schema also has the probe
 features of the first k epochs of each run's learning curve (``prb:<name>``,
 ``advisor.predictor.probes``), read from the rows' ``curve``; runs without a curve have NaN there.
@@ -99,7 +100,7 @@ class FeatureSchema:
         signals: set[str] = set()
         domains: set[str] = set()
         anchored = False
-        hp_values: dict[str, set[float]] = {}
+        hp_values: dict[tuple[str, str], set[float]] = {}  # (method, name) -> values
         cats: dict[str, set[str]] = {c: set() for c in CATEGORICAL}
         for r in rows:
             sig = row_signals(r)
@@ -107,7 +108,7 @@ class FeatureSchema:
             anchored = anchored or any(is_anchor_signal(k) for k in sig)
             domains.update(str(t) for t in (as_dict(r.get("dataset_desc")).get("domain") or []))
             for k, v in row_hparam_values(r).items():
-                hp_values.setdefault(k, set()).add(v)
+                hp_values.setdefault((str(r.get("method")), k), set()).add(v)
             for c, v in core_values(r).items():
                 if c in cats and v is not None:
                     cats[c].add(str(v))
@@ -117,7 +118,8 @@ class FeatureSchema:
         elif feature_set == "anchors-only":
             signals = set()
         anchors = list(ANCHOR_FEATURES) if anchored and feature_set != "no-anchors" else []
-        hparams = sorted(k for k, v in hp_values.items() if len(v) > 1)
+        # a choice within a method (its learning rate), not a constant that only tells methods apart
+        hparams = sorted({k for (_, k), v in hp_values.items() if len(v) > 1})
         return cls(sorted(signals), sorted(domains), {c: sorted(v) for c, v in cats.items()}, anchors,
                    sorted(hparams, key=lambda k: (k != "lr", k)), probe_epochs)
 

@@ -15,8 +15,11 @@ reported by name in one warning line and skipped. A third-party tuner, dataset l
 loader/matcher or metric that raises (or calls ``sys.exit``) later is a one-line ``PluginError``
 naming the plugin (a failing metric becomes an entry in the signal set's errors). A command a
 plugin adds under the name of an existing one is ignored with a warning: the built-in stays.
-``os._exit`` ends the process without unwinding, so no in-process code can catch it: a plugin
-that calls it ends advisor there (docs/plugins.md says so).
+``os._exit`` would end the process without unwinding, so while plugin code runs (importing,
+registering, adding commands, and every guarded call of a third-party plugin's code) it is
+replaced by a function that raises ``PluginExit``, a ``SystemExit`` that reads "called
+os._exit(N)": such a plugin is reported and skipped like one that calls ``sys.exit``
+(``exit_guard``).
 
 Public accessors (open_clip style): ``list_tuners()`` / ``get_tuner(name)`` return ``Tuner``
 registrations in their declared order, and likewise ``list_metrics``, ``list_datasets``,
@@ -25,6 +28,7 @@ registrations in their declared order, and likewise ``list_metrics``, ``list_dat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -32,7 +36,7 @@ import os
 import re
 import sys
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, cast
 
 import pluggy
 
@@ -88,7 +92,29 @@ def is_builtin(plugin: str) -> bool:
     return plugin in DEFAULT_PLUGINS
 
 
+class PluginExit(SystemExit):
+    """What ``os._exit(code)`` raises while plugin code runs (``exit_guard``)."""
+
+
+@contextlib.contextmanager
+def exit_guard() -> Iterator[None]:
+    """While plugin code runs, ``os._exit`` raises ``PluginExit`` instead of ending the process
+    silently (nested guards restore the outer one's function)."""
+    original = os._exit
+
+    def refuse(code: int) -> None:
+        raise PluginExit(code)
+
+    os._exit = refuse  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        os._exit = original  # type: ignore[assignment]
+
+
 def _describe_exception(exc: BaseException) -> str:
+    if isinstance(exc, PluginExit):
+        return f"called os._exit({exc.code!r})"
     if isinstance(exc, SystemExit):
         return f"called sys.exit({exc.code!r})"
     first = str(exc).splitlines()[0] if str(exc) else ""
@@ -103,7 +129,8 @@ def _report(name: str, exc: BaseException) -> None:
 
 def _register_module(modname: str, plugin_name: str | None = None) -> None:
     try:
-        mod = importlib.import_module(modname)
+        with exit_guard():
+            mod = importlib.import_module(modname)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin must not take the tool down
         _report(plugin_name or modname, exc)
         return
@@ -171,7 +198,8 @@ def load_plugins() -> pluggy.PluginManager:
             if pm.has_plugin(ep.name):
                 continue
             try:
-                obj = ep.load()
+                with exit_guard():
+                    obj = ep.load()
                 pm.register(obj, name=ep.name)
                 dist = getattr(ep, "dist", None)
                 if dist is not None:
@@ -214,11 +242,12 @@ def call_one(hook_name: str, impl: Any, **kwargs: Any) -> Any:
         caller = pm.subset_hook_caller(hook_name, others)
     except TypeError:  # an unhashable plugin object: trace the call here instead
         caller = None
-    if caller is None or [i.plugin_name for i in caller.get_hookimpls()] != [impl.plugin_name]:
-        if os.environ.get("ADVISOR_TRACE_PLUGINS"):
-            _trace_before(hook_name, [impl], kwargs)
-        return impl.function(**kwargs)
-    results = caller(**kwargs)
+    with exit_guard():
+        if caller is None or [i.plugin_name for i in caller.get_hookimpls()] != [impl.plugin_name]:
+            if os.environ.get("ADVISOR_TRACE_PLUGINS"):
+                _trace_before(hook_name, [impl], kwargs)
+            return impl.function(**kwargs)
+        results = caller(**kwargs)
     return results[0] if results else None
 
 
@@ -298,7 +327,8 @@ def _guard(fn: Callable[..., Any], plugin: str, what: str, exits_only: bool = Fa
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with exit_guard():
+                return fn(*args, **kwargs)
         except AdvisorError:
             raise
         except catch as exc:  # noqa: BLE001

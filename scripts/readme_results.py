@@ -21,7 +21,12 @@ markers in the README:
   shots) group with several models), rendered from its ``--json`` document;
 - ``ablation-source``: ``advisor predictor evaluate --holdout source --ablate`` (every feature,
   without the seed papers' signals, without the anchors, the anchors alone);
-- ``claims``: the seed papers' claims tested on the history (``advisor.predictor.claims``).
+- ``claims``: the seed papers' claims tested on the history (``advisor.predictor.claims``);
+- ``probe-source``: ``advisor predictor evaluate --holdout source --probe 1,2,5``, the predictor
+  without and with the probe features, on the runs that recorded a learning curve: the history
+  merged with the third-edition sweep's runs so far (``--curves-db``, default
+  ``sweeps/registry-v3.db``; its runs are added with ``history add --skip-existing`` to a
+  temporary copy, so the shipped history is not touched).
 The prose around the blocks (what the numbers mean, what the history would need) is written
 by hand after reading them.
 """
@@ -145,7 +150,29 @@ def verdict(ev: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def sections(db: str) -> dict[str, str]:
+def probe_block(db: str, curves_db: str | None) -> str:
+    """``predictor evaluate --probe 1,2,5`` on ``db`` merged with the runs of ``curves_db``."""
+    import tempfile
+
+    from advisor.history import create_registry
+
+    if not curves_db or not Path(curves_db).exists():
+        return "- Not evaluated: no history with learning curves was given."
+    with tempfile.TemporaryDirectory() as tmp:
+        merged, runs = str(Path(tmp) / "merged.db"), str(Path(tmp) / "curves.jsonl")
+        create_registry(merged, db)
+        _advisor("history", "export", "--db", _read_only(curves_db), "-o", runs, "--json")
+        added = json.loads(_advisor("history", "add", runs, "--db", merged, "--skip-existing", "--json"))
+        try:
+            text = _advisor("predictor", "evaluate", "--db", merged, "--holdout", "source", "--probe", "1,2,5")
+        except Refused as exc:
+            return f"```\n$ advisor predictor evaluate --holdout source --probe 1,2,5\n{exc}\n```"
+    head = (f"The shipped history plus {added['added']} runs of `{curves_db}` (the third-edition sweep so far; "
+            f"{added['skipped']} already in it):")
+    return head + "\n\n```\n" + text + "\n```"
+
+
+def sections(db: str, curves_db: str | None = None) -> dict[str, str]:
     rows = open_history(_read_only(db)).runs()
     out = {"measured": measured_table(rows)}
     for holdout in HOLDOUTS:
@@ -172,6 +199,7 @@ def sections(db: str) -> dict[str, str]:
     except Refused as exc:
         out["ablation-source"] = f"```\n$ advisor predictor evaluate --holdout source --ablate\n{exc}\n```"
     out["claims"] = claims_block(db)
+    out["probe-source"] = probe_block(db, curves_db)
     return out
 
 
@@ -189,7 +217,8 @@ def claims_block(db: str) -> str:
 
 
 BLOCKS = ("measured", *(f"{kind}-{h}" for h in HOLDOUTS for kind in ("evaluate", "verdict")),
-          *(f"{kind}-{CHOICE_HOLDOUT}" for kind in ("config-choice", "model-choice")), "ablation-source", "claims")
+          *(f"{kind}-{CHOICE_HOLDOUT}" for kind in ("config-choice", "model-choice")), "ablation-source", "claims",
+          "probe-source")
 
 
 def _block_pattern(name: str) -> re.Pattern[str]:
@@ -216,13 +245,15 @@ def main(argv: Iterable[str] | None = None) -> None:
     ap.add_argument("--db", default="registry.db")
     ap.add_argument("--readme", default="README.md")
     ap.add_argument("--write", action="store_true", help="replace the marked blocks in the README")
+    ap.add_argument("--curves-db", default="sweeps/registry-v3.db",
+                    help="runs with learning curves to add (in a temporary copy) for the probe block")
     args = ap.parse_args(list(argv) if argv is not None else None)
     if not Path(args.db).exists() and "://" not in args.db:
         raise SystemExit(f"no history at {args.db}")
     path = Path(args.readme)
     if args.write:
         check_markers(path.read_text())
-    blocks = sections(args.db)
+    blocks = sections(args.db, args.curves_db)
     if args.write:
         path.write_text(replace_blocks(path.read_text(), blocks))
         print(f"updated {', '.join(blocks)} in {path}", file=sys.stderr)

@@ -165,6 +165,7 @@ _PROBE_SCORES: tuple[tuple[str, Any], ...] = (
     ("ID-gain Spearman", lambda ev: ev["targets"]["id_gain"]["spearman"]),
     ("ID-gain coverage", lambda ev: ev["targets"]["id_gain"]["coverage"]),
     ("OOD-change MAE", lambda ev: ev["targets"]["ood_change"]["mae"]),
+    ("OOD-change Spearman", lambda ev: ev["targets"]["ood_change"]["spearman"]),
     ("cost MAE", lambda ev: ev["targets"]["cost"]["mae"]),
     ("method top-1 (gain)", lambda ev: next(b for b in ev["baselines"] if b["name"] == "predictor").get("top1_gain")),
     ("method regret (gain)", lambda ev: next(b for b in ev["baselines"] if b["name"] == "predictor").get("regret_gain")),

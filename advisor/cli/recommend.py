@@ -154,7 +154,8 @@ def _print_recommendation(rec: Any, command: str | None) -> None:
            "embeddings": "signals from the embeddings file (not stored)"}[rec.signals_source]
     score = {"gain": "score = ID gain", "balanced": "score = ID gain + OOD change",
              "retain": "score = OOD change"}[rec.objective]
-    click.echo(f"{rec.model} on {rec.dataset}, {rec.shots} shots, objective {rec.objective!r} ({score}); {sig}; "
+    models = " and ".join(rec.models) if len(rec.models) > 1 else rec.model
+    click.echo(f"{models} on {rec.dataset}, {rec.shots} shots, objective {rec.objective!r} ({score}); {sig}; "
                f"ranking by the {src}.")
     level = f"{rec.interval:.0%}"
     several = len(rec.models) > 1

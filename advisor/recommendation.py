@@ -526,81 +526,99 @@ def _apply_probes(req: RecommendRequest, evidence: HistoryEvidence, candidates: 
     the probe predictor (``probe-K``), take the measured outcome of a method whose whole run fit
     the budget, and rank again; the notes say what the probes cost and what they changed."""
     from .predictor.training import load_or_train_probe_predictor
-    from .probe import run_probes
 
-    k = int(req.probe)
     probed = [a for a in ranking.ranked if a.eligible and a.id_gain is not None]
     if not probed:
         notes.append("--probe: no eligible method to probe")
         return ranking
     try:
-        est, note = load_or_train_probe_predictor(evidence.history, k)
+        est, note = load_or_train_probe_predictor(evidence.history, int(req.probe))
     except PredictorError as exc:  # no run of the history has a curve to learn from
         est, note = None, None
         warnings.append(f"the probes' curves cannot feed a prediction ({exc}); only whole runs that fit the "
                         "budget are used (measured)")
     if note:
         notes.append(note)
-    budget = req.probe_budget
     before = [a.key for a in ranking.ranked if a.eligible]
-    results: list[Any] = []
-    by_label = {c.label: c for c in candidates}
-    spent = 0.0
-    for i, cand in enumerate(candidates):
-        mine = [a for a in probed if a.model == cand.label]
-        if not mine:
-            continue
-        share = None if budget is None else max(budget - spent, 0.0) * len(mine) / sum(
-            1 for a in probed if candidates.index(by_label[a.model]) >= i)
-        if share is not None and share <= 0:
-            notes.append(f"--probe: the budget was spent before {cand.spec.label()}'s methods were probed")
-            continue
-        configs = {a.method: run_overrides(a.method, a.hparams, req.shots) for a in mine}  # as `run_command` runs it
-        out = run_probes(cand.spec, req.dataset, configs, epochs=k, budget_s=share,
-                         shots=req.shots, device=req.device, quiet=req.quiet, history=evidence.history)
-        spent += sum(r.cost_s + r.setup_s for r in out)
-        for a, r in zip(mine, out):
-            results.append((a, r, cand))
+    results = _run_probes(req, evidence, candidates, probed, notes)
     for a, r, cand in results:
-        if r.error:
-            warnings.append(f"probe of {a.key} failed: {r.error}")
-            continue
-        if r.measured and r.id_gain is not None:
-            a.basis = "measured"
-            a.id_gain = a.id_gain_lo = a.id_gain_hi = float(r.id_gain)
-            if r.ood_change is not None:
-                a.ood_change = a.ood_change_lo = a.ood_change_hi = float(r.ood_change)
-            if r.train_s is not None:
-                a.cost_s = a.cost_s_lo = a.cost_s_hi = float(r.train_s)
-            a.contributions, a.contribution_base, a.contribution_other = [], None, None
-            continue
-        if not r.curve or est is None:
-            continue
-        case = dict(cand.case, curve=r.curve)
-        kinds = [kind for kind, _ in est.flags([cand.case])[0]]
-        (new,) = _predict_configs(est, [(a.method, a.hparams)], case, kinds)
-        for name in ("id_gain", "id_gain_lo", "id_gain_hi", "ood_change", "ood_change_lo", "ood_change_hi",
-                     "contributions", "contribution_base", "contribution_other"):
-            setattr(a, name, getattr(new, name))
-        a.basis = "probed"
+        _take_probe(est, a, r, cand, warnings)
     ranked, _ = choose(ranking.ranked, req.objective, max_forgetting=req.max_forgetting, budget=req.budget)
     for i, a in enumerate(ranked, 1):
         a.rank = i
     best = ranked[0].key if ranked and ranked[0].eligible else None
     tied, tie_reason = ties(ranked, objective_noise(evidence.seed_noise(), req.objective))
     winner = cheapest(tied).key if len(tied) > 1 else best
-    after = [a.key for a in ranked if a.eligible]
-    cost = sum(r.cost_s + r.setup_s for _, r, _ in results)
-    top = next((a for a in ranked if a.key == winner), probed[0])
-    share = f" ({cost / top.cost_s:.0%} of the predicted training time of {top.key})" if top.cost_s else ""
-    measured = [a.key for a, r, _ in results if a.basis == "measured"]
-    notes.append(f"probes: {len(results)} of {k} epoch(s) each took {cost:.0f} s in all{share}"
-                 + (f", within a budget of {budget:.0f} s" if budget is not None else "")
-                 + (f"; measured whole: {', '.join(measured)}" if measured else ""))
-    notes.append("the probes changed nothing in the ranking" if before == after else
-                 f"the probes changed the ranking: before {' > '.join(before[:4])}; after {' > '.join(after[:4])}")
+    notes += _probe_notes(req, results, before, ranked, next((a for a in ranked if a.key == winner), probed[0]))
     return _Ranking(ranked, winner, "predictor", ranking.flags, ranking.interval, tied, tie_reason,
                     [dict(r.to_dict(), key=a.key) for a, r, _ in results])
+
+
+def _run_probes(req: RecommendRequest, evidence: HistoryEvidence, candidates: Sequence[_Candidate],
+                probed: Sequence[MethodAdvice], notes: list[str]) -> list[tuple[MethodAdvice, Any, _Candidate]]:
+    """(advice, its ``ProbeResult``, its candidate) per probed method: each model's methods in
+    one ``run_probes`` (the pair prepared once), the budget shared in proportion to the methods
+    still to probe."""
+    from .probe import run_probes
+
+    results: list[tuple[MethodAdvice, Any, _Candidate]] = []
+    spent = 0.0
+    for i, cand in enumerate(candidates):
+        mine = [a for a in probed if a.model == cand.label]
+        if not mine:
+            continue
+        later = {c.label for c in candidates[i:]}
+        share = None if req.probe_budget is None else max(req.probe_budget - spent, 0.0) * len(mine) / sum(
+            1 for a in probed if a.model in later)
+        if share is not None and share <= 0:
+            notes.append(f"--probe: the budget was spent before {cand.spec.label()}'s methods were probed")
+            continue
+        configs = {a.method: run_overrides(a.method, a.hparams, req.shots) for a in mine}  # as `run_command` runs it
+        out = run_probes(cand.spec, req.dataset, configs, epochs=int(req.probe), budget_s=share,
+                         shots=req.shots, device=req.device, quiet=req.quiet, history=evidence.history)
+        spent += sum(r.cost_s + r.setup_s for r in out)
+        results += [(a, r, cand) for a, r in zip(mine, out)]
+    return results
+
+
+def _take_probe(est: Any, a: MethodAdvice, r: Any, cand: _Candidate, warnings: list[str]) -> None:
+    """Update ``a`` from its probe: the measured outcome of a whole run, else the probe
+    predictor's prediction from the partial curve (``est`` None: left as it was)."""
+    if r.error:
+        warnings.append(f"probe of {a.key} failed: {r.error}")
+        return
+    if r.measured and r.id_gain is not None:
+        a.basis = "measured"
+        a.id_gain = a.id_gain_lo = a.id_gain_hi = float(r.id_gain)
+        if r.ood_change is not None:
+            a.ood_change = a.ood_change_lo = a.ood_change_hi = float(r.ood_change)
+        if r.train_s is not None:
+            a.cost_s = a.cost_s_lo = a.cost_s_hi = float(r.train_s)
+        a.contributions, a.contribution_base, a.contribution_other = [], None, None
+        return
+    if not r.curve or est is None:
+        return
+    kinds = [kind for kind, _ in est.flags([cand.case])[0]]
+    (new,) = _predict_configs(est, [(a.method, a.hparams)], dict(cand.case, curve=r.curve), kinds)
+    for name in ("id_gain", "id_gain_lo", "id_gain_hi", "ood_change", "ood_change_lo", "ood_change_hi",
+                 "contributions", "contribution_base", "contribution_other"):
+        setattr(a, name, getattr(new, name))
+    a.basis = "probed"
+
+
+def _probe_notes(req: RecommendRequest, results: Sequence[tuple[MethodAdvice, Any, _Candidate]],
+                 before: Sequence[str], ranked: Sequence[MethodAdvice], top: MethodAdvice) -> list[str]:
+    """What the probes cost (against the predicted training time of the recommended one) and
+    whether they changed the ranking."""
+    after = [a.key for a in ranked if a.eligible]
+    cost = sum(r.cost_s + r.setup_s for _, r, _ in results)
+    share = f" ({cost / top.cost_s:.0%} of the predicted training time of {top.key})" if top.cost_s else ""
+    measured = [a.key for a, _, _ in results if a.basis == "measured"]
+    budget = f", within a budget of {req.probe_budget:.0f} s" if req.probe_budget is not None else ""
+    return [f"probes: {len(results)} of {req.probe} epoch(s) each took {cost:.0f} s in all{share}{budget}"
+            + (f"; measured whole: {', '.join(measured)}" if measured else ""),
+            "the probes changed nothing in the ranking" if list(before) == after else
+            f"the probes changed the ranking: before {' > '.join(before[:4])}; after {' > '.join(after[:4])}"]
 
 
 def best_configurations(ranked: Sequence[MethodAdvice]) -> list[MethodAdvice]:

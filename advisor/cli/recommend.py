@@ -203,16 +203,7 @@ def _print_recommendation(rec: Any, command: str | None) -> None:
     for a in rec.methods:
         if a.similar_runs:
             click.echo(f"Similar runs of {a.key}: {_similar(a.similar_runs)}")
-    if rec.shots_curve:
-        run = rec.advice(rec.run_key)
-        click.echo(f"What more labels buy ({rec.model} + {rec.run_method} at epochs, lr "
-                   f"{_config(run.hparams) if run is not None else '?'}), predicted per shot count the history covers:")
-        print_table([{"shots": p["shots"],
-                      f"ID gain [{level}]": _interval(p["id_gain"], p["id_gain_lo"], p["id_gain_hi"]),
-                      f"OOD change [{level}]": _interval(p["ood_change"], p["ood_change_lo"], p["ood_change_hi"]),
-                      "cost s": _interval(p["cost_s"], p["cost_s_lo"], p["cost_s_hi"], "{:.0f}"),
-                      "linear probe": "" if p.get("anchor_probe") is None else f"{p['anchor_probe']:.3f}"}
-                     for p in rec.shots_curve])
+    _print_shots_curve(rec, level)
     s = rec.support
     click.echo(f"History: {s['runs']} runs over {s['datasets']} datasets; {s['same_model_family']} with this model "
                f"family, {s['same_dataset']} on this dataset, {s['shared_domain']} on this dataset or one sharing a domain.")
@@ -227,6 +218,21 @@ def _print_recommendation(rec: Any, command: str | None) -> None:
         if rec.keep_zero_shot or rec.winner is None:
             lead = f"To measure {rec.run_method} anyway (the configuration predicted)"
         click.echo(f"{lead}: {command}")
+
+
+def _print_shots_curve(rec: Any, level: str) -> None:
+    """What more labels buy: the recommended configuration at each shot count, as a table."""
+    if not rec.shots_curve:
+        return
+    run = rec.advice(rec.run_key)
+    click.echo(f"What more labels buy ({rec.model} + {rec.run_method} at epochs, lr "
+               f"{_config(run.hparams) if run is not None else '?'}), predicted per shot count the history covers:")
+    print_table([{"shots": p["shots"],
+                  f"ID gain [{level}]": _interval(p["id_gain"], p["id_gain_lo"], p["id_gain_hi"]),
+                  f"OOD change [{level}]": _interval(p["ood_change"], p["ood_change_lo"], p["ood_change_hi"]),
+                  "cost s": _interval(p["cost_s"], p["cost_s_lo"], p["cost_s_hi"], "{:.0f}"),
+                  "linear probe": "" if p.get("anchor_probe") is None else f"{p['anchor_probe']:.3f}"}
+                 for p in rec.shots_curve])
 
 
 def _config(hparams: dict[str, Any]) -> str:

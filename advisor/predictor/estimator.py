@@ -175,15 +175,8 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
 
         if y is None:
             raise ValueError("AdvisorPredictor requires y to be passed, but the target y is None")
-        # y is checked by hand: NaN targets are allowed (that row is skipped for that target).
         X = validate_data(self, X, dtype=float, ensure_all_finite="allow-nan")
-        y = np.asarray(y, dtype=float)
-        if y.ndim not in (1, 2) or y.shape[0] != X.shape[0]:
-            raise ValueError(f"y has shape {y.shape}, expected ({X.shape[0]},) or ({X.shape[0]}, k)")
-        if np.isinf(y).any():
-            raise ValueError("Input y contains infinity")
-        if not np.isfinite(y).any():
-            raise ValueError("Input y contains NaN only: nothing to fit")
+        y = _checked_targets(y, X.shape[0])
         Y = y.reshape(len(y), -1)
         n, p = X.shape
         names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(p)]
@@ -232,29 +225,9 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
 
                 with ThreadPoolExecutor(workers) as pool:
                     results = list(pool.map(run, jobs))
-        ensembles: list[list[TreeEnsemble]] = []
-        calibration: list[dict[str, Any]] = []
-        n_train: list[int] = []
-        for t, (ok, final, fold_jobs, use_oob) in enumerate(plans):
-            n_train.append(int(len(ok)))
-            ensembles.append([TreeEnsemble(results[j][0]) for j, _ in final])
-            residual = np.full(n, np.nan)
-            spread = np.full(n, np.nan)
-            y_t = Y[:, t]
-            for test, ids in fold_jobs:
-                preds = np.array([results[j][1] for j in ids])
-                residual[test] = y_t[test] - preds.mean(axis=0)
-                spread[test] = bag_spread(preds)
-            if use_oob and final:
-                preds = np.full((len(final), n), np.nan)
-                for k, (j, oob) in enumerate(final):
-                    if len(oob):
-                        preds[k, oob] = results[j][1]
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    residual[ok] = y_t[ok] - np.nanmean(preds[:, ok], axis=0)
-                    spread[ok] = bag_spread(preds[:, ok])
-            calibration.append(calibrate(residual, spread))
+        ensembles = [[TreeEnsemble(results[j][0]) for j, _ in final] for _, final, _, _ in plans]
+        calibration = [_calibrated(plan, results, Y[:, t]) for t, plan in enumerate(plans)]
+        n_train = [int(len(ok)) for ok, _, _, _ in plans]
         self.model_ = FittedPredictor(params=self.get_params(), feature_names=names, categorical=categorical,
                                       y_ndim=y.ndim, ensembles=ensembles, calibration=calibration,
                                       n_train=n_train, monotone=mono)
@@ -362,3 +335,38 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
     def from_json(cls, text: str) -> "AdvisorPredictor":
         return cls.from_model(FittedPredictor.from_json(text))
 
+
+def _checked_targets(y: Any, n: int) -> np.ndarray:
+    """``y`` as floats, checked by hand: NaN targets are allowed (that row is skipped for that
+    target), infinities and an all-NaN ``y`` are not."""
+    y = np.asarray(y, dtype=float)
+    if y.ndim not in (1, 2) or y.shape[0] != n:
+        raise ValueError(f"y has shape {y.shape}, expected ({n},) or ({n}, k)")
+    if np.isinf(y).any():
+        raise ValueError("Input y contains infinity")
+    if not np.isfinite(y).any():
+        raise ValueError("Input y contains NaN only: nothing to fit")
+    return y
+
+
+def _calibrated(plan: tuple, results: Sequence[tuple[str | None, np.ndarray | None]], y_t: np.ndarray) -> dict[str, Any]:
+    """The conformal calibration of one target from its jobs' out-of-fold predictions: the
+    calibration folds' bags, and the stored bags' out-of-bag rows when the plan uses them."""
+    ok, final, fold_jobs, use_oob = plan
+    n = len(y_t)
+    residual = np.full(n, np.nan)
+    spread = np.full(n, np.nan)
+    for test, ids in fold_jobs:
+        preds = np.array([results[j][1] for j in ids])
+        residual[test] = y_t[test] - preds.mean(axis=0)
+        spread[test] = bag_spread(preds)
+    if use_oob and final:
+        preds = np.full((len(final), n), np.nan)
+        for k, (j, oob) in enumerate(final):
+            if len(oob):
+                preds[k, oob] = results[j][1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            residual[ok] = y_t[ok] - np.nanmean(preds[:, ok], axis=0)
+            spread[ok] = bag_spread(preds[:, ok])
+    return calibrate(residual, spread)

@@ -133,6 +133,95 @@ def objective_value(g: float, o: float, objective: str) -> float:
     raise ValueError(objective)
 
 
+def checked_folds(rows: Sequence[Mapping[str, Any]], holdout: str) -> list[tuple[str, list[int], list[int]]]:
+    """``holdout_folds``, refused with one line when there are too few groups to hold out."""
+    folds = holdout_folds(rows, holdout)
+    if holdout == "headroom" and not folds:
+        raise EvaluationError("the headroom hold-out needs runs on at least 2 (model, dataset) pairs")
+    if holdout != "headroom" and len(folds) < 2:
+        raise EvaluationError(
+            f"leave-one-{holdout}-out needs runs on at least 2 {holdout}s (the history has {len(folds)}"
+            + (f": {folds[0][0]}" if folds else "") + ")"
+        )
+    return folds
+
+
+def _baseline_predictions(train: Sequence[Mapping[str, Any]], test: Sequence[Mapping[str, Any]],
+                          test_idx: Sequence[int], pred: dict[str, np.ndarray], knn_k: int) -> None:
+    """Every baseline fitted on ``train``, its predictions for ``test`` written into ``pred``."""
+    baselines = [AnchorOffset().fit(train), BestSingleMethod().fit(train), ZeroShotLinear().fit(train),
+                 IIMMLinear().fit(train), SignalKNN(knn_k).fit(train)]
+    for i, r in zip(test_idx, test):
+        for bl in baselines:
+            out = bl.predict_row(r, row_method(r))
+            pred[bl.name][i] = [out[t] for t in TARGETS]
+
+
+def _target_scores(Y: np.ndarray, P: np.ndarray, bounds: Mapping[float, tuple[np.ndarray, np.ndarray]],
+                   nominal: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(per target: Spearman, MAE, n, coverage and median width at ``nominal``; per target: the
+    coverage at every calibration level) of held-out predictions ``P``."""
+    targets = {}
+    for j, t in enumerate(TARGETS):
+        cov, _ = coverage(Y[:, j], bounds[nominal][0][:, j], bounds[nominal][1][:, j])
+        width = bounds[nominal][1][:, j] - bounds[nominal][0][:, j]
+        targets[t] = {
+            "spearman": spearman(P[:, j], Y[:, j]),
+            "mae": mae(P[:, j], Y[:, j]),
+            "n": int(np.sum(np.isfinite(Y[:, j]) & np.isfinite(P[:, j]))),
+            "coverage": cov,
+            "interval": nominal,
+            "median_width": float(np.nanmedian(width)) if np.isfinite(width).any() else None,
+        }
+    calibration = {
+        t: [{"level": lv, "coverage": coverage(Y[:, j], lo[:, j], hi[:, j])[0]} for lv, (lo, hi) in sorted(bounds.items())]
+        for j, t in enumerate(TARGETS)
+    }
+    return targets, calibration
+
+
+def _recommender_scores(groups: list[dict[str, Any]], pred: Mapping[str, np.ndarray], Y: np.ndarray) -> list[dict[str, Any]]:
+    """Per recommender: its Spearman and MAE per target, and its choice scores per objective."""
+    recommenders = []
+    for name in RECOMMENDERS:
+        entry: dict[str, Any] = {"name": name}
+        if name in pred:
+            for j, t in enumerate(TARGETS):
+                entry[f"{t}_spearman"] = spearman(pred[name][:, j], Y[:, j])
+                entry[f"{t}_mae"] = mae(pred[name][:, j], Y[:, j])
+        for objective in OBJECTIVES:
+            entry.update(_choice_scores(groups, name, objective))
+        recommenders.append(entry)
+    return recommenders
+
+
+def _prediction_rows(rows: Sequence[Mapping[str, Any]], folds: Sequence[tuple[str, list[int], list[int]]],
+                     candidates: Sequence[tuple[str, Any]], n_flags: np.ndarray, Y: np.ndarray, P: np.ndarray,
+                     bounds: tuple[np.ndarray, np.ndarray]) -> list[dict[str, Any]]:
+    """One JSON row per run: what was held out, the run, measured, predicted and the interval."""
+    held_out_name = [""] * len(rows)
+    for group, _, test_idx in folds:
+        for i in test_idx:
+            held_out_name[i] = group
+    return [
+        {
+            "held_out": held_out_name[i],
+            "dataset": row_dataset(r),
+            "model": row_model(r),
+            "method": row_method(r),
+            "configuration": config_label(candidates[i]),
+            "shots": row_shots(r),
+            "seed": r.get("seed"),
+            "out_of_support": int(n_flags[i]),
+            **{f"measured_{t}": _none(Y[i, j]) for j, t in enumerate(TARGETS)},
+            **{f"predicted_{t}": _none(P[i, j]) for j, t in enumerate(TARGETS)},
+            **{f"lo_{t}": _none(bounds[0][i, j]) for j, t in enumerate(TARGETS)},
+            **{f"hi_{t}": _none(bounds[1][i, j]) for j, t in enumerate(TARGETS)},
+        }
+        for i, r in enumerate(rows)
+    ]
+
+
 def evaluate(
     rows: Sequence[Mapping[str, Any]],
     *,
@@ -147,14 +236,7 @@ def evaluate(
     hyper-parameters for the ``default-lr-of-best-method`` rule (default: the installed tuners'
     ``defaults``). Plain JSON (NaN -> None)."""
     rows = list(rows)
-    folds = holdout_folds(rows, holdout)
-    if holdout == "headroom" and not folds:
-        raise EvaluationError("the headroom hold-out needs runs on at least 2 (model, dataset) pairs")
-    if holdout != "headroom" and len(folds) < 2:
-        raise EvaluationError(
-            f"leave-one-{holdout}-out needs runs on at least 2 {holdout}s (the history has {len(folds)}"
-            + (f": {folds[0][0]}" if folds else "") + ")"
-        )
+    folds = checked_folds(rows, holdout)
     from sklearn.base import clone
 
     from .estimator import AdvisorPredictor
@@ -195,62 +277,13 @@ def evaluate(
             bounds[lv][0][test_idx], bounds[lv][1][test_idx] = p["lo"], p["hi"]
         pred["predictor"][test_idx] = p["mean"]
         n_flags[test_idx] = [len(f) for f in p["flags"]]
-        baselines = [AnchorOffset().fit(train), BestSingleMethod().fit(train), ZeroShotLinear().fit(train),
-                     IIMMLinear().fit(train), SignalKNN(knn_k).fit(train)]
-        for i, r in zip(test_idx, test):
-            for bl in baselines:
-                out = bl.predict_row(r, row_method(r))
-                pred[bl.name][i] = [out[t] for t in TARGETS]
+        _baseline_predictions(train, test, test_idx, pred, knn_k)
     bar.close()
 
-    targets = {}
-    for j, t in enumerate(TARGETS):
-        cov, n_cov = coverage(Y[:, j], bounds[nominal][0][:, j], bounds[nominal][1][:, j])
-        width = bounds[nominal][1][:, j] - bounds[nominal][0][:, j]
-        targets[t] = {
-            "spearman": spearman(pred["predictor"][:, j], Y[:, j]),
-            "mae": mae(pred["predictor"][:, j], Y[:, j]),
-            "n": int(np.sum(np.isfinite(Y[:, j]) & np.isfinite(pred["predictor"][:, j]))),
-            "coverage": cov,
-            "interval": nominal,
-            "median_width": float(np.nanmedian(width)) if np.isfinite(width).any() else None,
-        }
-    calibration = {
-        t: [{"level": lv, "coverage": coverage(Y[:, j], bounds[lv][0][:, j], bounds[lv][1][:, j])[0]} for lv in levels]
-        for j, t in enumerate(TARGETS)
-    }
+    targets, calibration = _target_scores(Y, pred["predictor"], bounds, nominal)
     groups = _groups(rows, Y, pred)
-    recommenders = []
-    for name in RECOMMENDERS:
-        entry: dict[str, Any] = {"name": name}
-        if name in pred:
-            for j, t in enumerate(TARGETS):
-                entry[f"{t}_spearman"] = spearman(pred[name][:, j], Y[:, j])
-                entry[f"{t}_mae"] = mae(pred[name][:, j], Y[:, j])
-        for objective in OBJECTIVES:
-            entry.update(_choice_scores(groups, name, objective))
-        recommenders.append(entry)
-    held_out_name = [""] * n
-    for group, _, test_idx in folds:
-        for i in test_idx:
-            held_out_name[i] = group
-    predictions = [
-        {
-            "held_out": held_out_name[i],
-            "dataset": row_dataset(r),
-            "model": row_model(r),
-            "method": row_method(r),
-            "configuration": config_label(candidates[i]),
-            "shots": row_shots(r),
-            "seed": r.get("seed"),
-            "out_of_support": int(n_flags[i]),
-            **{f"measured_{t}": _none(Y[i, j]) for j, t in enumerate(TARGETS)},
-            **{f"predicted_{t}": _none(pred["predictor"][i, j]) for j, t in enumerate(TARGETS)},
-            **{f"lo_{t}": _none(bounds[nominal][0][i, j]) for j, t in enumerate(TARGETS)},
-            **{f"hi_{t}": _none(bounds[nominal][1][i, j]) for j, t in enumerate(TARGETS)},
-        }
-        for i, r in enumerate(rows)
-    ]
+    recommenders = _recommender_scores(groups, pred, Y)
+    predictions = _prediction_rows(rows, folds, candidates, n_flags, Y, pred["predictor"], bounds[nominal])
     return clean_json({
         "holdout": holdout,
         "estimator": {k: v for k, v in base.get_params().items()

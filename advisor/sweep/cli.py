@@ -95,42 +95,17 @@ def sweep_group(ctx: click.Context, spec: str | None, models: tuple[str, ...], d
         return
     from ..config import user_dir
     from .controller import execute_sweep, plan_sweep
-    from .grid import grid_from_options, load_sweep_file, split_list
     from .worker import stale_after_seconds
 
-    run_opts: dict[str, Any] = {}
-    if max_images is not None:
-        run_opts["max_images"] = max_images
-    if max_ood is not None:
-        run_opts["max_ood"] = max_ood
-    if device and device != "auto":  # auto: resolved by each worker on its own machine
-        from ..config import resolve_device
-
-        run_opts["device"] = resolve_device(device)
-    if no_adapters:
-        run_opts["save_adapter"] = False
-    if spec:
-        if models or datasets or methods or shots or seeds or hparams:
-            raise click.UsageError("--spec holds the grid: drop --models/--datasets/--methods/--shots/--seeds/--hparam")
-        grid = load_sweep_file(spec)
-        grid.run.update(run_opts)
-    else:
-        if not (models and datasets and methods):
-            raise click.UsageError("give --models, --datasets and --methods (or --spec FILE.toml)")
-        grid = grid_from_options(split_list(models), split_list(datasets), split_list(methods), split_list(shots),
-                                 [int(s) if s.lstrip("-").isdigit() else s for s in split_list(seeds)], hparams,
-                                 pretrained=pretrained, image_size=image_size, run=run_opts)
+    grid = _grid(spec, models, datasets, methods, shots, seeds, hparams, pretrained, image_size,
+                 {"max_images": max_images, "max_ood": max_ood, "device": device, "no_adapters": no_adapters})
     from ..plugins import get_executor
     from ..terminal import progress_enabled
 
     ex = get_executor(executor)
     options = {"timeout_min": _minutes(slurm_time), "partition": slurm_partition, "gpus_per_run": gpus_per_run,
                "cpus_per_run": cpus_per_run}
-    if use_mlflow and importlib.util.find_spec("mlflow") is None:
-        raise click.UsageError("MLflow logging is on (--mlflow) but MLflow is not installed: "
-                               "pip install 'advisor[mlflow]'")
-    if mlflow_experiment is not None and not mlflow_experiment.strip():
-        raise click.BadParameter("the experiment name is empty", param_hint="--mlflow-experiment")
+    _check_mlflow(use_mlflow, mlflow_experiment)
     plan, history = plan_sweep(grid, db, write=not dry_run, stale_after_s=stale_after_seconds(), executor=executor,
                                max_parallel=max_parallel)
     if executor == "slurm" and slurm_time is None and not dry_run:
@@ -138,15 +113,7 @@ def sweep_group(ctx: click.Context, spec: str | None, models: tuple[str, ...], d
     if history.is_sqlite and not ex.shares_machine and not dry_run:
         click.echo(f"Warning: executor {executor!r} runs jobs on other machines but the history is a SQLite file "
                    f"({history.display}); use a shared PostgreSQL URL (--db postgresql+psycopg://...).", err=True)
-    lines = [f"Sweep {plan.sweep_id}{f' ({grid.name})' if grid.name else ''}: {len(plan.jobs)} runs, "
-             f"{plan.recorded} already in the history (skipped), {plan.to_run} to run"
-             + (f", {plan.running_elsewhere} running in another sweep process" if plan.running_elsewhere else "")
-             + f"; history {plan.db_display}."]
-    if plan.estimate_s is not None and plan.estimate_wall_s is not None and plan.to_run:
-        lines.append(f"Estimated cost: {_duration(plan.estimate_s)} of runs, about {_duration(plan.estimate_wall_s)} "
-                     f"with {plan.workers} at once ({plan.estimate_basis}).")
-    elif plan.to_run:
-        lines.append("Estimated cost: unknown (the history has no run to estimate from).")
+    lines = _plan_lines(plan, grid)
     if dry_run or plan.to_run == 0:
         if as_json:
             emit_json({"plan": plan.to_dict(), "summary": None})
@@ -184,6 +151,62 @@ def sweep_group(ctx: click.Context, spec: str | None, models: tuple[str, ...], d
                 click.echo(f"  failed: {f['run']}: {f['error']}" + (f" (log: {f['log']})" if f.get("log") else ""))
     if summary.failed and not summary.detached:
         ctx.exit(1)
+
+
+def _grid(spec: str | None, models: tuple[str, ...], datasets: tuple[str, ...], methods: tuple[str, ...],
+          shots: tuple[str, ...], seeds: tuple[str, ...], hparams: tuple[str, ...], pretrained: str | None,
+          image_size: int | None, run: dict[str, Any]) -> Any:
+    """The sweep's grid: the ``--spec`` file, or the grid the options name; with the run
+    options (``max_images``, ``max_ood``, ``device``, ``no_adapters``) applied to every job."""
+    from .grid import grid_from_options, load_sweep_file, split_list
+
+    max_images, max_ood, device, no_adapters = run["max_images"], run["max_ood"], run["device"], run["no_adapters"]
+    run_opts: dict[str, Any] = {}
+    if max_images is not None:
+        run_opts["max_images"] = max_images
+    if max_ood is not None:
+        run_opts["max_ood"] = max_ood
+    if device and device != "auto":  # auto: resolved by each worker on its own machine
+        from ..config import resolve_device
+
+        run_opts["device"] = resolve_device(device)
+    if no_adapters:
+        run_opts["save_adapter"] = False
+    if spec:
+        if models or datasets or methods or shots or seeds or hparams:
+            raise click.UsageError("--spec holds the grid: drop --models/--datasets/--methods/--shots/--seeds/--hparam")
+        grid = load_sweep_file(spec)
+        grid.run.update(run_opts)
+    else:
+        if not (models and datasets and methods):
+            raise click.UsageError("give --models, --datasets and --methods (or --spec FILE.toml)")
+        grid = grid_from_options(split_list(models), split_list(datasets), split_list(methods), split_list(shots),
+                                 [int(s) if s.lstrip("-").isdigit() else s for s in split_list(seeds)], hparams,
+                                 pretrained=pretrained, image_size=image_size, run=run_opts)
+    return grid
+
+
+def _check_mlflow(use_mlflow: bool, experiment: str | None) -> None:
+    """Refuse ``--mlflow`` without MLflow installed, and an empty experiment name, before any work."""
+    if use_mlflow and importlib.util.find_spec("mlflow") is None:
+        raise click.UsageError("MLflow logging is on (--mlflow) but MLflow is not installed: "
+                               "pip install 'advisor[mlflow]'")
+    if experiment is not None and not experiment.strip():
+        raise click.BadParameter("the experiment name is empty", param_hint="--mlflow-experiment")
+
+
+def _plan_lines(plan: Any, grid: Any) -> list[str]:
+    """What the plan says before it starts: the runs, the skipped ones, the estimated cost."""
+    lines = [f"Sweep {plan.sweep_id}{f' ({grid.name})' if grid.name else ''}: {len(plan.jobs)} runs, "
+             f"{plan.recorded} already in the history (skipped), {plan.to_run} to run"
+             + (f", {plan.running_elsewhere} running in another sweep process" if plan.running_elsewhere else "")
+             + f"; history {plan.db_display}."]
+    if plan.estimate_s is not None and plan.estimate_wall_s is not None and plan.to_run:
+        lines.append(f"Estimated cost: {_duration(plan.estimate_s)} of runs, about {_duration(plan.estimate_wall_s)} "
+                     f"with {plan.workers} at once ({plan.estimate_basis}).")
+    elif plan.to_run:
+        lines.append("Estimated cost: unknown (the history has no run to estimate from).")
+    return lines
 
 
 def _job_line(job: Any) -> str:

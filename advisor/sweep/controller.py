@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..errors import AdvisorError
 from .grid import JobConfig, SweepGrid
@@ -237,7 +237,7 @@ def execute_sweep(plan: SweepPlan, history: Any, *, executor: str, max_parallel:
                   detach: bool = False, env: dict[str, str] | None = None, status_every_s: float | None = None,
                   poll_s: float = 1.0, echo: Callable[[str], None] | None = None) -> SweepSummary:
     """Launch workers for the queued jobs, watch them, retry failures ``retries`` times."""
-    from ..history.sweeps import QUEUED, counts, reap_stale, requeue_failed_keys, sweep_status
+    from ..history.sweeps import QUEUED, counts, requeue_failed_keys, sweep_status
     from ..plugins import get_executor
     from .executor import LaunchRequest
     from .worker import WorkerRequest, stale_after_seconds, work
@@ -275,25 +275,8 @@ def execute_sweep(plan: SweepPlan, history: Any, *, executor: str, max_parallel:
             if detach:
                 return SweepSummary(plan.sweep_id, counts(history, plan.sweep_id), seconds=time.perf_counter() - t0,
                                     detached=True)
-            while True:
-                time.sleep(poll_s)
-                c = counts(history, plan.sweep_id)
-                if bar is not None:
-                    bar.n = max(0, c["done"] + c["skipped"] - base_done)
-                    bar.set_postfix(done=c["done"], failed=c["failed"], running=c["running"], refresh=False)
-                    bar.refresh()
-                elif status_every_s and time.perf_counter() - last_line >= status_every_s:
-                    last_line = time.perf_counter()
-                    say(f"sweep {plan.sweep_id}: {c['done'] + c['skipped'] - base_done}/{plan.to_run} done, "
-                        f"{c['failed']} failed, {c['running']} running, {c['queued']} queued "
-                        f"({_elapsed(time.perf_counter() - t0)})")
-                if all(h.done() for h in handles):
-                    reap_stale(history, plan.sweep_id, stale)
-                    c = counts(history, plan.sweep_id)
-                    if c["running"] == 0:
-                        break
-                    # A job still "running": another live sweep process, or a worker that died
-                    # moments ago whose heartbeat is not stale yet. Wait for it either way.
+            last_line = _watch(history, plan, handles, poll_s=poll_s, bar=bar, base_done=base_done,
+                               status_every_s=status_every_s, last_line=last_line, say=say, t0=t0, stale=stale)
             failed = sweep_status(history, plan.sweep_id, stale)["failed"]
             # A job another sweep process was running when this one started, whose worker has
             # died since (a killed earlier sweep): it was never tried here, so run it now.
@@ -318,6 +301,34 @@ def execute_sweep(plan: SweepPlan, history: Any, *, executor: str, max_parallel:
     failed = [{"run": JobConfig.from_dict(j["config"]).label(), "error": j["error"], "log": j["log_path"],
                "attempts": j["attempts"]} for j in info["failed"]]
     return SweepSummary(plan.sweep_id, info["counts"], failed, time.perf_counter() - t0)
+
+
+def _watch(history: Any, plan: SweepPlan, handles: Sequence[Any], *, poll_s: float, bar: Any, base_done: int,
+           status_every_s: float | None, last_line: float, say: Callable[[str], None], t0: float,
+           stale: float) -> float:
+    """Watch one round of launched workers until they are done and no job is left running
+    (progress bar, or a status line every ``status_every_s``); returns when the last status
+    line was printed."""
+    from ..history.sweeps import counts, reap_stale
+
+    while True:
+        time.sleep(poll_s)
+        c = counts(history, plan.sweep_id)
+        if bar is not None:
+            bar.n = max(0, c["done"] + c["skipped"] - base_done)
+            bar.set_postfix(done=c["done"], failed=c["failed"], running=c["running"], refresh=False)
+            bar.refresh()
+        elif status_every_s and time.perf_counter() - last_line >= status_every_s:
+            last_line = time.perf_counter()
+            say(f"sweep {plan.sweep_id}: {c['done'] + c['skipped'] - base_done}/{plan.to_run} done, "
+                f"{c['failed']} failed, {c['running']} running, {c['queued']} queued "
+                f"({_elapsed(time.perf_counter() - t0)})")
+        if all(h.done() for h in handles):
+            reap_stale(history, plan.sweep_id, stale)
+            if counts(history, plan.sweep_id)["running"] == 0:
+                return last_line
+            # A job still "running": another live sweep process, or a worker that died
+            # moments ago whose heartbeat is not stale yet. Wait for it either way.
 
 
 def _launch_failed(history: Any, sweep_id: str, executor: str, keys: list[str], exc: Exception) -> SweepError:

@@ -292,6 +292,7 @@ def recommend_request(req: RecommendRequest) -> Recommendation:
     from .history import open_reader
     from .predictor.support import bounded_view
 
+    check_pins(req.hparams)  # before any model, dataset or history is opened
     history = open_reader(req.db, must_exist=True)  # plain sqlite3 for the reads of a cached pair; writes go to the full History
     view = bounded_view(history, PREDICTOR_NAME)  # a stored predictor with its history summary: no run read in full
     evidence = HistoryEvidence(history, view, [] if view is not None else history.training_rows())
@@ -317,7 +318,7 @@ def recommend_request(req: RecommendRequest) -> Recommendation:
     configs = evidence.history_configs(methods, req.shots)
     if predictor.est is not None:
         space = config_space(methods, evidence.config_candidates(methods, req.shots), predictor.est.support,
-                             req.hparams)
+                             check_pins(req.hparams))
         ranking = _rank_predicted(req, predictor.est, candidates, methods, space, evidence, warnings, notes)
     else:
         if several:
@@ -325,7 +326,7 @@ def recommend_request(req: RecommendRequest) -> Recommendation:
                          "models needs a trained predictor")
         ranking = _rank_cold_start(req, candidates[0].case, methods, families, evidence, notes)
         for a in ranking.ranked:
-            a.hparams = apply_pins(a.method, configs.get(a.method, {}), req.hparams)
+            a.hparams = apply_pins(a.method, configs.get(a.method, {}), check_pins(req.hparams))
     if req.probe is not None:
         if predictor.est is None:
             notes.append("--probe needs a trained predictor (cold start): no probe was run")
@@ -395,6 +396,28 @@ def _grid(lo: float, hi: float, n: int = SEARCH_POINTS) -> list[float]:
     else:
         values = np.linspace(lo, hi, n)
     return [float(f"{v:.3g}") for v in values]
+
+
+def check_pins(pins: Sequence[tuple[str | None, str, Any]]) -> list[tuple[str | None, str, Any]]:
+    """``--hparam`` pins checked against the tuners' declared hyper-parameters: an unknown
+    method, or a name no tuner (or not that method's) declares, or a bad value, is one line.
+    Returns them with their values parsed to the declared types."""
+    from .plugins import get_tuners
+
+    out = []
+    tuners = get_tuners()
+    for method, name, value in pins:
+        if method is not None and method not in tuners:
+            raise RecommendError(f"--hparam {method}:{name}: no tuner named {method!r} (known: {', '.join(sorted(tuners))})")
+        owners = [tuners[method]] if method is not None else list(tuners.values())
+        specs = [t.hparam_specs()[name] for t in owners if name in t.hparam_specs()]
+        if not specs:
+            raise RecommendError(f"--hparam {name}: no {'tuner' if method is None else method} declares {name!r}")
+        try:
+            out.append((method, name, specs[0].parse(value)))
+        except ValueError as exc:
+            raise RecommendError(f"--hparam {name}: {exc}") from None
+    return out
 
 
 def apply_pins(method: str, config: Mapping[str, Any], pins: Sequence[tuple[str | None, str, Any]]) -> dict[str, Any]:

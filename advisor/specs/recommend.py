@@ -40,27 +40,11 @@ def parse_pin(text: str) -> tuple[str | None, str, Any]:
     return (method.strip() or None) if colon else None, name, parsed
 
 
-def check_pins(pins: Any) -> tuple[tuple[str | None, str, Any], ...]:
-    """Pins as given to ``RecommendRequest.hparams``: checked against the tuners' declared
-    hyper-parameters (an unknown method or a name no method declares is refused by name)."""
-    from ..plugins import get_tuners
-
-    out = []
-    tuners = get_tuners()
-    for pin in pins or ():
-        method, name, value = parse_pin(pin) if isinstance(pin, str) else pin
-        if method is not None and method not in tuners:
-            raise RecommendError(f"--hparam {method}:{name}: no tuner named {method!r} (known: {', '.join(sorted(tuners))})")
-        owners = [tuners[method]] if method is not None else list(tuners.values())
-        specs = [t.hparam_specs()[name] for t in owners if name in t.hparam_specs()]
-        if not specs:
-            raise RecommendError(f"--hparam {name}: no {'tuner' if method is None else method} declares {name!r}")
-        try:
-            value = specs[0].parse(value)
-        except ValueError as exc:
-            raise RecommendError(f"--hparam {name}: {exc}") from None
-        out.append((method, name, value))
-    return tuple(out)
+def parse_pins(pins: Any) -> tuple[tuple[str | None, str, Any], ...]:
+    """Pins as given to ``RecommendRequest.hparams`` (``NAME=VALUE`` texts or parsed triples),
+    their syntax checked; ``advisor.recommendation.check_pins`` checks them against the tuners'
+    declared hyper-parameters (the plugin layer stands above this module)."""
+    return tuple(parse_pin(p) if isinstance(p, str) else tuple(p) for p in pins or ())
 
 
 @dataclass(frozen=True)
@@ -117,7 +101,7 @@ class RecommendRequest:
         keys = [m.key() for m in self.models]
         if len(set(keys)) < len(keys):
             raise RecommendError(f"a candidate model is named twice: {', '.join(sorted({k for k in keys if keys.count(k) > 1}))}")
-        object.__setattr__(self, "hparams", check_pins(self.hparams))
+        object.__setattr__(self, "hparams", parse_pins(self.hparams))
         device = self.device
         if device is not None:
             device = None if device.strip() in ("", "auto") else check_device_name(device)

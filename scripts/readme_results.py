@@ -15,8 +15,8 @@ markers in the README:
   says where the predictor does not win without anyone having to read the tables for it);
 - ``evaluate-headroom`` / ``verdict-headroom``: the same for ``--holdout headroom`` (trained on
   the pairs with the least headroom, tested on the top fifth);
-- ``config-choice-source`` / ``model-choice-source``: the configuration-choice and
-  model-choice tables of the same ``--holdout source`` evaluation (a (method, configuration)
+- ``config-choice-HOLDOUT`` / ``model-choice-HOLDOUT``: the configuration-choice and
+  model-choice tables of the same evaluation, per hold-out (a (method, configuration)
   per held-out (model, dataset, shots) group beside the constant rules; a model per (dataset,
   shots) group with several models), rendered from its ``--json`` document;
 - ``ablation-source``: ``advisor predictor evaluate --holdout source --ablate`` (every feature,
@@ -50,8 +50,8 @@ from advisor.plugins import sort_methods
 from advisor.predictor import row_targets
 
 HOLDOUTS = ("source", "tower", "headroom")
-#: The hold-out whose configuration-choice and model-choice tables get their own blocks.
-CHOICE_HOLDOUT = "source"
+#: The hold-outs whose configuration-choice and model-choice tables get their own blocks.
+CHOICE_HOLDOUTS = HOLDOUTS
 # (score key in the JSON baselines, label, True when higher is better)
 SCORES = (
     ("id_gain_spearman", "ID-gain Spearman", True),
@@ -183,14 +183,14 @@ def sections(db: str, curves_db: str | None = None) -> dict[str, str]:
         except Refused as exc:
             out[f"evaluate-{holdout}"] = f"```\n$ advisor predictor evaluate --holdout {holdout}\n{exc}\n```"
             out[f"verdict-{holdout}"] = "- Not evaluated on this history (see above)."
-            if holdout == CHOICE_HOLDOUT:
+            if holdout in CHOICE_HOLDOUTS:
                 for kind in ("config-choice", "model-choice"):
                     out[f"{kind}-{holdout}"] = out[f"evaluate-{holdout}"]
             continue
-        # The choice tables go to blocks of their own (for CHOICE_HOLDOUT), not into this one.
+        # The choice tables go to blocks of their own (for CHOICE_HOLDOUTS), not into this one.
         out[f"evaluate-{holdout}"] = "```\n" + evaluation_text(ev, choices=False) + "\n```"
         out[f"verdict-{holdout}"] = verdict(ev)
-        if holdout == CHOICE_HOLDOUT:
+        if holdout in CHOICE_HOLDOUTS:
             out[f"config-choice-{holdout}"] = _code(config_choice_text(ev))
             out[f"model-choice-{holdout}"] = _code(model_choice_text(ev))
     try:
@@ -217,7 +217,7 @@ def claims_block(db: str) -> str:
 
 
 BLOCKS = ("measured", *(f"{kind}-{h}" for h in HOLDOUTS for kind in ("evaluate", "verdict")),
-          *(f"{kind}-{CHOICE_HOLDOUT}" for kind in ("config-choice", "model-choice")), "ablation-source", "claims",
+          *(f"{kind}-{h}" for h in CHOICE_HOLDOUTS for kind in ("config-choice", "model-choice")), "ablation-source", "claims",
           "probe-source")
 
 

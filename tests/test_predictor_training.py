@@ -77,3 +77,11 @@ def test_cli_predictor_train_evaluate_show(synthetic_db):
     assert rendered + "\n" == r.output
     r = runner.invoke(cli, ["predictor", "show", "--db", synthetic_db, "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["up_to_date"] is True
+    # one more run: `show` sees the change from the stored summary's state, without reading every run
+    from synthetic_history import record_synthetic, synthetic_rows
+
+    extra = synthetic_rows(n_datasets=1, shots=(16,), seeds=(5,))[:1]  # a new seed: a new run
+    extra[0]["run_id"] = "syn-extra"
+    record_synthetic(synthetic_db, extra)
+    r = runner.invoke(cli, ["predictor", "show", "--db", synthetic_db])
+    assert r.exit_code == 0 and "The history changed since (21 runs now)" in r.output

@@ -306,6 +306,7 @@ def predictor_show(db: str | None, as_json: bool) -> None:
     from ..errors import PredictorError
     from ..history import open_history
     from ..predictor import FittedPredictor, training_hash
+    from ..predictor.support import bounded_view
 
     history = open_history(db, must_exist=True)
     from ..predictor import DEFAULT_PREDICTOR
@@ -314,14 +315,19 @@ def predictor_show(db: str | None, as_json: bool) -> None:
     if stored is None:
         raise PredictorError("no predictor stored in this history; run `advisor predictor train`")
     est = FittedPredictor.from_stored(stored)
-    rows = history.training_rows()
+    view = bounded_view(history, DEFAULT_PREDICTOR)
+    if view is not None:  # the summary stored with the predictor: a constant-time check, no run read
+        up_to_date, n_now = not view.changed(), view.count()
+    else:
+        rows = history.training_rows()
+        up_to_date, n_now = training_hash(rows) == est.training_hash, len(rows)
     info = {
         "name": DEFAULT_PREDICTOR,
         "created_at": stored.get("created_at"),
         "n_runs": est.n_runs,
         "datasets": est.datasets,
         "training_hash": stored.get("training_hash"),
-        "up_to_date": training_hash(rows) == est.training_hash,
+        "up_to_date": up_to_date,
         "features": list(stored.get("features") or []),
         "params": est.params,
         "spaces": est.spaces,
@@ -334,7 +340,7 @@ def predictor_show(db: str | None, as_json: bool) -> None:
     click.echo(f"Predictor {info['name']!r}, trained {info['created_at']} on {info['n_runs']} runs "
                f"({', '.join(info['datasets'])}); training hash {info['training_hash']}.")
     click.echo("Up to date with the history." if info["up_to_date"]
-               else f"The history changed since ({len(rows)} runs now): run `advisor predictor train`.")
+               else f"The history changed since ({n_now} runs now): run `advisor predictor train`.")
     click.echo(f"Features ({len(info['features'])}): {', '.join(info['features'])}")
     click.echo("")
     click.echo(scores_text(info["scores"]))

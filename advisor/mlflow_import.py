@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import AdvisorError, InputFileError
 from .errors import one_line as _one_line
@@ -301,10 +301,16 @@ def _missing(cells: dict[str, str], rules: list[Rule]) -> str | None:
 
 
 def plan_import(found: list[FoundRun], rules: list[Rule], stored: list[dict[str, Any]], experiment: str,
-                uri: str) -> ImportPlan:
-    """Map, validate and classify every run against the stored rows; nothing is written."""
+                uri: str, known: Sequence[tuple[str, str, int]] | None = None) -> ImportPlan:
+    """Map, validate and classify every run against the stored rows (or ``known``: their
+    (run id, configuration hash, seed), ``History.run_keys``, which reads three columns instead
+    of every run); nothing is written."""
     plan = ImportPlan(experiment, uri)
-    keys, ids = existing_keys(stored)
+    if known is not None:
+        ids = {str(rid): (cfg, int(seed)) for rid, cfg, seed in known}
+        keys = set(ids.values())
+    else:
+        keys, ids = existing_keys(stored)
     batch: dict[tuple[str, int], FoundRun] = {}
     batch_ids: dict[str, FoundRun] = {}
     for f in found:
@@ -436,7 +442,7 @@ def import_mlflow(db: str | None, experiment: str, *, tracking_uri: str | None =
         plan.history = str(db)
         return plan
     with open_history(db) as history:
-        plan = plan_import(found, rules, history.runs(), experiment, uri)
+        plan = plan_import(found, rules, [], experiment, uri, known=history.run_keys())
         plan.history = history.display
         if dry_run:
             return plan

@@ -233,3 +233,19 @@ def test_record_runs_imports_in_one_transaction_and_skips_recorded_runs(history_
         with pytest.raises(AdvisorError):
             h.record_runs([make_run(seed=4), make_run(seed=5, id_acc_after=2.0)])  # invalid: nothing written
         assert h.count() == 3
+
+
+def test_run_keys_equal_the_keys_recomputed_from_every_row():
+    """`import-mlflow` decides "already recorded" from three columns (``History.run_keys``):
+    they must equal the (configuration hash, seed) recomputed from every stored row."""
+    from pathlib import Path
+
+    from advisor.history import open_history
+    from advisor.mlflow_import import existing_keys
+
+    db = Path(__file__).resolve().parent.parent / "registry.db"
+    h = open_history(f"sqlite:///file:{db}?mode=ro&uri=true")
+    keys, ids = existing_keys(h.runs())
+    known = h.run_keys()
+    assert len(known) == len(ids) > 1000
+    assert {rid: (cfg, seed) for rid, cfg, seed in known} == ids

@@ -637,6 +637,12 @@ class History:
             q = q.where(Run.method.in_(_spellings(method, "--method")))
         return q
 
+    def run_keys(self) -> list[tuple[str, str, int]]:
+        """(run id, configuration hash, seed) of every run: what deciding "already recorded"
+        needs, three columns read instead of every run's row."""
+        with self._read() as s:
+            return [(str(r), str(c), int(sd)) for r, c, sd in s.execute(select(Run.run_id, Run.config_hash, Run.seed))]
+
     def runs(self, model: str | None = None, dataset: str | None = None, method: str | None = None, *,
              limit: int | None = None, offset: int = 0, after: str | None = None) -> list[dict[str, Any]]:
         """Runs as flat rows (the export columns; see docs/history.md), oldest first; ``limit``,

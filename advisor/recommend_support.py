@@ -6,47 +6,16 @@ answers the same questions from the summary stored with a predictor, without rea
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any, Mapping, Sequence
-
-import numpy as np
 
 
 def support_for(
     model_desc: Mapping[str, Any], dataset_desc: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
 ) -> tuple[dict[str, Any], list[str]]:
-    """(summary counts, warnings about the dataset's domain)."""
-    from .predictor import row_dataset, row_family, row_tower
+    """(summary counts, warnings about the dataset's domain), counted as a stored summary counts."""
+    from .predictor.support import support_groups, support_summary
 
-    case = {"model_desc": dict(model_desc), "model": model_desc.get("name")}
-    fam, tower = row_family(case), row_tower(case)
-    tags = set(dataset_desc.get("domain") or [])
-    name = dataset_desc.get("name")
-    same_family = same_tower = same_dataset = shared_domain = 0
-    seen_tags: set[str] = set()
-    for r in rows:
-        rtags = set((r.get("dataset_desc") or {}).get("domain") or [])
-        seen_tags |= rtags
-        same_family += row_family(r) == fam
-        same_tower += row_tower(r) == tower
-        d_same = row_dataset(r) == name
-        same_dataset += d_same
-        shared_domain += d_same or bool(tags & rtags)
-    warnings = []
-    if rows and same_dataset == 0 and tags and not (tags & seen_tags):
-        warnings.append(
-            f"no dataset in the history shares a domain with {name!r} ({', '.join(sorted(tags))}): predictions extrapolate"
-        )
-    summary = {
-        "runs": len(rows),
-        "same_model_family": same_family,
-        "same_image_tower": same_tower,
-        "same_dataset": same_dataset,
-        "shared_domain": shared_domain,
-        "datasets": len({row_dataset(r) for r in rows}),
-    }
-    return summary, warnings
+    return support_summary(support_groups(rows), len(rows), model_desc, dataset_desc)
 
 
 def history_configs(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], shots: int | None) -> dict[str, dict[str, Any]]:
@@ -61,17 +30,9 @@ def config_candidates(rows: Sequence[Mapping[str, Any]], methods: Sequence[str],
     """Per method, every configuration its runs used at these shots (else at the nearest
     shots), most used first: what ``recommend`` searches among, with the tuner's declared
     search space within the same ranges."""
-    from .predictor import as_dict, row_method, row_shots
-    from .predictor.support import configs_by_count
+    from .predictor.support import config_counts, configs_by_count
 
-    counts: dict[str, dict[int | None, dict[str, int]]] = {}
-    for r in rows:
-        hp = as_dict(r.get("hparams"))
-        if hp:
-            key = json.dumps(hp, sort_keys=True, default=str)
-            by_shots = counts.setdefault(row_method(r), {}).setdefault(row_shots(r), {})
-            by_shots[key] = by_shots.get(key, 0) + 1
-    return configs_by_count(counts, methods, shots)
+    return configs_by_count(config_counts(rows), methods, shots)
 
 
 def similar_runs(case: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, list[str]]:
@@ -82,24 +43,13 @@ def similar_runs(case: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], met
     with the hyper-parameters and seed where they differ among a method's similar runs (two
     runs that differ only in epochs or lr do not read as the same run twice)."""
     from .predictor import SignalKNN, row_dataset, row_family, row_method, row_model, row_tower
-    from .predictor.support import similar_run_labels
+    from .predictor.support import neighbour_radius, similar_run_labels
 
     out: dict[str, list[str]] = {m: [] for m in methods}
     if not rows:
         return out
     knn = SignalKNN().fit(rows)
-    pairs: dict[tuple[str, str], int] = {}
-    for i, r in enumerate(rows):
-        pairs.setdefault((row_model(r), row_dataset(r)), i)
-    idx = list(pairs.values())
-    datasets = [row_dataset(rows[i]) for i in idx]
-    nearest = []
-    for a, i in enumerate(idx):
-        d = knn.distances(rows[i])
-        other = [d[j] for b, j in enumerate(idx) if datasets[b] != datasets[a]]
-        if other:
-            nearest.append(min(other))
-    radius = float(np.median(nearest)) if nearest else math.inf
+    radius = neighbour_radius(knn, rows)
     d = knn.distances(case)
     fam, tower = row_family(case), row_tower(case)
     picked: dict[str, list[Mapping[str, Any]]] = {m: [] for m in methods}

@@ -292,7 +292,7 @@ def recommend_request(req: RecommendRequest) -> Recommendation:
     from .history import open_reader
     from .predictor.support import bounded_view
 
-    check_pins(req.hparams)  # before any model, dataset or history is opened
+    pins = check_pins(req.hparams)  # before any model, dataset or history is opened
     history = open_reader(req.db, must_exist=True)  # plain sqlite3 for the reads of a cached pair; writes go to the full History
     view = bounded_view(history, PREDICTOR_NAME)  # a stored predictor with its history summary: no run read in full
     evidence = HistoryEvidence(history, view, [] if view is not None else history.training_rows())
@@ -315,18 +315,17 @@ def recommend_request(req: RecommendRequest) -> Recommendation:
     device_kind = req.device_kind or _default_device_kind(evidence.device_rows())
     for c in candidates:
         c.case["device"] = device_kind
-    configs = evidence.history_configs(methods, req.shots)
     if predictor.est is not None:
-        space = config_space(methods, evidence.config_candidates(methods, req.shots), predictor.est.support,
-                             check_pins(req.hparams))
+        space = config_space(methods, evidence.config_candidates(methods, req.shots), predictor.est.support, pins)
         ranking = _rank_predicted(req, predictor.est, candidates, methods, space, evidence, warnings, notes)
     else:
         if several:
             notes.append(f"cold start: only the first model ({candidates[0].spec.label()}) is ranked; comparing "
                          "models needs a trained predictor")
         ranking = _rank_cold_start(req, candidates[0].case, methods, families, evidence, notes)
+        configs = evidence.history_configs(methods, req.shots)
         for a in ranking.ranked:
-            a.hparams = apply_pins(a.method, configs.get(a.method, {}), check_pins(req.hparams))
+            a.hparams = apply_pins(a.method, configs.get(a.method, {}), pins)
     if req.probe is not None:
         if predictor.est is None:
             notes.append("--probe needs a trained predictor (cold start): no probe was run")
@@ -518,10 +517,17 @@ def _rank_predicted(req: RecommendRequest, est: Any, candidates: Sequence[_Candi
             advice.append(a)
     every, _ = choose(advice, req.objective, max_forgetting=req.max_forgetting, budget=req.budget)
     ranked = best_configurations(every)
+    return _settled(req, evidence, ranked, flags, est.interval)
+
+
+def _settled(req: RecommendRequest, evidence: HistoryEvidence, ranked: list[MethodAdvice],
+             flags: list[tuple[str, str]], interval: float, probes: list[dict[str, Any]] | None = None) -> _Ranking:
+    """The predictor's ranking with its winner: the best eligible one, or the cheapest of those
+    that cannot be told apart from it (intervals, or the history's seed-to-seed spread)."""
     best = ranked[0].key if ranked and ranked[0].eligible else None
     tied, tie_reason = ties(ranked, objective_noise(evidence.seed_noise(), req.objective))
     winner = cheapest(tied).key if len(tied) > 1 else best
-    return _Ranking(ranked, winner, "predictor", flags, est.interval, tied, tie_reason)
+    return _Ranking(ranked, winner, "predictor", flags, interval, tied, tie_reason, probes or [])
 
 
 def _check_signals(est: Any, signals: Mapping[str, float], prefix: str, warnings: list[str], notes: list[str]) -> None:
@@ -567,14 +573,10 @@ def _apply_probes(req: RecommendRequest, evidence: HistoryEvidence, candidates: 
     for a, r, cand in results:
         _take_probe(est, a, r, cand, warnings)
     ranked, _ = choose(ranking.ranked, req.objective, max_forgetting=req.max_forgetting, budget=req.budget)
-    for i, a in enumerate(ranked, 1):
-        a.rank = i
-    best = ranked[0].key if ranked and ranked[0].eligible else None
-    tied, tie_reason = ties(ranked, objective_noise(evidence.seed_noise(), req.objective))
-    winner = cheapest(tied).key if len(tied) > 1 else best
-    notes += _probe_notes(req, results, before, ranked, next((a for a in ranked if a.key == winner), probed[0]))
-    return _Ranking(ranked, winner, "predictor", ranking.flags, ranking.interval, tied, tie_reason,
-                    [dict(r.to_dict(), key=a.key) for a, r, _ in results])
+    settled = _settled(req, evidence, ranked, ranking.flags, ranking.interval,
+                       [dict(r.to_dict(), key=a.key) for a, r, _ in results])
+    notes += _probe_notes(req, results, before, ranked, next((a for a in ranked if a.key == settled.winner), probed[0]))
+    return settled
 
 
 def _run_probes(req: RecommendRequest, evidence: HistoryEvidence, candidates: Sequence[_Candidate],

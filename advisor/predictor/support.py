@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from .rows import as_dict, as_float, device_kind, row_family, row_method, row_shots, row_signals, row_tower
+from .rows import as_dict, as_float, device_kind, row_dataset, row_family, row_method, row_model, row_shots, row_signals, row_tower
 
 #: Each out-of-support input multiplies the interval half-widths by (1 + this). A rule of thumb
 #: (a case outside the history is less well known than the history's own out-of-fold errors
@@ -55,6 +55,79 @@ def configs_by_count(counts: Mapping[str, Mapping[Any, Mapping[str, int]]], meth
             pick = per[min(numeric, key=lambda k: (abs(math.log(k) - math.log(shots)), k))]
         out[m] = [json.loads(k) for k, _ in sorted(pick.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
     return out
+
+
+def support_groups(rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """Runs per (model family, image tower, dataset, domain tags): ``[family, tower, dataset,
+    tags, runs]`` rows, what ``support_summary`` counts from (and a ``HistorySummary`` stores)."""
+    groups: dict[tuple[Any, ...], int] = {}
+    for r in rows:
+        tags = tuple(sorted(set(as_dict(r.get("dataset_desc")).get("domain") or [])))
+        k = (row_family(r), row_tower(r), row_dataset(r), tags)
+        groups[k] = groups.get(k, 0) + 1
+    return [[f, t, d, list(tags), n] for (f, t, d, tags), n in groups.items()]
+
+
+def support_summary(groups: Sequence[Sequence[Any]], n_runs: int, model_desc: Mapping[str, Any],
+                    dataset_desc: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(summary counts of the history's runs like the pair's: same family, same tower, same
+    dataset, a shared domain; warnings about the dataset's domain) from ``support_groups``."""
+    case = {"model_desc": dict(model_desc), "model": model_desc.get("name")}
+    fam, tower = row_family(case), row_tower(case)
+    tags = set(dataset_desc.get("domain") or [])
+    name = dataset_desc.get("name")
+    same_family = same_tower = same_dataset = shared_domain = 0
+    seen_tags: set[str] = set()
+    for f, t, d, rtags, n in groups:
+        rtags = set(rtags)
+        seen_tags |= rtags
+        same_family += n * (f == fam)
+        same_tower += n * (t == tower)
+        same_dataset += n * (d == name)
+        shared_domain += n * (d == name or bool(tags & rtags))
+    warnings = []
+    if n_runs and same_dataset == 0 and tags and not (tags & seen_tags):
+        warnings.append(f"no dataset in the history shares a domain with {name!r} ({', '.join(sorted(tags))}): "
+                        "predictions extrapolate")
+    return {"runs": n_runs, "same_model_family": same_family, "same_image_tower": same_tower,
+            "same_dataset": same_dataset, "shared_domain": shared_domain,
+            "datasets": len({g[2] for g in groups})}, warnings
+
+
+def config_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[Any, dict[str, int]]]:
+    """method -> shots -> JSON of the resolved hyper-parameters -> runs (``configs_by_count``
+    picks from it)."""
+    import json
+
+    counts: dict[str, dict[Any, dict[str, int]]] = {}
+    for r in rows:
+        hp = as_dict(r.get("hparams"))
+        if hp:
+            key = json.dumps(hp, sort_keys=True, default=str)
+            by = counts.setdefault(row_method(r), {}).setdefault(row_shots(r), {})
+            by[key] = by.get(key, 0) + 1
+    return counts
+
+
+def neighbour_radius(knn: Any, rows: Sequence[Mapping[str, Any]]) -> float:
+    """The history's typical distance between neighbouring datasets: the median, over its
+    (model, dataset) pairs, of the standardised distance (``knn``, a ``SignalKNN`` fitted on
+    ``rows``) to the nearest pair of another dataset; inf when there is none."""
+    import numpy as np
+
+    reps: dict[tuple[str, str], int] = {}
+    for i, r in enumerate(rows):
+        reps.setdefault((row_model(r), row_dataset(r)), i)
+    idx = list(reps.values())
+    names = [row_dataset(rows[i]) for i in idx]
+    Zr = knn.Z_[idx] if idx else np.zeros((0, len(knn.names_) + 1))
+    nearest = []
+    for a, i in enumerate(idx):
+        d = np.linalg.norm(Zr - knn.Z_[i], axis=1)
+        other = [d[b] for b in range(len(idx)) if names[b] != names[a]]
+        if other:
+            nearest.append(min(other))
+    return float(np.median(nearest)) if nearest else math.inf
 
 
 def exact(v: float, *near: float) -> str:
@@ -262,42 +335,20 @@ class HistorySummary:
     def build(cls, rows: Sequence[Mapping[str, Any]], history: Any) -> "HistorySummary":
         """From the training rows and the history they were read from (``run_groups``,
         ``state``)."""
-        import json
-
         import numpy as np
 
         from .baselines import SignalKNN
-        from .rows import as_dict, row_dataset, row_model, seed_noise
+        from .rows import seed_noise
 
-        support: dict[tuple[Any, ...], int] = {}
+        support = support_groups(rows)
         devices: dict[str, int] = {}
-        configs: dict[str, dict[Any, dict[str, int]]] = {}
         for r in rows:
-            tags = tuple(sorted(set(as_dict(r.get("dataset_desc")).get("domain") or [])))
-            k = (row_family(r), row_tower(r), row_dataset(r), tags)
-            support[k] = support.get(k, 0) + 1
             if r.get("device"):
                 dk = str(r.get("device")).split(":", 1)[0]
                 devices[dk] = devices.get(dk, 0) + 1
-            hp = as_dict(r.get("hparams"))
-            if hp:
-                key = json.dumps(hp, sort_keys=True, default=str)
-                by = configs.setdefault(row_method(r), {}).setdefault(row_shots(r), {})
-                by[key] = by.get(key, 0) + 1
+        configs = config_counts(rows)
         knn = SignalKNN().fit(rows)
-        reps: dict[tuple[str, str], int] = {}
-        for i, r in enumerate(rows):
-            reps.setdefault((row_model(r), row_dataset(r)), i)
-        idx = list(reps.values())
-        names = [row_dataset(rows[i]) for i in idx]
-        Zr = knn.Z_[idx] if idx else np.zeros((0, len(knn.names_) + 1))
-        nearest = []
-        for a, i in enumerate(idx):
-            d = np.linalg.norm(Zr - knn.Z_[i], axis=1)
-            other = [d[b] for b in range(len(idx)) if names[b] != names[a]]
-            if other:
-                nearest.append(min(other))
-        radius = float(np.median(nearest)) if nearest else math.inf
+        radius = neighbour_radius(knn, rows)
         points: dict[tuple[Any, ...], dict[str, Any]] = {}
         for g in history.run_groups():
             key = (g["model_id"], g["dataset_id"], g["signal_set_id"], g["shots"])
@@ -313,7 +364,7 @@ class HistorySummary:
         state = history.state() if callable(getattr(history, "state", None)) else {}
         return cls(
             state=dict(state), n_runs=len(rows),
-            support=[[f, t, d, list(tags), n] for (f, t, d, tags), n in support.items()],
+            support=support,
             devices=[[k, n] for k, n in devices.items()],
             configs={m: [[s, list(by.items())] for s, by in per.items()] for m, per in configs.items()},
             seed_noise=seed_noise(rows),
@@ -336,27 +387,8 @@ class HistorySummary:
     # -- the answers ------------------------------------------------------------------------
 
     def support_for(self, model_desc: Mapping[str, Any], dataset_desc: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-        """As ``advisor.recommendation.support_for`` on every training row."""
-        case = {"model_desc": dict(model_desc), "model": model_desc.get("name")}
-        fam, tower = row_family(case), row_tower(case)
-        tags = set(dataset_desc.get("domain") or [])
-        name = dataset_desc.get("name")
-        same_family = same_tower = same_dataset = shared_domain = 0
-        seen_tags: set[str] = set()
-        for f, t, d, rtags, n in self.support:
-            rtags = set(rtags)
-            seen_tags |= rtags
-            same_family += n * (f == fam)
-            same_tower += n * (t == tower)
-            same_dataset += n * (d == name)
-            shared_domain += n * (d == name or bool(tags & rtags))
-        warnings = []
-        if self.n_runs and same_dataset == 0 and tags and not (tags & seen_tags):
-            warnings.append(f"no dataset in the history shares a domain with {name!r} ({', '.join(sorted(tags))}): "
-                            "predictions extrapolate")
-        return {"runs": self.n_runs, "same_model_family": same_family, "same_image_tower": same_tower,
-                "same_dataset": same_dataset, "shared_domain": shared_domain,
-                "datasets": len({d for _, _, d, _, _ in self.support})}, warnings
+        """As ``advisor.recommend_support.support_for`` on every training row."""
+        return support_summary(self.support, self.n_runs, model_desc, dataset_desc)
 
     def device_rows(self) -> list[dict[str, Any]]:
         """One row holding the device kind most runs used (what ``_default_device_kind`` picks

@@ -231,15 +231,20 @@ def test_an_adapter_that_cannot_be_written_after_training_leaves_the_run_recorde
         assert con.execute("select count(*), max(adapter_path) from runs").fetchone() == (1, None)
 
 
-def test_a_hook_that_calls_sys_exit_becomes_a_warning_and_the_run_stays(tmp_path, capsys, run_factory):
+@pytest.mark.parametrize("how", ["sys.exit(5)", "os._exit(5)"])
+def test_a_hook_that_calls_sys_exit_becomes_a_warning_and_the_run_stays(tmp_path, capsys, run_factory, how):
+    import os
+
     from advisor import hookimpl
     from advisor.history import open_history
     from advisor.plugins import load_plugins
 
+    real_exit = os._exit
+
     class ExitingHook:
         @hookimpl
         def on_run_recorded(self, run, run_id, db_url):
-            sys.exit(5)
+            (sys.exit if how.startswith("sys") else os._exit)(5)
 
     pm = load_plugins()
     pm.register(ExitingHook(), name="exiting-hook")
@@ -249,8 +254,9 @@ def test_a_hook_that_calls_sys_exit_becomes_a_warning_and_the_run_stays(tmp_path
             assert h.count() == 1
     finally:
         pm.unregister(name="exiting-hook")
+    assert os._exit is real_exit  # the guard put the real function back
     err = capsys.readouterr().err
-    assert "Warning: plugin 'exiting-hook' on_run_recorded failed (called sys.exit(5)); the run was recorded" in err
+    assert f"Warning: plugin 'exiting-hook' on_run_recorded failed (called {how}); the run was recorded" in err
 
 
 # ------------------------------------------------------------------ progress and --quiet

@@ -52,7 +52,7 @@ class AdvisorPredictor(RegressorMixin, BaseEstimator):
         reg_lambda: float = 1.0,
         interval: float = 0.8,
         conformal_folds: int = 5,
-        gain_target: str = "anchor",
+        gain_target: str = "anchor-offset",
         cost_target: str = "per-image-epoch",
         monotone_shots: str = "auto",
         feature_set: str = "all",

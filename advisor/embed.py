@@ -1,7 +1,9 @@
 """Model + dataset split -> Embeddings, in one batched pass, cached on disk.
 
 - ``load_model`` resolves a ModelSpec through the model plugins, once per (spec, device) in a
-  ``Session`` (``advisor.session``); no module keeps models of its own.
+  ``Session`` (``advisor.session``; ``session_model`` when the device is already resolved); no
+  module keeps models of its own. ``model_source`` resolves the name once per session, and the
+  weights check, the cache key and the load all use that resolution.
 - ``encode_images`` runs the image tower over an ImageSet: a torch DataLoader (workers, pinned
   memory on CUDA) over ``imageset.pil(i)`` + ``model.preprocess`` for files, and a vectorised
   path (``model.preprocess_batch`` on uint8 batches) for in-memory arrays, which is what makes
@@ -24,7 +26,7 @@ from . import cache
 from .config import resolve_device
 from .errors import DatasetError, ModelLoadError
 from .session import Session, session_or_new
-from .specs import DatasetSpec, Embeddings, ImageSet, ModelSpec, VisionLanguageModel
+from .specs import DatasetSpec, Embeddings, ImageSet, ModelSource, ModelSpec, VisionLanguageModel
 from .terminal import phase, progress_bar
 
 #: Counters for tests and benchmarks: how often a model was really loaded and run.
@@ -52,6 +54,15 @@ def check_image_size(spec: ModelSpec) -> None:
 # ------------------------------------------------------------------------------ models
 
 
+def model_source(spec: ModelSpec, session: Session | None = None) -> ModelSource:
+    """The model source ``spec.name`` resolves to (``advisor.plugins.get_model_source``: an
+    unknown name is one line), resolved once per session: every later step of the session
+    (the weights check, the cache key, the load) uses this one resolution."""
+    from .plugins import get_model_source
+
+    return session_or_new(session).get("model_source", spec.name, lambda: get_model_source(spec.name))
+
+
 def load_model(spec: ModelSpec | str, device: str | None = None, *, fresh: bool = False,
                session: Session | None = None) -> Any:
     """The VisionLanguageModel for ``spec`` on ``device``, in eval mode.
@@ -63,19 +74,22 @@ def load_model(spec: ModelSpec | str, device: str | None = None, *, fresh: bool 
     if isinstance(spec, str):
         spec = ModelSpec(name=spec)
     check_image_size(spec)
-    device = resolve_device(device)
-    if fresh:
-        return open_model(spec, device)
-    return session_or_new(session).get("model", (spec, device), lambda: open_model(spec, device))
+    return session_model(spec, resolve_device(device), session_or_new(session), fresh=fresh)
 
 
-def open_model(spec: ModelSpec, device: str) -> Any:
-    """Load the model now, on a device already resolved (``config.resolve_device``); a session
-    holds it under ("model", (spec, device)), as ``load_model`` does."""
-    from .plugins import get_model_source
+def session_model(spec: ModelSpec, device: str, session: Session, fresh: bool = False) -> Any:
+    """``load_model`` on a device already resolved (``config.resolve_device``): the model
+    ``session`` holds for (spec, device), loaded from the session's resolution of the name."""
+    def make() -> Any:
+        return open_model(spec, device, model_source(spec, session))
 
+    return make() if fresh else session.get("model", (spec, device), make)
+
+
+def open_model(spec: ModelSpec, device: str, source: ModelSource) -> Any:
+    """Load the model now from its resolved ``source``, on a device already resolved
+    (``config.resolve_device``); ``load_model`` keeps it in a session."""
     check_image_size(spec)
-    source = get_model_source(spec.name)
     with phase(f"loading model {spec.name}"):
         model = source.load(spec, device)
     stats["model_loads"] += 1
@@ -85,8 +99,9 @@ def open_model(spec: ModelSpec, device: str) -> Any:
     return model
 
 
-def model_fingerprint(spec: ModelSpec) -> str:
-    """What identifies a model's weights *without loading it*, for cache keys.
+def model_fingerprint(spec: ModelSpec, source: ModelSource | None = None) -> str:
+    """What identifies a model's weights *without loading it*, for cache keys (``source``: the
+    spec's resolved model source, resolved here when not given).
 
     A model plugin may attach ``fingerprint(spec) -> str`` to its ``load`` callable (the
     built-ins hash their weight files); otherwise the spec itself (name, pretrained, image size)
@@ -94,7 +109,7 @@ def model_fingerprint(spec: ModelSpec) -> str:
     """
     from .plugins import get_model_source, provider_of
 
-    source = get_model_source(spec.name)
+    source = source if source is not None else get_model_source(spec.name)
     fp = getattr(source.load, "fingerprint", None)
     if callable(fp):
         return str(fp(spec))
@@ -375,11 +390,13 @@ def select_images(dataset_spec: DatasetSpec | str, *, split: str = "train", shot
     return bundle, images
 
 
-def cache_key(model_spec: ModelSpec, bundle: Any, images: ImageSet, *, split: str, device: str, with_layers: bool) -> tuple[str, dict[str, Any]]:
-    """The cache key for one embedding pass and the parts it hashes (no model is loaded)."""
+def cache_key(model_spec: ModelSpec, bundle: Any, images: ImageSet, *, split: str, device: str, with_layers: bool,
+              source: ModelSource | None = None) -> tuple[str, dict[str, Any]]:
+    """The cache key for one embedding pass and the parts it hashes (no model is loaded;
+    ``source``: the spec's resolved model source)."""
     fast = _uses_fast_path(images)
     parts = {
-        "model": model_fingerprint(model_spec),
+        "model": model_fingerprint(model_spec, source),
         "model_spec": model_spec.key(),
         "dataset": bundle.fingerprint,
         "split": split,
@@ -424,11 +441,12 @@ def embed(
     check_image_size(model_spec)  # cheap checks first: before the dataset loads
     if isinstance(dataset_spec, str):
         dataset_spec = DatasetSpec(name=dataset_spec)
-    device = resolve_device(device)
+    device, session = resolve_device(device), session_or_new(session)
     with phase(f"loading {dataset_spec.name} and looking up {model_spec.name}'s weights"):
         bundle, images = select_images(dataset_spec, split=split, shots=shots, seed=seed, max_images=max_images,
                                        bundle=bundle)
-        key, parts = cache_key(model_spec, bundle, images, split=split, device=device, with_layers=with_layers)
+        key, parts = cache_key(model_spec, bundle, images, split=split, device=device, with_layers=with_layers,
+                               source=model_source(model_spec, session))
     if use_cache:
         hit = cache.load(key)
         if hit is not None:

@@ -36,7 +36,6 @@ class PreparedPair:
     signals: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     source: str = "none"  # "history" | "computed" | "embeddings" | "none" (descriptors only)
-    random_weights: bool = False
     signal_set: Any = None  # the advisor.signals.SignalSet measured now (None: not measured here)
     split_hash: str = ""
     stored: int | None = None  # the id of the signal set stored in the history, if one was
@@ -125,25 +124,26 @@ def prepare_pair(
     fresh one when None).
     """
     from .data import check_dataset_spec, dataset_descriptors, describe_dataset
-    from .embed import check_image_size
-    from .plugins import get_model_source
+    from .embed import check_image_size, model_source
     from .weights import check_weights, mark
 
     # The cheap checks first, each one line: an unknown model, an image size out of bounds, an
     # unknown dataset, option or missing folder, before the weights are looked up (seconds for
-    # an open_clip model) and before any data loads.
-    get_model_source(model_spec.name)
+    # an open_clip model) and before any data loads. The model name is resolved once, in the
+    # session, for every later step (the weights check, the cache key, the load).
+    session = session_or_new(session)
+    source = model_source(model_spec, session)
     check_image_size(model_spec)
     if bundle is None and dataset_spec is not None:
         check_dataset_spec(dataset_spec)
     known = loaded_model_desc(model_spec, model) if model is not None else None
     if known is None and lookup:
         known = known_model_desc(model_spec, rows, history)
-    random = check_weights(model_spec, allow_random_weights, known) if check_random else False
+    random = check_weights(model_spec, source, allow_random_weights, known) if check_random else False
     dataset_desc = (dataset_descriptors(bundle) if bundle is not None else
                     describe_dataset(dataset_spec) if lookup or not measure else None)
     pair = PreparedPair(model_spec, dataset_spec, mark(known, random) if known is not None else {},
-                        dataset_desc or {}, random_weights=random)
+                        dataset_desc or {})
     stored = _StoredSignals(history, db)
     if not measure or (lookup and known is not None and stored.fill(pair)):
         return pair
@@ -177,7 +177,7 @@ class _StoredSignals:
 
 def _measure(pair: PreparedPair, known: dict[str, Any] | None, random: bool, dataset_desc: dict[str, Any] | None,
              stored: _StoredSignals, *, lookup: bool, store: bool, model: Any, bundle: DatasetBundle | None,
-             session: Session | None, max_images: int | None, **kwargs: Any) -> None:
+             session: Session, max_images: int | None, **kwargs: Any) -> None:
     """Measure the pair's signals (``kwargs``: compute_signals' sample options), describe what
     was not described yet, and store a new signal set when asked."""
     from .config import resolve_device
@@ -188,7 +188,6 @@ def _measure(pair: PreparedPair, known: dict[str, Any] | None, random: bool, dat
     kwargs["device"] = device = resolve_device(kwargs["device"])
     if max_images is not None:
         kwargs["max_images"] = max_images
-    session = session_or_new(session)
     # a loaded dataset is not loaded again, a loaded model not again
     sig = compute_signals(model_spec, dataset_spec, bundle=bundle, session=session, **kwargs)
     if model is None or dataset_desc is None:
@@ -226,5 +225,5 @@ def pair_from_embeddings(path: str, model_name: str | None, dataset_name: str | 
     sig = run_metrics(emb, None)
     return PreparedPair(ModelSpec(str(model_desc.get("name"))), None, model_desc, dataset_desc,
                         signals={k: float(v) for k, v in sig.values.items()}, versions=dict(sig.versions),
-                        source="embeddings", random_weights=bool(model_desc.get("random_weights")), signal_set=sig,
+                        source="embeddings", signal_set=sig,
                         split_hash=str(meta.get("split_hash") or ""))

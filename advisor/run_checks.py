@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from .errors import TrainingError
-from .specs import ModelSpec, RunRequest, TrainContext, Tuner
+from .specs import RunRequest, TrainContext, Tuner
 
 #: More epochs than this are refused (``--epochs 1000000000`` would run for years, ``2**63``
 #: overflows): the shipped history's runs use 10-20, the papers' GPU schedules up to 200.
@@ -54,71 +54,56 @@ def check_request(req: RunRequest, *, planning: bool = False) -> CheckedRun:
     maybe elsewhere, will make) leaves the device as given, unresolved, and leaves the OOD sets
     against the dataset to the worker."""
     from .config import resolve_device
-    from .plugins import get_tuner
+    from .plugins import get_dataset_source, get_model_source, get_tuner, is_builtin, provider_of
 
     tuner = get_tuner(req.method)  # unknown method: one line before any work
+    builtin = is_builtin(provider_of("tuners", req.method))
     tuner.check_hparams(req.given_hparams)  # names, types and bounds, as the tuner declares them
     device = str(req.device or "cpu") if planning else resolve_device(req.device)
-    resolved = check_run_options(req.model, req.method, tuner, shots=req.shots, seed=req.seed, epochs=req.epochs,
-                                 lr=req.lr, batch_size=req.batch_size, hparams=req.hparams, ood=req.ood,
-                                 device=device, max_test=req.max_test, max_ood=req.max_ood,
-                                 dataset=None if planning else req.dataset.name)
+    get_model_source(req.model.name)  # unknown model or OOD set: one line, before anything is loaded
+    for name in req.ood or ():
+        get_dataset_source(name)
+        if not planning and name == req.dataset.name:
+            raise TrainingError(f"--ood {name}: the OOD reference set cannot be the dataset itself "
+                                "(its test set would be reported as out-of-domain)")
+    resolved = check_run_options(req, tuner, device, builtin=builtin)
     return CheckedRun(req, tuner, device, resolved)
 
 
-def check_run_options(
-    model_spec: ModelSpec,
-    method: str,
-    tuner: Tuner,
-    *,
-    shots: int | None,
-    seed: int,
-    epochs: Any,
-    lr: Any,
-    batch_size: Any,
-    hparams: Mapping[str, Any] | None,
-    ood: Sequence[str] | None,
-    device: str,
-    max_test: Any,
-    max_ood: Any,
-    dataset: str | None = None,
-) -> dict[str, Any]:
-    """Raise a one-line AdvisorError for any option ``run_finetune`` would reject later; return
-    the hyper-parameters the tuner will resolve (defaults < epochs/lr/batch_size < hparams)."""
-    from .plugins import get_dataset_source, get_model_source, provider_of
+def check_run_options(req: RunRequest, tuner: Tuner, device: str, *, builtin: bool) -> dict[str, Any]:
+    """Raise a one-line AdvisorError for any number of ``req`` the run would reject later;
+    return the hyper-parameters the tuner will resolve (defaults < epochs/lr/batch_size <
+    hparams). ``builtin``: the tuner is one of advisor's own (only those get the unknown-key
+    check here: a third-party tuner may accept keys beyond its defaults)."""
     from .tuning import resolve_hparams
 
-    get_model_source(model_spec.name)  # unknown model: one line, before anything is loaded
-    if model_spec.image_size is not None and (isinstance(model_spec.image_size, bool)
-                                              or not isinstance(model_spec.image_size, int)
-                                              or model_spec.image_size < 1):
-        raise TrainingError(f"--image-size must be a positive number of pixels (got {model_spec.image_size!r})")
-    if shots is not None and shots < 1:
-        raise TrainingError(f"--shots must be at least 1 (got {shots})")
-    for flag, value in (("--max-images", max_test), ("max_ood", max_ood)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise TrainingError(f"{flag} must be a positive number of images (got {value!r})")
-    for name in ood or ():
-        get_dataset_source(name)  # unknown OOD dataset: one line, before anything is loaded
-        if dataset is not None and name == dataset:
-            raise TrainingError(f"--ood {name}: the OOD reference set cannot be the dataset itself "
-                                "(its test set would be reported as out-of-domain)")
-    check_seed(seed)
-    extra = dict(hparams or {})
-    for key, value in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)):
+    check_sizes(req)
+    check_seed(req.seed)
+    extra = dict(req.hparams or {})
+    given = {"epochs": req.epochs, "lr": req.lr, "batch_size": req.batch_size}
+    for key, value in given.items():
         if value is not None and key in extra and extra[key] != value:
             raise TrainingError(f"--{key.replace('_', '-')} {value} and --hparam {key}={extra[key]} contradict "
                                 "each other: give one of them")
-    check_finite(method, {"epochs": epochs, "lr": lr, "batch_size": batch_size, **extra})
+    check_finite(req.method, {**given, **extra})
     ctx = TrainContext(model=None, class_names=[], template="", train_pixels=None, train_labels=None,
-                       device=device, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, shots=shots,
-                       hparams=extra)
-    # A third-party tuner may accept keys beyond its defaults (resolve_hparams' extra_keys):
-    # only the built-ins, whose calls pass none, get the unknown-key check here.
-    builtin = provider_of("tuners", method).startswith("advisor_plugins.")
-    resolved = resolve_hparams(method, tuner.defaults(shots), ctx, extra_keys=() if builtin else tuple(extra))
-    check_bounds(method, resolved)
+                       device=device, seed=req.seed, epochs=req.epochs, lr=req.lr, batch_size=req.batch_size,
+                       shots=req.shots, hparams=extra)
+    resolved = resolve_hparams(req.method, tuner.defaults(req.shots), ctx, extra_keys=() if builtin else tuple(extra))
+    check_bounds(req.method, resolved)
     return resolved
+
+
+def check_sizes(req: RunRequest) -> None:
+    """The image size, shots and sample sizes are positive numbers."""
+    size = req.model.image_size
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise TrainingError(f"--image-size must be a positive number of pixels (got {size!r})")
+    if req.shots is not None and req.shots < 1:
+        raise TrainingError(f"--shots must be at least 1 (got {req.shots})")
+    for flag, value in (("--max-images", req.max_test), ("max_ood", req.max_ood)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TrainingError(f"{flag} must be a positive number of images (got {value!r})")
 
 
 def check_seed(seed: Any) -> None:

@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -58,66 +58,64 @@ def preprocess_images(model: Any, images: ImageSet) -> Any:
     return torch.stack([model.preprocess(images.pil(i)) for i in range(len(images))])
 
 
-def _check_promptable(name: str, class_names: Sequence[str], template: str) -> None:
+def template_of(bundle: DatasetBundle) -> str:
+    """The dataset's prompt template (its first)."""
+    return bundle.templates[0] if bundle.templates else ""
+
+
+def check_promptable(name: str, bundle: DatasetBundle) -> DatasetBundle:
+    """The bundle, once its template and class names are known to make prompts."""
+    template = template_of(bundle)
     if "{}" not in template and "{c}" not in template:
         raise DatasetError(f"dataset {name!r}: prompt template {template!r} has no '{{}}' for the class name")
-    bad = [c for c in class_names if not isinstance(c, str) or not c.strip()]
-    if bad or not class_names:
+    bad = [c for c in bundle.class_names if not isinstance(c, str) or not c.strip()]
+    if bad or not bundle.class_names:
         raise DatasetError(f"dataset {name!r}: classes cannot be prompted (empty class names)")
+    return bundle
 
 
-def check_promptable(session: Session, name: str, bundle: DatasetBundle) -> str:
-    """The dataset's prompt template, its classes and template checked once per session."""
-    template = bundle.templates[0] if bundle.templates else ""
-    key = (name, repr(list(bundle.class_names)), template)
-    session.get("promptable", key, lambda: _check_promptable(name, bundle.class_names, template))
-    return template
+def load_bundle(session: Session, spec: DatasetSpec) -> DatasetBundle:
+    """The dataset ``spec`` loaded and its prompts checked, once per session."""
+    from .data import load_dataset
+
+    return session.get("dataset", spec, lambda: check_promptable(spec.name, load_dataset(spec)))
 
 
 def _eval_key(model: Any, ev_name: str, n: int) -> tuple[str, str, int]:
     return (model.identity(), ev_name, n)
 
 
-def load_eval_set(model: Any, spec: DatasetSpec, max_images: int, bundle: DatasetBundle | None = None,
-                  session: Session | None = None) -> EvalSet:
-    """The test split of a dataset, sampled to ``max_images`` with a fixed seed, once per
-    session. Pass the already loaded ``bundle`` so the dataset is not loaded a second time."""
-    session = session_or_new(session)
-    return session.get("eval_set", _eval_key(model, spec.name, max_images),
-                       lambda: _load_eval_set(model, spec, max_images, bundle, session))
-
-
-def _load_eval_set(model: Any, spec: DatasetSpec, max_images: int, bundle: DatasetBundle | None,
-                   session: Session) -> EvalSet:
+def eval_set(model: Any, name: str, bundle: DatasetBundle, max_images: int) -> EvalSet:
+    """The test split of a loaded dataset, sampled to ``max_images`` with a fixed seed and
+    preprocessed for ``model``."""
     from .data import get_split, sample
 
-    bundle = bundle if bundle is not None else load_bundle(session, spec)
-    template = check_promptable(session, spec.name, bundle)
     test = sample(get_split(bundle, "test"), max_images, TEST_SAMPLE_SEED)
-    return EvalSet(spec.name, list(bundle.class_names), template, preprocess_images(model, test), np.asarray(test.labels))
+    return EvalSet(name, list(bundle.class_names), template_of(bundle), preprocess_images(model, test),
+                   np.asarray(test.labels))
 
 
-def load_bundle(session: Session, spec: DatasetSpec) -> DatasetBundle:
-    """The dataset ``spec`` loaded once per session."""
-    from .data import load_dataset
+def test_sets(model: Any, wanted: Sequence[tuple[str, DatasetBundle, int]], session: Session) -> list[EvalSet]:
+    """The fixed test sample of each (name, loaded dataset, size) in ``wanted``, preprocessed
+    for ``model``: each once per session (the runs of a sweep worker's pair share them)."""
+    return [session.get("eval_set", _eval_key(model, name, n), lambda: eval_set(model, name, bundle, n))
+            for name, bundle, n in wanted]
 
-    return session.get("dataset", spec, lambda: load_dataset(spec))
 
+def measure_zero_shot(model: Any, sets: Sequence[EvalSet], device: str, session: Session) -> list[tuple[float, float]]:
+    """Top-1 accuracy and modality gap of the untouched model on each eval set, once per (model
+    identity, eval set) in the session; its image features are kept there for
+    ``measure_adapted`` and the learning curve."""
+    from .tuning import ZeroShotAdapted, image_features_of, measure_pixels
 
-def measure_zero_shot(model: Any, ev: EvalSet, device: str, session: Session | None = None) -> tuple[float, float]:
-    """``measure_eval_set`` of the untouched model, once per (model identity, eval set) in the
-    session; its image features are kept there for ``measure_adapted``."""
-    from .tuning import ZeroShotAdapted, image_features_of
+    adapted = ZeroShotAdapted(model, device=device)
 
-    session = session_or_new(session)
-    key = _eval_key(model, ev.name, len(ev.labels))
-
-    def make() -> tuple[float, float]:
-        adapted = ZeroShotAdapted(model, device=device)
+    def make(ev: EvalSet, key: Hashable) -> tuple[float, float]:
         feats = session.get("base_features", key, lambda: image_features_of(adapted, ev.pixels))
-        return measure_eval_set(adapted, ev, image_features=feats)
+        return measure_pixels(adapted, ev.pixels, ev.labels, ev.class_names, ev.template, image_features=feats)
 
-    return session.get("zero_shot", key, make)
+    keys = [_eval_key(model, ev.name, len(ev.labels)) for ev in sets]
+    return [session.get("zero_shot", key, lambda ev=ev, key=key: make(ev, key)) for ev, key in zip(sets, keys)]
 
 
 def image_tower_unchanged(base: Any, adapted: Any, ev: EvalSet, device: str, probe: int = 8) -> bool:
@@ -134,23 +132,19 @@ def image_tower_unchanged(base: Any, adapted: Any, ev: EvalSet, device: str, pro
     return a.shape == b.shape and bool(torch.equal(a, b))
 
 
-def measure_adapted(base: Any, adapted: Any, ev: EvalSet, reuse_image_features: bool,
-                    session: Session | None = None) -> tuple[float, float]:
-    """``measure_eval_set`` of a trained model; with ``reuse_image_features`` the untouched
-    model's image features held by the session stand in for re-encoding (only the text side
-    changed)."""
-    feats = None
-    if reuse_image_features and session is not None:
-        feats = session.peek("base_features", _eval_key(base, ev.name, len(ev.labels)))
-    return measure_eval_set(adapted, ev, image_features=feats)
-
-
-def measure_eval_set(adapted: Any, ev: EvalSet, batch_size: int = 256, image_features: Any = None) -> tuple[float, float]:
-    """Top-1 accuracy and modality gap of an adapted model on one evaluation set."""
+def measure_adapted(base: Any, adapted: Any, sets: Sequence[EvalSet], reuse_image_features: bool,
+                    session: Session) -> list[tuple[float, float]]:
+    """Top-1 accuracy and modality gap of a trained model on each eval set; with
+    ``reuse_image_features`` the untouched model's image features held by the session stand in
+    for re-encoding (only the text side changed)."""
     from .tuning import measure_pixels
 
-    return measure_pixels(adapted, ev.pixels, ev.labels, ev.class_names, ev.template, batch_size,
-                          image_features=image_features)
+    def features(ev: EvalSet) -> Any:
+        key = _eval_key(base, ev.name, len(ev.labels))
+        return session.peek("base_features", key) if reuse_image_features else None
+
+    return [measure_pixels(adapted, ev.pixels, ev.labels, ev.class_names, ev.template, image_features=features(ev))
+            for ev in sets]
 
 
 def standard_error(acc: float, n: int) -> float | None:
@@ -158,12 +152,11 @@ def standard_error(acc: float, n: int) -> float | None:
     return math.sqrt(max(acc * (1.0 - acc), 0.0) / n) if n > 0 else None
 
 
-def ood_references(source: str, names: Sequence[str] | None, session: Session | None = None) -> dict[str, DatasetBundle]:
-    """The OOD reference sets, loaded once per session: ``names`` when given, else one per
-    *other* source (the offline built-in base sets whose source is not the task's: a task
-    derived from MNIST is not measured "out of domain" on MNIST). A sweep worker's session
-    loads each reference set once for all its runs."""
-    session = session_or_new(session)
+def ood_references(source: str, names: Sequence[str] | None, session: Session) -> dict[str, DatasetBundle]:
+    """The OOD reference sets, once per session: ``names`` when given, else one per *other*
+    source (the offline built-in base sets whose source is not the task's: a task derived from
+    MNIST is not measured "out of domain" on MNIST). A sweep worker's session loads each
+    reference set once for all its runs."""
     key = (source, tuple(names) if names is not None else None)
     return session.get("ood", key, lambda: _load_ood_references(source, names, session))
 
@@ -326,33 +319,30 @@ def check_destinations(req: RunRequest) -> Path | None:
 
 def load_inputs(req: RunRequest, device: str, session: Session) -> RunInputs:
     """Load the dataset, its few-shot training part, the OOD reference sets and the model, and
-    preprocess the test and training images (each once per session)."""
+    preprocess the test and training images (each once per session but the training images)."""
     import torch
 
     from .data import few_shot, get_split
-    from .embed import open_model
+    from .embed import session_model
     from .terminal import phase
 
     bundle = load_bundle(session, req.dataset)
-    template = check_promptable(session, req.dataset.name, bundle)
     train_split = train = get_split(bundle, "train")
     if req.shots is not None:
         train = few_shot(train, req.shots, req.seed, class_names=bundle.class_names)
-    ood_bundles = ood_references(bundle.source or req.dataset.name, req.ood, session)
-
+    ood = ood_references(bundle.source or req.dataset.name, req.ood, session)
     torch.manual_seed(req.seed)
     np.random.seed(req.seed)
     t_prepare = time.perf_counter()
-    # the device was resolved by check_request; the key is load_model's
-    base = session.get("model", (req.model, device), lambda: open_model(req.model, device))
-    with phase(f"preparing test images ({req.dataset.name} and {len(ood_bundles)} OOD sets)"):
-        id_set = load_eval_set(base, req.dataset, req.max_test, bundle, session)
-        ood_sets = [load_eval_set(base, DatasetSpec(n), req.max_ood, b, session) for n, b in ood_bundles.items()]
+    base = session_model(req.model, device, session)  # the device was resolved by check_request
+    with phase(f"preparing test images ({req.dataset.name} and {len(ood)} OOD sets)"):
+        wanted = [(req.dataset.name, bundle, req.max_test), *((n, b, req.max_ood) for n, b in ood.items())]
+        id_set, *ood_sets = test_sets(base, wanted, session)
     with phase(f"preparing {len(train)} training images"):
         train_pixels = preprocess_images(base, train)
     train_labels = torch.as_tensor(np.asarray(train.labels), dtype=torch.long)
-    return RunInputs(bundle, template, train_split, train, base, id_set, ood_sets, train_pixels, train_labels,
-                     t_prepare)
+    return RunInputs(bundle, template_of(bundle), train_split, train, base, id_set, ood_sets, train_pixels,
+                     train_labels, t_prepare)
 
 
 def measure_before(req: RunRequest, device: str, inputs: RunInputs, session: Session,
@@ -365,8 +355,8 @@ def measure_before(req: RunRequest, device: str, inputs: RunInputs, session: Ses
 
     base = inputs.base
     if zero_shot:
-        id_acc, gap = measure_zero_shot(base, inputs.id_set, device, session)
-        ood = {ev.name: measure_zero_shot(base, ev, device, session)[0] for ev in inputs.ood_sets}
+        (id_acc, gap), *ood_measured = measure_zero_shot(base, [inputs.id_set, *inputs.ood_sets], device, session)
+        ood = {ev.name: acc for ev, (acc, _) in zip(inputs.ood_sets, ood_measured)}
     else:
         id_acc, gap, ood = math.nan, math.nan, {ev.name: math.nan for ev in inputs.ood_sets}
 
@@ -415,8 +405,8 @@ def measure_after(inputs: RunInputs, trained: Trained, device: str, session: Ses
     t_eval = time.perf_counter()
     adapted, base = trained.result.adapted, inputs.base
     reuse = image_tower_unchanged(base, adapted, inputs.id_set, device)
-    id_acc, gap = measure_adapted(base, adapted, inputs.id_set, reuse, session)
-    ood = {ev.name: measure_adapted(base, adapted, ev, reuse, session)[0] for ev in inputs.ood_sets}
+    (id_acc, gap), *ood_measured = measure_adapted(base, adapted, [inputs.id_set, *inputs.ood_sets], reuse, session)
+    ood = {ev.name: acc for ev, (acc, _) in zip(inputs.ood_sets, ood_measured)}
     return After(id_acc, gap, ood, reuse, time.perf_counter() - t_eval)
 
 

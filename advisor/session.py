@@ -1,13 +1,15 @@
 """A ``Session`` owns what a process has loaded, so each thing is resolved once and no module
 keeps a cache of its own.
 
-What it holds, by kind: ``model`` (the loaded VisionLanguageModel per (spec, device)),
-``dataset`` (a loaded DatasetBundle per spec), ``ood`` (the OOD reference bundles per source and
-names), ``eval_set`` (a preprocessed test sample per model identity, dataset and size),
-``zero_shot`` and ``base_features`` (the untouched model's measurement and image features per
-eval set), ``promptable`` (a dataset whose classes and template were checked) and ``pair`` (a
-prepared pair with its signals). ``advisor run`` makes one per run; a sweep worker keeps one for
-all its runs, so a pair's model, test sets and signals are loaded and measured once.
+What it holds, by kind: ``model_source`` (the model source a model name resolves to, the one
+resolution the weights check, the cache key and the load use), ``model`` (the loaded
+VisionLanguageModel per (spec, device)), ``dataset`` (a loaded DatasetBundle per spec, its
+prompts checked), ``ood`` (the OOD reference bundles per source and names), ``eval_set`` (a
+preprocessed test sample per model identity, dataset and size), ``zero_shot`` and
+``base_features`` (the untouched model's measurement and image features per eval set), ``pair``
+(a prepared pair with its signals) and the learning curve's sets (``curve_*``). ``advisor run``
+makes one per run; a sweep worker keeps one for all its runs, so a pair's model, test sets and
+signals are loaded and measured once.
 
 ``loads`` counts how often each kind was really resolved (tests and benchmarks read it).
 Functions that take a session default to a fresh one per call, so a caller that passes none

@@ -8,7 +8,8 @@ stored signals are marked as those of a random model.
 
 A model plugin tells by its loader's ``fingerprint(spec)`` (cheap: it never builds the model),
 which names random initialisations ``random-seed...``; a loaded model says so in
-``describe()["random_weights"]``.
+``describe()["random_weights"]``. The caller hands over the model source the spec resolved to
+(``advisor.embed.model_source``, once per session): nothing here resolves a name.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .errors import ModelLoadError
-from .specs import ModelSpec
+from .specs import ModelSource, ModelSpec
 
 RANDOM_MARK = "random-seed"
 
@@ -25,22 +26,22 @@ class RandomWeightsError(ModelLoadError):
     """The model would run with random weights and ``--allow-random-weights`` was not given."""
 
 
-def weights_are_random(spec: ModelSpec, model_desc: Mapping[str, Any] | None = None) -> bool:
-    """True when the spec loads randomly initialised weights (known descriptors win)."""
+def weights_are_random(spec: ModelSpec, source: ModelSource, model_desc: Mapping[str, Any] | None = None) -> bool:
+    """True when the spec loads randomly initialised weights (known descriptors win);
+    ``source``: the model source the spec resolved to (``advisor.embed.model_source``)."""
     if model_desc is not None and "random_weights" in model_desc:
         return bool(model_desc["random_weights"])
-    from .plugins import get_model_source
-
-    fingerprint = getattr(get_model_source(spec.name).load, "fingerprint", None)
+    fingerprint = getattr(source.load, "fingerprint", None)
     if fingerprint is None:
         return False
     return RANDOM_MARK in str(fingerprint(spec))
 
 
-def check_weights(spec: ModelSpec, allow_random: bool, model_desc: Mapping[str, Any] | None = None) -> bool:
+def check_weights(spec: ModelSpec, source: ModelSource, allow_random: bool,
+                  model_desc: Mapping[str, Any] | None = None) -> bool:
     """Refuse random weights unless allowed (one line, before any model is loaded); returns
     whether the weights are random."""
-    random = weights_are_random(spec, model_desc)
+    random = weights_are_random(spec, source, model_desc)
     if random and not allow_random:
         hint = "" if spec.pretrained else " (no --pretrained given)"
         raise RandomWeightsError(

@@ -42,9 +42,9 @@ def test_a_workers_runs_on_one_pair_resolve_the_model_dataset_and_signals_once(m
     from advisor.specs import RunRequest
 
     checks: list[str] = []
-    real_check = runner._check_promptable
-    monkeypatch.setattr(runner, "_check_promptable",
-                        lambda name, classes, template: (checks.append(name), real_check(name, classes, template))[1])
+    real_check = runner.check_promptable
+    monkeypatch.setattr(runner, "check_promptable",
+                        lambda name, bundle: (checks.append(name), real_check(name, bundle))[1])
     session, loads = Session(), embed.stats["model_loads"]
     for seed, method in ((0, "coop"), (1, "coop"), (0, "tpc_cma")):
         req = RunRequest(ModelSpec("tiny-vit"), DatasetSpec("digits"), method, shots=1, seed=seed, epochs=1,
@@ -52,7 +52,20 @@ def test_a_workers_runs_on_one_pair_resolve_the_model_dataset_and_signals_once(m
         run = runner.run_request(check_request(req), session)
         assert run.signals
     assert embed.stats["model_loads"] - loads == 1
-    assert session.loads["model"] == 1 and session.loads["pair"] == 1
+    assert session.loads["model"] == 1 and session.loads["pair"] == 1 and session.loads["model_source"] == 1
     assert session.loads["dataset"] == 2  # digits and its OOD reference set
     assert session.loads["eval_set"] == 2 and session.loads["zero_shot"] == 2
     assert sorted(checks) == ["digits", "faces"]  # each dataset's prompts checked once
+
+
+def test_the_model_name_is_resolved_once_per_session_for_the_weights_check_and_the_load(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from advisor import plugins
+    from advisor.pair import prepare_pair
+
+    real, resolved = plugins.get_model_source, []
+    monkeypatch.setattr(plugins, "get_model_source", lambda name: (resolved.append(name), real(name))[1])
+    session, spec = Session(), ModelSpec("tiny-vit")
+    prepare_pair(spec, DatasetSpec("digits"), measure=False, allow_random_weights=True, session=session)
+    embed.load_model(spec, "cpu", session=session)
+    assert resolved == ["tiny-vit"] and session.loads["model_source"] == 1

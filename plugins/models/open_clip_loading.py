@@ -195,8 +195,6 @@ def _download_url(name: str, pretrained: str | None) -> str:
 
 def load_open_clip(name: str, pretrained: str | None, image_size: int | None, cache_dir: str | None, device: str) -> OpenClipModel:
     """Load any open_clip model; every user-caused failure becomes a one-line ModelLoadError."""
-    import open_clip
-
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise ModelLoadError(f"--image-size must be a positive number of pixels (got {image_size!r})")  # 0 is not "default"
     if name in TINY_CONFIGS:
@@ -206,83 +204,113 @@ def load_open_clip(name: str, pretrained: str | None, image_size: int | None, ca
 
     # A checkpoint path given as the model name.
     if not name.startswith(("hf-hub:", "local-dir:")) and os.path.exists(name):
-        if os.path.isdir(name):
-            name = "local-dir:" + name
-        else:
-            clip, wid = _from_state_dict_file(name, image_size, device)
-            size = int(clip.visual.image_size if isinstance(clip.visual.image_size, int) else clip.visual.image_size[0])
-            return OpenClipModel(
-                clip, _simple_tokenizer(), name=os.path.abspath(name), pretrained=None, architecture="openai-layout-checkpoint",
-                preprocess=_transform(size, OPENAI_MEAN, OPENAI_STD), mean=OPENAI_MEAN, std=OPENAI_STD, weights_id=wid,
-            )
+        if not os.path.isdir(name):
+            return _checkpoint_model(name, image_size, device)
+        name = "local-dir:" + name
 
     online.go_offline_unless_reachable(_download_url(name, pretrained))  # fail fast: no minute of retries
     kwargs: dict[str, Any] = {"device": device, "cache_dir": cache_dir}
     if image_size:
         kwargs["force_image_size"] = image_size
     if name.startswith("hf-hub:"):
-        if pretrained is not None:
-            raise ModelLoadError(f"{name}: --pretrained is not used with hf-hub: ids (the repo holds the weights)")
-        repo = name[len("hf-hub:"):]
-        if not repo or repo.count("/") != 1:
-            raise ModelLoadError(f"bad hf-hub id {name!r}: expected hf-hub:ORG/REPO")
-        weights_id = "hub:" + repo
-        try:
-            clip, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
-        except Exception:  # noqa: BLE001
-            raise ModelLoadError(_how_to_provide(name, hub_repo=repo)) from None
-        tokenizer = _tokenizer_for(name, cache_dir)
-        arch = name
+        clip, preprocess, weights_id = _from_hub(name, pretrained, kwargs)
     elif name.startswith("local-dir:"):
-        try:
-            clip, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(f"cannot load {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-        tokenizer = _tokenizer_for(name, cache_dir)
-        arch, weights_id = name, "local-dir"
-        ckpt = next((p for p in sorted(Path(name[len('local-dir:'):]).glob("*")) if p.suffix in (".bin", ".pt", ".safetensors")), None)
-        if ckpt is not None:
-            weights_id = "sha256:" + file_sha256(ckpt, _memo_dir())
+        clip, preprocess, weights_id = _from_local_dir(name, kwargs)
     else:
-        arch = name
-        if arch not in open_clip.list_models():
-            raise ModelLoadError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
-        path, tag_cfg, weights_id = _resolve_pretrained(arch, pretrained, cache_dir)
-        if tag_cfg.get("quick_gelu"):
-            kwargs["force_quick_gelu"] = True
-        try:
-            with seeded(INIT_SEED):
-                clip, _, preprocess = open_clip.create_model_and_transforms(
-                    arch, pretrained=path, pretrained_text=path is None and not _offline(), **kwargs
-                )
-        except ModelLoadError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if path is None and ("offline" in msg.lower() or "connect" in msg.lower() or "hub" in msg.lower()):
-                hf_text = (open_clip.get_model_config(arch) or {}).get("text_cfg", {}).get("hf_model_name")
-                if hf_text:
-                    raise ModelLoadError(
-                        f"{arch} builds its text tower from the Hugging Face model {hf_text}, which is "
-                        f"{online.missing_state()}: {online.how_to_get(hf_text)}"
-                    ) from None
-                raise ModelLoadError(_how_to_provide(arch)) from None
-            raise ModelLoadError(f"cannot load {arch} with pretrained={pretrained!r}: {msg}") from None
-        tokenizer = _tokenizer_for(arch, cache_dir)
+        clip, preprocess, weights_id = _from_architecture(name, pretrained, kwargs, cache_dir)
     clip = clip.eval()
     pcfg = getattr(clip.visual, "preprocess_cfg", {}) or {}
     return OpenClipModel(
         clip,
-        tokenizer,
+        _tokenizer_for(name, cache_dir),
         name=name,
         pretrained=pretrained,
-        architecture=arch,
+        architecture=name,
         preprocess=preprocess,
         mean=pcfg.get("mean", OPENAI_MEAN),
         std=pcfg.get("std", OPENAI_STD),
         weights_id=weights_id,
         resize_mode=pcfg.get("resize_mode", "shortest"),
     )
+
+
+def _checkpoint_model(path: str, image_size: int | None, device: str) -> OpenClipModel:
+    """A checkpoint file given as the model name (OpenAI layout)."""
+    clip, wid = _from_state_dict_file(path, image_size, device)
+    size = int(clip.visual.image_size if isinstance(clip.visual.image_size, int) else clip.visual.image_size[0])
+    return OpenClipModel(
+        clip, _simple_tokenizer(), name=os.path.abspath(path), pretrained=None, architecture="openai-layout-checkpoint",
+        preprocess=_transform(size, OPENAI_MEAN, OPENAI_STD), mean=OPENAI_MEAN, std=OPENAI_STD, weights_id=wid,
+    )
+
+
+def _from_hub(name: str, pretrained: str | None, kwargs: dict[str, Any]) -> tuple[Any, Any, str]:
+    """An ``hf-hub:ORG/REPO`` model: (model, preprocess, weights id)."""
+    import open_clip
+
+    if pretrained is not None:
+        raise ModelLoadError(f"{name}: --pretrained is not used with hf-hub: ids (the repo holds the weights)")
+    repo = name[len("hf-hub:"):]
+    if not repo or repo.count("/") != 1:
+        raise ModelLoadError(f"bad hf-hub id {name!r}: expected hf-hub:ORG/REPO")
+    try:
+        clip, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
+    except Exception:  # noqa: BLE001
+        raise ModelLoadError(_how_to_provide(name, hub_repo=repo)) from None
+    return clip, preprocess, "hub:" + repo
+
+
+def _from_local_dir(name: str, kwargs: dict[str, Any]) -> tuple[Any, Any, str]:
+    """A ``local-dir:PATH`` model (an open_clip export): (model, preprocess, weights id)."""
+    import open_clip
+
+    try:
+        clip, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    weights_id = "local-dir"
+    ckpt = next((p for p in sorted(Path(name[len('local-dir:'):]).glob("*")) if p.suffix in (".bin", ".pt", ".safetensors")), None)
+    if ckpt is not None:
+        weights_id = "sha256:" + file_sha256(ckpt, _memo_dir())
+    return clip, preprocess, weights_id
+
+
+def _from_architecture(arch: str, pretrained: str | None, kwargs: dict[str, Any],
+                       cache_dir: str | None) -> tuple[Any, Any, str]:
+    """An open_clip architecture with a pretrained tag or weights file: (model, preprocess,
+    weights id)."""
+    import open_clip
+
+    if arch not in open_clip.list_models():
+        raise ModelLoadError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
+    path, tag_cfg, weights_id = _resolve_pretrained(arch, pretrained, cache_dir)
+    if tag_cfg.get("quick_gelu"):
+        kwargs["force_quick_gelu"] = True
+    try:
+        with seeded(INIT_SEED):
+            clip, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=path, pretrained_text=path is None and not _offline(), **kwargs
+            )
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise _architecture_error(arch, pretrained, path, exc) from None
+    return clip, preprocess, weights_id
+
+
+def _architecture_error(arch: str, pretrained: str | None, path: str | None, exc: Exception) -> ModelLoadError:
+    """The one line for an architecture that could not be built: what is missing offline, or
+    open_clip's own first line."""
+    import open_clip
+
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if path is None and ("offline" in msg.lower() or "connect" in msg.lower() or "hub" in msg.lower()):
+        hf_text = (open_clip.get_model_config(arch) or {}).get("text_cfg", {}).get("hf_model_name")
+        if hf_text:
+            return ModelLoadError(f"{arch} builds its text tower from the Hugging Face model {hf_text}, which is "
+                                  f"{online.missing_state()}: {online.how_to_get(hf_text)}")
+        return ModelLoadError(_how_to_provide(arch))
+    return ModelLoadError(f"cannot load {arch} with pretrained={pretrained!r}: {msg}")
 
 
 def weights_fingerprint(name: str, pretrained: str | None, image_size: int | None, cache_dir: str | None) -> str:

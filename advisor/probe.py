@@ -21,10 +21,16 @@ methods in the order given, each taking an equal share of what is left when its 
 ``share = (budget_s - cost of the probes before it) / methods left``, so what one probe leaves
 unused goes to the ones after it and what one overran is taken from them. A probe's share is
 the deadline of its training (``RunRequest.probe_budget_s`` -> ``TrainContext.deadline``): the
-training loop ends after the epoch during which the share ran out, so a probe always runs at
-least one epoch, and stops with the points it measured (``stopped="budget"``). Its evaluation
-afterwards is not cut. A method whose turn comes when nothing is left is not run
-(``epochs_run=0``, ``stopped="budget"``, no curve).
+shared training loop (``advisor.tuning.fit``) checks it after every optimiser step, so a probe
+runs at least one step and overruns its share by at most one step (and, when the share runs
+out on an epoch's last step, that epoch's curve point), plus what the tuner does before its
+first step. It stops with what it measured (``stopped="budget"``): the points of the epochs it
+completed. **A partial epoch gives no point**: its steps are counted (``steps_run``) but its
+loss and accuracies are not measured, since a point at epoch e means e whole epochs in the
+history's curves and a partial one would be read as such. A probe stopped inside its first
+epoch thus has only the untouched model's point (epoch 0), and its probe features are NaN. Its
+evaluation afterwards is not cut. A method whose turn comes when nothing is left is not run
+(``steps_run=0``, ``stopped="budget"``, no curve).
 
 **Whole runs.** When the first epoch's training seconds times the schedule's epochs fit in what
 is left of the method's share after its probe, the method is run in full (the same request
@@ -62,7 +68,8 @@ class ProbeResult:
     """One method's probe (see the module doc).
 
     ``hparams`` are the run's resolved hyper-parameters and ``epochs`` its schedule's length;
-    ``epochs_run`` how many it trained; ``cost_s`` the wall seconds of this method's runs (probe
+    ``epochs_run`` how many whole epochs it trained and ``steps_run`` how many optimiser steps
+    (those of a partial epoch included); ``cost_s`` the wall seconds of this method's runs (probe
     and, when measured, the whole run: training, curve points, evaluation), the shared
     preparation excluded (``setup_s``, paid by the first probe); ``train_s`` the training
     seconds up to the last epoch run (curve points excluded). ``stopped``: None (the whole
@@ -88,6 +95,7 @@ class ProbeResult:
     setup_s: float = 0.0
     run_id: str | None = None
     error: str | None = None
+    steps_run: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,17 +185,23 @@ def _probe(checked: Any, k: int, share: float | None, session: Session, history:
         return base
     t0 = time.perf_counter()
     whole = None
+    steps = [0]  # the last optimiser step of the method's last run (quiet: no progress bar to feed)
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        steps[0] = step
+
     try:
-        run = run_request(replace(checked, request=replace(req, probe_budget_s=share)), session)
+        run = run_request(replace(checked, request=replace(req, probe_budget_s=share)), session, on_step=on_step)
         whole = _whole_run_fits(run, share, time.perf_counter() - t0)
         if whole is not None:
             full_req = replace(req, stop_after_epochs=None, probe_budget_s=whole)
-            run = run_request(check_request(full_req), session)
+            run = run_request(check_request(full_req), session, on_step=on_step)
     except TrainingError as exc:
         base.cost_s = round(time.perf_counter() - t0, 3)
-        base.error = str(exc)
+        base.error, base.steps_run = str(exc), steps[0]
         return base
     result = _result(base, run, time.perf_counter() - t0, stop=k if whole is None else None)
+    result.steps_run = steps[0]
     if result.measured and history is not None:
         result.run_id = _record(history, run)
     return result
@@ -238,8 +252,11 @@ def _record(history: Any, run: Any) -> str | None:
 def _progress_line(r: ProbeResult) -> str:
     if r.error:
         return f"probe {r.method}: failed after {r.cost_s:.1f} s: {r.error}"
-    if r.epochs_run == 0:
+    if r.steps_run == 0:
         return f"probe {r.method}: not run, the budget was spent"
+    if r.epochs_run == 0:
+        return (f"probe {r.method}: stopped by the budget inside epoch 1 after {r.steps_run} step(s) in {r.cost_s:.1f} s"
+                + (f" (share {r.budget_s:.1f} s)" if r.budget_s is not None else "") + ": no epoch point")
     last = r.curve[-1] if r.curve else {}
     val = last.get("val_acc")
     what = {None: "the whole run, measured", "epochs": "probe", "budget": "stopped by the budget"}[r.stopped]

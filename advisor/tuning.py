@@ -283,6 +283,13 @@ def fit(
     view of the model being trained (pass it so the runner can record validation and
     out-of-domain points of the learning curve). ``ctx.stop_after_epochs`` and ``ctx.deadline``
     end the loop early (a probe) without changing the schedule the steps follow.
+
+    The deadline is checked after every optimiser step, not only at epoch ends, so one long
+    epoch cannot overrun it by more than a step. A loop stopped inside an epoch returns the
+    losses of the epochs it completed: the partial epoch gives no loss and no curve point (a
+    point at epoch e always means e whole epochs, as in the history's curves, so a partial one
+    could not be told apart from it). The last step of an epoch is left to the epoch-end check,
+    after ``on_epoch``: a completed epoch keeps its point.
     """
     params = [p for p in params if p.requires_grad]
     epochs = int(hp["epochs"])
@@ -299,7 +306,8 @@ def fit(
     for epoch in range(epochs):
         t_epoch = time.perf_counter()
         running, count = 0.0, 0
-        for idx in batch_indices(n, bs, generator):
+        batches = batch_indices(n, bs, generator)
+        for i, idx in enumerate(batches):
             opt.zero_grad(set_to_none=True)
             with autocast(ctx.device):
                 loss = loss_fn(idx, step, total)
@@ -316,6 +324,8 @@ def fit(
                 after_step(step)
             if ctx.progress is not None:
                 ctx.progress(step, total, value)
+            if i + 1 < len(batches) and past_deadline(ctx):
+                return losses  # inside an epoch: the partial epoch gives no point (see above)
         losses.append(running / max(count, 1))
         train_s += time.perf_counter() - t_epoch
         if ctx.on_epoch is not None:
@@ -330,6 +340,11 @@ def stop_early(ctx: TrainContext, epochs_done: int) -> bool:
     """Whether a probe ends here: ``ctx.stop_after_epochs`` reached or ``ctx.deadline`` passed."""
     if ctx.stop_after_epochs is not None and epochs_done >= int(ctx.stop_after_epochs):
         return True
+    return past_deadline(ctx)
+
+
+def past_deadline(ctx: TrainContext) -> bool:
+    """Whether ``ctx.deadline`` (a ``time.monotonic()`` instant; None: none) has passed."""
     return ctx.deadline is not None and time.monotonic() >= float(ctx.deadline)
 
 

@@ -23,7 +23,10 @@ markers in the README:
   without the seed papers' signals, without the anchors, the anchors alone);
 - ``claims``: the seed papers' claims tested on the history (``advisor.predictor.claims``);
 - ``probe-source``: ``advisor predictor evaluate --holdout source --probe 1,2,5``, the predictor
-  without and with the probe features, on the runs that recorded a learning curve: the history
+  without and with the probe features, both trained on every run of the training folds (as
+  ``recommend --probe`` uses them) and scored on the held-out runs that recorded a learning
+  curve, with whether each one's configuration regret is below every constant rule and the
+  rules' table (the command's own text): the history
   merged with the third-edition sweep's runs so far (``--curves-db``, default
   ``sweeps/registry-v3.db``; its runs are added with ``history add --skip-existing`` to a
   temporary copy, so the shipped history is not touched).

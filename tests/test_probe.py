@@ -62,17 +62,29 @@ def test_a_probe_follows_the_first_epochs_of_the_full_run_with_the_same_numbers(
 
 
 def test_a_probe_out_of_budget_stops_cleanly_and_writes_nothing(tmp_path: Path) -> None:
-    configs = {"coop": {"epochs": 4, "lr": 0.002}, "tpc_cma": {"epochs": 4}}
+    configs = {"coop": {"epochs": 4, "lr": 0.002, "batch_size": 1}, "tpc_cma": {"epochs": 4}}
     with open_history(str(tmp_path / "h.db")) as h:
         first, second = _probes(configs, epochs=3, budget_s=0.001, history=h)
         assert h.count() == 0
-    # The deadline is checked after each epoch: one epoch, then a clean stop with its points.
-    assert (first.epochs_run, first.stopped, first.measured, first.error) == (1, "budget", False, None)
-    assert [p["epoch"] for p in first.curve] == [0, 1]
-    assert _strip(first.curve) == _strip(_full("coop", configs["coop"]).curve[:2])
+    # The deadline is checked after every optimiser step: one step of the 40 of epoch 1, then a
+    # clean stop with what was measured: the untouched model's point; the partial epoch gives none.
+    assert (first.steps_run, first.epochs_run, first.stopped, first.measured, first.error) == (1, 0, "budget", False, None)
+    assert [p["epoch"] for p in first.curve] == [0] and first.curve[0]["val_acc"] is not None
     assert first.budget_s == pytest.approx(0.0005)  # half the budget: two methods
     # Nothing was left for the second method: not run.
-    assert (second.epochs_run, second.stopped, second.curve, second.cost_s) == (0, "budget", [], 0.0)
+    assert (second.steps_run, second.epochs_run, second.stopped, second.curve, second.cost_s) == (0, 0, "budget", [], 0.0)
+
+
+def test_a_budget_much_shorter_than_one_epoch_stops_inside_it_on_time() -> None:
+    # CoOp at batch 1 on 40 shots: 40 optimiser steps in an epoch (seconds on a CPU); a check at
+    # epoch ends only would run them all and return one epoch late, with a point at epoch 1.
+    budget = 1.0
+    (r,) = _probes({"coop": {"epochs": 4, "lr": 0.002, "batch_size": 1}}, epochs=2, budget_s=budget)
+    assert (r.stopped, r.epochs_run, r.measured, r.error) == ("budget", 0, False, None)
+    assert 1 <= r.steps_run < 40, r.steps_run
+    assert [p["epoch"] for p in r.curve] == [0]
+    # The training (the tuner's set-up and its steps) ends within a step or so of the deadline.
+    assert r.train_s < budget + 2.0, (r.train_s, r.steps_run)
 
 
 def test_a_whole_run_that_fits_the_budget_is_measured_and_recorded(tmp_path: Path) -> None:

@@ -86,3 +86,45 @@ def test_probe_options_are_checked_before_any_work(cli, tmp_path):
     for args, message in ((["--probe", "0"], "0"), (["--probe", "--probe-budget", "-3"], "--probe-budget")):
         r = cli("recommend", "--model", "tiny-vit", "--dataset", "digits", "--db", str(tmp_path / "none.db"), *args)
         assert r.exit_code != 0 and message in r.stderr and "Traceback" not in r.stderr
+
+
+#: One shipped model per image tower (open_clip's tiny random configs and the lit-offline
+#: EfficientNet-Lite towers). open_clip's pretrained models need downloaded weights: not here.
+TOWER_MODELS = {"vit (tiny open_clip)": "tiny-vit", "resnet (tiny open_clip)": "tiny-rn",
+                "efficientnet-lite0": "lit-offline", "efficientnet-lite1": "lit1-offline-mix",
+                "efficientnet-lite2": "lit2-offline-mix"}
+
+
+def test_every_shipped_image_tower_has_a_model_in_the_probe_test():
+    from advisor_plugins.models.lit_variants import TOWERS, VARIANTS
+    from advisor_plugins.models.open_clip import TINY_NAMES
+
+    covered = {VARIANTS[m][0] for m in TOWER_MODELS.values() if m in VARIANTS}
+    assert covered == set(TOWERS) and set(TINY_NAMES) <= set(TOWER_MODELS.values())
+
+
+@pytest.mark.parametrize("model", list(TOWER_MODELS.values()), ids=list(TOWER_MODELS))
+def test_recommend_probe_runs_on_every_shipped_tower_and_reports_its_cost(tmp_path, monkeypatch, folder, cli, model):
+    import functools
+
+    import advisor.probe
+
+    # Cheap samples for the probes' curve and test sets (the real defaults preprocess every OOD
+    # reference set at the tower's resolution: a minute per EfficientNet tower on a CPU).
+    monkeypatch.setattr(advisor.probe, "run_probes", functools.partial(
+        advisor.probe.run_probes, max_images=30, max_ood=20, ood=("digits",)))
+    monkeypatch.setenv("ADVISOR_HOME", str(tmp_path / "home"))
+    db = str(tmp_path / "history.db")
+    record_synthetic(db, _rows_with_curves())
+    r = cli("recommend", "--model", model, "--dataset", f"folder:{folder}", "--shots", "4", "--db", db,
+            "--allow-random-weights", "--probe", "1", "--probe-budget", "1", "--json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    probes = doc["probes"]
+    assert probes and all(p["model"] == model and isinstance(p["cost_s"], float) and p["cost_s"] >= 0 for p in probes)
+    first = probes[0]  # the first method always runs a step at least, then the budget stops what follows
+    assert first["steps_run"] >= 1 and first["cost_s"] > 0 and first["error"] is None
+    assert first["stopped"] in ("epochs", "budget") and [q["epoch"] for q in first["curve"]][0] == 0
+    note = next(n for n in doc["notes"] if n.startswith("probes: "))
+    cost = sum(p["cost_s"] + p["setup_s"] for p in probes)
+    assert f"took {cost:.0f} s in all" in note and "within a budget of 1 s" in note

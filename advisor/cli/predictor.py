@@ -140,20 +140,55 @@ def model_choice_text(ev: dict[str, Any]) -> str:
 
 def probe_text(pc: dict[str, Any]) -> str:
     """What ``advisor predictor evaluate --probe K`` prints: the predictor without and with the
-    probe, side by side, per K."""
+    probe, side by side, per K, then the constant rules on the same held-out groups (the
+    configuration-choice rows of ``config_choice_text``) and whether each predictor's regret is
+    below every one of them."""
     out: list[str] = []
     for p in pc["probe"]:
         k = p["probe_epochs"]
         cols = (("without probe", p["without"]), (f"with {k}-epoch probe", p["with"]))
         if out:
             out.append("")
-        out.append(f"{holdout_title(pc['holdout'])} on the {p['n_runs']} runs with a learning-curve point at epoch "
-                   f"{k}, the predictor without and with the probe:")
+        out.append(f"{holdout_title(pc['holdout'])}: both predictors trained on every run of the training folds "
+                   f"({p.get('n_history', pc['n_runs'])} runs in all; with the probe, runs without a curve point at "
+                   f"epoch {k} have no probe features), scored on the {p['n_runs']} held-out runs with a learning-curve "
+                   f"point at epoch {k}" + _spread_note(p["without"]) + ":")
         rows = []
         for label, get in _PROBE_SCORES:
             rows.append({"score": label, **{c: get(ev) for c, ev in cols}})
+        for o, short in (("gain", "gain"), ("balanced", "bal.")):
+            rows.append({"score": f"config. regret below every constant rule ({short})",
+                         **{c: _below_rules(ev, o) for c, ev in cols}})
         out += table_lines(rows)
+        out += ["", _rules_title(p["without"], pc.get("cheapest_method"))]
+        out += table_lines([_choice_row(b) for b in _rule_entries(p["without"])])
     return "\n".join(out)
+
+
+def _rule_entries(ev: dict[str, Any]) -> list[dict[str, Any]]:
+    """The constant rules' entries of an evaluation's configuration choice (every recommender
+    that is not a per-run predictor or ``random``)."""
+    predictors = {b["name"] for b in ev.get("baselines") or []}
+    return [b for b in (ev.get("config_choice") or {}).get("recommenders") or []
+            if b["name"] not in predictors and b["name"] != "random"]
+
+
+def _below_rules(ev: dict[str, Any], objective: str) -> str | None:
+    """``yes``/``no``: the predictor's configuration regret is below every constant rule's (on
+    the same groups); with the closest rule and its regret."""
+    mine = _predictor_entry(ev.get("config_choice")).get(f"regret_{objective}")
+    rules = [(b[f"regret_{objective}"], b["name"]) for b in _rule_entries(ev) if b.get(f"regret_{objective}") is not None]
+    if mine is None or not rules:
+        return None
+    best, name = min(rules)
+    return f"{'yes' if mine < best else 'no'} ({name} {best:.3f})"
+
+
+def _rules_title(ev: dict[str, Any], cheapest: str | None) -> str:
+    n = ((ev.get("config_choice") or {}).get("n_groups") or {}).get("gain", 0)
+    cheap = f"; always-{cheapest} is the cheapest" if cheapest else ""
+    return (f"The constant rules on the same {n} held-out (model, dataset, shots) groups (fitted on the training "
+            f"folds; the same with and without the probe{cheap}; regret in accuracy units):")
 
 
 def _predictor_entry(section: dict[str, Any] | None) -> dict[str, Any]:
@@ -169,12 +204,28 @@ _PROBE_SCORES: tuple[tuple[str, Any], ...] = (
     ("cost MAE", lambda ev: ev["targets"]["cost"]["mae"]),
     ("method top-1 (gain)", lambda ev: next(b for b in ev["baselines"] if b["name"] == "predictor").get("top1_gain")),
     ("method regret (gain)", lambda ev: next(b for b in ev["baselines"] if b["name"] == "predictor").get("regret_gain")),
+    ("method top-1 (gain, resolved)", lambda ev: _resolved(ev, "top1_gain")),
+    ("method regret (gain, resolved)", lambda ev: _resolved(ev, "regret_gain")),
     ("configuration top-1 (gain)", lambda ev: _predictor_entry(ev.get("config_choice")).get("top1_gain")),
     ("configuration regret (gain)", lambda ev: _predictor_entry(ev.get("config_choice")).get("regret_gain")),
     ("configuration norm. regret (gain)", lambda ev: _predictor_entry(ev.get("config_choice")).get("nregret_gain")),
     ("model top-1 (gain)", lambda ev: _predictor_entry(ev.get("model_choice")).get("top1_gain")),
     ("model regret (gain)", lambda ev: _predictor_entry(ev.get("model_choice")).get("regret_gain")),
 )
+
+
+def _spread_note(ev: dict[str, Any]) -> str:
+    spread = ev.get("method_spread")
+    return "" if spread is None else (f" (resolved: the groups whose two best methods' ID gains differ by more than "
+                                      f"the seed spread, {spread:.3g})")
+
+
+def _resolved(ev: dict[str, Any], key: str) -> Any:
+    """The predictor's method-choice score ``key`` over the groups whose best and second-best
+    methods' ID gains differ by more than the seed spread, with the number of groups."""
+    b = next(b for b in ev["baselines"] if b["name"] == "predictor")
+    v, n = b.get(f"{key}_resolved"), b.get("groups_gain_resolved")
+    return None if v is None else f"{v:.3g} ({n} groups)"
 
 
 def parse_probe(values: tuple[str, ...]) -> list[int]:
@@ -245,8 +296,10 @@ def predictor_train(probe: int | None, db: str | None, as_json: bool) -> None:
               help="The space the ID gain is learned in (default: the predictor's): a share of 1 - zero-shot, the "
                    "raw gain, a share of the anchor's headroom, or accuracy after minus the anchor.")
 @click.option("--probe", "probe", multiple=True, metavar="K[,K...]",
-              help="Also evaluate the predictor with a probe of K epochs (repeatable, or K=1,2,5), beside the same "
-                   "predictor without it, on the runs whose learning curve has a point at epoch K.")
+              help="Also evaluate the predictor with a probe of K epochs (repeatable, or K=1,2,5) beside the same "
+                   "predictor without it, both trained on every run of the training folds (as `recommend --probe` "
+                   "uses them) and scored on the held-out runs whose learning curve has a point at epoch K, with "
+                   "the constant rules on the same groups.")
 @quiet_option(expose=False)
 @db_option
 @json_option

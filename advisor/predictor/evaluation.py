@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -222,7 +223,43 @@ def _prediction_rows(rows: Sequence[Mapping[str, Any]], folds: Sequence[tuple[st
     ]
 
 
-def evaluate(
+@dataclass
+class HeldOut:
+    """Held-out predictions of the predictor and of every baseline (``held_out_predictions``):
+    per row of ``rows``, the measured targets ``Y``, each recommender's predictions ``pred``,
+    the predictor's interval ``bounds`` per level and its out-of-support flags ``n_flags``;
+    ``fold_of`` the fold whose test part holds the row (-1: not predicted), ``rules`` the
+    constant rules of each fold, ``candidates`` the rows' (method, configuration); ``spread``
+    the seed spread of ID gain over every row (``config_seed_noise``; a subset keeps it)."""
+
+    rows: list[Mapping[str, Any]]
+    folds: list[tuple[str, list[int], list[int]]]
+    folds_out: list[dict[str, Any]]
+    Y: np.ndarray
+    pred: dict[str, np.ndarray]
+    bounds: dict[float, tuple[np.ndarray, np.ndarray]]
+    n_flags: np.ndarray
+    fold_of: np.ndarray
+    rules: list[ConfigRules | None]
+    candidates: list[Candidate]
+    varying: dict[str, tuple[str, ...]]
+    spread: float | None = None
+
+    def subset(self, keep: Sequence[int]) -> "HeldOut":
+        """The same predictions for the rows ``keep`` only (indices into ``rows``, in order);
+        the folds keep their training parts and rules, their test parts shrink to ``keep``."""
+        keep = list(keep)
+        pos = {i: j for j, i in enumerate(keep)}
+        folds = [(g, tr, [pos[i] for i in te if i in pos]) for g, tr, te in self.folds]
+        return replace(
+            self, rows=[self.rows[i] for i in keep], folds=folds,
+            folds_out=[dict(f, n_test=len(te)) for f, (_, _, te) in zip(self.folds_out, folds)],
+            Y=self.Y[keep], pred={n: P[keep] for n, P in self.pred.items()},
+            bounds={lv: (lo[keep], hi[keep]) for lv, (lo, hi) in self.bounds.items()},
+            n_flags=self.n_flags[keep], fold_of=self.fold_of[keep], candidates=[self.candidates[i] for i in keep])
+
+
+def held_out_predictions(
     rows: Sequence[Mapping[str, Any]],
     *,
     holdout: str = "dataset",
@@ -230,13 +267,16 @@ def evaluate(
     knn_k: int = 3,
     progress: Callable[[str], None] | None = None,
     defaults: Callable[[str, int | None], Mapping[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Scores of the predictor and of every baseline with one ``holdout`` group left out at a
-    time (see the module docstring). ``defaults(method, shots)`` gives a method's default
-    hyper-parameters for the ``default-lr-of-best-method`` rule (default: the installed tuners'
-    ``defaults``). Plain JSON (NaN -> None)."""
+    scored: Callable[[Mapping[str, Any]], bool] | None = None,
+) -> HeldOut:
+    """The predictor, its calibration, the constant rules and every baseline fitted on the
+    training part of each ``holdout`` fold (all its rows), and asked about the fold's test
+    part: every held-out row, or only those ``scored`` accepts (the others are not predicted:
+    ``fold_of`` -1). See ``evaluate``."""
     rows = list(rows)
     folds = checked_folds(rows, holdout)
+    if scored is not None:
+        folds = [(g, tr, [i for i in te if scored(rows[i])]) for g, tr, te in folds]
     from sklearn.base import clone
 
     from .estimator import AdvisorPredictor
@@ -244,17 +284,15 @@ def evaluate(
     base = estimator if estimator is not None else AdvisorPredictor()
     nominal = float(base.get_params().get("interval", 0.8))
     levels = sorted(set(CALIBRATION_LEVELS) | {nominal})
-    Y = targets_matrix(rows)
     n, k = len(rows), len(TARGETS)
-    pred = {name: np.full((n, k), np.nan) for name in RECOMMENDERS if name != "random"}
-    bounds = {lv: (np.full((n, k), np.nan), np.full((n, k), np.nan)) for lv in levels}
-    n_flags = np.zeros(n, dtype=int)
-    folds_out = []
-    conformal_by = "dataset" if holdout == "headroom" else holdout
     varying = varying_hparams(rows)
-    candidates = [(row_method(r), config_of(r, varying)) for r in rows]
-    fold_of = np.full(n, -1)
-    rules: list[ConfigRules | None] = []
+    held = HeldOut(rows, folds, [], targets_matrix(rows),
+                   {name: np.full((n, k), np.nan) for name in RECOMMENDERS if name != "random"},
+                   {lv: (np.full((n, k), np.nan), np.full((n, k), np.nan)) for lv in levels},
+                   np.zeros(n, dtype=int), np.full(n, -1), [], [(row_method(r), config_of(r, varying)) for r in rows],
+                   varying)
+    held.spread = (config_seed_noise(rows, held.candidates).get("id_gain") or {}).get("sd")
+    conformal_by = "dataset" if holdout == "headroom" else holdout
     from ..terminal import progress_bar
 
     bar = progress_bar(len(folds), f"held-out {holdout}s", "fold")  # on stderr, where progress shows
@@ -265,41 +303,77 @@ def evaluate(
             progress(group)
         train = [rows[i] for i in train_idx]
         test = [rows[i] for i in test_idx]
-        folds_out.append({"held_out": group, "n_train": len(train), "n_test": len(test)})
-        rules.append(None)
-        if len(train) < 2:
+        held.folds_out.append({"held_out": group, "n_train": len(train), "n_test": len(test)})
+        held.rules.append(None)
+        if len(train) < 2 or not test:
             continue
-        fold_of[test_idx] = len(rules) - 1
-        rules[-1] = ConfigRules([candidates[i] for i in train_idx], Y[train_idx], defaults)
+        held.fold_of[test_idx] = len(held.rules) - 1
+        held.rules[-1] = ConfigRules([held.candidates[i] for i in train_idx], held.Y[train_idx], defaults)
         fitted = clone(base).fit_rows(train, group_by=conformal_by).model_
         for lv in levels:
             p = fitted.predict_rows(test, level=lv)
-            bounds[lv][0][test_idx], bounds[lv][1][test_idx] = p["lo"], p["hi"]
-        pred["predictor"][test_idx] = p["mean"]
-        n_flags[test_idx] = [len(f) for f in p["flags"]]
-        _baseline_predictions(train, test, test_idx, pred, knn_k)
+            held.bounds[lv][0][test_idx], held.bounds[lv][1][test_idx] = p["lo"], p["hi"]
+        held.pred["predictor"][test_idx] = p["mean"]
+        held.n_flags[test_idx] = [len(f) for f in p["flags"]]
+        _baseline_predictions(train, test, test_idx, held.pred, knn_k)
     bar.close()
+    return held
 
-    targets, calibration = _target_scores(Y, pred["predictor"], bounds, nominal)
-    groups = _groups(rows, Y, pred)
-    recommenders = _recommender_scores(groups, pred, Y)
-    predictions = _prediction_rows(rows, folds, candidates, n_flags, Y, pred["predictor"], bounds[nominal])
+
+def evaluate(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    holdout: str = "dataset",
+    estimator: Any = None,
+    knn_k: int = 3,
+    progress: Callable[[str], None] | None = None,
+    defaults: Callable[[str, int | None], Mapping[str, Any]] | None = None,
+    scored: Callable[[Mapping[str, Any]], bool] | None = None,
+) -> dict[str, Any]:
+    """Scores of the predictor and of every baseline with one ``holdout`` group left out at a
+    time (see the module docstring). ``defaults(method, shots)`` gives a method's default
+    hyper-parameters for the ``default-lr-of-best-method`` rule (default: the installed tuners'
+    ``defaults``). ``scored(row)``: only the held-out rows it accepts are predicted and scored,
+    while every fold still trains on all its training rows (``n_runs`` counts the scored rows,
+    ``n_history`` all). Plain JSON (NaN -> None)."""
+    held = held_out_predictions(rows, holdout=holdout, estimator=estimator, knn_k=knn_k, progress=progress,
+                                defaults=defaults, scored=scored)
+    if scored is not None:
+        held = held.subset(np.flatnonzero(held.fold_of >= 0))
+        if not held.rows:
+            raise EvaluationError("no held-out run to score")
+    return scores(held, holdout, estimator, n_history=len(rows))
+
+
+def scores(held: HeldOut, holdout: str, estimator: Any = None, n_history: int | None = None) -> dict[str, Any]:
+    """The evaluation document (``evaluate``) of the held-out predictions ``held``."""
+    from .estimator import AdvisorPredictor
+
+    base = estimator if estimator is not None else AdvisorPredictor()
+    nominal = float(base.get_params().get("interval", 0.8))
+    rows, Y, pred = held.rows, held.Y, held.pred
+    targets, calibration = _target_scores(Y, pred["predictor"], held.bounds, nominal)
+    groups = _groups(rows, Y, pred, held.spread)
+    names = [f[0] for f in held.folds]
     return clean_json({
         "holdout": holdout,
         "estimator": {k: v for k, v in base.get_params().items()
                       if k in ("gain_target", "feature_set", "linear_tree", "cost_target")},
         "n_runs": len(rows),
-        "n_held_out": len(folds),
+        "n_history": n_history if n_history is not None else len(rows),
+        "n_held_out": sum(1 for _, _, te in held.folds if te),
         "n_datasets": len({row_dataset(r) for r in rows}),
-        "folds": folds_out,
+        "folds": held.folds_out,
         "targets": targets,
         "calibration": calibration,
         "seed_noise": seed_noise(rows),
-        "baselines": recommenders,
+        "baselines": _recommender_scores(groups, pred, Y),
         "n_groups": {o: sum(1 for g in groups if g["valid"][o]) for o in OBJECTIVES},
-        "config_choice": config_choice(rows, Y, pred, candidates, fold_of, rules, varying, [f[0] for f in folds]),
-        "model_choice": model_choice(rows, Y, pred, candidates, fold_of),
-        "predictions": predictions,
+        "method_spread": held.spread,
+        "config_choice": config_choice(rows, Y, pred, held.candidates, held.fold_of, held.rules, held.varying, names),
+        "model_choice": model_choice(rows, Y, pred, held.candidates, held.fold_of),
+        "predictions": _prediction_rows(rows, held.folds, held.candidates, held.n_flags, Y, pred["predictor"],
+                                        held.bounds[nominal]),
     })
 
 
@@ -358,8 +432,11 @@ def _none(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def _groups(rows: Sequence[Mapping[str, Any]], Y: np.ndarray, pred: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Per (model, dataset, shots): measured and predicted (gain, ood) per method, seeds averaged."""
+def _groups(rows: Sequence[Mapping[str, Any]], Y: np.ndarray, pred: dict[str, np.ndarray],
+            spread: float | None = None) -> list[dict[str, Any]]:
+    """Per (model, dataset, shots): measured and predicted (gain, ood) per method, seeds averaged;
+    ``resolved``: its best and second-best methods' measured ID gains differ by more than
+    ``spread`` (the seed spread; None: no group is)."""
     keys: dict[tuple, dict[str, list[int]]] = {}
     for i, r in enumerate(rows):
         keys.setdefault((row_model(r), row_dataset(r), row_shots(r)), {}).setdefault(row_method(r), []).append(i)
@@ -376,14 +453,17 @@ def _groups(rows: Sequence[Mapping[str, Any]], Y: np.ndarray, pred: dict[str, np
             o: sum(1 for v in g["measured"].values() if math.isfinite(objective_value(*v, o))) >= 2
             for o in OBJECTIVES
         }
+        top = sorted((v[0] for v in g["measured"].values() if math.isfinite(v[0])), reverse=True)
+        g["resolved"] = spread is not None and len(top) >= 2 and top[0] - top[1] > spread
         out.append(g)
     return out
 
 
 def _choice_scores(groups: list[dict[str, Any]], name: str, objective: str) -> dict[str, Any]:
-    """Top-1 accuracy and mean regret of one recommender over the valid groups. A recommender
+    """Top-1 accuracy and mean regret of one recommender over the valid groups, and (``_resolved``
+    keys) over those of them whose best method is known beyond the seed spread. A recommender
     without a prediction for any measured method of a group is scored on the groups it answers."""
-    hits, regrets = [], []
+    hits, regrets, resolved = [], [], []
     for g in groups:
         if not g["valid"][objective]:
             continue
@@ -393,18 +473,23 @@ def _choice_scores(groups: list[dict[str, Any]], name: str, objective: str) -> d
         if name == "random":  # exact expectation over a uniform choice: no seed needed
             hits.append(sum(1 for v in measured.values() if v == best) / len(measured))
             regrets.append(float(np.mean([best - v for v in measured.values()])))
-            continue
-        scores = {m: objective_value(*g["pred"][name].get(m, (math.nan, math.nan)), objective) for m in measured}
-        finite = {m: s for m, s in scores.items() if math.isfinite(s)}
-        if not finite:
-            continue
-        choice = max(sorted(finite), key=lambda m: finite[m])  # ties: first by name
-        hits.append(1.0 if measured[choice] == best else 0.0)
-        regrets.append(best - measured[choice])
+        else:
+            scores = {m: objective_value(*g["pred"][name].get(m, (math.nan, math.nan)), objective) for m in measured}
+            finite = {m: s for m, s in scores.items() if math.isfinite(s)}
+            if not finite:
+                continue
+            choice = max(sorted(finite), key=lambda m: finite[m])  # ties: first by name
+            hits.append(1.0 if measured[choice] == best else 0.0)
+            regrets.append(best - measured[choice])
+        if g.get("resolved"):
+            resolved.append(len(hits) - 1)
     return {
         f"top1_{objective}": float(np.mean(hits)) if hits else None,
         f"regret_{objective}": float(np.mean(regrets)) if regrets else None,
         f"groups_{objective}": len(hits),
+        f"top1_{objective}_resolved": float(np.mean([hits[i] for i in resolved])) if resolved else None,
+        f"regret_{objective}_resolved": float(np.mean([regrets[i] for i in resolved])) if resolved else None,
+        f"groups_{objective}_resolved": len(resolved),
     }
 
 
@@ -652,21 +737,23 @@ def model_choice(rows: Sequence[Mapping[str, Any]], Y: np.ndarray, pred: Mapping
     }
 
 
+def has_curve_point(row: Mapping[str, Any], epochs: int) -> bool:
+    """Whether the run's learning curve (``row["curve"]``, a list of dicts with ``epoch``, or its
+    JSON) has a point at ``epochs``."""
+    curve = row.get("curve")
+    if isinstance(curve, str):
+        try:
+            curve = json.loads(curve)
+        except ValueError:
+            curve = None
+    return isinstance(curve, list) and any(isinstance(p, Mapping) and as_float(p.get("epoch")) == epochs
+                                           for p in curve)
+
+
 def probe_rows(rows: Sequence[Mapping[str, Any]], epochs: int) -> list[Mapping[str, Any]]:
-    """The runs whose learning curve (``row["curve"]``, a list of dicts with ``epoch``) has a
-    point at ``epochs``: the rows a probe of that many epochs can be evaluated on."""
-    out = []
-    for r in rows:
-        curve = r.get("curve")
-        if isinstance(curve, str):
-            try:
-                curve = json.loads(curve)
-            except ValueError:
-                curve = None
-        if isinstance(curve, list) and any(isinstance(p, Mapping) and as_float(p.get("epoch")) == epochs
-                                           for p in curve):
-            out.append(r)
-    return out
+    """The runs whose learning curve has a point at ``epochs`` (``has_curve_point``): the rows a
+    probe of that many epochs can be evaluated on."""
+    return [r for r in rows if has_curve_point(r, epochs)]
 
 
 def _text(v: Any) -> str:
@@ -755,24 +842,51 @@ def _summary(scores: Mapping[tuple[str, str, str], list[tuple[float, float, floa
 def probe_comparison(rows: Sequence[Mapping[str, Any]], probe_epochs: Sequence[int], *, holdout: str = "dataset",
                      estimator: Any = None, defaults: Callable[[str, int | None], Mapping[str, Any]] | None = None
                      ) -> dict[str, Any]:
-    """Per probe length K: ``evaluate`` without the probe (``probe_epochs=None``) and with it
-    (``probe_epochs=K``) on the same rows, the runs with a learning-curve point at epoch K
-    (``probe_rows``). One-line error when the estimator has no ``probe_epochs`` parameter."""
+    """Per probe length K: the predictor without the probe (``probe_epochs=None``) and with it
+    (``probe_epochs=K``), each as ``advisor recommend`` uses it: trained, in each fold, on every
+    training run (with the probe, a run without a curve point at K has NaN probe features, as
+    ``load_or_train_probe_predictor`` trains ``probe-K``), and both scored on the same held-out
+    runs: those with a curve point at K (``probe_rows``; what a probe measures). The baselines
+    and the constant rules are fitted on the same training folds and scored on the same rows.
+    ``cheapest_method``: the method of the lowest mean cost target over ``rows`` (its
+    ``always-`` rule is the cheapest constant rule). One-line error when the estimator has no
+    ``probe_epochs`` parameter, or no run has a point at some K."""
     from sklearn.base import clone
 
     from .estimator import AdvisorPredictor
 
+    rows = list(rows)
     base = estimator if estimator is not None else AdvisorPredictor()
     if "probe_epochs" not in base.get_params():
         raise EvaluationError("this predictor has no probe features yet")
+    at = {k: {id(r) for r in probe_rows(rows, k)} for k in probe_epochs}
+    for k, ids in at.items():
+        if not ids:
+            raise EvaluationError(f"no run in the history has a learning-curve point at epoch {k}")
+    union = set().union(*at.values())
+    # without the probe the predictor is the same for every K: fitted once, scored per K
+    without = held_out_predictions(rows, holdout=holdout, estimator=clone(base).set_params(probe_epochs=None),
+                                   defaults=defaults, scored=lambda r: id(r) in union)
     out = []
     for k in probe_epochs:
-        sub = probe_rows(rows, k)
-        if not sub:
-            raise EvaluationError(f"no run in the history has a learning-curve point at epoch {k}")
-        out.append({"probe_epochs": k, "n_runs": len(sub),
-                    "without": evaluate(sub, holdout=holdout, estimator=clone(base).set_params(probe_epochs=None),
-                                        defaults=defaults),
-                    "with": evaluate(sub, holdout=holdout, estimator=clone(base).set_params(probe_epochs=k),
-                                     defaults=defaults)})
-    return {"holdout": holdout, "n_runs": len(rows), "probe": out}
+        est = clone(base).set_params(probe_epochs=k)
+        held = held_out_predictions(rows, holdout=holdout, estimator=est, defaults=defaults,
+                                    scored=lambda r, ids=at[k]: id(r) in ids)
+        keep = np.flatnonzero(held.fold_of >= 0)
+        if not len(keep):
+            raise EvaluationError(f"no held-out run with a learning-curve point at epoch {k} could be scored")
+        out.append({"probe_epochs": k, "n_runs": int(len(keep)), "n_history": len(rows),
+                    "without": scores(without.subset(keep), holdout, base, len(rows)),
+                    "with": scores(held.subset(keep), holdout, est, len(rows))})
+    return {"holdout": holdout, "n_runs": len(rows), "cheapest_method": cheapest_method(rows), "probe": out}
+
+
+def cheapest_method(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """The method with the lowest mean cost target (``targets_matrix``) over ``rows``."""
+    Y = targets_matrix(rows)
+    j = TARGETS.index("cost")
+    by: dict[str, list[float]] = {}
+    for r, y in zip(rows, Y[:, j]):
+        if math.isfinite(y):
+            by.setdefault(row_method(r), []).append(float(y))
+    return min(sorted(by), key=lambda m: float(np.mean(by[m]))) if by else None

@@ -6,7 +6,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from ..errors import HistoryError, PredictorError
-from .evaluation import clean_json, evaluate_lodo
+from .evaluation import clean_json, evaluate_lodo, has_curve_point
 from . import DEFAULT_PREDICTOR
 from .rows import row_dataset, row_targets
 
@@ -81,7 +81,10 @@ def _fit(history: Any, est: Any, evaluate: bool, probe: int | None) -> tuple[Any
         scores.update(probe_epochs=probe, n_with_curve=with_curve)
     if evaluate:
         with phase("scoring it leave-one-dataset-out"):
-            ev = evaluate_lodo(rows, estimator=est)
+            # a probe predictor is scored where a probe tells it something: the held-out runs
+            # with a curve point at K (trained, in each fold, on every run, as here)
+            ev = evaluate_lodo(rows, estimator=est,
+                               scored=None if probe is None else (lambda r: has_curve_point(r, probe)))
         scores.update({k: ev[k] for k in ("holdout", "targets", "calibration", "seed_noise", "baselines", "n_groups")})
     scores = clean_json(scores)
     extra: dict[str, Any] = {}

@@ -283,6 +283,7 @@ class _Candidate:
     case: dict[str, Any]
     summary: dict[str, Any]
     label: str | None  # the model's name in the ranking; None when one model is ranked
+    session: Any = None  # the recommend's Session: what measuring the pair loaded, the probes reuse
 
 
 def recommend_request(req: RecommendRequest) -> Recommendation:
@@ -291,6 +292,7 @@ def recommend_request(req: RecommendRequest) -> Recommendation:
     together, decide, and say what more labels would buy."""
     from .history import open_reader
     from .predictor.support import bounded_view
+    from .session import Session
 
     pins = check_pins(req.hparams)  # before any model, dataset or history is opened
     history = open_reader(req.db, must_exist=True)  # plain sqlite3 for the reads of a cached pair; writes go to the full History
@@ -299,15 +301,16 @@ def recommend_request(req: RecommendRequest) -> Recommendation:
     several = len(req.models) > 1
     warnings: list[str] = []
     candidates = []
+    session = Session()  # one for the whole answer: a model loaded to measure its pair is not loaded again to probe
     for spec in req.models:
-        pair = _prepare(req, evidence, spec)
+        pair = _prepare(req, evidence, spec, session)
         pair_warnings = _pair_warnings(req, pair, spec)
         summary, domain_warnings = evidence.support_for(pair.model_desc, pair.dataset_desc)
         prefix = f"{spec.label()}: " if several else ""
         warnings += [prefix + w for w in domain_warnings + pair_warnings]
         case = {"shots": req.shots, "signals": dict(pair.signals), "model_desc": dict(pair.model_desc),
                 "dataset_desc": dict(pair.dataset_desc), "model": pair.model_desc.get("name")}
-        candidates.append(_Candidate(spec, pair, case, summary, spec.label() if several else None))
+        candidates.append(_Candidate(spec, pair, case, summary, spec.label() if several else None, session))
     notes: list[str] = []
     predictor = _load_or_train(evidence, notes)
     methods, families = registered_methods(predictor.est.schema.categories.get("method", [])
@@ -343,7 +346,7 @@ def recommend_request(req: RecommendRequest) -> Recommendation:
     return rec
 
 
-def _prepare(req: RecommendRequest, evidence: HistoryEvidence, spec: ModelSpec) -> Any:
+def _prepare(req: RecommendRequest, evidence: HistoryEvidence, spec: ModelSpec, session: Any = None) -> Any:
     """The pair's descriptors and signals: from the embeddings file, else from the history or
     measured now and stored (seed 0 and the default sample, as the history's runs, so they compare)."""
     if req.embeddings is not None:
@@ -355,7 +358,7 @@ def _prepare(req: RecommendRequest, evidence: HistoryEvidence, spec: ModelSpec) 
             raise RecommendError("give a dataset (or embeddings=FILE.npz)")
         pair = prepare_pair(spec, req.dataset, history=evidence.history, rows=evidence.rows, lookup=True,
                             store=True, device=req.device, max_images=req.max_images, quiet=req.quiet,
-                            allow_random_weights=req.allow_random_weights)
+                            allow_random_weights=req.allow_random_weights, session=session)
         what = "for the pair" if len(req.models) == 1 else f"for {spec.label()}"
     if not pair.signals:
         errors = "; ".join(f"{k}: {v}" for k, v in (getattr(pair.signal_set, "errors", None) or {}).items())
@@ -571,7 +574,7 @@ def _apply_probes(req: RecommendRequest, evidence: HistoryEvidence, candidates: 
     before = [a.key for a in ranking.ranked if a.eligible]
     results = _run_probes(req, evidence, candidates, probed, notes)
     for a, r, cand in results:
-        _take_probe(est, a, r, cand, warnings)
+        _take_probe(est, a, r, cand, int(req.probe), warnings)
     ranked, _ = choose(ranking.ranked, req.objective, max_forgetting=req.max_forgetting, budget=req.budget)
     settled = _settled(req, evidence, ranked, ranking.flags, ranking.interval,
                        [dict(r.to_dict(), key=a.key) for a, r, _ in results])
@@ -600,15 +603,18 @@ def _run_probes(req: RecommendRequest, evidence: HistoryEvidence, candidates: Se
             continue
         configs = {a.method: run_overrides(a.method, a.hparams, req.shots) for a in mine}  # as `run_command` runs it
         out = run_probes(cand.spec, req.dataset, configs, epochs=int(req.probe), budget_s=share,
-                         shots=req.shots, device=req.device, quiet=req.quiet, history=evidence.history)
+                         shots=req.shots, device=req.device, quiet=req.quiet, history=evidence.history,
+                         session=cand.session)
         spent += sum(r.cost_s + r.setup_s for r in out)
         results += [(a, r, cand) for a, r in zip(mine, out)]
     return results
 
 
-def _take_probe(est: Any, a: MethodAdvice, r: Any, cand: _Candidate, warnings: list[str]) -> None:
+def _take_probe(est: Any, a: MethodAdvice, r: Any, cand: _Candidate, epochs: int, warnings: list[str]) -> None:
     """Update ``a`` from its probe: the measured outcome of a whole run, else the probe
-    predictor's prediction from the partial curve (``est`` None: left as it was)."""
+    predictor's prediction from the partial curve (``est`` None: left as it was). A probe the
+    budget stopped before its ``epochs`` has no point where the probe predictor reads one, so
+    the prediction stays the static one (and a warning says so)."""
     if r.error:
         warnings.append(f"probe of {a.key} failed: {r.error}")
         return
@@ -622,6 +628,10 @@ def _take_probe(est: Any, a: MethodAdvice, r: Any, cand: _Candidate, warnings: l
         a.contributions, a.contribution_base, a.contribution_other = [], None, None
         return
     if not r.curve or est is None:
+        return
+    if r.epochs_run < epochs:
+        warnings.append(f"probe of {a.key} stopped by its budget after {r.epochs_run} of {epochs} epoch(s): "
+                        "its prediction stays the one without a probe")
         return
     kinds = [kind for kind, _ in est.flags([cand.case])[0]]
     (new,) = _predict_configs(est, [(a.method, a.hparams)], dict(cand.case, curve=r.curve), kinds)

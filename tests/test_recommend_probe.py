@@ -125,6 +125,28 @@ def test_recommend_probe_runs_on_every_shipped_tower_and_reports_its_cost(tmp_pa
     first = probes[0]  # the first method always runs a step at least, then the budget stops what follows
     assert first["steps_run"] >= 1 and first["cost_s"] > 0 and first["error"] is None
     assert first["stopped"] in ("epochs", "budget") and [q["epoch"] for q in first["curve"]][0] == 0
+    by_key = {m["key"]: m for m in doc["methods"]}
+    for p in probes:  # stopped before its first epoch ended: no point to read, the static prediction stays
+        if p["curve"] and p["epochs_run"] < 1 and not p["measured"] and p["error"] is None:
+            assert by_key[p["key"]]["basis"] != "probed"
+            assert any(w.startswith(f"probe of {p['key']} stopped by its budget") for w in doc["warnings"])
     note = next(n for n in doc["notes"] if n.startswith("probes: "))
     cost = sum(p["cost_s"] + p["setup_s"] for p in probes)
     assert f"took {cost:.0f} s in all" in note and "within a budget of 1 s" in note
+
+
+def test_a_probe_stopped_before_its_epochs_keeps_the_prediction_without_a_probe():
+    """The budget stopped the probe inside its first epoch: its curve has point 0 only, which the
+    probe predictor cannot read, so the advice keeps its static numbers and a warning says why."""
+    from advisor.probe import ProbeResult
+    from advisor.recommendation import MethodAdvice, _take_probe
+
+    a = MethodAdvice("lora", id_gain=0.1, id_gain_lo=0.05, id_gain_hi=0.15)
+    point0 = {"epoch": 0, "step": 0, "train_loss": None, "val_acc": 0.3, "ood_proxy_acc": 0.5, "train_s": 0.0}
+    r = ProbeResult(model="m", method="lora", hparams={}, epochs=10, epochs_run=0, cost_s=1.0, stopped="budget",
+                    curve=[point0])
+    warnings: list[str] = []
+    _take_probe(object(), a, r, None, 1, warnings)  # a predictor that must not be asked
+    assert (a.id_gain, a.id_gain_lo, a.id_gain_hi) == (0.1, 0.05, 0.15) and a.basis != "probed"
+    assert warnings == [f"probe of {a.key} stopped by its budget after 0 of 1 epoch(s): its prediction stays "
+                        "the one without a probe"]

@@ -9,6 +9,7 @@ import sqlite3
 import pytest
 
 from advisor.history import open_history
+from advisor.plugins import get_metrics
 from advisor.runner import run_finetune
 from advisor.specs import DatasetSpec, ModelSpec
 
@@ -100,4 +101,4 @@ def test_refresh_of_one_metric_keeps_the_other_signals(tmp_path, cli):
     with open_history(db) as h:
         (row,) = h.training_rows()
     assert row["signals"]["iimm"] == 123.5 and row["signal_versions"]["iimm"] == "kept"
-    assert 0.0 <= row["signals"]["anchor_probe.k1"] <= 1.0 and row["signal_versions"]["anchor_probe.k1"] == "1"
+    assert 0.0 <= row["signals"]["anchor_probe.k1"] <= 1.0 and row["signal_versions"]["anchor_probe.k1"] == get_metrics()["anchor"].version

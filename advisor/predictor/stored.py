@@ -9,6 +9,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import PredictorError
+from .anchors import is_anchor_signal
 from .features import CORE_FEATURES, FeatureSchema
 from .intervals import bag_spread, half_width
 from .rows import TARGETS
@@ -154,8 +155,13 @@ class FittedPredictor:
         return self.schema.matrix(list(rows))
 
     def signal_drift(self, signals: Iterable[str]) -> tuple[list[str], list[str]]:
-        """(signals the predictor uses that are missing here, signals here it does not use)."""
+        """(signals the predictor uses that are missing here, signals here it does not use).
+
+        The anchor signals are read through the schema's anchor features (``anc:``, at the run's
+        shots), not one by one, so they count as used whenever the schema has anchors."""
         have, used = set(signals), set(self.schema.signals if self.schema else [])
+        if self.schema is not None and self.schema.anchors:
+            have = {s for s in have if not is_anchor_signal(s)}
         return sorted(used - have), sorted(have - used)
 
     # -- storage ---------------------------------------------------------------------------

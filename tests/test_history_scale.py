@@ -179,6 +179,39 @@ def test_history_add_with_a_bad_row_in_the_middle_writes_nothing(tmp_path: Path,
         assert h.count() == 0
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_lone_surrogate_escaped_in_a_large_file_is_refused_though_the_file_is_scanned_once(
+        tmp_path: Path, cli: Any, fmt: str) -> None:
+    """``history add`` skips the per-cell search for lone surrogates only when the file's text
+    holds no surrogate and no JSON escape of one; an escape in row 1,500's JSON cell still
+    refuses the file, naming its row and column, and writes nothing."""
+    from advisor.history.validate import may_hold_surrogates
+
+    assert not may_hold_surrogates('{"model": "caf\u00e9", "x": "\u00e9t\u00e9"}')
+    assert may_hold_surrogates('{"hparams": {"\\udcff": 4}}') and may_hold_surrogates("a\ud800")
+    src = tmp_path / "src.db"
+    with open_history(src) as h:
+        h.add_records(_records(2000))
+        rows = h.runs()
+    path = tmp_path / f"runs.{fmt}"
+    with open(path, "w", encoding="utf-8") as f:
+        write_rows(rows, fmt, f)
+    good = cli("history", "add", str(path), "--db", str(tmp_path / "good.db"), "--json")
+    assert good.exit_code == 0 and json.loads(good.output)["added"] == 2000
+    text = path.read_text(encoding="utf-8").splitlines()
+    line = 1500 if fmt == "csv" else 1499  # the CSV header is line 0
+    assert '"rank"' in text[line] or '""rank""' in text[line]
+    text[line] = text[line].replace('"rank"', '"\\udcff"', 1).replace('""rank""', '""\\udcff""', 1)
+    path.write_text("\n".join(text) + "\n", encoding="utf-8")
+    db = tmp_path / "new.db"
+    result = cli("history", "add", str(path), "--db", str(db))
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: {path} row 1500, column hparams: contains a "
+                                                            "lone surrogate")
+    with open_history(db) as h:
+        assert h.count() == 0
+
+
 @pytest.mark.parametrize("history_url", ["sqlite", "postgresql"], indirect=True)
 def test_list_pages_in_sql_with_limit_offset_and_after(history_url: str, cli: Any) -> None:
     with open_history(history_url) as h:

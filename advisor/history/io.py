@@ -35,7 +35,7 @@ from .rows import (  # noqa: F401  (COLUMNS, BY_NAME, ImportRecord ... are this 
     ImportRecord,
     column_for,
 )
-from .validate import loads, parse_cell, parse_row, type_name  # noqa: F401
+from .validate import loads, may_hold_surrogates, parse_cell, parse_row, type_name  # noqa: F401
 
 FORMATS = ("csv", "json", "jsonl")
 
@@ -80,7 +80,12 @@ def detect_format(path: Path, text: str) -> str:
 
 def read_rows(path: str | Path, fmt: str | None = None) -> tuple[str, list[dict[str, Any]], bool]:
     """Read a history file: (format, rows, cells_are_text). Raises InputFileError."""
-    p = Path(path)
+    return _read_rows(Path(path), fmt)[:3]
+
+
+def _read_rows(p: Path, fmt: str | None) -> tuple[str, list[dict[str, Any]], bool, bool]:
+    """``read_rows`` and whether a cell may hold a lone surrogate (``validate.may_hold_surrogates``
+    of the file's text)."""
     try:
         if p.is_dir():
             raise InputFileError(f"{p} is a directory, not a history file")
@@ -96,8 +101,9 @@ def read_rows(path: str | Path, fmt: str | None = None) -> tuple[str, list[dict[
     fmt = fmt or detect_format(p, text)
     if fmt not in FORMATS:
         raise InputFileError(f"unknown format {fmt!r} (use csv, json or jsonl)")
+    surrogates = may_hold_surrogates(text)
     if fmt == "csv":
-        return fmt, _read_csv(p, text), True
+        return fmt, _read_csv(p, text), True, surrogates
     if fmt == "json":
         try:
             data = loads(text)
@@ -108,7 +114,7 @@ def read_rows(path: str | Path, fmt: str | None = None) -> tuple[str, list[dict[
         for i, item in enumerate(data, start=1):
             if not isinstance(item, dict):
                 raise InputFileError(f"{p} row {i}: expected a JSON object, got {type_name(item)}")
-        return fmt, data, False
+        return fmt, data, False, surrogates
     rows = []
     # Lines end at "\n" (and "\r\n") only: str.splitlines() would also split a name at U+2028,
     # U+0085 or \x1c, which JSON allows raw inside a string.
@@ -123,7 +129,7 @@ def read_rows(path: str | Path, fmt: str | None = None) -> tuple[str, list[dict[
         if not isinstance(item, dict):
             raise InputFileError(f"{p} line {lineno}: expected a JSON object, got {type_name(item)}")
         rows.append(item)
-    return fmt, rows, False
+    return fmt, rows, False, surrogates
 
 
 def _read_csv(p: Path, text: str) -> list[dict[str, Any]]:
@@ -183,9 +189,9 @@ def _check_columns(p: Path, rows: list[dict[str, Any]]) -> None:
 def parse_file(path: str | Path, fmt: str | None = None) -> list[ImportRecord]:
     """Read and validate a whole history file; nothing is written. Raises InputFileError."""
     p = Path(path)
-    fmt, rows, text = read_rows(p, fmt)
+    fmt, rows, text, surrogates = _read_rows(p, fmt)
     _check_columns(p, rows)
-    records = [parse_row(row, text, f"{p} row {i}") for i, row in enumerate(rows, start=1)]
+    records = [parse_row(row, text, f"{p} row {i}", surrogates) for i, row in enumerate(rows, start=1)]
     del rows  # the raw cells: half the memory of a large file
     _check_consistency(records)
     return records

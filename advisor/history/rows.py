@@ -117,13 +117,18 @@ class ImportRecord:
     config: str | None = None  # its configuration hash, once computed (``keys.config_hash``)
 
 
+#: Types ``jsonable`` returns as they are: tested with ``type(v) in``, so the leaves of a large
+#: value (a learning curve's floats) cost no call each.
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
 def jsonable(obj: Any) -> Any:
     """numpy scalars/arrays, tuples, sets and paths -> plain JSON types (recursively)."""
     if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
+        return {k if type(k) is str else str(k): v if type(v) in _LEAVES else jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
         items = sorted(obj) if isinstance(obj, (set, frozenset)) else obj
-        return [jsonable(v) for v in items]
+        return [v if type(v) in _LEAVES else jsonable(v) for v in items]
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     if isinstance(obj, os.PathLike):

@@ -26,7 +26,6 @@ from sqlalchemy.orm import Session, selectinload
 
 from ..errors import HistoryError
 from ..specs import RunResult
-from . import io as hio
 from .database import db_timeout, make_engines, quick_check, translate
 from .keys import (
     config_hash,
@@ -525,8 +524,11 @@ class History:
             ids = sorted({rid for _, rid in chunk})
             for rid, cfg, seed in s.execute(select(Run.run_id, Run.config_hash, Run.seed).where(Run.run_id.in_(ids))):
                 by_id[rid] = (cfg, seed)
-            cfgs = sorted({cfg for cfg, _ in chunk})
-            for rid, cfg, seed in s.execute(select(Run.run_id, Run.config_hash, Run.seed).where(Run.config_hash.in_(cfgs))):
+            # (configuration, seed) pairs, not configurations: a configuration run with many
+            # seeds would return every one of its runs (all the copies of a large history)
+            pairs = sorted({(cfg, records[start + j].run.seed) for j, (cfg, _) in enumerate(chunk)})
+            for rid, cfg, seed in s.execute(select(Run.run_id, Run.config_hash, Run.seed)
+                                            .where(tuple_(Run.config_hash, Run.seed).in_(pairs))):
                 by_config.setdefault((cfg, seed), rid)
         todo = []
         for i, (rec, (cfg, rid)) in enumerate(zip(records, keys)):
@@ -617,6 +619,8 @@ class History:
 
     def import_file(self, path: str | os.PathLike[str], fmt: str | None = None) -> int:
         """Validate a CSV / JSON / JSON-lines file completely, then add all its rows or none."""
+        from . import io as hio  # the file formats: not imported by commands that only read
+
         records = hio.parse_file(path, fmt)
         return self.add_records(records)
 
@@ -758,6 +762,8 @@ class History:
         """Write every run as CSV or JSON lines to a text stream; returns the number of rows."""
         if fmt not in ("csv", "jsonl"):
             raise HistoryError(f"unknown export format {fmt!r} (use csv or jsonl)")
+        from . import io as hio
+
         return hio.write_rows(self.iter_runs(), fmt, out, columns=self.export_columns())
 
     def export_columns(self) -> list[str]:

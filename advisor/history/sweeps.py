@@ -281,30 +281,41 @@ def sweeps(h: History) -> list[dict[str, Any]]:
 def sweep_status(h: History, sweep_id: str, stale_after_s: float) -> dict[str, Any]:
     """Counts and the jobs worth a look: failed ones (with error and log), running ones (with
     heartbeat age). A running job whose heartbeat is stale is *shown* as failed; nothing is
-    written (status is a read-only command)."""
+    written (status is a read-only command).
+
+    Reads a bounded amount whatever the sweep's size: the counts and the last activity are one
+    ``GROUP BY status`` aggregate; only the failed and running jobs (the rows printed) are read
+    whole, through ``ix_sweep_jobs_status``."""
     now = time.time()
+    jobs = SweepJob.__table__
     with h._read() as s:
         sw = s.scalar(select(Sweep).where(Sweep.sweep_id == sweep_id))
         if sw is None:
             sw = _by_prefix(s, sweep_id, h.display)
-        jobs = list(s.scalars(select(SweepJob).where(SweepJob.sweep_id == sw.sweep_id).order_by(SweepJob.position)))
+        groups = s.execute(
+            select(jobs.c.status, func.count(), func.max(jobs.c.started_at), func.max(jobs.c.heartbeat_at),
+                   func.max(jobs.c.finished_at))
+            .where(jobs.c.sweep_id == sw.sweep_id).group_by(jobs.c.status)).all()
+        shown = s.execute(select(jobs).where(jobs.c.sweep_id == sw.sweep_id, jobs.c.status.in_((FAILED, RUNNING)))
+                          .order_by(jobs.c.position)).all()
         info = {"sweep_id": sw.sweep_id, "name": sw.name, "executor": sw.executor, "created_at": sw.created_at,
-                "updated_at": _latest(sw.updated_at, *(t for j in jobs
-                                                       for t in (j.started_at, j.heartbeat_at, j.finished_at))),
-                "jobs": len(jobs)}
+                "updated_at": _latest(sw.updated_at, *(t for g in groups for t in g[2:])),
+                "jobs": sum(int(g[1]) for g in groups)}
     tally = {k: 0 for k in STATUSES}
+    tally.update({status: int(n) for status, n, *_ in groups})
     failed, running = [], []
-    for j in jobs:
+    for j in shown:
         status = j.status
         d = _job_dict(j)
         if status == RUNNING and (j.heartbeat_at or 0) < now - stale_after_s:
             status = FAILED
             d["error"] = f"worker stopped (heartbeat stale for {now - (j.heartbeat_at or now):.0f} s)"
+            tally[RUNNING] -= 1
+            tally[FAILED] += 1
         d["status"] = status
-        tally[status] += 1
         if status == FAILED:
             failed.append(d)
-        elif status == RUNNING:
+        else:
             d["heartbeat_age_s"] = round(now - (j.heartbeat_at or now), 1)
             running.append(d)
     info["counts"] = tally
@@ -321,7 +332,8 @@ def _by_prefix(s: Session, prefix: str, display: str) -> Sweep:
     return matches[0]
 
 
-def _job_dict(j: SweepJob) -> dict[str, Any]:
+def _job_dict(j: Any) -> dict[str, Any]:
+    """A job as a dict, from a ``SweepJob`` or a row of the ``sweep_jobs`` table."""
     return {"id": j.id, "sweep_id": j.sweep_id, "job_key": j.job_key, "position": j.position, "stage": j.stage,
             "pair": j.pair,
             "config": dict(j.config or {}), "status": j.status, "attempts": j.attempts, "worker": j.worker,

@@ -50,11 +50,13 @@ class CellError(ValueError):
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"key {k!r} appears twice in one object")
-        out[k] = v
+    out = dict(pairs)  # in C; the pairs are walked only when a key came twice
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise ValueError(f"key {k!r} appears twice in one object")
+            seen.add(k)
     return out
 
 
@@ -189,11 +191,13 @@ def _mapping(kind: str, value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-def parse_cell(col: Column, value: Any, text: bool) -> Any:
+def parse_cell(col: Column, value: Any, text: bool, surrogates: bool = True) -> Any:
     """One cell -> its Python value (None when empty). ``text``: the cell came from CSV. Text
-    with a lone surrogate is refused; the names of ``NAME_COLUMNS`` come back in NFC."""
+    with a lone surrogate is refused; the names of ``NAME_COLUMNS`` come back in NFC.
+    ``surrogates=False``: the caller knows the cell cannot hold a surrogate (``may_hold_surrogates``
+    of the file's text is False), so the value is not searched for one."""
     out = _parse_cell(col, value, text)
-    bad = lone_surrogate(out)
+    bad = lone_surrogate(out) if surrogates else None
     if bad is not None:
         raise CellError(f"contains a lone surrogate {bad!r}, which is not valid Unicode text")
     if col.name in NAME_COLUMNS and isinstance(out, str):
@@ -279,16 +283,44 @@ def _parse_cell(col: Column, value: Any, text: bool) -> Any:
 # ------------------------------------------------------------------------------- a file row
 
 
-def parse_row(row: dict[str, Any], text: bool, label: str) -> ImportRecord:
-    """A flat row (column -> cell; columns already checked to exist) -> an ``ImportRecord``."""
+#: A surrogate in decoded text, or a JSON escape that decodes to one (``\\ud800``..``\\udfff``).
+_SURROGATE_SOURCE = re.compile(r"[\ud800-\udfff]|\\u[dD][89a-fA-F]")
+
+
+def may_hold_surrogates(text: str) -> bool:
+    """False when no cell read from ``text`` (a whole file, decoded) can hold a lone surrogate:
+    it has none itself and no JSON escape of one. One scan of the file instead of one search of
+    every cell of every row (``parse_row(..., surrogates=False)``); True is only a maybe."""
+    if text.isascii() and "\\u" not in text:  # the common case, in C: two quick scans
+        return False
+    return _SURROGATE_SOURCE.search(text) is not None
+
+
+_COLUMNS_BY_KEY: dict[str, Column | None] = {}
+
+
+def _column(name: str) -> Column | None:
+    """``column_for``, remembered per key (a file repeats its few dozen keys on every row)."""
+    try:
+        return _COLUMNS_BY_KEY[name]
+    except KeyError:
+        col = column_for(name)
+        if len(_COLUMNS_BY_KEY) < 10_000:
+            _COLUMNS_BY_KEY[name] = col
+        return col
+
+
+def parse_row(row: dict[str, Any], text: bool, label: str, surrogates: bool = True) -> ImportRecord:
+    """A flat row (column -> cell; columns already checked to exist) -> an ``ImportRecord``.
+    ``surrogates=False``: skip the search for lone surrogates (see ``may_hold_surrogates``)."""
     values: dict[str, Any] = {}
     signals: dict[str, float] = {}
     for name, raw in row.items():
-        col = column_for(name)
+        col = _column(name)
         if col is None:
             raise InputFileError(f"{label}: unknown column {name!r}")
         try:
-            v = parse_cell(col, raw, text)
+            v = parse_cell(col, raw, text, surrogates)
         except CellError as exc:
             raise InputFileError(f"{label}, column {name}: {exc}") from None
         if col is SIGNAL_COLUMN:

@@ -33,7 +33,8 @@ def _deferred(module: str, attr: str) -> Callable[..., Any]:
 
 def _builtin(name: str, **fields: Any) -> Tuner:
     module = f"advisor_plugins.tuners.{name}"
-    return Tuner(name=name, train=_deferred(module, "train"), defaults=_deferred(module, "defaults"), **fields)
+    return Tuner(name=name, train=_deferred(module, "train"),
+                 defaults=_deferred("advisor_plugins.tuners.defaults", name), **fields)  # no torch
 
 
 _INIT_STD = HParam("init_std", float, 0.02, "std of the normal initialisation of the trained vectors", minimum=0)

@@ -45,14 +45,8 @@ from advisor.errors import TrainingError
 from advisor.specs import TrainContext, TrainResult
 
 from .builtin import CONTCOOP
+from .defaults import contcoop as defaults
 from .coop import PromptAdapted, PromptLearner, inner_token_mask, train_prompts
-from .coop import defaults as coop_defaults
-
-
-def defaults(shots: int | None) -> dict[str, Any]:
-    hp = coop_defaults(shots)
-    hp.update(CONTCOOP.declared_defaults())  # n_ctx 4, kd_weight 8.0, heads 1, ctx_init "a photo of a"
-    return hp
 
 
 class ConditionedPromptLearner(PromptLearner):

@@ -34,31 +34,7 @@ from advisor.errors import TrainingError
 from advisor.specs import TrainContext, TrainResult
 
 from .builtin import COOP
-
-
-def coop_epochs(shots: int | None) -> int:
-    """Epochs of the official configs: 1 shot 50, 2-4 shots 100, 8+ shots 200."""
-    if shots is None or shots >= 8:
-        return 200
-    if shots <= 1:
-        return 50
-    return 100
-
-
-def defaults(shots: int | None) -> dict[str, Any]:
-    return {
-        "epochs": coop_epochs(shots),
-        "lr": 0.002,
-        "batch_size": 32,
-        "optimizer": "sgd",
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "warmup_epochs": 1,
-        "warmup_type": "constant",
-        "warmup_lr": 1e-5,
-        **COOP.declared_defaults(),  # n_ctx 16, init_std 0.02, ctx_init None (e.g. "a photo of a":
-        # initialise from these words' embeddings, M = their length)
-    }
+from .defaults import coop as defaults
 
 
 def inner_token_mask(tokens: Any, offset: int) -> torch.Tensor:

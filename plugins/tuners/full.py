@@ -16,26 +16,13 @@ BatchNorm statistics fixed at their ImageNet values), so only parameters change,
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from advisor import tuning as T
 from advisor.specs import TrainContext, TrainResult
 
 from .builtin import FULL
-
-
-def defaults(shots: int | None) -> dict[str, Any]:
-    return {
-        "epochs": 10,
-        "lr": 1e-5,
-        "batch_size": 32,
-        "optimizer": "adamw",
-        "weight_decay": 0.1,
-        "warmup_epochs": 1,
-        "warmup_type": "linear",
-    }
+from .defaults import full as defaults
 
 
 def train(ctx: TrainContext) -> TrainResult:

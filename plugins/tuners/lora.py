@@ -42,23 +42,10 @@ from advisor.errors import TrainingError
 from advisor.specs import TrainContext, TrainResult
 
 from .builtin import LORA
+from .defaults import lora as defaults
 
 #: Module-name suffixes LoRA goes on when ``targets`` is not given (those present are used).
 DEFAULT_TARGETS = ("q_proj", "v_proj", "query", "value")
-
-
-def defaults(shots: int | None) -> dict[str, Any]:
-    return {
-        "epochs": 10,
-        "lr": 5e-3,
-        "batch_size": 32,
-        "optimizer": "adamw",
-        "weight_decay": 0.0,
-        "warmup_epochs": 1,
-        "warmup_type": "linear",
-        **LORA.declared_defaults(),  # rank 4, alpha 0.8 (scaling 0.2 as in the IIMM code), targets None:
-        # DEFAULT_TARGETS found in the model, plus the image projection of projection-only towers
-    }
 
 
 # --------------------------------------------------------------------------------------------

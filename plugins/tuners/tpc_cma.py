@@ -46,19 +46,7 @@ from advisor.errors import TrainingError
 from advisor.specs import TrainContext, TrainResult
 
 from .builtin import TPC_CMA
-
-
-def defaults(shots: int | None) -> dict[str, Any]:
-    return {
-        "epochs": 20,
-        "lr": 1e-3,
-        "batch_size": 32,
-        "optimizer": "adamw",
-        "weight_decay": 0.0,
-        "warmup_epochs": 1,
-        "warmup_type": "linear",
-        **TPC_CMA.declared_defaults(),  # alpha_target 0.05, lambdas and kappa 1, warm-up 20 %, ramp 50 %
-    }
+from .defaults import tpc_cma as defaults
 
 
 def centroid_gap(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

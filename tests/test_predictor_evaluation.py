@@ -96,6 +96,10 @@ def test_predictor_recovers_planted_relation_better_than_random():
     assert cc["predictor"]["regret_gain"] < cc["random"]["regret_gain"] / 2
     assert cc["predictor"]["nregret_gain"] < cc["random"]["nregret_gain"] / 2
     assert ev["model_choice"]["n_groups"]["gain"] == 0  # one model
+    # the bias is the mean of predicted - measured over the held-out runs, computed here by hand
+    pairs = [(p["predicted_id_gain"], p["measured_id_gain"]) for p in ev["predictions"]
+             if p["predicted_id_gain"] is not None and p["measured_id_gain"] is not None]
+    assert ev["targets"]["id_gain"]["bias"] == pytest.approx(sum(a - b for a, b in pairs) / len(pairs), abs=1e-12)
     json.dumps(ev)  # plain JSON (NaN cleaned to null)
 
 

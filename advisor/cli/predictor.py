@@ -34,6 +34,7 @@ def scores_text(scores: dict[str, Any]) -> str:
         for t, v in targets.items():
             floor = (noise.get(t) or {}).get("mad")
             rows.append({"target": t, "spearman": v.get("spearman"), "mae": v.get("mae"),
+                         "bias": v.get("bias") if v.get("bias") is not None else "n/a",
                          "seed-noise MAE": floor if floor is not None else "n/a",
                          f"coverage @{v.get('interval', 0.8):.0%}": v.get("coverage"),
                          "median width": v.get("median_width"), "n": v.get("n")})
@@ -307,7 +308,7 @@ def predictor_evaluate(holdout: str, ablate: bool, gain_target: str | None, prob
                        as_json: bool) -> None:
     """Held-out scores of the predictor and of the baselines (the anchor alone, best single
     method, zero-shot-only, IIMM-only linear fit, kNN on signals, random) in one loop: Spearman,
-    MAE, interval coverage, top-1 and regret, beside the history's seed noise; then the choice
+    MAE, bias (mean signed error), interval coverage, top-1 and regret, beside the history's seed noise; then the choice
     of a (method, configuration) per group beside constant rules (the best single
     configuration, the default learning rate of the best single method, always one method), and
     the choice of a model, with top-1, regret and normalised regret. Progress (one step per

@@ -158,9 +158,17 @@ def _baseline_predictions(train: Sequence[Mapping[str, Any]], test: Sequence[Map
             pred[bl.name][i] = [out[t] for t in TARGETS]
 
 
+def mean_signed_error(pred: np.ndarray, true: np.ndarray) -> float | None:
+    """Mean of predicted - measured over the pairs both have: above zero, the predictor
+    over-predicts on the whole; below, it under-predicts (what a hold-out of new kinds of data
+    shows when predictions are pulled back towards the history's average)."""
+    ok = np.isfinite(pred) & np.isfinite(true)
+    return float(np.mean(pred[ok] - true[ok])) if ok.any() else None
+
+
 def _target_scores(Y: np.ndarray, P: np.ndarray, bounds: Mapping[float, tuple[np.ndarray, np.ndarray]],
                    nominal: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(per target: Spearman, MAE, n, coverage and median width at ``nominal``; per target: the
+    """(per target: Spearman, MAE, mean signed error, n, coverage and median width at ``nominal``; per target: the
     coverage at every calibration level) of held-out predictions ``P``."""
     targets = {}
     for j, t in enumerate(TARGETS):
@@ -169,6 +177,7 @@ def _target_scores(Y: np.ndarray, P: np.ndarray, bounds: Mapping[float, tuple[np
         targets[t] = {
             "spearman": spearman(P[:, j], Y[:, j]),
             "mae": mae(P[:, j], Y[:, j]),
+            "bias": mean_signed_error(P[:, j], Y[:, j]),
             "n": int(np.sum(np.isfinite(Y[:, j]) & np.isfinite(P[:, j]))),
             "coverage": cov,
             "interval": nominal,

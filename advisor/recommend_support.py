@@ -43,7 +43,7 @@ def similar_runs(case: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], met
     with the hyper-parameters and seed where they differ among a method's similar runs (two
     runs that differ only in epochs or lr do not read as the same run twice)."""
     from .predictor import SignalKNN, row_dataset, row_family, row_method, row_model, row_tower
-    from .predictor.support import neighbour_radius, similar_run_labels
+    from .predictor.support import neighbour_radius, similar_run_labels, similar_to
 
     out: dict[str, list[str]] = {m: [] for m in methods}
     if not rows:
@@ -51,10 +51,10 @@ def similar_runs(case: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], met
     knn = SignalKNN().fit(rows)
     radius = neighbour_radius(knn, rows)
     d = knn.distances(case)
-    fam, tower = row_family(case), row_tower(case)
+    similar = similar_to(case, radius)
     picked: dict[str, list[Mapping[str, Any]]] = {m: [] for m in methods}
     for i, r in enumerate(rows):
-        if row_method(r) in out and (row_tower(r) == tower or row_family(r) == fam) and d[i] <= radius:
+        if row_method(r) in out and similar(row_tower(r), row_family(r), d[i]):
             picked[row_method(r)].append(r)
     for m, runs in picked.items():
         out[m].extend(similar_run_labels(runs, lambda r: (row_model(r).split("|")[0], row_dataset(r))))

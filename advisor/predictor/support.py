@@ -431,13 +431,21 @@ class HistorySummary:
         z = np.nan_to_num((v - mu) / sd)
         Z = np.array([p["z"] for p in self.points], dtype=float).reshape(len(self.points), len(names) + 1)
         d = np.linalg.norm(Z - z, axis=1)
-        fam, tower = row_family(case), row_tower(case)
-        near = [p for p, dist in zip(self.points, d) if (p["tower"] == tower or p["family"] == fam) and dist <= radius]
+        similar = similar_to(case, radius)
+        near = [p for p, dist in zip(self.points, d) if similar(p["tower"], p["family"], dist)]
         for m in methods:
             groups = [p for p in near if p["methods"].get(m)]
             runs = history.group_runs(m, groups, limit) if groups else []
             out[m].extend(similar_run_labels(runs, lambda r: (r["model"], r["dataset"])))
         return out
+
+
+def similar_to(case: Mapping[str, Any], radius: float) -> Callable[[Any, Any, float], bool]:
+    """The similar-run rule, as a predicate over a run's (image tower, model family, distance
+    to ``case``): the same tower or the same family, and within ``radius``. Both the full read
+    and the stored summary ask it, so they pick the same runs."""
+    tower, family = row_tower(case), row_family(case)
+    return lambda t, f, distance: (t == tower or f == family) and distance <= radius
 
 
 def similar_run_labels(runs: Sequence[Mapping[str, Any]],

@@ -43,7 +43,6 @@ PROBE_C = 1.0  # scikit-learn's default
 PROBE_MAX_ITER = 100  # scikit-learn's default
 PROBE_TOL = 1e-4  # scikit-learn's default
 KNN_MAX = 5
-GRAM_MAX = 4000  # sample size up to which the kNN similarities come from one Gram matrix (128 MB)
 SEED = 20261207
 
 
@@ -177,10 +176,8 @@ def draw(y: np.ndarray, k: int, d: int) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def _scores(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, k: int, n_classes: int,
-            start: tuple[np.ndarray, np.ndarray] | None,
-            sims: np.ndarray | None = None) -> tuple[tuple[float, float, float], tuple[np.ndarray, np.ndarray]]:
-    """(probe, prototype, kNN) accuracy of one draw, and the probe's solution (the next draw's start).
-    ``sims``: the test x train similarities when the caller has them (a slice of the sample's Gram)."""
+            start: tuple[np.ndarray, np.ndarray] | None) -> tuple[tuple[float, float, float], tuple[np.ndarray, np.ndarray]]:
+    """(probe, prototype, kNN) accuracy of one draw, and the probe's solution (the next draw's start)."""
     w, b = fit_probe(x_tr, y_tr, n_classes, start=start)
     probe = float(np.mean(np.argmax(x_te @ w.T + b, axis=1) == y_te))
     members = np.zeros((n_classes, len(y_tr)))
@@ -188,9 +185,7 @@ def _scores(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarr
     scores = x_te @ _unit(members @ x_tr).T
     scores[:, members.sum(axis=1) == 0] = -np.inf
     proto = float(np.mean(np.argmax(scores, axis=1) == y_te))
-    if sims is None:
-        sims = x_te @ x_tr.T
-    knn = float(np.mean(_knn(sims, y_tr, min(k, KNN_MAX), n_classes) == y_te))
+    knn = float(np.mean(_knn(x_te @ x_tr.T, y_tr, min(k, KNN_MAX), n_classes) == y_te))
     return (probe, proto, knn), (w, b)
 
 
@@ -200,9 +195,6 @@ def anchors(emb: Embeddings) -> dict[str, float]:
     y = np.asarray(to_numpy(emb.labels)).astype(np.int64)
     n_classes = int(t.shape[0])
     zs_pred = np.argmax(x @ t.T, axis=1)
-    # every draw's kNN similarities are slices of one Gram matrix (a symmetric product, half
-    # the work of the draws' own products together) while it stays small
-    gram = x @ x.T if len(x) <= GRAM_MAX else None
     out: dict[str, float] = {}
     for k in SHOTS:
         probe, proto, knn, zs, capped = [], [], [], [], 0.0
@@ -211,8 +203,7 @@ def anchors(emb: Embeddings) -> dict[str, float]:
             tr, te, capped = draw(y, k, d)
             if len(tr) == 0 or len(te) == 0 or len(np.unique(y[tr])) < 2:
                 break
-            sims = None if gram is None else gram[np.ix_(te, tr)]
-            scores_d, solution = _scores(x[tr], y[tr], x[te], y[te], k, n_classes, solution, sims)
+            scores_d, solution = _scores(x[tr], y[tr], x[te], y[te], k, n_classes, solution)
             for store, value in zip((probe, proto, knn), scores_d):
                 store.append(value)
             zs.append(float(np.mean(zs_pred[te] == y[te])))

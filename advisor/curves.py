@@ -173,33 +173,3 @@ def point(epoch: int, step: int, loss: float | None, val: float | None, ood: flo
             "val_acc": None if val is None else float(val),
             "ood_proxy_acc": None if ood is None else float(ood),
             "train_s": round(float(train_s), 4)}
-
-
-def check_curve(curve: Any) -> list[dict[str, Any]]:
-    """A stored curve as a list of points; raises ValueError naming what is wrong (used when
-    a history reads or imports runs)."""
-    if curve is None:
-        return []
-    if not isinstance(curve, list):
-        raise ValueError("curve must be a list of points")
-    out = []
-    last = -1
-    for p in curve:
-        if not isinstance(p, dict) or "epoch" not in p:
-            raise ValueError("each curve point must be an object with an 'epoch'")
-        epoch = p["epoch"]
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0 or epoch <= last:
-            raise ValueError("curve epochs must be increasing non-negative integers")
-        last = epoch
-        clean: dict[str, Any] = {"epoch": epoch, "step": int(p.get("step") or 0)}
-        for key in ("train_loss", "val_acc", "ood_proxy_acc", "train_s"):
-            v = p.get(key)
-            if v is not None:
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                    raise ValueError(f"curve point {key} must be a finite number or null")
-                if key in ("val_acc", "ood_proxy_acc") and not 0.0 <= v <= 1.0:
-                    raise ValueError(f"curve point {key} must lie in [0, 1]")
-                v = float(v)
-            clean[key] = v
-        out.append(clean)
-    return out

@@ -14,7 +14,8 @@ import pytest
 import torch
 from conftest import make_run
 
-from advisor.curves import check_curve, curve_epochs
+from advisor.curves import curve_epochs
+from advisor.history.validate import check_curve
 from advisor.history import open_history
 from advisor.runner import run_finetune
 from advisor.session import Session

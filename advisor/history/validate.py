@@ -262,8 +262,6 @@ def _parse_cell(col: Column, value: Any, text: bool) -> Any:
             raise CellError(f"expected a JSON object, got {type_name(value)}")
         return _mapping(kind, value)
     if kind == "curve":
-        from ..curves import check_curve
-
         try:
             return check_curve(value) or None
         except ValueError as exc:
@@ -420,3 +418,34 @@ def validate_run(run: RunResult) -> RunResult:
         model_desc=_validated_desc(run.model_desc, "model", MODEL_FIELDS, ("name", "pretrained")),
         dataset_desc=_validated_desc(run.dataset_desc, "dataset", DATASET_FIELDS, ("name",)),
     )
+
+
+def check_curve(curve: Any) -> list[dict[str, Any]]:
+    """A stored learning curve (``advisor.curves.point``'s points) as a list of points; raises
+    ValueError naming what is wrong (used when a history reads or imports runs). It lives with
+    the history's other cell checks, so validating a row never reaches the recording code."""
+    if curve is None:
+        return []
+    if not isinstance(curve, list):
+        raise ValueError("curve must be a list of points")
+    out = []
+    last = -1
+    for p in curve:
+        if not isinstance(p, dict) or "epoch" not in p:
+            raise ValueError("each curve point must be an object with an 'epoch'")
+        epoch = p["epoch"]
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0 or epoch <= last:
+            raise ValueError("curve epochs must be increasing non-negative integers")
+        last = epoch
+        clean: dict[str, Any] = {"epoch": epoch, "step": int(p.get("step") or 0)}
+        for key in ("train_loss", "val_acc", "ood_proxy_acc", "train_s"):
+            v = p.get(key)
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise ValueError(f"curve point {key} must be a finite number or null")
+                if key in ("val_acc", "ood_proxy_acc") and not 0.0 <= v <= 1.0:
+                    raise ValueError(f"curve point {key} must lie in [0, 1]")
+                v = float(v)
+            clean[key] = v
+        out.append(clean)
+    return out

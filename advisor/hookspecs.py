@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the floor above: only for the annotations
     import click
 
     from .specs import DatasetSource, Metric, ModelSource, RunResult, Tuner
-    from .sweep.executor import Executor
+    from .specs.executors import Executor
 
 hookspec = HookspecMarker("advisor")
 hookimpl = HookimplMarker("advisor")

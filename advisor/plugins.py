@@ -48,7 +48,7 @@ from .specs import DatasetSource, Metric, ModelSource, Tuner
 if TYPE_CHECKING:  # a floor above: only for the annotations
     import click
 
-    from .sweep.executor import Executor
+    from .specs.executors import Executor
 
 
 class PluginError(AdvisorError):

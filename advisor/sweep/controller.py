@@ -240,7 +240,8 @@ def execute_sweep(plan: SweepPlan, history: Any, *, executor: str, max_parallel:
     from ..history.sweeps import QUEUED, counts, requeue_failed_keys, sweep_status
     from ..plugins import get_executor
     from .executor import LaunchRequest
-    from .worker import WorkerRequest, stale_after_seconds, work
+    from ..specs.executors import WorkerRequest
+    from .worker import stale_after_seconds, work
 
     say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
     ex = get_executor(executor)

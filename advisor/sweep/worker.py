@@ -16,10 +16,10 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..session import Session
+from ..specs.executors import WorkerRequest
 from .grid import JobConfig
 
 #: Seconds between heartbeats; a running job is stale after ``STALE_FACTOR`` missed beats.
@@ -45,19 +45,6 @@ def heartbeat_seconds() -> float:
 
 def stale_after_seconds() -> float:
     return heartbeat_seconds() * STALE_FACTOR
-
-
-@dataclass
-class WorkerRequest:
-    """Everything a worker process needs (pickled by submitit)."""
-
-    sweep_id: str
-    db: str
-    keys: list[str] | None = None  # None: take queued jobs until none is left
-    spool_dir: str | None = None
-    threads: int | None = None
-    log_folder: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
 
 
 class _Heartbeat(threading.Thread):

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from advisor.errors import AdvisorError
 from advisor.hookspecs import hookimpl
-from advisor.sweep.executor import Executor, LaunchRequest
+from advisor.specs.executors import Executor, LaunchRequest
 
 
 class SubmissionError(AdvisorError):
